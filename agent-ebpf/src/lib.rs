@@ -1,0 +1,210 @@
+//! Wire types shared by the kernel program (`src/main.rs`) and the agent.
+//!
+//! Only fixed-width integers and byte arrays cross the ring buffer, with explicit padding, so the
+//! layout is the same on both sides and any byte pattern is a valid value. The agent converts tags
+//! (states, families, attribution) with `TryFrom` instead of transmuting them.
+#![no_std]
+
+/// Tracepoint field offsets the kernel program reads. The agent checks every one of them against
+/// the live `format` file before loading, because a kernel that moved a field would otherwise give
+/// plausible-looking garbage.
+pub mod offsets {
+    /// `sock:inet_sock_set_state`.
+    pub mod set_state {
+        pub const SKADDR: usize = 8;
+        pub const OLDSTATE: usize = 16;
+        pub const NEWSTATE: usize = 20;
+        pub const SPORT: usize = 24;
+        pub const DPORT: usize = 26;
+        pub const FAMILY: usize = 28;
+        pub const PROTOCOL: usize = 30;
+        pub const SADDR: usize = 32;
+        pub const DADDR: usize = 36;
+        pub const SADDR_V6: usize = 40;
+        pub const DADDR_V6: usize = 56;
+    }
+    /// `tcp:tcp_destroy_sock` and `tcp:tcp_receive_reset` share this layout.
+    pub mod tcp_sock {
+        pub const SKADDR: usize = 8;
+        pub const SOCK_COOKIE: usize = 64;
+    }
+    /// `tcp:tcp_send_reset` (Linux 6.10+ layout: the skb comes first, `skaddr` may be NULL).
+    pub mod send_reset {
+        pub const SKADDR: usize = 16;
+    }
+}
+
+/// Kernel TCP states (include/net/tcp_states.h).
+pub mod tcp_state {
+    pub const ESTABLISHED: u32 = 1;
+    pub const SYN_SENT: u32 = 2;
+    pub const SYN_RECV: u32 = 3;
+    pub const FIN_WAIT1: u32 = 4;
+    pub const FIN_WAIT2: u32 = 5;
+    pub const TIME_WAIT: u32 = 6;
+    pub const CLOSE: u32 = 7;
+    pub const CLOSE_WAIT: u32 = 8;
+    pub const LAST_ACK: u32 = 9;
+    pub const LISTEN: u32 = 10;
+    pub const CLOSING: u32 = 11;
+    pub const NEW_SYN_RECV: u32 = 12;
+    pub const BOUND_INACTIVE: u32 = 13;
+}
+
+pub const AF_INET: u16 = 2;
+pub const AF_INET6: u16 = 10;
+pub const IPPROTO_TCP: u16 = 6;
+
+/// How the owner in an event was learnt (`Owner::how`).
+pub mod how {
+    /// No owner-made transition was seen for this socket (it predates twtrace, or the socket
+    /// table was full).
+    pub const UNKNOWN: u32 = 0;
+    /// Captured from the current task at a transition the owner makes itself (connect, listen,
+    /// close, shutdown).
+    pub const OWNER: u32 = 1;
+    /// An accepted socket the process has not closed yet: the owner of the listener on its local
+    /// port.
+    pub const LISTENER: u32 = 2;
+}
+
+/// `Event::flags` bits.
+pub mod flags {
+    /// `tcp:tcp_receive_reset` fired for this socket before this transition.
+    pub const RESET_RECEIVED: u32 = 1 << 0;
+    /// `tcp:tcp_send_reset` fired for this socket (before the event was sent; for a stashed close
+    /// that includes resets sent right after the state change, as tcp_disconnect() does).
+    pub const RESET_SENT: u32 = 1 << 1;
+    /// This `* -> CLOSE` was held back until `tcp:tcp_destroy_sock`, which supplied `cookie`.
+    pub const DESTROYED: u32 = 1 << 2;
+    /// A stashed close sent early because the socket changed state again before being destroyed.
+    pub const FLUSHED: u32 = 1 << 3;
+    /// The current task made this transition itself (it was captured as the owner).
+    pub const OWNER_MADE: u32 = 1 << 4;
+}
+
+/// Index of each counter in the `STATS` per-CPU array.
+pub mod stat {
+    /// Events handed to the ring buffer.
+    pub const EVENTS: u32 = 0;
+    /// Events lost because the ring buffer was full.
+    pub const LOST: u32 = 1;
+    /// Sockets that could not be tracked because the socket table was full.
+    pub const TABLE_FULL: u32 = 2;
+    /// Events whose socket had no known owner.
+    pub const UNATTRIBUTED: u32 = 3;
+    /// Accepted sockets whose listener was not known.
+    pub const LISTENER_MISS: u32 = 4;
+    /// Events dropped by the in-kernel `--pid` / `--port` filters.
+    pub const FILTERED: u32 = 5;
+    pub const COUNT: u32 = 6;
+}
+
+/// Map names, shared so a rename cannot silently break the agent.
+pub mod maps {
+    pub const EVENTS: &str = "EVENTS";
+    pub const STATS: &str = "STATS";
+    pub const SOCKETS: &str = "SOCKETS";
+    pub const LISTENERS: &str = "LISTENERS";
+    pub const PID_FILTER: &str = "PID_FILTER";
+    pub const PORT_FILTER: &str = "PORT_FILTER";
+}
+
+/// Global names patched by the loader.
+pub mod globals {
+    /// `u32`: bit 0 = filter on owner pid, bit 1 = filter on port.
+    pub const FILTERS: &str = "FILTERS";
+    pub const FILTER_PID: u32 = 1 << 0;
+    pub const FILTER_PORT: u32 = 1 << 1;
+}
+
+/// Program names (the function names in `src/main.rs`).
+pub mod programs {
+    pub const SET_STATE: &str = "inet_sock_set_state";
+    pub const DESTROY: &str = "tcp_destroy_sock";
+    pub const RECEIVE_RESET: &str = "tcp_receive_reset";
+    pub const SEND_RESET: &str = "tcp_send_reset";
+}
+
+pub const COMM_LEN: usize = 16;
+pub const MAX_PID_FILTER: u32 = 64;
+pub const MAX_PORT_FILTER: u32 = 64;
+
+/// The process a socket belongs to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Owner {
+    /// Process id (the kernel's tgid); 0 when unknown.
+    pub tgid: u32,
+    /// One of [`how`].
+    pub how: u32,
+    pub cgroup_id: u64,
+    pub comm: [u8; COMM_LEN],
+}
+
+/// One TCP state transition, as sent through the ring buffer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Event {
+    /// `bpf_ktime_get_ns()`: CLOCK_MONOTONIC nanoseconds at the transition.
+    pub ts_ns: u64,
+    /// Kernel address of the full socket: the key that follows one connection across its states.
+    pub skaddr: u64,
+    /// Socket cookie, 0 when not known (only a destroyed socket's is).
+    pub cookie: u64,
+    pub owner: Owner,
+    pub oldstate: u32,
+    pub newstate: u32,
+    /// [`flags`] bits.
+    pub flags: u32,
+    /// Process id of the task that was current when the tracepoint fired (often not the owner).
+    pub current_tgid: u32,
+    /// `AF_INET` or `AF_INET6`.
+    pub family: u16,
+    /// Local port, host order.
+    pub sport: u16,
+    /// Remote port, host order.
+    pub dport: u16,
+    pub _pad: u16,
+    /// Local address; IPv4 uses the first 4 bytes.
+    pub saddr: [u8; 16],
+    /// Remote address; IPv4 uses the first 4 bytes.
+    pub daddr: [u8; 16],
+}
+
+/// Per-socket state kept in the kernel, keyed by skaddr.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SockEntry {
+    pub owner: Owner,
+    /// [`flags`] bits gathered so far (resets).
+    pub flags: u32,
+    /// 1 when `pending` holds a close waiting for `tcp:tcp_destroy_sock`.
+    pub has_pending: u32,
+    pub pending: Event,
+}
+
+/// A listening socket's owner, keyed by local port.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ListenerEntry {
+    pub owner: Owner,
+    pub skaddr: u64,
+}
+
+pub const EVENT_SIZE: usize = core::mem::size_of::<Event>();
+const _: () = assert!(EVENT_SIZE == 112);
+const _: () = assert!(core::mem::align_of::<Event>() == 8);
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY: plain `#[repr(C)]` structs of integers and byte arrays with explicit padding: every
+    // bit pattern is valid and there are no implicit padding bytes.
+    unsafe impl aya::Pod for super::Owner {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Event {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::SockEntry {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::ListenerEntry {}
+}

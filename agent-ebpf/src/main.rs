@@ -1,0 +1,331 @@
+//! The kernel side of twtrace: classic tracepoints only, because this kernel refuses fentry,
+//! fexit and tp_btf (see ../shared/docs/kernel-notes.md).
+//!
+//! `sock:inet_sock_set_state` fires in whatever context changed the state. For transitions driven
+//! by an incoming packet that is softirq, and the current task is whoever happened to run on that
+//! CPU (on loopback, the peer). So the owner is remembered per socket (keyed by skaddr) at the
+//! transitions the owner makes itself, and every event carries that owner.
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    EbpfContext, Global,
+    helpers::{
+        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
+    },
+    macros::{map, tracepoint},
+    maps::{HashMap, PerCpuArray, RingBuf},
+    programs::TracePointContext,
+};
+use aya_log_ebpf::warn;
+use twtrace_ebpf::{
+    AF_INET, AF_INET6, Event, IPPROTO_TCP, ListenerEntry, MAX_PID_FILTER, MAX_PORT_FILTER, Owner,
+    SockEntry, flags, globals, how, offsets, stat, tcp_state,
+};
+
+/// 4 MiB: ~37,000 events of 112 bytes (+8 header), a quarter second of the highest churn this
+/// class of machine makes (140,000 transitions/s) even if the agent stalls.
+#[map]
+static EVENTS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
+
+#[map]
+static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);
+
+/// Live sockets: owner, reset flags and a close held back until destruction. Entries are removed
+/// at `tcp:tcp_destroy_sock`, so the table holds only sockets alive now; a plain (not LRU) hash so
+/// that running out of room is seen and counted (`stat::TABLE_FULL`) instead of silently evicting.
+#[map]
+static SOCKETS: HashMap<u64, SockEntry> = HashMap::with_max_entries(262_144, 0);
+
+/// Listening sockets by local port: the best owner of an accepted socket until its process closes
+/// it. Keyed by port alone; two listeners on one port (SO_REUSEPORT, other namespaces) share it.
+#[map]
+static LISTENERS: HashMap<u16, ListenerEntry> = HashMap::with_max_entries(16_384, 0);
+
+#[map]
+static PID_FILTER: HashMap<u32, u8> = HashMap::with_max_entries(MAX_PID_FILTER, 0);
+
+#[map]
+static PORT_FILTER: HashMap<u16, u8> = HashMap::with_max_entries(MAX_PORT_FILTER, 0);
+
+/// `globals::FILTER_*` bits, set by the loader.
+#[unsafe(no_mangle)]
+static FILTERS: Global<u32> = Global::new(0);
+
+#[inline(always)]
+fn count(index: u32) {
+    if let Some(slot) = STATS.get_ptr_mut(index) {
+        // SAFETY: per-CPU slot, and BPF programs do not migrate or nest on one CPU for these
+        // tracepoints, so nobody else writes it concurrently.
+        unsafe { *slot += 1 };
+    }
+}
+
+#[inline(always)]
+fn current_owner() -> Owner {
+    Owner {
+        tgid: (bpf_get_current_pid_tgid() >> 32) as u32,
+        how: how::OWNER,
+        // SAFETY: helper without preconditions; available to tracepoint programs.
+        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+        comm: bpf_get_current_comm().unwrap_or([0; 16]),
+    }
+}
+
+#[inline(always)]
+fn passes_filters(ev: &Event) -> bool {
+    let filters = FILTERS.load();
+    if filters & globals::FILTER_PID != 0 {
+        // SAFETY: the value is a u8 we only test for presence.
+        if unsafe { PID_FILTER.get(ev.owner.tgid) }.is_none() {
+            return false;
+        }
+    }
+    if filters & globals::FILTER_PORT != 0 {
+        // SAFETY: as above.
+        let hit =
+            unsafe { PORT_FILTER.get(ev.sport).is_some() || PORT_FILTER.get(ev.dport).is_some() };
+        if !hit {
+            return false;
+        }
+    }
+    true
+}
+
+#[inline(always)]
+fn emit(ev: &Event) {
+    if !passes_filters(ev) {
+        count(stat::FILTERED);
+        return;
+    }
+    if ev.owner.how == how::UNKNOWN {
+        count(stat::UNATTRIBUTED);
+    }
+    match EVENTS.output::<Event>(ev, 0) {
+        Ok(()) => count(stat::EVENTS),
+        Err(_) => count(stat::LOST),
+    }
+}
+
+#[tracepoint]
+pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
+    // SAFETY: every read goes through bpf_probe_read at offsets checked against the format file
+    // by the agent before loading.
+    match unsafe { try_set_state(&ctx) } {
+        Ok(()) => 0,
+        Err(_) => 0,
+    }
+}
+
+unsafe fn try_set_state(ctx: &TracePointContext) -> Result<(), i64> {
+    use offsets::set_state as o;
+    // SAFETY (whole function): reads from the tracepoint record, see the caller.
+    let protocol: u16 = unsafe { ctx.read_at(o::PROTOCOL)? };
+    // The tracepoint also fires for SCTP and MPTCP sockets.
+    if protocol != IPPROTO_TCP {
+        return Ok(());
+    }
+    let skaddr: u64 = unsafe { ctx.read_at(o::SKADDR)? };
+    let oldstate = unsafe { ctx.read_at::<i32>(o::OLDSTATE)? } as u32;
+    let newstate = unsafe { ctx.read_at::<i32>(o::NEWSTATE)? } as u32;
+    let family: u16 = unsafe { ctx.read_at(o::FAMILY)? };
+    let mut ev = Event {
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+        skaddr,
+        oldstate,
+        newstate,
+        current_tgid: ctx.tgid(),
+        family,
+        sport: unsafe { ctx.read_at(o::SPORT)? },
+        dport: unsafe { ctx.read_at(o::DPORT)? },
+        ..Event::default()
+    };
+    if family == AF_INET {
+        // For AF_INET6 sockets the IPv4 fields hold junk, and vice versa.
+        let s: [u8; 4] = unsafe { ctx.read_at(o::SADDR)? };
+        let d: [u8; 4] = unsafe { ctx.read_at(o::DADDR)? };
+        ev.saddr[..4].copy_from_slice(&s);
+        ev.daddr[..4].copy_from_slice(&d);
+    } else if family == AF_INET6 {
+        ev.saddr = unsafe { ctx.read_at(o::SADDR_V6)? };
+        ev.daddr = unsafe { ctx.read_at(o::DADDR_V6)? };
+    }
+
+    // A close of this socket is still held back (it changed state again without being
+    // destroyed, e.g. connect() again after a failure): send it first so order is kept.
+    if let Some(entry) = SOCKETS.get_ptr_mut(skaddr) {
+        let entry = unsafe { &mut *entry };
+        if entry.has_pending != 0 {
+            entry.has_pending = 0;
+            entry.pending.flags |= flags::FLUSHED;
+            let pending = entry.pending;
+            emit(&pending);
+        }
+    }
+
+    use tcp_state::*;
+    let owner_made = matches!(
+        (oldstate, newstate),
+        (CLOSE, SYN_SENT)
+            | (CLOSE, LISTEN)
+            | (ESTABLISHED | SYN_RECV, FIN_WAIT1)
+            | (CLOSE_WAIT, LAST_ACK)
+    );
+
+    if owner_made {
+        ev.owner = current_owner();
+        ev.flags |= flags::OWNER_MADE;
+        let fresh = oldstate == CLOSE;
+        match SOCKETS.get_ptr_mut(skaddr) {
+            // A socket leaving CLOSE is a new life for this address: forget earlier flags.
+            Some(entry) if !fresh => unsafe { (*entry).owner = ev.owner },
+            _ => {
+                let entry = SockEntry {
+                    owner: ev.owner,
+                    ..SockEntry::default()
+                };
+                if SOCKETS.insert(skaddr, entry, 0).is_err() {
+                    count(stat::TABLE_FULL);
+                    warn!(ctx, "twtrace: socket table full");
+                }
+            }
+        }
+        if newstate == LISTEN {
+            let listener = ListenerEntry {
+                owner: ev.owner,
+                skaddr,
+            };
+            let _ = LISTENERS.insert(ev.sport, listener, 0);
+        }
+    } else if oldstate == LISTEN && newstate == SYN_RECV {
+        // A child socket cloned from the listener (inet_csk_clone_lock), in softirq.
+        // SAFETY: read-only copy of a small value.
+        if let Some(listener) = unsafe { LISTENERS.get(ev.sport) } {
+            ev.owner = listener.owner;
+            ev.owner.how = how::LISTENER;
+        } else {
+            count(stat::LISTENER_MISS);
+        }
+        let entry = SockEntry {
+            owner: ev.owner,
+            ..SockEntry::default()
+        };
+        if SOCKETS.insert(skaddr, entry, 0).is_err() {
+            count(stat::TABLE_FULL);
+        }
+    } else {
+        match SOCKETS.get_ptr_mut(skaddr) {
+            Some(entry) => {
+                let entry = unsafe { &mut *entry };
+                ev.owner = entry.owner;
+                ev.flags |= entry.flags;
+                if newstate == CLOSE && matches!(oldstate, FIN_WAIT1 | FIN_WAIT2 | CLOSING) {
+                    // Possibly the TIME_WAIT entry (tcp_time_wait() ends in tcp_done()). Hold it
+                    // until tcp_destroy_sock, which follows at once for an orphaned socket and
+                    // brings the cookie the timewait socket keeps, and lets a reset sent right
+                    // after the state change (tcp_disconnect) be seen before deciding.
+                    entry.pending = ev;
+                    entry.has_pending = 1;
+                    return Ok(());
+                }
+            }
+            None => {
+                if newstate == CLOSE && matches!(oldstate, FIN_WAIT1 | FIN_WAIT2 | CLOSING) {
+                    let entry = SockEntry {
+                        owner: ev.owner,
+                        has_pending: 1,
+                        pending: ev,
+                        ..SockEntry::default()
+                    };
+                    if SOCKETS.insert(skaddr, entry, 0).is_ok() {
+                        return Ok(());
+                    }
+                    count(stat::TABLE_FULL);
+                }
+            }
+        }
+    }
+    if oldstate == LISTEN && newstate == CLOSE {
+        // SAFETY: read-only copy of a small value.
+        if let Some(l) = unsafe { LISTENERS.get(ev.sport) } {
+            if l.skaddr == skaddr {
+                let _ = LISTENERS.remove(ev.sport);
+            }
+        }
+    }
+    emit(&ev);
+    Ok(())
+}
+
+#[tracepoint]
+pub fn tcp_destroy_sock(ctx: TracePointContext) -> u32 {
+    // SAFETY: reads at offsets checked against the format file by the agent.
+    let Ok(skaddr) = (unsafe { ctx.read_at::<u64>(offsets::tcp_sock::SKADDR) }) else {
+        return 0;
+    };
+    if let Some(entry) = SOCKETS.get_ptr_mut(skaddr) {
+        // SAFETY: the pointer comes from a successful lookup; this CPU owns the socket's lock.
+        let entry = unsafe { &mut *entry };
+        if entry.has_pending != 0 {
+            entry.has_pending = 0;
+            let mut ev = entry.pending;
+            // SAFETY: as above.
+            ev.cookie = unsafe { ctx.read_at::<u64>(offsets::tcp_sock::SOCK_COOKIE) }.unwrap_or(0);
+            ev.flags |= flags::DESTROYED | (entry.flags & flags::RESET_SENT);
+            emit(&ev);
+        }
+    }
+    let _ = SOCKETS.remove(skaddr);
+    0
+}
+
+#[tracepoint]
+pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
+    // SAFETY: reads at offsets checked against the format file by the agent.
+    if let Ok(skaddr) = unsafe { ctx.read_at::<u64>(offsets::tcp_sock::SKADDR) } {
+        mark(skaddr, flags::RESET_RECEIVED, true);
+    }
+    0
+}
+
+#[tracepoint]
+pub fn tcp_send_reset(ctx: TracePointContext) -> u32 {
+    // SAFETY: reads at offsets checked against the format file by the agent.
+    if let Ok(skaddr) = unsafe { ctx.read_at::<u64>(offsets::send_reset::SKADDR) } {
+        // NULL for resets answering a packet that matched no socket.
+        if skaddr != 0 {
+            mark(skaddr, flags::RESET_SENT, false);
+        }
+    }
+    0
+}
+
+/// Sets a flag on a socket's entry; `create` makes an owner-less entry when there is none, so a
+/// reset received by a socket twtrace has not seen before still prevents a false TIME_WAIT.
+#[inline(always)]
+fn mark(skaddr: u64, bit: u32, create: bool) {
+    match SOCKETS.get_ptr_mut(skaddr) {
+        // SAFETY: the pointer comes from a successful lookup.
+        Some(entry) => unsafe { (*entry).flags |= bit },
+        None if create => {
+            let entry = SockEntry {
+                flags: bit,
+                ..SockEntry::default()
+            };
+            if SOCKETS.insert(skaddr, entry, 0).is_err() {
+                count(stat::TABLE_FULL);
+            }
+        }
+        None => {}
+    }
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

@@ -1,0 +1,328 @@
+//! The one event type every view consumes: a TCP state transition with its owner, decoded from
+//! the kernel's wire record (`twtrace_ebpf::Event`) or, later, from a recording.
+
+use std::{
+    borrow::Cow,
+    fmt,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+};
+
+use twtrace_ebpf::{AF_INET, AF_INET6, COMM_LEN, EVENT_SIZE, how};
+
+use crate::{
+    infer,
+    state::{TcpState, UnknownState},
+};
+
+/// How the owner of a transition was learnt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Attribution {
+    /// The process made a transition of this socket itself (connect, listen, close, shutdown).
+    Owner,
+    /// An accepted socket the process has not closed yet: owner of the listener on its port.
+    Listener,
+    /// No owner-made transition was seen (the socket predates twtrace).
+    Unknown,
+}
+
+impl Attribution {
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Owner => "owner",
+            Self::Listener => "listener",
+            Self::Unknown => "unknown",
+        }
+    }
+}
+
+/// Which side's reset ended a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Reset {
+    Received,
+    Sent,
+}
+
+impl Reset {
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Received => "received",
+            Self::Sent => "sent",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Family {
+    Ipv4,
+    Ipv6,
+}
+
+impl Family {
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Ipv4 => "ipv4",
+            Self::Ipv6 => "ipv6",
+        }
+    }
+}
+
+/// A process's command name: the kernel's 16-byte, NUL-padded `comm`, kept as bytes so decoding
+/// an event allocates nothing.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Comm([u8; COMM_LEN]);
+
+impl Comm {
+    pub fn new(raw: [u8; COMM_LEN]) -> Self {
+        Self(raw)
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        let len = self.0.iter().position(|&b| b == 0).unwrap_or(COMM_LEN);
+        &self.0[..len]
+    }
+
+    /// The name as text; a process may rename itself to anything, so invalid UTF-8 is replaced.
+    pub fn to_str(&self) -> Cow<'_, str> {
+        String::from_utf8_lossy(self.as_bytes())
+    }
+}
+
+impl fmt::Debug for Comm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.to_str(), f)
+    }
+}
+
+impl fmt::Display for Comm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(&self.to_str())
+    }
+}
+
+impl From<&str> for Comm {
+    fn from(s: &str) -> Self {
+        let mut raw = [0; COMM_LEN];
+        let n = s.len().min(COMM_LEN - 1);
+        raw[..n].copy_from_slice(&s.as_bytes()[..n]);
+        Self(raw)
+    }
+}
+
+/// One TCP state transition of one socket, attributed to the socket's owner.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Transition {
+    /// CLOCK_MONOTONIC nanoseconds (`bpf_ktime_get_ns`); `crate::clock` maps it to wall time.
+    pub mono_ns: u64,
+    /// Kernel address of the socket: follows one connection across its states.
+    pub skaddr: u64,
+    /// Socket cookie, known once the full socket is destroyed (a TIME_WAIT socket keeps it).
+    pub cookie: Option<u64>,
+    /// Owner's process id; 0 when unknown.
+    pub pid: u32,
+    pub comm: Comm,
+    pub cgroup_id: u64,
+    pub attribution: Attribution,
+    /// The task that was current when the tracepoint fired, for comparison with tools that
+    /// report that one.
+    pub current_pid: u32,
+    pub family: Family,
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    pub old: TcpState,
+    /// As reported: `TimeWait` where inferred.
+    pub new: TcpState,
+    pub reset: Option<Reset>,
+}
+
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("record of {0} bytes, expected at least {EVENT_SIZE}")]
+    Short(usize),
+    #[error("unknown address family {0}")]
+    Family(u16),
+    #[error(transparent)]
+    State(#[from] UnknownState),
+    #[error("unknown attribution {0}")]
+    Attribution(u32),
+}
+
+/// Decodes one ring-buffer record. Never panics, whatever the bytes.
+pub fn decode(bytes: &[u8]) -> Result<Transition, DecodeError> {
+    if bytes.len() < EVENT_SIZE {
+        return Err(DecodeError::Short(bytes.len()));
+    }
+    // SAFETY: the length was checked above, `Event` is plain old data (any bit pattern is
+    // valid), and `read_unaligned` makes no alignment assumption about the ring buffer slot.
+    let raw: twtrace_ebpf::Event =
+        unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<twtrace_ebpf::Event>()) };
+    from_wire(&raw)
+}
+
+/// Converts a wire record, validating every tag.
+pub fn from_wire(raw: &twtrace_ebpf::Event) -> Result<Transition, DecodeError> {
+    let family = match raw.family {
+        AF_INET => Family::Ipv4,
+        AF_INET6 => Family::Ipv6,
+        other => return Err(DecodeError::Family(other)),
+    };
+    let attribution = match raw.owner.how {
+        how::OWNER => Attribution::Owner,
+        how::LISTENER => Attribution::Listener,
+        how::UNKNOWN => Attribution::Unknown,
+        other => return Err(DecodeError::Attribution(other)),
+    };
+    let old = TcpState::try_from(raw.oldstate)?;
+    let raw_new = TcpState::try_from(raw.newstate)?;
+    let (new, reset) = infer::reported(old, raw_new, raw.flags);
+    Ok(Transition {
+        mono_ns: raw.ts_ns,
+        skaddr: raw.skaddr,
+        cookie: (raw.cookie != 0).then_some(raw.cookie),
+        pid: raw.owner.tgid,
+        comm: Comm::new(raw.owner.comm),
+        cgroup_id: raw.owner.cgroup_id,
+        attribution,
+        current_pid: raw.current_tgid,
+        family,
+        local: SocketAddr::new(addr(family, raw.saddr), raw.sport),
+        remote: SocketAddr::new(addr(family, raw.daddr), raw.dport),
+        old,
+        new,
+        reset,
+    })
+}
+
+/// IPv4 uses the first four bytes; a v4-mapped IPv6 address (`::ffff:a.b.c.d`, an IPv6 socket
+/// talking IPv4) is shown as the IPv4 address people will search for.
+fn addr(family: Family, raw: [u8; 16]) -> IpAddr {
+    match family {
+        Family::Ipv4 => IpAddr::V4(Ipv4Addr::new(raw[0], raw[1], raw[2], raw[3])),
+        Family::Ipv6 => {
+            let v6 = Ipv6Addr::from(raw);
+            match v6.to_ipv4_mapped() {
+                Some(v4) => IpAddr::V4(v4),
+                None => IpAddr::V6(v6),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use twtrace_ebpf::{Owner, flags, tcp_state};
+
+    use super::*;
+
+    pub(crate) fn wire(old: u32, new: u32) -> twtrace_ebpf::Event {
+        let mut comm = [0; COMM_LEN];
+        comm[..4].copy_from_slice(b"curl");
+        twtrace_ebpf::Event {
+            ts_ns: 5_000_000_000,
+            skaddr: 0xffff_8880_1234_5678,
+            cookie: 0,
+            owner: Owner {
+                tgid: 4242,
+                how: how::OWNER,
+                cgroup_id: 7,
+                comm,
+            },
+            oldstate: old,
+            newstate: new,
+            flags: 0,
+            current_tgid: 99,
+            family: AF_INET,
+            sport: 51000,
+            dport: 8080,
+            _pad: 0,
+            saddr: [127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            daddr: [10, 1, 2, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+        }
+    }
+
+    fn bytes_of(ev: &twtrace_ebpf::Event) -> Vec<u8> {
+        // SAFETY: `Event` is `#[repr(C)]` plain old data with explicit padding, so all of its
+        // EVENT_SIZE bytes are initialised.
+        unsafe {
+            std::slice::from_raw_parts((ev as *const twtrace_ebpf::Event).cast::<u8>(), EVENT_SIZE)
+        }
+        .to_vec()
+    }
+
+    #[test]
+    fn decodes_an_ipv4_record_from_raw_bytes() {
+        let t = decode(&bytes_of(&wire(
+            tcp_state::SYN_SENT,
+            tcp_state::ESTABLISHED,
+        )))
+        .expect("decodes");
+        assert_eq!(t.pid, 4242);
+        assert_eq!(t.comm.to_str(), "curl");
+        assert_eq!(t.family, Family::Ipv4);
+        assert_eq!(t.local, "127.0.0.1:51000".parse().expect("addr"));
+        assert_eq!(t.remote, "10.1.2.3:8080".parse().expect("addr"));
+        assert_eq!((t.old, t.new), (TcpState::SynSent, TcpState::Established));
+        assert_eq!(t.attribution, Attribution::Owner);
+        assert_eq!(t.cookie, None);
+        assert_eq!(t.current_pid, 99);
+    }
+
+    #[test]
+    fn decodes_from_an_unaligned_slot() {
+        let mut buf = vec![0u8; 1];
+        buf.extend(bytes_of(&wire(tcp_state::SYN_SENT, tcp_state::ESTABLISHED)));
+        assert_eq!(decode(&buf[1..]).map(|t| t.pid), Ok(4242));
+    }
+
+    #[test]
+    fn short_records_are_rejected() {
+        assert_eq!(decode(&[0; 10]), Err(DecodeError::Short(10)));
+        assert_eq!(decode(&[]), Err(DecodeError::Short(0)));
+    }
+
+    #[test]
+    fn bad_tags_are_errors() {
+        let mut ev = wire(tcp_state::SYN_SENT, tcp_state::ESTABLISHED);
+        ev.family = 1;
+        assert_eq!(from_wire(&ev), Err(DecodeError::Family(1)));
+        let mut ev = wire(tcp_state::SYN_SENT, 77);
+        assert_eq!(from_wire(&ev), Err(DecodeError::State(UnknownState(77))));
+        ev.newstate = tcp_state::ESTABLISHED;
+        ev.owner.how = 9;
+        assert_eq!(from_wire(&ev), Err(DecodeError::Attribution(9)));
+    }
+
+    #[test]
+    fn ipv6_and_v4_mapped_addresses() {
+        let mut ev = wire(tcp_state::SYN_SENT, tcp_state::ESTABLISHED);
+        ev.family = AF_INET6;
+        ev.saddr = Ipv6Addr::LOCALHOST.octets();
+        ev.daddr = Ipv4Addr::new(192, 0, 2, 7).to_ipv6_mapped().octets();
+        let t = from_wire(&ev).expect("decodes");
+        assert_eq!(t.family, Family::Ipv6);
+        assert_eq!(t.local.ip(), IpAddr::V6(Ipv6Addr::LOCALHOST));
+        assert_eq!(t.remote.ip(), IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7)));
+    }
+
+    #[test]
+    fn cookie_zero_means_unknown() {
+        let mut ev = wire(tcp_state::FIN_WAIT2, tcp_state::CLOSE);
+        ev.flags = flags::DESTROYED;
+        ev.cookie = 12345;
+        let t = from_wire(&ev).expect("decodes");
+        assert_eq!(t.cookie, Some(12345));
+        assert_eq!(t.new, TcpState::TimeWait);
+    }
+
+    #[test]
+    fn comm_handles_full_length_and_invalid_utf8() {
+        assert_eq!(Comm::new(*b"abcdefghijklmnop").to_str(), "abcdefghijklmnop");
+        let mut raw = [0; COMM_LEN];
+        raw[0] = 0xff;
+        raw[1] = b'x';
+        assert_eq!(Comm::new(raw).to_str(), "\u{fffd}x");
+        assert_eq!(
+            Comm::from("a-very-long-command-name").to_str(),
+            "a-very-long-com"
+        );
+    }
+}

@@ -1,0 +1,15 @@
+//! twtrace: which process, talking to which peer, is churning or leaking TCP connections.
+//!
+//! Data flows one way: kernel program -> ring buffer -> [`tracer`] -> [`event::Transition`] ->
+//! views ([`trace`]). Everything but `tracer` and `tracefs` is plain logic, tested without root.
+
+pub mod cli;
+pub mod clock;
+pub mod event;
+pub mod infer;
+pub mod privilege;
+pub mod run;
+pub mod state;
+pub mod trace;
+pub mod tracefs;
+pub mod tracer;

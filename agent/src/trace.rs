@@ -1,0 +1,236 @@
+//! The `trace` view: one line per transition, as text for people or JSON Lines for jq.
+
+use std::{
+    borrow::Cow,
+    io::{self, Write},
+    net::IpAddr,
+};
+
+use serde::Serialize;
+
+use crate::{clock::WallClock, event::Transition};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    Text,
+    Json,
+}
+
+/// Writes transitions to `out`. Write errors are kept (the closure that feeds the printer cannot
+/// return them) and surface through [`Printer::flush`].
+pub struct Printer<W: Write> {
+    out: W,
+    format: Format,
+    clock: WallClock,
+    header_done: bool,
+    error: Option<io::Error>,
+}
+
+#[derive(Serialize)]
+struct JsonLine<'a> {
+    time: String,
+    pid: u32,
+    comm: Cow<'a, str>,
+    family: &'static str,
+    laddr: IpAddr,
+    lport: u16,
+    raddr: IpAddr,
+    rport: u16,
+    old: &'static str,
+    new: &'static str,
+    attribution: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cookie: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reset: Option<&'static str>,
+    current_pid: u32,
+    cgroup_id: u64,
+}
+
+impl<W: Write> Printer<W> {
+    pub fn new(out: W, format: Format, clock: WallClock) -> Self {
+        Self {
+            out,
+            format,
+            clock,
+            header_done: false,
+            error: None,
+        }
+    }
+
+    pub fn print(&mut self, t: &Transition) {
+        if self.error.is_some() {
+            return;
+        }
+        let result = match self.format {
+            Format::Json => self.json(t),
+            Format::Text => self.text(t),
+        };
+        if let Err(e) = result {
+            self.error = Some(e);
+        }
+    }
+
+    /// Flushes what was printed. Called once per batch of events, so a pipe sees each batch as it
+    /// arrives (`| jq` works live) without a write per line at 100,000 events/s.
+    pub fn flush(&mut self) -> io::Result<()> {
+        if let Some(e) = self.error.take() {
+            return Err(e);
+        }
+        self.out.flush()
+    }
+
+    pub fn into_inner(self) -> W {
+        self.out
+    }
+
+    fn json(&mut self, t: &Transition) -> io::Result<()> {
+        let line = JsonLine {
+            time: humantime::format_rfc3339_micros(self.clock.to_system_time(t.mono_ns))
+                .to_string(),
+            pid: t.pid,
+            comm: t.comm.to_str(),
+            family: t.family.name(),
+            laddr: t.local.ip(),
+            lport: t.local.port(),
+            raddr: t.remote.ip(),
+            rport: t.remote.port(),
+            old: t.old.name(),
+            new: t.new.name(),
+            attribution: t.attribution.name(),
+            cookie: t.cookie,
+            reset: t.reset.map(|r| r.name()),
+            current_pid: t.current_pid,
+            cgroup_id: t.cgroup_id,
+        };
+        serde_json::to_writer(&mut self.out, &line)?;
+        self.out.write_all(b"\n")
+    }
+
+    fn text(&mut self, t: &Transition) -> io::Result<()> {
+        if !self.header_done {
+            self.header_done = true;
+            writeln!(
+                self.out,
+                "{:<15} {:>7} {:<15} {:<45} {:<25} {}",
+                "TIME(UTC)", "PID", "COMM", "LOCAL -> REMOTE", "OLD -> NEW", "OWNER FROM"
+            )?;
+        }
+        let stamp =
+            humantime::format_rfc3339_micros(self.clock.to_system_time(t.mono_ns)).to_string();
+        // "2026-11-25T16:40:01.123456Z" -> "16:40:01.123456": the date is noise in a live stream.
+        let time = stamp.get(11..26).unwrap_or(&stamp);
+        let pid = if t.pid == 0 {
+            "?".to_owned()
+        } else {
+            t.pid.to_string()
+        };
+        let comm = if t.pid == 0 {
+            Cow::Borrowed("-")
+        } else {
+            t.comm.to_str()
+        };
+        let peers = format!("{} -> {}", t.local, t.remote);
+        let states = format!("{} -> {}", t.old, t.new);
+        let mut by = t.attribution.name().to_owned();
+        if let Some(r) = t.reset {
+            by.push_str(", reset ");
+            by.push_str(r.name());
+        }
+        writeln!(
+            self.out,
+            "{time:<15} {pid:>7} {comm:<15} {peers:<45} {states:<25} {by}"
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use twtrace_ebpf::{flags, tcp_state};
+
+    use super::*;
+    use crate::event::{from_wire, tests::wire};
+
+    fn render(format: Format, events: &[twtrace_ebpf::Event]) -> String {
+        // 2026-11-25T00:00:00Z at monotonic zero.
+        let clock = WallClock::with_offset(1_795_564_800_000_000_000);
+        let mut p = Printer::new(Vec::new(), format, clock);
+        for ev in events {
+            p.print(&from_wire(ev).expect("valid"));
+        }
+        p.flush().expect("flush");
+        String::from_utf8(p.into_inner()).expect("utf8")
+    }
+
+    #[test]
+    fn json_line_has_the_documented_fields() {
+        let mut ev = wire(tcp_state::FIN_WAIT2, tcp_state::CLOSE);
+        ev.flags = flags::DESTROYED;
+        ev.cookie = 77;
+        let out = render(Format::Json, &[ev]);
+        assert_eq!(out.lines().count(), 1);
+        let v: serde_json::Value = serde_json::from_str(out.trim()).expect("json");
+        assert_eq!(v["time"], "2026-11-25T00:00:05.000000Z");
+        assert_eq!(v["pid"], 4242);
+        assert_eq!(v["comm"], "curl");
+        assert_eq!(v["family"], "ipv4");
+        assert_eq!(v["laddr"], "127.0.0.1");
+        assert_eq!(v["lport"], 51000);
+        assert_eq!(v["raddr"], "10.1.2.3");
+        assert_eq!(v["rport"], 8080);
+        assert_eq!(v["old"], "FIN_WAIT2");
+        assert_eq!(v["new"], "TIME_WAIT");
+        assert_eq!(v["attribution"], "owner");
+        assert_eq!(v["cookie"], 77);
+        assert_eq!(v["current_pid"], 99);
+        assert!(v.get("reset").is_none());
+    }
+
+    #[test]
+    fn json_omits_unknown_cookie_and_names_resets() {
+        let mut ev = wire(tcp_state::ESTABLISHED, tcp_state::CLOSE);
+        ev.flags = flags::RESET_RECEIVED;
+        let v: serde_json::Value =
+            serde_json::from_str(render(Format::Json, &[ev]).trim()).expect("json");
+        assert!(v.get("cookie").is_none());
+        assert_eq!(v["new"], "CLOSE");
+        assert_eq!(v["reset"], "received");
+    }
+
+    #[test]
+    fn text_has_one_header_and_one_line_per_event() {
+        let a = wire(tcp_state::CLOSE, tcp_state::SYN_SENT);
+        let mut b = wire(tcp_state::ESTABLISHED, tcp_state::CLOSE_WAIT);
+        b.owner.tgid = 0;
+        b.owner.how = twtrace_ebpf::how::UNKNOWN;
+        let out = render(Format::Text, &[a, b]);
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.len(), 3, "{out}");
+        assert!(lines[0].starts_with("TIME(UTC)"));
+        assert!(lines[1].starts_with("00:00:05.000000"), "{}", lines[1]);
+        assert!(lines[1].contains("4242 curl"), "{}", lines[1]);
+        assert!(lines[1].contains("127.0.0.1:51000 -> 10.1.2.3:8080"));
+        assert!(lines[1].contains("CLOSE -> SYN_SENT"));
+        assert!(lines[2].contains("      ? -"), "{}", lines[2]);
+        assert!(lines[2].ends_with("unknown"));
+    }
+
+    #[test]
+    fn write_errors_surface_on_flush() {
+        struct Broken;
+        impl Write for Broken {
+            fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+                Err(io::ErrorKind::BrokenPipe.into())
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let mut p = Printer::new(Broken, Format::Json, WallClock::with_offset(0));
+        p.print(&from_wire(&wire(tcp_state::CLOSE, tcp_state::SYN_SENT)).expect("valid"));
+        assert_eq!(
+            p.flush().map_err(|e| e.kind()),
+            Err(io::ErrorKind::BrokenPipe)
+        );
+    }
+}
