@@ -164,10 +164,13 @@ unsafe fn try_set_state(ctx: &TracePointContext) -> Result<(), i64> {
     }
 
     use tcp_state::*;
+    // Transitions only the owner's own system calls make (connect, listen, close/shutdown, and a
+    // listener's close or exit), so the current task is the owner.
     let owner_made = matches!(
         (oldstate, newstate),
         (CLOSE, SYN_SENT)
             | (CLOSE, LISTEN)
+            | (LISTEN, CLOSE)
             | (ESTABLISHED | SYN_RECV, FIN_WAIT1)
             | (CLOSE_WAIT, LAST_ACK)
     );
@@ -203,7 +206,8 @@ unsafe fn try_set_state(ctx: &TracePointContext) -> Result<(), i64> {
         if let Some(listener) = unsafe { LISTENERS.get(ev.sport) } {
             ev.owner = listener.owner;
             ev.owner.how = how::LISTENER;
-        } else {
+        } else if passes_filters(&ev) {
+            // Counted only for sockets the user asked about, so the number means something.
             count(stat::LISTENER_MISS);
         }
         let entry = SockEntry {
@@ -219,18 +223,14 @@ unsafe fn try_set_state(ctx: &TracePointContext) -> Result<(), i64> {
                 let entry = unsafe { &mut *entry };
                 ev.owner = entry.owner;
                 ev.flags |= entry.flags;
-                if newstate == CLOSE && matches!(oldstate, FIN_WAIT1 | FIN_WAIT2 | CLOSING) {
-                    // Possibly the TIME_WAIT entry (tcp_time_wait() ends in tcp_done()). Hold it
-                    // until tcp_destroy_sock, which follows at once for an orphaned socket and
-                    // brings the cookie the timewait socket keeps, and lets a reset sent right
-                    // after the state change (tcp_disconnect) be seen before deciding.
+                if holds_close(oldstate, newstate, entry.flags) {
                     entry.pending = ev;
                     entry.has_pending = 1;
                     return Ok(());
                 }
             }
             None => {
-                if newstate == CLOSE && matches!(oldstate, FIN_WAIT1 | FIN_WAIT2 | CLOSING) {
+                if holds_close(oldstate, newstate, 0) {
                     let entry = SockEntry {
                         owner: ev.owner,
                         has_pending: 1,
@@ -245,16 +245,34 @@ unsafe fn try_set_state(ctx: &TracePointContext) -> Result<(), i64> {
             }
         }
     }
-    if oldstate == LISTEN && newstate == CLOSE {
-        // SAFETY: read-only copy of a small value.
-        if let Some(l) = unsafe { LISTENERS.get(ev.sport) } {
-            if l.skaddr == skaddr {
-                let _ = LISTENERS.remove(ev.sport);
-            }
-        }
+    // Forget a listener when it closes, unless another socket took its port since. Listeners
+    // learnt from /proc at start-up have no skaddr; their owner closing them is the best match.
+    // SAFETY: read-only copy of a small value.
+    if oldstate == LISTEN
+        && newstate == CLOSE
+        && unsafe { LISTENERS.get(ev.sport) }
+            .is_some_and(|l| l.skaddr == skaddr || (l.skaddr == 0 && l.owner.tgid == ev.owner.tgid))
+    {
+        let _ = LISTENERS.remove(ev.sport);
     }
     emit(&ev);
     Ok(())
+}
+
+/// Whether a `* -> CLOSE` waits for `tcp:tcp_destroy_sock` before being sent.
+///
+/// Held: closes not already explained by a received reset. For an orphaned socket the destroy
+/// follows in the same call chain (tcp_done() -> inet_csk_destroy_sock()); it brings the cookie,
+/// which the timewait socket keeps (so TIME_WAIT sockets can be joined with sock_diag), and lets
+/// a reset sent right after the state change be seen first: tcp_disconnect() (SO_LINGER 0) and
+/// tcp_close() with unread data set CLOSE before sending their reset. A socket its process still
+/// holds is destroyed when the process closes it, so its close is reported then. A listener's
+/// close is sent at once.
+#[inline(always)]
+fn holds_close(oldstate: u32, newstate: u32, entry_flags: u32) -> bool {
+    newstate == tcp_state::CLOSE
+        && oldstate != tcp_state::LISTEN
+        && entry_flags & flags::RESET_RECEIVED == 0
 }
 
 #[tracepoint]

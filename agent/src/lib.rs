@@ -8,6 +8,7 @@ pub mod clock;
 pub mod event;
 pub mod infer;
 pub mod privilege;
+pub mod procnet;
 pub mod run;
 pub mod state;
 pub mod trace;

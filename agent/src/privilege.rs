@@ -44,7 +44,7 @@ fn missing_from(caps: u64) -> Vec<&'static str> {
 /// The error line for missing capabilities.
 pub fn explain(missing: &[&str]) -> String {
     format!(
-        "twtrace needs root, or the capabilities CAP_BPF and CAP_PERFMON (missing: {}); run it with sudo",
+        "needs root, or the capabilities CAP_BPF and CAP_PERFMON (missing: {}); run it with sudo",
         missing.join(", ")
     )
 }

@@ -112,8 +112,8 @@ impl<W: Write> Printer<W> {
             self.header_done = true;
             writeln!(
                 self.out,
-                "{:<15} {:>7} {:<15} {:<45} {:<25} {}",
-                "TIME(UTC)", "PID", "COMM", "LOCAL -> REMOTE", "OLD -> NEW", "OWNER FROM"
+                "{:<15} {:>7} {:<15} {:<45} {:<25} OWNER FROM",
+                "TIME(UTC)", "PID", "COMM", "LOCAL -> REMOTE", "OLD -> NEW"
             )?;
         }
         let stamp =

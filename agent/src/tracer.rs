@@ -13,11 +13,11 @@ use aya::{
     programs::{ProgramError, TracePoint},
 };
 use tokio::io::{Interest, unix::AsyncFd};
-use twtrace_ebpf::{globals, maps, programs, stat};
+use twtrace_ebpf::{ListenerEntry, globals, maps, programs, stat};
 
 use crate::{
     event::{self, DecodeError, Transition},
-    privilege, tracefs,
+    privilege, procnet, tracefs,
 };
 
 /// The kernel object built by build.rs. Empty when the build had no bpf-linker.
@@ -113,6 +113,8 @@ impl Tracer {
             start_kernel_logger(&mut ebpf);
         }
         fill_filters(&mut ebpf, opts)?;
+        let seeded = seed_listeners(&mut ebpf)?;
+        log::debug!("learnt {seeded} existing listening ports from /proc");
 
         let hooks = [
             (programs::SET_STATE, "sock", "inet_sock_set_state"),
@@ -215,6 +217,26 @@ fn undecodable_event(count: &mut u64, e: &DecodeError) {
     if *count == 1 {
         log::warn!("undecodable event from the kernel: {e}");
     }
+}
+
+/// Tells the kernel program who owns the listeners that existed before it was attached, so their
+/// accepted connections are attributed from the first packet on.
+fn seed_listeners(ebpf: &mut Ebpf) -> anyhow::Result<usize> {
+    let mut map: BpfHashMap<_, u16, ListenerEntry> = BpfHashMap::try_from(
+        ebpf.map_mut(maps::LISTENERS)
+            .ok_or_else(|| anyhow!("map {} missing", maps::LISTENERS))?,
+    )?;
+    let listeners = procnet::existing_listeners();
+    for (port, owner) in &listeners {
+        // skaddr 0: /proc hides kernel addresses; the kernel side matches the owner instead.
+        let entry = ListenerEntry {
+            owner: *owner,
+            skaddr: 0,
+        };
+        map.insert(port, entry, 0)
+            .with_context(|| format!("recording the listener on port {port}"))?;
+    }
+    Ok(listeners.len())
 }
 
 fn fill_filters(ebpf: &mut Ebpf, opts: &Options) -> anyhow::Result<()> {
