@@ -128,6 +128,11 @@ unsafe fn try_set_state(ctx: &TracePointContext) -> Result<(), i64> {
     let skaddr: u64 = unsafe { ctx.read_at(o::SKADDR)? };
     let oldstate = unsafe { ctx.read_at::<i32>(o::OLDSTATE)? } as u32;
     let newstate = unsafe { ctx.read_at::<i32>(o::NEWSTATE)? } as u32;
+    // tcp_set_state() fires the tracepoint even when the state does not change (close() after
+    // shutdown(SHUT_WR) gives FIN_WAIT1 -> FIN_WAIT1): not a transition, nothing to report.
+    if oldstate == newstate {
+        return Ok(());
+    }
     let family: u16 = unsafe { ctx.read_at(o::FAMILY)? };
     let mut ev = Event {
         ts_ns: unsafe { bpf_ktime_get_ns() },
