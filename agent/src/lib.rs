@@ -10,6 +10,7 @@ pub mod infer;
 pub mod privilege;
 pub mod procnet;
 pub mod run;
+pub mod snapshot;
 pub mod state;
 pub mod trace;
 pub mod tracefs;

@@ -105,9 +105,9 @@ pub fn existing_listeners() -> Vec<(u16, Owner)> {
         .collect()
 }
 
-/// Which processes hold each wanted socket inode. Processes that exit meanwhile, or whose fds
-/// cannot be read, are skipped.
-fn socket_holders(wanted: &std::collections::HashSet<u64>) -> HashMap<u64, Vec<u32>> {
+/// Which processes hold each wanted socket inode (as `ss -p` finds them). Processes that exit
+/// meanwhile, or whose fds cannot be read, are skipped.
+pub fn socket_holders(wanted: &std::collections::HashSet<u64>) -> HashMap<u64, Vec<u32>> {
     let mut holders: HashMap<u64, Vec<u32>> = HashMap::new();
     let Ok(procs) = fs::read_dir("/proc") else {
         return holders;
@@ -137,7 +137,8 @@ fn socket_holders(wanted: &std::collections::HashSet<u64>) -> HashMap<u64, Vec<u
     holders
 }
 
-fn owner_of(pid: u32, cgroup_root: Option<&Path>) -> Owner {
+/// A process's owner record (pid, comm, cgroup id) read from /proc.
+pub fn owner_of(pid: u32, cgroup_root: Option<&Path>) -> Owner {
     let mut comm = [0u8; COMM_LEN];
     if let Ok(name) = fs::read(format!("/proc/{pid}/comm")) {
         let name = name.strip_suffix(b"\n").unwrap_or(&name);
@@ -154,7 +155,7 @@ fn owner_of(pid: u32, cgroup_root: Option<&Path>) -> Owner {
 
 /// Where the cgroup v2 hierarchy is mounted (`/sys/fs/cgroup`, or `/sys/fs/cgroup/unified` on
 /// hybrid systems like this one).
-fn cgroup2_mount() -> Option<PathBuf> {
+pub fn cgroup2_mount() -> Option<PathBuf> {
     let mounts = fs::read_to_string("/proc/self/mounts").ok()?;
     mounts.lines().find_map(|l| {
         let mut cols = l.split_whitespace();
