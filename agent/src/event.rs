@@ -192,18 +192,21 @@ pub fn from_wire(raw: &twtrace_ebpf::Event) -> Result<Transition, DecodeError> {
     })
 }
 
-/// IPv4 uses the first four bytes; a v4-mapped IPv6 address (`::ffff:a.b.c.d`, an IPv6 socket
-/// talking IPv4) is shown as the IPv4 address people will search for.
+/// IPv4 uses the first four bytes of the wire record's address.
 fn addr(family: Family, raw: [u8; 16]) -> IpAddr {
     match family {
         Family::Ipv4 => IpAddr::V4(Ipv4Addr::new(raw[0], raw[1], raw[2], raw[3])),
-        Family::Ipv6 => {
-            let v6 = Ipv6Addr::from(raw);
-            match v6.to_ipv4_mapped() {
-                Some(v4) => IpAddr::V4(v4),
-                None => IpAddr::V6(v6),
-            }
-        }
+        Family::Ipv6 => unmap(IpAddr::V6(Ipv6Addr::from(raw))),
+    }
+}
+
+/// A v4-mapped IPv6 address (`::ffff:a.b.c.d`, an IPv6 socket talking IPv4) as the IPv4 address
+/// people will search for. Every source of addresses (events, sock_diag) goes through this so
+/// they compare equal.
+pub fn unmap(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
     }
 }
 
