@@ -1,0 +1,1063 @@
+//! The leaderboard's model: per-socket state joined with owners, per-process and per-peer
+//! counters, reconciled with the kernel's socket table. Plain Rust, no I/O: events and sock_diag
+//! dumps go in, [`Snapshot`]s come out.
+//!
+//! Every event costs a few hash-map operations (O(1)); memory is bounded by the live sockets
+//! (the kernel's own count), a per-process peer cap, and ageing of dead processes and idle peers.
+
+use std::{
+    collections::{HashMap, HashSet},
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+};
+
+use crate::{
+    event::{Attribution, Comm, Transition},
+    snapshot::{BEFORE_START, PeerRow, ProcessRow, Snapshot, Totals},
+    state::TcpState,
+};
+
+/// How many TIME_WAIT-per-interval samples a process keeps for its sparkline.
+pub const HISTORY_LEN: usize = 60;
+
+/// Bounds and ageing.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Peers tracked per process; the rest are summed in one "other" peer.
+    pub max_peers_per_process: usize,
+    /// A peer with nothing alive is dropped after this long without events.
+    pub peer_idle_ns: u64,
+    /// A process with nothing alive is dropped after this long without events if it has exited.
+    pub process_idle_ns: u64,
+    /// A TIME_WAIT socket whose cookie is unknown cannot be reconciled; it is dropped after the
+    /// kernel's TIME_WAIT length (TCP_TIMEWAIT_LEN, 60 s).
+    pub timewait_len_ns: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_peers_per_process: 64,
+            peer_idle_ns: 60_000_000_000,
+            process_idle_ns: 10_000_000_000,
+            timewait_len_ns: 60_000_000_000,
+        }
+    }
+}
+
+/// Where a connection goes: outgoing ones by remote address and port, accepted ones by the
+/// client's address and the local listening port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum PeerKey {
+    Out {
+        raddr: IpAddr,
+        rport: u16,
+    },
+    In {
+        raddr: IpAddr,
+        lport: u16,
+    },
+    /// Everything beyond the per-process cap.
+    Other,
+}
+
+impl PeerKey {
+    fn of(accepted: bool, local: SocketAddr, remote: SocketAddr) -> Self {
+        if accepted {
+            Self::In {
+                raddr: remote.ip(),
+                lport: local.port(),
+            }
+        } else {
+            Self::Out {
+                raddr: remote.ip(),
+                rport: remote.port(),
+            }
+        }
+    }
+}
+
+/// A live full socket (not LISTEN, not timewait).
+#[derive(Clone, Copy, Debug)]
+struct Sock {
+    pid: u32,
+    state: TcpState,
+    peer: PeerKey,
+    local: SocketAddr,
+    remote: SocketAddr,
+    /// Monotonic ns of the last event or of the kernel dump that confirmed it.
+    seen_ns: u64,
+}
+
+/// A TIME_WAIT socket twtrace attributed.
+#[derive(Clone, Copy, Debug)]
+struct TwSock {
+    pid: u32,
+    peer: PeerKey,
+    entered_ns: u64,
+    /// False when the cookie was unknown (key is synthetic): expired by age only.
+    reconcilable: bool,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct Peer {
+    tw_entered: u64,
+    tw_now: u64,
+    cw_now: u64,
+    est_now: u64,
+    last_ns: u64,
+}
+
+impl Peer {
+    fn alive(&self) -> bool {
+        self.tw_now + self.cw_now + self.est_now > 0
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+struct Proc {
+    comm: Comm,
+    tw_entered: u64,
+    opens: u64,
+    closes: u64,
+    resets: u64,
+    /// Counters at the previous snapshot, for per-interval rates.
+    prev: (u64, u64, u64),
+    rates: (f64, f64, f64),
+    tw_now: u64,
+    cw_now: u64,
+    est_now: u64,
+    history: Vec<u64>,
+    peers: HashMap<PeerKey, Peer>,
+    last_ns: u64,
+}
+
+impl Proc {
+    fn alive(&self) -> bool {
+        self.tw_now + self.cw_now + self.est_now > 0
+    }
+
+    /// The key `key`'s counts live under: itself, or "other" once the cap is reached. Creates
+    /// the peer entry.
+    fn intern_peer(&mut self, key: PeerKey, cap: usize) -> PeerKey {
+        let key = if self.peers.len() >= cap && !self.peers.contains_key(&key) {
+            PeerKey::Other
+        } else {
+            key
+        };
+        self.peers.entry(key).or_default();
+        key
+    }
+}
+
+/// One socket in the kernel's table (from sock_diag), as the model needs it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KernelSocket {
+    pub state: TcpState,
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    pub cookie: u64,
+    pub inode: u64,
+    /// A timewait socket (whatever its substate).
+    pub timewait: bool,
+}
+
+/// Counters the model does not derive itself (from the tracer and /proc).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Outside {
+    pub lost_events: u64,
+    pub timewait_kernel: Option<u64>,
+}
+
+#[derive(Debug)]
+pub struct Model {
+    limits: Limits,
+    start_ns: u64,
+    procs: HashMap<u32, Proc>,
+    /// Event-born sockets by kernel address.
+    socks: HashMap<u64, Sock>,
+    /// Sockets found in the kernel's table with no event yet, by (local, remote).
+    seeded: HashMap<(SocketAddr, SocketAddr), Sock>,
+    timewait: HashMap<u64, TwSock>,
+    /// TIME_WAIT sockets in the kernel's table whose owner twtrace never saw, with peers.
+    before_start_tw: HashMap<PeerKey, u64>,
+    unattributed_events: u64,
+    tw_entered_total: u64,
+    tw_entered_prev: u64,
+    tw_rate: f64,
+    last_snapshot_ns: u64,
+}
+
+impl Model {
+    pub fn new(start_ns: u64, limits: Limits) -> Self {
+        Self {
+            limits,
+            start_ns,
+            procs: HashMap::new(),
+            socks: HashMap::new(),
+            seeded: HashMap::new(),
+            timewait: HashMap::new(),
+            before_start_tw: HashMap::new(),
+            unattributed_events: 0,
+            tw_entered_total: 0,
+            tw_entered_prev: 0,
+            tw_rate: 0.0,
+            last_snapshot_ns: start_ns,
+        }
+    }
+
+    /// Applies one transition.
+    pub fn apply(&mut self, t: &Transition) {
+        if t.attribution == Attribution::Unknown {
+            self.unattributed_events += 1;
+        }
+        // Listening sockets are not connections.
+        if (t.old == TcpState::Listen && t.new != TcpState::SynRecv) || t.new == TcpState::Listen {
+            return;
+        }
+        let previous = match self.socks.remove(&t.skaddr) {
+            Some(s) => Some(s),
+            None => self.seeded.remove(&(t.local, t.remote)),
+        };
+        if let Some(old) = &previous {
+            self.uncount(old);
+        }
+        // A socket found in the kernel's table keeps the owner /proc gave it when the kernel
+        // side has none.
+        let pid = match previous {
+            Some(s) if t.pid == 0 => s.pid,
+            _ => t.pid,
+        };
+        let accepted = match previous {
+            Some(s) => matches!(s.peer, PeerKey::In { .. }),
+            None => t.old == TcpState::Listen || t.attribution == Attribution::Listener,
+        };
+        let cap = self.limits.max_peers_per_process;
+        let proc = self.procs.entry(pid).or_default();
+        if t.pid != 0 {
+            proc.comm = t.comm;
+        }
+        proc.last_ns = proc.last_ns.max(t.mono_ns);
+        // The ephemeral port is 0 at CLOSE -> SYN_SENT, but the peer is known from the start.
+        let peer = proc.intern_peer(PeerKey::of(accepted, t.local, t.remote), cap);
+        if let Some(p) = proc.peers.get_mut(&peer) {
+            p.last_ns = p.last_ns.max(t.mono_ns);
+        }
+        if matches!(
+            (t.old, t.new),
+            (TcpState::Close, TcpState::SynSent) | (TcpState::Listen, TcpState::SynRecv)
+        ) {
+            proc.opens += 1;
+        }
+        match t.new {
+            TcpState::TimeWait => {
+                proc.closes += 1;
+                proc.tw_entered += 1;
+                proc.tw_now += 1;
+                if let Some(p) = proc.peers.get_mut(&peer) {
+                    p.tw_entered += 1;
+                    p.tw_now += 1;
+                }
+                self.tw_entered_total += 1;
+                let (key, reconcilable) = match t.cookie {
+                    Some(c) => (c, true),
+                    // Cookies count up from 1, so a synthetic key with the top bit set cannot
+                    // collide with a real one in practice.
+                    None => (t.skaddr | 1 << 63, false),
+                };
+                let tw = TwSock {
+                    pid,
+                    peer,
+                    entered_ns: t.mono_ns,
+                    reconcilable,
+                };
+                if let Some(old) = self.timewait.insert(key, tw) {
+                    self.uncount_tw(&old);
+                }
+            }
+            TcpState::Close => {
+                proc.closes += 1;
+                if t.reset.is_some() {
+                    proc.resets += 1;
+                }
+            }
+            state => {
+                let sock = Sock {
+                    pid,
+                    state,
+                    peer,
+                    local: t.local,
+                    remote: t.remote,
+                    seen_ns: t.mono_ns,
+                };
+                self.count(&sock);
+                self.socks.insert(t.skaddr, sock);
+            }
+        }
+    }
+
+    /// Adds a socket's gauges to its process and peer (the peer was interned by the caller).
+    fn count(&mut self, s: &Sock) {
+        let proc = self.procs.entry(s.pid).or_default();
+        let (cw, est) = gauge(s.state);
+        proc.cw_now += cw;
+        proc.est_now += est;
+        let p = proc.peers.entry(s.peer).or_default();
+        p.cw_now += cw;
+        p.est_now += est;
+    }
+
+    fn uncount(&mut self, s: &Sock) {
+        let (cw, est) = gauge(s.state);
+        if let Some(proc) = self.procs.get_mut(&s.pid) {
+            proc.cw_now = proc.cw_now.saturating_sub(cw);
+            proc.est_now = proc.est_now.saturating_sub(est);
+            if let Some(p) = proc.peers.get_mut(&s.peer) {
+                p.cw_now = p.cw_now.saturating_sub(cw);
+                p.est_now = p.est_now.saturating_sub(est);
+            }
+        }
+    }
+
+    fn uncount_tw(&mut self, tw: &TwSock) {
+        if let Some(proc) = self.procs.get_mut(&tw.pid) {
+            proc.tw_now = proc.tw_now.saturating_sub(1);
+            if let Some(p) = proc.peers.get_mut(&tw.peer) {
+                p.tw_now = p.tw_now.saturating_sub(1);
+            }
+        }
+    }
+
+    /// Brings the "now" gauges in line with the kernel's socket table, dumped at `dump_ns`
+    /// (monotonic, taken before the dump started). `owner_of_inode` finds the process holding a
+    /// socket inode (via /proc/<pid>/fd); it is asked only about sockets twtrace has no owner for.
+    pub fn reconcile(
+        &mut self,
+        kernel: &[KernelSocket],
+        dump_ns: u64,
+        owner_of_inode: &mut dyn FnMut(&[u64]) -> HashMap<u64, (u32, Comm)>,
+    ) {
+        let listening: HashSet<u16> = kernel
+            .iter()
+            .filter(|k| k.state == TcpState::Listen)
+            .map(|k| k.local.port())
+            .collect();
+
+        // TIME_WAIT: the kernel drops them after 60 s or when tcp_tw_reuse hands the port on.
+        let kernel_tw: HashSet<u64> = kernel
+            .iter()
+            .filter(|k| k.timewait)
+            .map(|k| k.cookie)
+            .collect();
+        let tw_len = self.limits.timewait_len_ns;
+        let expired: Vec<u64> = self
+            .timewait
+            .iter()
+            .filter(|(cookie, tw)| {
+                tw.entered_ns < dump_ns
+                    && if tw.reconcilable {
+                        !kernel_tw.contains(cookie)
+                    } else {
+                        dump_ns.saturating_sub(tw.entered_ns) > tw_len
+                    }
+            })
+            .map(|(&cookie, _)| cookie)
+            .collect();
+        for cookie in expired {
+            if let Some(tw) = self.timewait.remove(&cookie) {
+                self.uncount_tw(&tw);
+            }
+        }
+        self.before_start_tw.clear();
+        for k in kernel
+            .iter()
+            .filter(|k| k.timewait && !self.timewait.contains_key(&k.cookie))
+        {
+            let peer = PeerKey::of(listening.contains(&k.local.port()), k.local, k.remote);
+            *self.before_start_tw.entry(peer).or_default() += 1;
+        }
+
+        // Full sockets: drop what the kernel no longer has (a close twtrace did not see), add
+        // what it has that twtrace never saw (sockets from before the start).
+        // Only the gauged states (ESTABLISHED, CLOSE_WAIT) are reconciled: the others change
+        // within milliseconds and a SYN_SENT socket's local port is not known yet.
+        let kernel_full: HashMap<(SocketAddr, SocketAddr), &KernelSocket> = kernel
+            .iter()
+            .filter(|k| !k.timewait && gauge(k.state) != (0, 0))
+            .map(|k| ((k.local, k.remote), k))
+            .collect();
+        let gone: Vec<u64> = self
+            .socks
+            .iter()
+            .filter(|(_, s)| {
+                gauge(s.state) != (0, 0)
+                    && s.seen_ns < dump_ns
+                    && !kernel_full.contains_key(&(s.local, s.remote))
+            })
+            .map(|(&skaddr, _)| skaddr)
+            .collect();
+        for skaddr in gone {
+            if let Some(s) = self.socks.remove(&skaddr) {
+                self.uncount(&s);
+            }
+        }
+        let gone_seeded: Vec<(SocketAddr, SocketAddr)> = self
+            .seeded
+            .keys()
+            .filter(|key| !kernel_full.contains_key(key))
+            .copied()
+            .collect();
+        for key in gone_seeded {
+            if let Some(s) = self.seeded.remove(&key) {
+                self.uncount(&s);
+            }
+        }
+        let known: HashSet<(SocketAddr, SocketAddr)> =
+            self.socks.values().map(|s| (s.local, s.remote)).collect();
+        let new: Vec<&KernelSocket> = kernel_full
+            .iter()
+            .filter(|(key, _)| !known.contains(key) && !self.seeded.contains_key(key))
+            .map(|(_, k)| *k)
+            .collect();
+        if new.is_empty() {
+            return;
+        }
+        let inodes: Vec<u64> = new.iter().map(|k| k.inode).filter(|&i| i != 0).collect();
+        let owners = owner_of_inode(&inodes);
+        for k in new {
+            let (pid, comm) = owners
+                .get(&k.inode)
+                .copied()
+                .unwrap_or((0, Comm::default()));
+            let proc = self.procs.entry(pid).or_default();
+            if pid != 0 {
+                proc.comm = comm;
+            }
+            let cap = self.limits.max_peers_per_process;
+            let peer = proc.intern_peer(
+                PeerKey::of(listening.contains(&k.local.port()), k.local, k.remote),
+                cap,
+            );
+            let sock = Sock {
+                pid,
+                state: k.state,
+                peer,
+                local: k.local,
+                remote: k.remote,
+                seen_ns: dump_ns,
+            };
+            self.count(&sock);
+            self.seeded.insert((k.local, k.remote), sock);
+        }
+    }
+
+    /// Builds the leaderboard at `now_ns`, computes the interval's rates, and ages out dead
+    /// processes and idle peers. `exists` tells whether a process is still alive.
+    pub fn snapshot(
+        &mut self,
+        now_ns: u64,
+        time: String,
+        outside: Outside,
+        exists: &dyn Fn(u32) -> bool,
+    ) -> Snapshot {
+        let interval_s = (now_ns.saturating_sub(self.last_snapshot_ns)) as f64 / 1e9;
+        let per_s = |delta: u64| {
+            if interval_s > 0.0 {
+                delta as f64 / interval_s
+            } else {
+                0.0
+            }
+        };
+        self.last_snapshot_ns = now_ns;
+        self.tw_rate = per_s(self.tw_entered_total - self.tw_entered_prev);
+        self.tw_entered_prev = self.tw_entered_total;
+
+        let limits = self.limits;
+        for proc in self.procs.values_mut() {
+            let (tw, opens, closes) = proc.prev;
+            let tw_delta = proc.tw_entered - tw;
+            proc.rates = (
+                per_s(tw_delta),
+                per_s(proc.opens - opens),
+                per_s(proc.closes - closes),
+            );
+            proc.prev = (proc.tw_entered, proc.opens, proc.closes);
+            if proc.history.len() == HISTORY_LEN {
+                proc.history.remove(0);
+            }
+            proc.history.push(tw_delta);
+            proc.peers
+                .retain(|_, p| p.alive() || now_ns.saturating_sub(p.last_ns) < limits.peer_idle_ns);
+        }
+        self.procs.retain(|&pid, p| {
+            pid == 0
+                || p.alive()
+                || now_ns.saturating_sub(p.last_ns) < limits.process_idle_ns
+                || exists(pid)
+        });
+
+        let mut processes: Vec<ProcessRow> = self
+            .procs
+            .iter()
+            .filter_map(|(&pid, p)| row(pid, p, &self.before_start_tw))
+            .collect();
+        if !self.procs.contains_key(&0) && !self.before_start_tw.is_empty() {
+            if let Some(r) = row(0, &Proc::default(), &self.before_start_tw) {
+                processes.push(r);
+            }
+        }
+        processes.sort_by(|a, b| {
+            b.timewait_per_s
+                .total_cmp(&a.timewait_per_s)
+                .then(b.timewait_entered.cmp(&a.timewait_entered))
+                .then(b.timewait_now.cmp(&a.timewait_now))
+                .then(b.close_wait_now.cmp(&a.close_wait_now))
+                .then(a.pid.cmp(&b.pid))
+        });
+        let totals = Totals {
+            timewait_now: processes.iter().map(|p| p.timewait_now).sum(),
+            timewait_kernel: outside.timewait_kernel,
+            close_wait_now: processes.iter().map(|p| p.close_wait_now).sum(),
+            established_now: processes.iter().map(|p| p.established_now).sum(),
+            timewait_entered: self.tw_entered_total,
+            timewait_per_s: self.tw_rate,
+        };
+        Snapshot {
+            time,
+            interval_s,
+            uptime_s: now_ns.saturating_sub(self.start_ns) as f64 / 1e9,
+            lost_events: outside.lost_events,
+            unattributed_events: self.unattributed_events,
+            totals,
+            processes,
+        }
+    }
+
+    /// Sockets and processes tracked, for bounds checks.
+    pub fn sizes(&self) -> (usize, usize, usize) {
+        (
+            self.procs.len(),
+            self.socks.len() + self.seeded.len(),
+            self.timewait.len(),
+        )
+    }
+}
+
+/// (CLOSE_WAIT, ESTABLISHED) contributions of a state.
+fn gauge(state: TcpState) -> (u64, u64) {
+    match state {
+        TcpState::CloseWait => (1, 0),
+        TcpState::Established => (0, 1),
+        _ => (0, 0),
+    }
+}
+
+/// A process's row; pid 0 also carries the unowned TIME_WAIT sockets. None for an empty pid 0.
+fn row(pid: u32, p: &Proc, before_start_tw: &HashMap<PeerKey, u64>) -> Option<ProcessRow> {
+    let mut peers: Vec<PeerRow> = p
+        .peers
+        .iter()
+        .map(|(key, peer)| peer_row(key, peer.tw_entered, peer.tw_now, peer.cw_now, peer.est_now))
+        .collect();
+    let mut tw_now = p.tw_now;
+    if pid == 0 {
+        for (key, &n) in before_start_tw {
+            tw_now += n;
+            match peers.iter_mut().find(|r| same_key(r, key)) {
+                Some(r) => r.timewait_now += n,
+                None => peers.push(peer_row(key, 0, n, 0, 0)),
+            }
+        }
+        if tw_now + p.cw_now + p.est_now + p.tw_entered + p.opens + p.closes == 0 {
+            return None;
+        }
+    }
+    peers.sort_by(|a, b| {
+        b.timewait_entered
+            .cmp(&a.timewait_entered)
+            .then(b.timewait_now.cmp(&a.timewait_now))
+            .then(b.close_wait_now.cmp(&a.close_wait_now))
+            .then(b.established_now.cmp(&a.established_now))
+            .then(a.raddr.cmp(&b.raddr))
+            .then(a.rport.cmp(&b.rport))
+    });
+    Some(ProcessRow {
+        pid,
+        comm: if pid == 0 {
+            BEFORE_START.to_owned()
+        } else {
+            p.comm.to_str().into_owned()
+        },
+        timewait_entered: p.tw_entered,
+        timewait_per_s: p.rates.0,
+        timewait_now: tw_now,
+        close_wait_now: p.cw_now,
+        established_now: p.est_now,
+        opens: p.opens,
+        opens_per_s: p.rates.1,
+        closes: p.closes,
+        closes_per_s: p.rates.2,
+        resets: p.resets,
+        timewait_history: p.history.clone(),
+        peers,
+    })
+}
+
+fn peer_row(key: &PeerKey, tw_entered: u64, tw_now: u64, cw_now: u64, est_now: u64) -> PeerRow {
+    let (raddr, rport, lport) = match *key {
+        PeerKey::Out { raddr, rport } => (raddr.to_string(), rport, None),
+        PeerKey::In { raddr, lport } => (raddr.to_string(), 0, Some(lport)),
+        PeerKey::Other => ("other".to_owned(), 0, None),
+    };
+    PeerRow {
+        raddr,
+        rport,
+        lport,
+        timewait_entered: tw_entered,
+        timewait_now: tw_now,
+        close_wait_now: cw_now,
+        established_now: est_now,
+    }
+}
+
+fn same_key(r: &PeerRow, key: &PeerKey) -> bool {
+    let (raddr, rport, lport) = match *key {
+        PeerKey::Out { raddr, rport } => (raddr, rport, None),
+        PeerKey::In { raddr, lport } => (raddr, 0, Some(lport)),
+        PeerKey::Other => (IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0, None),
+    };
+    !matches!(key, PeerKey::Other)
+        && r.raddr == raddr.to_string()
+        && r.rport == rport
+        && r.lport == lport
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{Family, Reset};
+
+    const S: u64 = 1_000_000_000;
+    const CLIENT: u32 = 10;
+    const SERVER: u32 = 20;
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().expect("socket address")
+    }
+
+    struct Ev(Transition);
+
+    impl Ev {
+        fn new(
+            pid: u32,
+            skaddr: u64,
+            old: TcpState,
+            new: TcpState,
+            local: &str,
+            remote: &str,
+        ) -> Self {
+            Self(Transition {
+                mono_ns: S,
+                skaddr,
+                cookie: None,
+                pid,
+                comm: Comm::from(match pid {
+                    CLIENT => "client",
+                    SERVER => "server",
+                    _ => "other",
+                }),
+                cgroup_id: 0,
+                attribution: if pid == 0 {
+                    Attribution::Unknown
+                } else {
+                    Attribution::Owner
+                },
+                current_pid: 0,
+                family: Family::Ipv4,
+                local: addr(local),
+                remote: addr(remote),
+                old,
+                new,
+                reset: None,
+            })
+        }
+        fn at(mut self, ns: u64) -> Self {
+            self.0.mono_ns = ns;
+            self
+        }
+        fn cookie(mut self, c: u64) -> Self {
+            self.0.cookie = Some(c);
+            self
+        }
+        fn by(mut self, a: Attribution) -> Self {
+            self.0.attribution = a;
+            self
+        }
+        fn reset(mut self) -> Self {
+            self.0.reset = Some(Reset::Received);
+            self
+        }
+    }
+
+    use TcpState::*;
+
+    /// One client-closes-first connection: 10 transitions, as the kernel reports them.
+    fn client_first(m: &mut Model, n: u64, at: u64) {
+        let (c, s) = (0x1000 + n * 2, 0x1001 + n * 2);
+        let cport = 40000 + n as u16;
+        let cl = format!("127.0.0.1:{cport}");
+        let (srv, zero) = ("127.0.0.1:8080", "127.0.0.1:0");
+        let l = Attribution::Listener;
+        for ev in [
+            Ev::new(CLIENT, c, Close, SynSent, zero, srv),
+            Ev::new(CLIENT, c, SynSent, Established, &cl, srv),
+            Ev::new(SERVER, s, Listen, SynRecv, srv, &cl).by(l),
+            Ev::new(SERVER, s, SynRecv, Established, srv, &cl).by(l),
+            Ev::new(CLIENT, c, Established, FinWait1, &cl, srv),
+            Ev::new(SERVER, s, Established, CloseWait, srv, &cl).by(l),
+            Ev::new(SERVER, s, CloseWait, LastAck, srv, &cl),
+            Ev::new(CLIENT, c, FinWait1, FinWait2, &cl, srv),
+            Ev::new(CLIENT, c, FinWait2, TimeWait, &cl, srv).cookie(500 + n),
+            Ev::new(SERVER, s, LastAck, Close, srv, &cl).cookie(900 + n),
+        ] {
+            m.apply(&ev.at(at).0);
+        }
+    }
+
+    fn snap(m: &mut Model, now: u64) -> Snapshot {
+        m.snapshot(now, String::new(), Outside::default(), &|_| true)
+    }
+
+    fn proc(s: &Snapshot, pid: u32) -> &ProcessRow {
+        s.processes
+            .iter()
+            .find(|p| p.pid == pid)
+            .unwrap_or_else(|| panic!("pid {pid} in {s:#?}"))
+    }
+
+    #[test]
+    fn empty_model_gives_an_empty_snapshot() {
+        let mut m = Model::new(0, Limits::default());
+        let s = snap(&mut m, S);
+        assert!(s.processes.is_empty());
+        assert_eq!(s.totals, Totals::default());
+    }
+
+    #[test]
+    fn client_closing_first_gets_the_time_wait() {
+        let mut m = Model::new(0, Limits::default());
+        for n in 0..3 {
+            client_first(&mut m, n, S);
+        }
+        let s = snap(&mut m, 2 * S);
+        let c = proc(&s, CLIENT);
+        assert_eq!(
+            (c.timewait_entered, c.timewait_now, c.opens, c.closes),
+            (3, 3, 3, 3)
+        );
+        assert_eq!((c.established_now, c.close_wait_now), (0, 0));
+        assert_eq!(c.comm, "client");
+        assert_eq!(c.peers.len(), 1);
+        assert_eq!(
+            c.peers[0],
+            PeerRow {
+                raddr: "127.0.0.1".into(),
+                rport: 8080,
+                lport: None,
+                timewait_entered: 3,
+                timewait_now: 3,
+                close_wait_now: 0,
+                established_now: 0
+            }
+        );
+        let srv = proc(&s, SERVER);
+        assert_eq!(
+            (
+                srv.timewait_entered,
+                srv.timewait_now,
+                srv.opens,
+                srv.closes
+            ),
+            (0, 0, 3, 3)
+        );
+        // Accepted connections are grouped per client address and listening port.
+        assert_eq!(srv.peers.len(), 1);
+        assert_eq!((srv.peers[0].rport, srv.peers[0].lport), (0, Some(8080)));
+        assert_eq!(s.totals.timewait_now, 3);
+        assert_eq!(s.totals.timewait_entered, 3);
+        assert_eq!(s.processes[0].pid, CLIENT, "sorted by TIME_WAIT rate");
+        assert_eq!(c.timewait_per_s, 1.5, "3 in a 2 s interval");
+    }
+
+    #[test]
+    fn gauges_follow_each_socket_state() {
+        let mut m = Model::new(0, Limits::default());
+        let (cl, srv) = ("127.0.0.1:40000", "127.0.0.1:8080");
+        m.apply(&Ev::new(CLIENT, 1, Close, SynSent, "127.0.0.1:0", srv).0);
+        m.apply(&Ev::new(CLIENT, 1, SynSent, Established, cl, srv).0);
+        let s = snap(&mut m, S);
+        assert_eq!(proc(&s, CLIENT).established_now, 1);
+        // The server closed; this client never does: a CLOSE_WAIT leak.
+        m.apply(&Ev::new(CLIENT, 1, Established, CloseWait, cl, srv).0);
+        let s = snap(&mut m, 2 * S);
+        let c = proc(&s, CLIENT);
+        assert_eq!((c.established_now, c.close_wait_now), (0, 1));
+        assert_eq!(c.peers[0].close_wait_now, 1);
+        assert_eq!(s.totals.close_wait_now, 1);
+        m.apply(&Ev::new(CLIENT, 1, CloseWait, LastAck, cl, srv).0);
+        m.apply(&Ev::new(CLIENT, 1, LastAck, Close, cl, srv).0);
+        let s = snap(&mut m, 3 * S);
+        let c = proc(&s, CLIENT);
+        assert_eq!((c.established_now, c.close_wait_now, c.closes), (0, 0, 1));
+    }
+
+    #[test]
+    fn a_socket_moves_to_the_process_that_closes_it() {
+        let mut m = Model::new(0, Limits::default());
+        let (srv, cl) = ("127.0.0.1:8080", "127.0.0.1:40000");
+        let worker = 21;
+        m.apply(
+            &Ev::new(SERVER, 7, Listen, SynRecv, srv, cl)
+                .by(Attribution::Listener)
+                .0,
+        );
+        m.apply(
+            &Ev::new(SERVER, 7, SynRecv, Established, srv, cl)
+                .by(Attribution::Listener)
+                .0,
+        );
+        assert_eq!(proc(&snap(&mut m, S), SERVER).established_now, 1);
+        m.apply(&Ev::new(worker, 7, Established, FinWait1, srv, cl).0);
+        m.apply(&Ev::new(worker, 7, FinWait1, TimeWait, srv, cl).cookie(3).0);
+        let s = snap(&mut m, 2 * S);
+        assert_eq!(proc(&s, SERVER).established_now, 0);
+        let w = proc(&s, worker);
+        assert_eq!((w.timewait_entered, w.timewait_now), (1, 1));
+        assert_eq!(w.peers[0].lport, Some(8080), "still an accepted connection");
+    }
+
+    #[test]
+    fn resets_are_counted_as_closes() {
+        let mut m = Model::new(0, Limits::default());
+        let (cl, srv) = ("127.0.0.1:40000", "127.0.0.1:8080");
+        m.apply(&Ev::new(CLIENT, 1, SynSent, Established, cl, srv).0);
+        m.apply(&Ev::new(CLIENT, 1, Established, Close, cl, srv).reset().0);
+        let c = proc(&snap(&mut m, S), CLIENT).clone();
+        assert_eq!(
+            (c.closes, c.resets, c.timewait_entered, c.established_now),
+            (1, 1, 0, 0)
+        );
+    }
+
+    fn kernel_tw(cookie: u64, local: &str, remote: &str) -> KernelSocket {
+        KernelSocket {
+            state: TimeWait,
+            local: addr(local),
+            remote: addr(remote),
+            cookie,
+            inode: 0,
+            timewait: true,
+        }
+    }
+
+    fn no_owners(_: &[u64]) -> HashMap<u64, (u32, Comm)> {
+        HashMap::new()
+    }
+
+    #[test]
+    fn time_wait_leaves_when_the_kernel_drops_it() {
+        let mut m = Model::new(0, Limits::default());
+        client_first(&mut m, 0, S);
+        client_first(&mut m, 1, S);
+        // The kernel still has cookie 501 only: 500 expired (or was reused).
+        m.reconcile(
+            &[kernel_tw(501, "127.0.0.1:40001", "127.0.0.1:8080")],
+            2 * S,
+            &mut no_owners,
+        );
+        let s = snap(&mut m, 3 * S);
+        let c = proc(&s, CLIENT);
+        assert_eq!((c.timewait_entered, c.timewait_now), (2, 1));
+        assert_eq!(c.peers[0].timewait_now, 1);
+        assert_eq!(s.totals.timewait_now, 1);
+    }
+
+    #[test]
+    fn time_wait_entered_after_the_dump_is_not_pruned() {
+        let mut m = Model::new(0, Limits::default());
+        client_first(&mut m, 0, 5 * S);
+        m.reconcile(&[], 4 * S, &mut no_owners);
+        assert_eq!(proc(&snap(&mut m, 6 * S), CLIENT).timewait_now, 1);
+    }
+
+    #[test]
+    fn unknown_time_wait_sockets_are_shown_before_start_with_peers() {
+        let mut m = Model::new(0, Limits::default());
+        client_first(&mut m, 0, S);
+        let kernel = [
+            kernel_tw(500, "127.0.0.1:40000", "127.0.0.1:8080"),
+            kernel_tw(7, "10.0.0.1:5555", "10.0.0.2:443"),
+            kernel_tw(8, "10.0.0.1:5556", "10.0.0.2:443"),
+            kernel_tw(9, "10.0.0.1:5557", "10.0.0.3:80"),
+        ];
+        m.reconcile(&kernel, 2 * S, &mut no_owners);
+        let s = snap(&mut m, 3 * S);
+        let before = proc(&s, 0);
+        assert_eq!(before.comm, BEFORE_START);
+        assert_eq!((before.timewait_now, before.timewait_entered), (3, 0));
+        assert_eq!(before.peers[0].raddr, "10.0.0.2");
+        assert_eq!(
+            (before.peers[0].rport, before.peers[0].timewait_now),
+            (443, 2)
+        );
+        assert_eq!(s.totals.timewait_now, 4, "owned plus before start");
+        assert_eq!(proc(&s, CLIENT).timewait_now, 1);
+    }
+
+    #[test]
+    fn full_sockets_from_before_start_get_their_owner_from_proc() {
+        let mut m = Model::new(0, Limits::default());
+        let (l, r) = ("127.0.0.1:40000", "127.0.0.1:8080");
+        let kernel = [KernelSocket {
+            state: CloseWait,
+            local: addr(l),
+            remote: addr(r),
+            cookie: 1,
+            inode: 77,
+            timewait: false,
+        }];
+        let mut asked = Vec::new();
+        m.reconcile(&kernel, S, &mut |inodes: &[u64]| {
+            asked.extend_from_slice(inodes);
+            HashMap::from([(77, (CLIENT, Comm::from("leaky")))])
+        });
+        assert_eq!(asked, vec![77]);
+        let s = snap(&mut m, 2 * S);
+        let c = proc(&s, CLIENT);
+        assert_eq!((c.comm.as_str(), c.close_wait_now), ("leaky", 1));
+        // Known now: not looked up again, still counted once.
+        m.reconcile(&kernel, 3 * S, &mut |_: &[u64]| {
+            panic!("no lookup expected")
+        });
+        assert_eq!(proc(&snap(&mut m, 4 * S), CLIENT).close_wait_now, 1);
+        // Its first event (unknown owner in the kernel) keeps the owner /proc gave.
+        m.apply(&Ev::new(0, 99, CloseWait, LastAck, l, r).at(5 * S).0);
+        let s = snap(&mut m, 6 * S);
+        assert_eq!(proc(&s, CLIENT).close_wait_now, 0);
+        assert_eq!(s.totals.close_wait_now, 0);
+        // Gone from the kernel without an event: dropped at the next reconciliation.
+        m.reconcile(&kernel, 7 * S, &mut |_: &[u64]| HashMap::new());
+        m.reconcile(&[], 8 * S, &mut no_owners);
+        assert_eq!(snap(&mut m, 9 * S).totals.close_wait_now, 0);
+    }
+
+    #[test]
+    fn sockets_the_kernel_no_longer_has_are_dropped() {
+        let mut m = Model::new(0, Limits::default());
+        let (cl, srv) = ("127.0.0.1:40000", "127.0.0.1:8080");
+        m.apply(&Ev::new(CLIENT, 1, SynSent, Established, cl, srv).at(S).0);
+        m.reconcile(&[], 2 * S, &mut no_owners);
+        assert_eq!(proc(&snap(&mut m, 3 * S), CLIENT).established_now, 0);
+    }
+
+    #[test]
+    fn peers_beyond_the_cap_are_summed_as_other() {
+        let limits = Limits {
+            max_peers_per_process: 2,
+            ..Limits::default()
+        };
+        let mut m = Model::new(0, limits);
+        for (i, port) in [81u16, 82, 83, 84].into_iter().enumerate() {
+            let remote = format!("10.0.0.9:{port}");
+            let local = format!("10.0.0.1:{}", 40000 + i);
+            m.apply(&Ev::new(CLIENT, i as u64, Established, FinWait1, &local, &remote).0);
+            m.apply(
+                &Ev::new(CLIENT, i as u64, FinWait1, TimeWait, &local, &remote)
+                    .cookie(i as u64 + 1)
+                    .0,
+            );
+        }
+        let s = snap(&mut m, 2 * S);
+        let c = proc(&s, CLIENT);
+        assert_eq!(c.peers.len(), 3);
+        let other = c
+            .peers
+            .iter()
+            .find(|p| p.raddr == "other")
+            .expect("other bucket");
+        assert_eq!((other.timewait_entered, other.timewait_now), (2, 2));
+        assert_eq!(c.peers.iter().map(|p| p.timewait_now).sum::<u64>(), 4);
+    }
+
+    #[test]
+    fn dead_idle_processes_and_idle_peers_age_out() {
+        let mut m = Model::new(0, Limits::default());
+        let (cl, srv) = ("127.0.0.1:40000", "127.0.0.1:8080");
+        m.apply(&Ev::new(CLIENT, 1, SynSent, Established, cl, srv).at(S).0);
+        m.apply(
+            &Ev::new(CLIENT, 1, Established, Close, cl, srv)
+                .reset()
+                .at(S)
+                .0,
+        );
+        m.apply(
+            &Ev::new(SERVER, 2, SynSent, Established, "127.0.0.1:40001", srv)
+                .at(S)
+                .0,
+        );
+        m.apply(
+            &Ev::new(SERVER, 2, Established, Close, "127.0.0.1:40001", srv)
+                .reset()
+                .at(S)
+                .0,
+        );
+        let dead = |pid: u32| pid != CLIENT;
+        let s = m.snapshot(5 * S, String::new(), Outside::default(), &dead);
+        assert_eq!(s.processes.len(), 2, "idle for only 4 s");
+        let s = m.snapshot(20 * S, String::new(), Outside::default(), &dead);
+        assert_eq!(
+            s.processes.iter().map(|p| p.pid).collect::<Vec<_>>(),
+            vec![SERVER],
+            "the exited one aged out"
+        );
+        assert_eq!(s.processes[0].peers.len(), 1, "peer idle for 19 s stays");
+        let s = m.snapshot(70 * S, String::new(), Outside::default(), &dead);
+        assert!(
+            s.processes[0].peers.is_empty(),
+            "idle peer aged out after a minute"
+        );
+        assert_eq!(m.sizes(), (1, 0, 0));
+    }
+
+    #[test]
+    fn history_keeps_one_minute_of_samples() {
+        let mut m = Model::new(0, Limits::default());
+        for i in 0..70u64 {
+            client_first(&mut m, i, (i + 1) * S);
+            snap(&mut m, (i + 1) * S + 1);
+        }
+        let s = snap(&mut m, 100 * S);
+        let c = proc(&s, CLIENT);
+        assert_eq!(c.timewait_history.len(), HISTORY_LEN);
+        assert_eq!(c.timewait_history.last(), Some(&0));
+        assert_eq!(c.timewait_history[0], 1);
+    }
+
+    #[test]
+    fn outside_counters_pass_through() {
+        let mut m = Model::new(0, Limits::default());
+        let s = m.snapshot(
+            S,
+            "t".into(),
+            Outside {
+                lost_events: 5,
+                timewait_kernel: Some(9),
+            },
+            &|_| true,
+        );
+        assert_eq!(
+            (s.lost_events, s.totals.timewait_kernel, s.time.as_str()),
+            (5, Some(9), "t")
+        );
+        assert_eq!(s.uptime_s, 1.0);
+    }
+}
