@@ -5,8 +5,10 @@ use twtrace_ebpf::{MAX_PID_FILTER, MAX_PORT_FILTER};
 
 const EXAMPLES: &str = "\
 Examples:
-  sudo twtrace                          live view of every process's TCP state changes
+  sudo twtrace                          live leaderboard: who makes TIME_WAIT, who leaks CLOSE_WAIT
   sudo twtrace --pid 4242               only sockets owned by process 4242
+  sudo twtrace --json --interval 5      one JSON snapshot every 5 seconds (also when piped)
+  sudo twtrace --once                   one table after one second, then exit
   sudo twtrace trace --port 8080        every transition of connections to or from port 8080
   sudo twtrace trace --json | jq -c 'select(.new == \"TIME_WAIT\")'
                                         who creates TIME_WAIT sockets, as JSON Lines
@@ -26,9 +28,9 @@ pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
 
-    /// Options of the default live view (used when no command is given).
+    /// Options of the default live view, the leaderboard (used when no command is given).
     #[command(flatten)]
-    pub live: TraceArgs,
+    pub live: LiveArgs,
 
     /// Show debug messages, the kernel program's log and, on load errors, the verifier's log.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
@@ -46,6 +48,62 @@ pub enum Command {
 TIME_WAIT is inferred: the kernel reports the full socket's FIN_WAIT2 -> CLOSE when it hands the
 connection to a timewait socket. Closes caused by a reset are shown as CLOSE with the reset's side.")]
     Trace(TraceArgs),
+}
+
+/// The leaderboard: a full-screen view on a terminal, snapshots otherwise.
+#[derive(Debug, Args, Clone)]
+pub struct LiveArgs {
+    #[command(flatten)]
+    pub filter: FilterArgs,
+
+    /// Print one JSON object per interval instead of the full-screen view.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Print one snapshot after one interval and exit (a table, or JSON with --json).
+    #[arg(long)]
+    pub once: bool,
+
+    /// Seconds between snapshots.
+    #[arg(long, default_value_t = 1.0, value_name = "SECS", value_parser = parse_interval)]
+    pub interval: f64,
+
+    /// Stop after this many snapshots.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub count: Option<u64>,
+
+    /// Seconds between checks against the kernel's socket table (sock_diag).
+    #[arg(long, default_value_t = 2.0, value_name = "SECS", value_parser = parse_interval)]
+    pub reconcile: f64,
+
+    /// Processes shown in the printed table.
+    #[arg(long, default_value_t = 20, value_name = "N")]
+    pub top: usize,
+}
+
+impl Default for LiveArgs {
+    fn default() -> Self {
+        Self {
+            filter: FilterArgs::default(),
+            json: false,
+            once: false,
+            interval: 1.0,
+            count: None,
+            reconcile: 2.0,
+            top: 20,
+        }
+    }
+}
+
+fn parse_interval(s: &str) -> Result<f64, String> {
+    let v: f64 = s
+        .parse()
+        .map_err(|_| format!("`{s}` is not a number of seconds"))?;
+    if (0.1..=3600.0).contains(&v) {
+        Ok(v)
+    } else {
+        Err(format!("{v} is out of range (0.1 to 3600 seconds)"))
+    }
 }
 
 #[derive(Debug, Args, Default, Clone)]
@@ -104,7 +162,21 @@ mod tests {
 
     #[test]
     fn no_command_is_the_live_view_with_its_filters() {
-        let cli = parse(&["--pid", "12", "--port", "80,443"]).expect("parses");
+        let cli = parse(&[
+            "--pid",
+            "12",
+            "--port",
+            "80,443",
+            "--interval",
+            "0.5",
+            "--count",
+            "3",
+        ])
+        .expect("parses");
+        assert_eq!(
+            (cli.live.interval, cli.live.count, cli.live.reconcile),
+            (0.5, Some(3), 2.0)
+        );
         assert!(cli.command.is_none());
         assert_eq!(cli.live.filter.pid, vec![12]);
         assert_eq!(cli.live.filter.port, vec![80, 443]);
@@ -132,6 +204,13 @@ mod tests {
             "top-level flags conflict with a command"
         );
         assert!(parse(&["frobnicate"]).is_err());
+        assert!(parse(&["--interval", "0"]).is_err());
+        assert!(parse(&["--interval", "x"]).is_err());
+        assert!(parse(&["--count", "0"]).is_err());
+        assert!(
+            parse(&["trace", "--interval", "1"]).is_err(),
+            "trace has no interval"
+        );
     }
 
     #[test]

@@ -28,8 +28,9 @@ pub struct Limits {
     pub peer_idle_ns: u64,
     /// A process with nothing alive is dropped after this long without events if it has exited.
     pub process_idle_ns: u64,
-    /// A TIME_WAIT socket whose cookie is unknown cannot be reconciled; it is dropped after the
-    /// kernel's TIME_WAIT length (TCP_TIMEWAIT_LEN, 60 s).
+    /// How long the kernel keeps a TIME_WAIT socket (TCP_TIMEWAIT_LEN, 60 s, fixed at compile
+    /// time in include/net/tcp.h). Expiring by age between reconciliations keeps TIME_WAIT-now
+    /// exact under heavy churn, where thousands die every second.
     pub timewait_len_ns: u64,
 }
 
@@ -94,8 +95,8 @@ struct TwSock {
     pid: u32,
     peer: PeerKey,
     entered_ns: u64,
-    /// False when the cookie was unknown (key is synthetic): expired by age only.
-    reconcilable: bool,
+    /// When the kernel will drop it: 60 s after entering, corrected from sock_diag's timer.
+    deadline_ns: u64,
 }
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -159,7 +160,12 @@ pub struct KernelSocket {
     pub inode: u64,
     /// A timewait socket (whatever its substate).
     pub timewait: bool,
+    /// Time until the socket's timer fires (for a timewait socket: until it is dropped).
+    pub expires_ns: u64,
 }
+
+/// Finds the processes holding socket inodes: inode -> (pid, comm).
+pub type OwnerLookup<'a> = dyn FnMut(&[u64]) -> HashMap<u64, (u32, Comm)> + 'a;
 
 /// Counters the model does not derive itself (from the tracer and /proc).
 #[derive(Clone, Copy, Debug, Default)]
@@ -177,9 +183,14 @@ pub struct Model {
     socks: HashMap<u64, Sock>,
     /// Sockets found in the kernel's table with no event yet, by (local, remote).
     seeded: HashMap<(SocketAddr, SocketAddr), Sock>,
-    timewait: HashMap<u64, TwSock>,
+    timewait: HashMap<(SocketAddr, SocketAddr), TwSock>,
+    /// TIME_WAIT sockets past TCP_TIMEWAIT_LEN, no longer counted, kept until the next
+    /// reconciliation in case the kernel re-armed their timer (a FIN reaching an orphaned
+    /// FIN_WAIT2 timewait socket starts its 60 s again).
+    aged: HashMap<(SocketAddr, SocketAddr), TwSock>,
     /// TIME_WAIT sockets in the kernel's table whose owner twtrace never saw, with peers.
-    before_start_tw: HashMap<PeerKey, u64>,
+    /// (deadline from the kernel's timer, peer).
+    before_start_tw: Vec<(u64, PeerKey)>,
     unattributed_events: u64,
     tw_entered_total: u64,
     tw_entered_prev: u64,
@@ -196,7 +207,8 @@ impl Model {
             socks: HashMap::new(),
             seeded: HashMap::new(),
             timewait: HashMap::new(),
-            before_start_tw: HashMap::new(),
+            aged: HashMap::new(),
+            before_start_tw: Vec::new(),
             unattributed_events: 0,
             tw_entered_total: 0,
             tw_entered_prev: 0,
@@ -214,19 +226,32 @@ impl Model {
         if (t.old == TcpState::Listen && t.new != TcpState::SynRecv) || t.new == TcpState::Listen {
             return;
         }
-        let previous = match self.socks.remove(&t.skaddr) {
-            Some(s) => Some(s),
-            None => self.seeded.remove(&(t.local, t.remote)),
-        };
-        if let Some(old) = &previous {
+        let tracked = self.socks.remove(&t.skaddr);
+        // A socket can be in the kernel's table before its first events are read (the dump
+        // raced the ring buffer): its seeded copy must go, or it would be counted twice.
+        let seeded = self.seeded.remove(&(t.local, t.remote));
+        for old in tracked.iter().chain(seeded.iter()) {
             self.uncount(old);
         }
+        let previous = tracked.or(seeded);
         // A socket found in the kernel's table keeps the owner /proc gave it when the kernel
         // side has none.
         let pid = match previous {
             Some(s) if t.pid == 0 => s.pid,
             _ => t.pid,
         };
+        // A new connection on a 4-tuple in TIME_WAIT means the kernel killed that timewait
+        // socket: tcp_tw_reuse handed its port to connect(), or a SYN reached it and went to
+        // the listener (tcp_timewait_state_process, TCP_TW_SYN).
+        if matches!(
+            (t.old, t.new),
+            (TcpState::SynSent, TcpState::Established) | (TcpState::Listen, TcpState::SynRecv)
+        ) {
+            if let Some(tw) = self.timewait.remove(&(t.local, t.remote)) {
+                self.uncount_tw(&tw);
+            }
+            self.aged.remove(&(t.local, t.remote));
+        }
         let accepted = match previous {
             Some(s) => matches!(s.peer, PeerKey::In { .. }),
             None => t.old == TcpState::Listen || t.attribution == Attribution::Listener,
@@ -258,19 +283,15 @@ impl Model {
                     p.tw_now += 1;
                 }
                 self.tw_entered_total += 1;
-                let (key, reconcilable) = match t.cookie {
-                    Some(c) => (c, true),
-                    // Cookies count up from 1, so a synthetic key with the top bit set cannot
-                    // collide with a real one in practice.
-                    None => (t.skaddr | 1 << 63, false),
-                };
                 let tw = TwSock {
                     pid,
                     peer,
                     entered_ns: t.mono_ns,
-                    reconcilable,
+                    deadline_ns: t.mono_ns.saturating_add(self.limits.timewait_len_ns),
                 };
-                if let Some(old) = self.timewait.insert(key, tw) {
+                // A 4-tuple is in TIME_WAIT once at most; a new entry means the kernel reused it
+                // (tcp_tw_reuse) and the old timewait socket is gone.
+                if let Some(old) = self.timewait.insert((t.local, t.remote), tw) {
                     self.uncount_tw(&old);
                 }
             }
@@ -318,6 +339,15 @@ impl Model {
         }
     }
 
+    fn count_tw(&mut self, tw: &TwSock) {
+        if let Some(proc) = self.procs.get_mut(&tw.pid) {
+            proc.tw_now += 1;
+            if let Some(p) = proc.peers.get_mut(&tw.peer) {
+                p.tw_now += 1;
+            }
+        }
+    }
+
     fn uncount_tw(&mut self, tw: &TwSock) {
         if let Some(proc) = self.procs.get_mut(&tw.pid) {
             proc.tw_now = proc.tw_now.saturating_sub(1);
@@ -330,11 +360,14 @@ impl Model {
     /// Brings the "now" gauges in line with the kernel's socket table, dumped at `dump_ns`
     /// (monotonic, taken before the dump started). `owner_of_inode` finds the process holding a
     /// socket inode (via /proc/<pid>/fd); it is asked only about sockets twtrace has no owner for.
+    /// `keep` says whether sockets of a pid belong in the view (`--pid`); pid 0 stands for the
+    /// unowned ones.
     pub fn reconcile(
         &mut self,
         kernel: &[KernelSocket],
         dump_ns: u64,
-        owner_of_inode: &mut dyn FnMut(&[u64]) -> HashMap<u64, (u32, Comm)>,
+        owner_of_inode: &mut OwnerLookup<'_>,
+        keep: &dyn Fn(u32) -> bool,
     ) {
         let listening: HashSet<u16> = kernel
             .iter()
@@ -343,37 +376,54 @@ impl Model {
             .collect();
 
         // TIME_WAIT: the kernel drops them after 60 s or when tcp_tw_reuse hands the port on.
-        let kernel_tw: HashSet<u64> = kernel
+        // Joined by 4-tuple, not by cookie: inet_twsk_alloc() copies the full socket's cookie
+        // only if one was generated already, and tcp_destroy_sock generates it just after, so
+        // the timewait socket usually gets a cookie of its own when sock_diag asks.
+        // The kernel also says when each one's timer fires, which keeps the count exact between
+        // dumps (thousands expire every second under churn) and covers re-armed timers.
+        let deadline = |k: &KernelSocket| dump_ns.saturating_add(k.expires_ns);
+        let kernel_tw: HashMap<(SocketAddr, SocketAddr), u64> = kernel
             .iter()
             .filter(|k| k.timewait)
-            .map(|k| k.cookie)
+            .map(|k| ((k.local, k.remote), deadline(k)))
             .collect();
-        let tw_len = self.limits.timewait_len_ns;
-        let expired: Vec<u64> = self
+        // Aged ones the kernel still has were re-armed: count them again.
+        let rearmed: Vec<(SocketAddr, SocketAddr)> = self
+            .aged
+            .keys()
+            .filter(|key| kernel_tw.contains_key(*key))
+            .copied()
+            .collect();
+        for key in rearmed {
+            if let Some(tw) = self.aged.remove(&key) {
+                self.count_tw(&tw);
+                self.timewait.insert(key, tw);
+            }
+        }
+        self.aged.clear();
+        for (key, tw) in self.timewait.iter_mut() {
+            if let Some(&d) = kernel_tw.get(key) {
+                tw.deadline_ns = d;
+            }
+        }
+        let expired: Vec<(SocketAddr, SocketAddr)> = self
             .timewait
             .iter()
-            .filter(|(cookie, tw)| {
-                tw.entered_ns < dump_ns
-                    && if tw.reconcilable {
-                        !kernel_tw.contains(cookie)
-                    } else {
-                        dump_ns.saturating_sub(tw.entered_ns) > tw_len
-                    }
-            })
-            .map(|(&cookie, _)| cookie)
+            .filter(|(key, tw)| tw.entered_ns < dump_ns && !kernel_tw.contains_key(key))
+            .map(|(&key, _)| key)
             .collect();
-        for cookie in expired {
-            if let Some(tw) = self.timewait.remove(&cookie) {
+        for key in expired {
+            if let Some(tw) = self.timewait.remove(&key) {
                 self.uncount_tw(&tw);
             }
         }
         self.before_start_tw.clear();
         for k in kernel
             .iter()
-            .filter(|k| k.timewait && !self.timewait.contains_key(&k.cookie))
+            .filter(|k| k.timewait && keep(0) && !self.timewait.contains_key(&(k.local, k.remote)))
         {
             let peer = PeerKey::of(listening.contains(&k.local.port()), k.local, k.remote);
-            *self.before_start_tw.entry(peer).or_default() += 1;
+            self.before_start_tw.push((deadline(k), peer));
         }
 
         // Full sockets: drop what the kernel no longer has (a close twtrace did not see), add
@@ -428,6 +478,9 @@ impl Model {
                 .get(&k.inode)
                 .copied()
                 .unwrap_or((0, Comm::default()));
+            if !keep(pid) {
+                continue;
+            }
             let proc = self.procs.entry(pid).or_default();
             if pid != 0 {
                 proc.comm = comm;
@@ -459,6 +512,18 @@ impl Model {
         outside: Outside,
         exists: &dyn Fn(u32) -> bool,
     ) -> Snapshot {
+        let aged: Vec<(SocketAddr, SocketAddr)> = self
+            .timewait
+            .iter()
+            .filter(|(_, tw)| now_ns >= tw.deadline_ns)
+            .map(|(&key, _)| key)
+            .collect();
+        for key in aged {
+            if let Some(tw) = self.timewait.remove(&key) {
+                self.uncount_tw(&tw);
+                self.aged.insert(key, tw);
+            }
+        }
         let interval_s = (now_ns.saturating_sub(self.last_snapshot_ns)) as f64 / 1e9;
         let per_s = |delta: u64| {
             if interval_s > 0.0 {
@@ -495,15 +560,21 @@ impl Model {
                 || exists(pid)
         });
 
+        self.before_start_tw
+            .retain(|&(deadline, _)| now_ns < deadline);
+        let mut before_start: HashMap<PeerKey, u64> = HashMap::new();
+        for &(_, peer) in &self.before_start_tw {
+            *before_start.entry(peer).or_default() += 1;
+        }
         let mut processes: Vec<ProcessRow> = self
             .procs
             .iter()
-            .filter_map(|(&pid, p)| row(pid, p, &self.before_start_tw))
+            .filter_map(|(&pid, p)| row(pid, p, &before_start))
             .collect();
-        if !self.procs.contains_key(&0) && !self.before_start_tw.is_empty() {
-            if let Some(r) = row(0, &Proc::default(), &self.before_start_tw) {
-                processes.push(r);
-            }
+        if !self.procs.contains_key(&0)
+            && let Some(r) = row(0, &Proc::default(), &before_start)
+        {
+            processes.push(r);
         }
         processes.sort_by(|a, b| {
             b.timewait_per_s
@@ -856,6 +927,7 @@ mod tests {
             cookie,
             inode: 0,
             timewait: true,
+            expires_ns: 30 * S,
         }
     }
 
@@ -868,11 +940,12 @@ mod tests {
         let mut m = Model::new(0, Limits::default());
         client_first(&mut m, 0, S);
         client_first(&mut m, 1, S);
-        // The kernel still has cookie 501 only: 500 expired (or was reused).
+        // The kernel still has the second connection's only: the first expired (or was reused).
         m.reconcile(
             &[kernel_tw(501, "127.0.0.1:40001", "127.0.0.1:8080")],
             2 * S,
             &mut no_owners,
+            &|_| true,
         );
         let s = snap(&mut m, 3 * S);
         let c = proc(&s, CLIENT);
@@ -885,7 +958,7 @@ mod tests {
     fn time_wait_entered_after_the_dump_is_not_pruned() {
         let mut m = Model::new(0, Limits::default());
         client_first(&mut m, 0, 5 * S);
-        m.reconcile(&[], 4 * S, &mut no_owners);
+        m.reconcile(&[], 4 * S, &mut no_owners, &|_| true);
         assert_eq!(proc(&snap(&mut m, 6 * S), CLIENT).timewait_now, 1);
     }
 
@@ -899,7 +972,7 @@ mod tests {
             kernel_tw(8, "10.0.0.1:5556", "10.0.0.2:443"),
             kernel_tw(9, "10.0.0.1:5557", "10.0.0.3:80"),
         ];
-        m.reconcile(&kernel, 2 * S, &mut no_owners);
+        m.reconcile(&kernel, 2 * S, &mut no_owners, &|_| true);
         let s = snap(&mut m, 3 * S);
         let before = proc(&s, 0);
         assert_eq!(before.comm, BEFORE_START);
@@ -911,6 +984,16 @@ mod tests {
         );
         assert_eq!(s.totals.timewait_now, 4, "owned plus before start");
         assert_eq!(proc(&s, CLIENT).timewait_now, 1);
+        // The kernel said every timer fires 30 s after the dump: all gone then, without a dump.
+        let s = snap(&mut m, 33 * S);
+        assert!(
+            s.processes.iter().all(|p| p.pid != 0),
+            "before-start ones expired"
+        );
+        assert_eq!(
+            s.totals.timewait_now, 0,
+            "ours follows the kernel's deadline too"
+        );
     }
 
     #[test]
@@ -924,20 +1007,29 @@ mod tests {
             cookie: 1,
             inode: 77,
             timewait: false,
+            expires_ns: 0,
         }];
         let mut asked = Vec::new();
-        m.reconcile(&kernel, S, &mut |inodes: &[u64]| {
-            asked.extend_from_slice(inodes);
-            HashMap::from([(77, (CLIENT, Comm::from("leaky")))])
-        });
+        m.reconcile(
+            &kernel,
+            S,
+            &mut |inodes: &[u64]| {
+                asked.extend_from_slice(inodes);
+                HashMap::from([(77, (CLIENT, Comm::from("leaky")))])
+            },
+            &|_| true,
+        );
         assert_eq!(asked, vec![77]);
         let s = snap(&mut m, 2 * S);
         let c = proc(&s, CLIENT);
         assert_eq!((c.comm.as_str(), c.close_wait_now), ("leaky", 1));
         // Known now: not looked up again, still counted once.
-        m.reconcile(&kernel, 3 * S, &mut |_: &[u64]| {
-            panic!("no lookup expected")
-        });
+        m.reconcile(
+            &kernel,
+            3 * S,
+            &mut |_: &[u64]| panic!("no lookup expected"),
+            &|_| true,
+        );
         assert_eq!(proc(&snap(&mut m, 4 * S), CLIENT).close_wait_now, 1);
         // Its first event (unknown owner in the kernel) keeps the owner /proc gave.
         m.apply(&Ev::new(0, 99, CloseWait, LastAck, l, r).at(5 * S).0);
@@ -945,9 +1037,91 @@ mod tests {
         assert_eq!(proc(&s, CLIENT).close_wait_now, 0);
         assert_eq!(s.totals.close_wait_now, 0);
         // Gone from the kernel without an event: dropped at the next reconciliation.
-        m.reconcile(&kernel, 7 * S, &mut |_: &[u64]| HashMap::new());
-        m.reconcile(&[], 8 * S, &mut no_owners);
+        m.reconcile(&kernel, 7 * S, &mut |_: &[u64]| HashMap::new(), &|_| true);
+        m.reconcile(&[], 8 * S, &mut no_owners, &|_| true);
         assert_eq!(snap(&mut m, 9 * S).totals.close_wait_now, 0);
+    }
+
+    #[test]
+    fn a_socket_seen_by_the_dump_before_its_events_is_counted_once() {
+        let mut m = Model::new(0, Limits::default());
+        let (cl, srv) = ("127.0.0.1:40000", "127.0.0.1:8080");
+        m.apply(
+            &Ev::new(CLIENT, 1, Close, SynSent, "127.0.0.1:0", srv)
+                .at(S)
+                .0,
+        );
+        let kernel = [KernelSocket {
+            state: Established,
+            local: addr(cl),
+            remote: addr(srv),
+            cookie: 1,
+            inode: 5,
+            timewait: false,
+            expires_ns: 0,
+        }];
+        m.reconcile(
+            &kernel,
+            2 * S,
+            &mut |_: &[u64]| HashMap::from([(5, (CLIENT, Comm::from("client")))]),
+            &|_| true,
+        );
+        m.apply(
+            &Ev::new(CLIENT, 1, SynSent, Established, cl, srv)
+                .at(3 * S)
+                .0,
+        );
+        let s = snap(&mut m, 4 * S);
+        assert_eq!(proc(&s, CLIENT).established_now, 1);
+        assert_eq!(s.totals.established_now, 1);
+    }
+
+    #[test]
+    fn a_reused_time_wait_tuple_leaves_at_once() {
+        let mut m = Model::new(0, Limits::default());
+        client_first(&mut m, 0, S);
+        assert_eq!(proc(&snap(&mut m, 2 * S), CLIENT).timewait_now, 1);
+        // tcp_tw_reuse: connect() takes the same local port toward the same server.
+        let (cl, srv) = ("127.0.0.1:40000", "127.0.0.1:8080");
+        m.apply(
+            &Ev::new(CLIENT, 77, Close, SynSent, "127.0.0.1:0", srv)
+                .at(3 * S)
+                .0,
+        );
+        m.apply(
+            &Ev::new(CLIENT, 77, SynSent, Established, cl, srv)
+                .at(3 * S)
+                .0,
+        );
+        let c = proc(&snap(&mut m, 4 * S), CLIENT).clone();
+        assert_eq!(
+            (c.timewait_now, c.timewait_entered, c.established_now),
+            (0, 1, 1)
+        );
+    }
+
+    #[test]
+    fn time_wait_expires_after_its_fixed_length_unless_re_armed() {
+        let mut m = Model::new(0, Limits::default());
+        client_first(&mut m, 0, S);
+        client_first(&mut m, 1, S);
+        assert_eq!(snap(&mut m, 60 * S).totals.timewait_now, 2);
+        assert_eq!(
+            snap(&mut m, 61 * S).totals.timewait_now,
+            0,
+            "60 s after entering"
+        );
+        // The kernel still has one (its timer was re-armed): counted again, not "before start".
+        m.reconcile(
+            &[kernel_tw(1, "127.0.0.1:40001", "127.0.0.1:8080")],
+            62 * S,
+            &mut no_owners,
+            &|_| true,
+        );
+        let s = snap(&mut m, 63 * S);
+        assert_eq!(proc(&s, CLIENT).timewait_now, 1);
+        assert_eq!(s.totals.timewait_now, 1);
+        assert!(s.processes.iter().all(|p| p.pid != 0));
     }
 
     #[test]
@@ -955,7 +1129,7 @@ mod tests {
         let mut m = Model::new(0, Limits::default());
         let (cl, srv) = ("127.0.0.1:40000", "127.0.0.1:8080");
         m.apply(&Ev::new(CLIENT, 1, SynSent, Established, cl, srv).at(S).0);
-        m.reconcile(&[], 2 * S, &mut no_owners);
+        m.reconcile(&[], 2 * S, &mut no_owners, &|_| true);
         assert_eq!(proc(&snap(&mut m, 3 * S), CLIENT).established_now, 0);
     }
 

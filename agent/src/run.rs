@@ -1,6 +1,6 @@
 //! Runs a command: wires the live source to a view and handles signals and the final summary.
 
-use std::io;
+use std::io::{self, IsTerminal as _};
 
 use anyhow::Context as _;
 use tokio::signal::unix::{SignalKind, signal};
@@ -9,6 +9,7 @@ use crate::{
     cli::{Cli, Command, TraceArgs},
     clock::WallClock,
     event::Attribution,
+    leaderboard::{self, Output},
     trace::{Format, Printer},
     tracer::{KernelStats, Options, Tracer},
 };
@@ -17,16 +18,24 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let verbose = cli.verbose > 0;
     match cli.command {
         Some(Command::Trace(args)) => trace(args, verbose).await,
-        // The leaderboard replaces this; until then the live view is the trace stream.
-        None => trace(cli.live, verbose).await,
+        None => {
+            let output = if cli.live.json {
+                Output::Json
+            } else if cli.live.once || cli.live.count.is_some() || !io::stdout().is_terminal() {
+                Output::Table
+            } else {
+                Output::Tui
+            };
+            leaderboard::run(cli.live, verbose, output).await
+        }
     }
 }
 
 /// What the user is told when the run ends.
 #[derive(Debug, Default)]
-struct Tally {
-    received: u64,
-    unattributed: u64,
+pub(crate) struct Tally {
+    pub(crate) received: u64,
+    pub(crate) unattributed: u64,
 }
 
 async fn trace(args: TraceArgs, verbose: bool) -> anyhow::Result<()> {
@@ -109,14 +118,14 @@ async fn trace(args: TraceArgs, verbose: bool) -> anyhow::Result<()> {
     }
 }
 
-fn is_broken_pipe(e: &anyhow::Error) -> bool {
+pub(crate) fn is_broken_pipe(e: &anyhow::Error) -> bool {
     e.chain().any(|c| {
         c.downcast_ref::<io::Error>()
             .is_some_and(|io| io.kind() == io::ErrorKind::BrokenPipe)
     })
 }
 
-fn describe_filters(opts: &Options) -> String {
+pub(crate) fn describe_filters(opts: &Options) -> String {
     let mut parts = Vec::new();
     if !opts.pids.is_empty() {
         parts.push(format!("pid {}", join(&opts.pids)));
@@ -139,7 +148,7 @@ fn join<T: ToString>(v: &[T]) -> String {
 }
 
 /// `twtrace: N events, N lost, N unattributed` and whatever else went wrong, never silently.
-fn summary(tally: &Tally, stats: &KernelStats, undecodable: u64) -> String {
+pub(crate) fn summary(tally: &Tally, stats: &KernelStats, undecodable: u64) -> String {
     let mut s = format!(
         "twtrace: {} events, {} lost, {} unattributed",
         tally.received, stats.lost, tally.unattributed

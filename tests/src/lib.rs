@@ -8,6 +8,8 @@
 //! Every wait has a timeout, and every child process is killed when its guard is dropped, so a
 //! failing or panicking test never leaves a tracer or a driver behind.
 
+pub mod live;
+
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
@@ -168,7 +170,7 @@ impl Drop for ChildGuard {
 
 /// Reads lines from a pipe on a thread and hands them over a channel; the channel disconnects
 /// at EOF, which tells the receiver the process closed that pipe (usually: exited).
-fn line_reader<R: Read + Send + 'static>(name: String, pipe: R) -> Receiver<String> {
+pub(crate) fn line_reader<R: Read + Send + 'static>(name: String, pipe: R) -> Receiver<String> {
     let (tx, rx) = mpsc::channel();
     thread::Builder::new()
         .name(name)
@@ -186,7 +188,7 @@ fn line_reader<R: Read + Send + 'static>(name: String, pipe: R) -> Receiver<Stri
 
 /// Waits for a line satisfying `want`; returns it with everything received so far. Panics on
 /// timeout or EOF with what was received, which is usually the explanation.
-fn wait_for_line(
+pub(crate) fn wait_for_line(
     rx: &Receiver<String>,
     what: &str,
     timeout: Duration,

@@ -6,6 +6,7 @@
 //! that builds starts with the idempotent `setup`. All xtask messages go to stderr, prefixed with
 //! `xtask:`, so they interleave in order with cargo's own output and leave stdout to the agent.
 
+mod bench;
 mod cargo;
 mod run;
 mod setup;
@@ -23,6 +24,9 @@ Examples:
   cargo xtask test                       everything CI checks (what .ci/run does)
   cargo xtask test --no-lint --filter connect
                                          skip fmt/clippy; only integration tests matching `connect`
+  cargo xtask bench                      measure twtrace's overhead under connection churn
+  cargo xtask bench --rounds 1 --duration 3 --modes a,b
+                                         a quick look: nothing attached vs trace --json
 
 Environment:
   TWTRACE_TOOLS_DIR   where bpf-linker and its LLVM prefix live
@@ -68,6 +72,16 @@ enum Command {
                             cargo xtask test --no-lint\n  \
                             cargo xtask test --no-lint --filter connect")]
     Test(test::TestArgs),
+    /// Measure what tracing costs a host that churns loopback connections (needs root)
+    ///
+    /// Builds the release binaries, calibrates the transitions per connection, then runs the
+    /// `churn` generator with nothing attached and under each tracer (twtrace trace, leaderboard,
+    /// record, and a bpftrace one-liner for comparison), interleaved over --rounds. Prints a
+    /// markdown table and writes it to --out.
+    #[command(after_help = "Examples:\n  cargo xtask bench\n  \
+                            cargo xtask bench --rounds 1 --duration 3 --modes a,b\n  \
+                            cargo xtask bench --no-bpftrace --out /tmp/results.md")]
+    Bench(bench::BenchArgs),
 }
 
 #[derive(Args)]
@@ -96,6 +110,7 @@ fn main() -> ExitCode {
             .map(|()| ExitCode::SUCCESS),
         Command::Run(args) => run::run(args.release, &args.args),
         Command::Test(args) => test::test(&args).map(|()| ExitCode::SUCCESS),
+        Command::Bench(args) => bench::bench(&args).map(|()| ExitCode::SUCCESS),
     };
     match result {
         Ok(code) => code,

@@ -1,0 +1,91 @@
+//! The interactive leaderboard: which process, talking to which peer, churns TIME_WAIT or
+//! leaks CLOSE_WAIT, live.
+//!
+//! `app` holds the state (no I/O), `input` maps keys to actions (pure), `ui` draws (pure);
+//! this file owns the terminal and the event loop. It only renders what the model sends:
+//! snapshots arrive on a `watch` channel, so a slow terminal never holds the model back, it
+//! just skips to the newest one.
+
+mod app;
+mod input;
+#[cfg(test)]
+mod tests;
+mod ui;
+
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use futures_util::StreamExt as _;
+use ratatui::crossterm::event::{Event, EventStream};
+use tokio::sync::watch;
+
+pub use app::{Action, App, Flow, PeerCol, PeerGroup, ProcCol, View};
+pub use input::{action, handle};
+pub use ui::render;
+
+use crate::snapshot::Snapshot;
+
+/// Runs the leaderboard until the user quits (q, Esc at the top, Ctrl-C).
+///
+/// Takes over the terminal (alternate screen, raw mode) and gives it back on every way out:
+/// return, error, panic, and this future being dropped (e.g. by a `select!` with a signal).
+/// Redraws when a snapshot arrives or a key is pressed. When the sender goes away the last
+/// picture stays, marked ENDED, until the user quits.
+///
+/// Raw mode means Ctrl-C reaches this loop as a key, not as SIGINT. Anything written to
+/// stdout or stderr while this runs lands on the screen: keep logs quiet or in a file.
+pub async fn run(
+    mut snapshots: watch::Receiver<Arc<Snapshot>>,
+    title: String,
+) -> anyhow::Result<()> {
+    let first = Arc::clone(&snapshots.borrow_and_update());
+    let mut app = App::new(title, first);
+
+    // Before the terminal is touched, so a half-done init is undone too.
+    let _restore = RestoreGuard;
+    // `try_init` rather than `init`: a terminal we cannot take over is an error to report, not
+    // a panic. Like `init`, it installs a panic hook that restores the terminal and then calls
+    // the previous hook, so a panic message is printed on a sane screen.
+    let mut terminal = ratatui::try_init().context("cannot take over the terminal")?;
+    let mut events = EventStream::new();
+    let mut source_open = true;
+
+    loop {
+        terminal
+            .draw(|frame| render(frame, &app, app.snapshot()))
+            .context("cannot draw to the terminal")?;
+        tokio::select! {
+            changed = snapshots.changed(), if source_open => match changed {
+                Ok(()) => {
+                    let snap = Arc::clone(&snapshots.borrow_and_update());
+                    app.set_snapshot(snap);
+                }
+                Err(_) => {
+                    source_open = false;
+                    app.set_source_ended();
+                }
+            },
+            event = events.next() => match event {
+                Some(Ok(Event::Key(key))) => {
+                    if handle(&mut app, key) == Flow::Quit {
+                        return Ok(());
+                    }
+                }
+                // A resize or anything else: the redraw at the top of the loop is all it needs.
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Err(e).context("cannot read the terminal"),
+                // No more input can ever arrive (the terminal is gone): nobody is watching.
+                None => return Ok(()),
+            },
+        }
+    }
+}
+
+/// Gives the terminal back when dropped, whichever way `run` ends.
+struct RestoreGuard;
+
+impl Drop for RestoreGuard {
+    fn drop(&mut self) {
+        ratatui::restore();
+    }
+}

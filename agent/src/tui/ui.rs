@@ -1,0 +1,794 @@
+//! Drawing. Pure: reads the [`App`] and the snapshot it was derived from, writes the frame,
+//! nothing else (the one exception is the scroll position, see [`App::scroll_offset`]).
+//!
+//! Only the rows that fit are turned into table rows, so 5,000 processes cost what 50 do.
+//! Narrow terminals drop the least useful columns first and shrink the text ones; nothing here
+//! may panic on a tiny terminal.
+
+use std::borrow::Cow;
+use std::fmt::Write as _;
+
+use ratatui::Frame;
+use ratatui::layout::{Constraint, Layout, Rect};
+use ratatui::style::{Color, Modifier, Style, Stylize as _};
+use ratatui::text::{Line, Span};
+use ratatui::widgets::{Block, Borders, Cell, Clear, Paragraph, Row, Sparkline, Table};
+
+use super::app::{App, PeerCol, PeerGroup, ProcCol, View, write_peer_label};
+use super::input::HELP;
+use crate::snapshot::{BEFORE_START, PeerRow, ProcessRow, Snapshot};
+
+/// Spaces between header items.
+const GAP: u16 = 2;
+
+pub fn render(frame: &mut Frame, app: &App, snap: &Snapshot) {
+    let area = frame.area();
+    if area.is_empty() {
+        return;
+    }
+    // Tiny terminals keep one header line and the footer, and give the rest to the table.
+    let header_h = if area.height >= 8 { 2 } else { 1 };
+    let footer_h = u16::from(area.height >= 3);
+    let [header, body, footer] = Layout::vertical([
+        Constraint::Length(header_h),
+        Constraint::Fill(1),
+        Constraint::Length(footer_h),
+    ])
+    .areas(area);
+
+    render_header(frame, header, app, snap);
+    match app.view() {
+        View::Processes => render_processes(frame, body, app, snap),
+        View::Peers => render_peers(frame, body, app, snap),
+        View::Process(pid) => render_drill(frame, body, app, snap, pid),
+    }
+    render_footer(frame, footer, app);
+    if app.help_shown() {
+        render_help(frame, area);
+    }
+}
+
+// ---- header ------------------------------------------------------------------------------
+
+fn render_header(frame: &mut Frame, area: Rect, app: &App, snap: &Snapshot) {
+    let t = &snap.totals;
+    let mut items: Vec<Line> = Vec::with_capacity(12);
+    items.push(Line::from(Span::from(app.title()).bold()));
+    if app.is_paused() {
+        items.push(Line::from(" PAUSED ".black().on_yellow().bold()));
+    }
+    if app.source_ended() {
+        items.push(Line::from(" ENDED ".black().on_gray().bold()));
+    }
+    // Lost events make every number below an undercount: say so before them.
+    let lost = item("events lost", snap.lost_events.to_string());
+    let lost = if snap.lost_events > 0 {
+        lost.red().bold()
+    } else {
+        lost
+    };
+    if snap.lost_events > 0 {
+        items.push(lost.clone());
+    }
+    let kernel = match t.timewait_kernel {
+        Some(k) => k.to_string(),
+        None => "n/a".to_owned(),
+    };
+    let mut tw = item("TIME_WAIT now", t.timewait_now.to_string());
+    tw.spans.push(Span::from(" kernel ").dim());
+    tw.spans.push(Span::from(kernel).bold());
+    items.push(tw);
+    items.push(item("TW/s", format!("{:.1}", t.timewait_per_s)));
+    items.push(item("CLOSE_WAIT now", t.close_wait_now.to_string()));
+    items.push(item("ESTABLISHED now", t.established_now.to_string()));
+    items.push(item("TW total", t.timewait_entered.to_string()));
+    if snap.lost_events == 0 {
+        items.push(lost);
+    }
+    items.push(item("unattributed", snap.unattributed_events.to_string()));
+    items.push(item("up", duration(snap.uptime_s)));
+    if !snap.time.is_empty() {
+        // RFC 3339: the time of day is what changes; the date is noise on a live screen.
+        let time = snap
+            .time
+            .split_once('T')
+            .map(|(_, t)| t.get(..8).unwrap_or(t))
+            .unwrap_or(&snap.time);
+        items.push(item("at", format!("{time} UTC")));
+    }
+    flow(frame, area, &items);
+}
+
+fn item(label: &'static str, value: String) -> Line<'static> {
+    Line::from(vec![
+        Span::from(label).dim(),
+        Span::from(" "),
+        Span::from(value).bold(),
+    ])
+}
+
+/// Lays items out left to right, wrapping between items (never inside one), in order of
+/// importance: what does not fit in the area is left out.
+fn flow(frame: &mut Frame, area: Rect, items: &[Line]) {
+    let buf = frame.buffer_mut();
+    let (mut x, mut y) = (area.x, area.y);
+    for it in items {
+        if y >= area.bottom() {
+            break;
+        }
+        let w = u16::try_from(it.width()).unwrap_or(u16::MAX);
+        let gap = if x > area.x { GAP } else { 0 };
+        if x > area.x && x.saturating_add(gap).saturating_add(w) > area.right() {
+            y += 1;
+            x = area.x;
+            if y >= area.bottom() {
+                break;
+            }
+        }
+        let start = if x > area.x { x + GAP } else { x };
+        let avail = area.right().saturating_sub(start);
+        let (end, _) = buf.set_line(start, y, it, avail);
+        x = end;
+    }
+}
+
+fn duration(secs: f64) -> String {
+    // `as` saturates for floats: negative or NaN become 0.
+    let s = secs as u64;
+    let (d, h, m, s) = (s / 86_400, s / 3_600 % 24, s / 60 % 60, s % 60);
+    if d > 0 {
+        format!("{d}d{h:02}h")
+    } else if h > 0 {
+        format!("{h}h{m:02}m")
+    } else if m > 0 {
+        format!("{m}m{s:02}s")
+    } else {
+        format!("{s}s")
+    }
+}
+
+// ---- column layout -----------------------------------------------------------------------
+
+/// A table column: preferred and minimum width, and its rank when space runs out (0 = kept
+/// longest). A `fill` column takes what is left.
+#[derive(Clone, Copy)]
+struct Col {
+    title: &'static str,
+    width: u16,
+    min: u16,
+    prio: u8,
+    right: bool,
+    fill: bool,
+}
+
+const fn col(title: &'static str, width: u16, prio: u8) -> Col {
+    Col {
+        title,
+        width,
+        min: width,
+        prio,
+        right: true,
+        fill: false,
+    }
+}
+
+const fn text_col(title: &'static str, width: u16, min: u16, prio: u8, fill: bool) -> Col {
+    Col {
+        title,
+        width,
+        min,
+        prio,
+        right: false,
+        fill,
+    }
+}
+
+// Linux comms are at most 15 bytes (TASK_COMM_LEN 16 with the NUL, include/linux/sched.h).
+const MAX_COMM: u16 = 15;
+/// "[ffff:...:ffff]:65535".
+const MAX_PEER: u16 = 47;
+
+/// Display order; the first ten are `ProcCol::ALL`, then TOP PEER. Text columns get their
+/// preferred width from what they show.
+const PROCESS_COLS: [Col; 11] = [
+    col("PID", 7, 2),
+    text_col("COMM", MAX_COMM, 6, 1, false),
+    col("TW/s", 8, 0),
+    col("TW TOTAL", 9, 5),
+    col("TW NOW", 7, 3),
+    col("CW NOW", 7, 4),
+    col("EST NOW", 8, 6),
+    col("OPEN/s", 8, 9),
+    col("CLOSE/s", 8, 10),
+    col("RESETS", 7, 8),
+    text_col("TOP PEER", 24, 12, 7, true),
+];
+
+/// Display order, as `PeerCol::ALL`; the drill-down uses the first five.
+const PEER_COLS: [Col; 6] = [
+    text_col("PEER", MAX_PEER, 10, 0, false),
+    col("TW TOTAL", 9, 1),
+    col("TW NOW", 7, 2),
+    col("CW NOW", 7, 3),
+    col("EST NOW", 8, 5),
+    text_col("PROCESSES", 30, 10, 4, true),
+];
+
+/// Width of each column in `avail` cells (0: left out). Columns are placed in order of
+/// importance, each at its preferred width if that fits, else at its minimum; what is left
+/// then widens the shrunk ones, and the rest goes to the fill column. The sorted column is
+/// ranked right after the most important one, so the reason for the order stays in view.
+fn widths<const N: usize>(cols: &[Col; N], avail: u16, sorted: usize) -> [u16; N] {
+    let mut order: [usize; N] = std::array::from_fn(|i| i);
+    order.sort_by_key(|&i| {
+        if i == sorted {
+            (cols[i].prio.min(1), 0)
+        } else {
+            (cols[i].prio, 1)
+        }
+    });
+    let mut w = [0u16; N];
+    let mut used: u16 = 0;
+    for &i in &order {
+        let sep = u16::from(used > 0);
+        let c = &cols[i];
+        let want = if c.fill { c.min } else { c.width.max(c.min) };
+        for width in [want, c.min] {
+            if used.saturating_add(sep).saturating_add(width) <= avail {
+                w[i] = width;
+                used += sep + width;
+                break;
+            }
+        }
+    }
+    let mut extra = avail.saturating_sub(used);
+    for &i in &order {
+        if w[i] > 0 && !cols[i].fill {
+            let grow = cols[i].width.saturating_sub(w[i]).min(extra);
+            w[i] += grow;
+            extra -= grow;
+        }
+    }
+    if let Some(&i) = order.iter().find(|&&i| w[i] > 0 && cols[i].fill) {
+        w[i] += extra;
+    }
+    w
+}
+
+/// The width text needs, between a column's minimum and `cap`.
+fn text_width<'a>(texts: impl Iterator<Item = &'a str>, min: u16, cap: u16) -> u16 {
+    let widest = texts.map(|t| t.chars().count()).max().unwrap_or(0);
+    u16::try_from(widest).unwrap_or(u16::MAX).clamp(min, cap)
+}
+
+fn header_row<'a>(cols: &'a [Col], w: &[u16], sorted: usize, descending: bool) -> Row<'a> {
+    let cells = cols.iter().zip(w).enumerate().filter(|(_, (_, w))| **w > 0);
+    Row::new(cells.map(|(i, (c, _))| {
+        let mut line = Line::from(c.title);
+        if i == sorted {
+            line.spans
+                .push(Span::from(if descending { "▼" } else { "▲" }));
+            line = line.fg(Color::Yellow);
+        }
+        if c.right {
+            line = line.right_aligned();
+        }
+        Cell::from(line)
+    }))
+    .style(Style::new().add_modifier(Modifier::BOLD | Modifier::UNDERLINED))
+}
+
+fn constraints(w: &[u16]) -> impl Iterator<Item = Constraint> + '_ {
+    w.iter().filter(|&&w| w > 0).map(|&w| Constraint::Length(w))
+}
+
+fn num(v: u64) -> Cell<'static> {
+    Cell::from(Line::from(v.to_string()).right_aligned())
+}
+
+fn rate(v: f64) -> Cell<'static> {
+    Cell::from(Line::from(format!("{v:.1}")).right_aligned())
+}
+
+/// `s` cut to `width` cells with an ellipsis; borrowed when it fits.
+fn fit(s: &str, width: u16) -> Cow<'_, str> {
+    let width = usize::from(width);
+    if s.chars().count() <= width {
+        return Cow::Borrowed(s);
+    }
+    let mut out: String = s.chars().take(width.saturating_sub(1)).collect();
+    if width > 0 {
+        out.push('…');
+    }
+    Cow::Owned(out)
+}
+
+/// Cells a peer label takes, without building it.
+fn label_width(r: &PeerRow) -> u16 {
+    struct Count(usize);
+    impl std::fmt::Write for Count {
+        fn write_str(&mut self, s: &str) -> std::fmt::Result {
+            self.0 += s.chars().count();
+            Ok(())
+        }
+    }
+    let mut n = Count(0);
+    let _ = write_peer_label(&mut n, r);
+    u16::try_from(n.0).unwrap_or(u16::MAX)
+}
+
+fn peer_label(r: &PeerRow) -> String {
+    let mut s = String::with_capacity(24);
+    // Writing to a String cannot fail.
+    let _ = write_peer_label(&mut s, r);
+    s
+}
+
+/// The caption over a table: which list, how many rows, sort and filter.
+fn caption(frame: &mut Frame, area: Rect, app: &App, shown: usize, total: usize, sort: &str) {
+    let tab = |name: &'static str, on: bool| {
+        let s = Span::from(name);
+        if on { s.reversed().bold() } else { s.dim() }
+    };
+    let view = app.view();
+    let mut spans = vec![
+        tab(" Processes ", view == View::Processes),
+        Span::from(" "),
+        tab(" Peers ", view == View::Peers),
+        Span::from(format!("  {shown} of {total}  sort {sort}")).dim(),
+    ];
+    if !app.filter().is_empty() {
+        spans.push(Span::from("  filter ").dim());
+        spans.push(Span::from(app.filter()).yellow());
+    }
+    frame.render_widget(Line::from(spans), area);
+}
+
+fn message(frame: &mut Frame, area: Rect, text: String) {
+    frame.render_widget(Paragraph::new(text).dim(), area);
+}
+
+/// Splits a body into a caption line and the table under it.
+fn split_caption(area: Rect) -> (Rect, Rect) {
+    let [cap, table] = Layout::vertical([Constraint::Length(1), Constraint::Fill(1)]).areas(area);
+    (cap, table)
+}
+
+fn sort_name(title: &str, descending: bool) -> String {
+    format!("{title} {}", if descending { "▼" } else { "▲" })
+}
+
+// ---- processes ---------------------------------------------------------------------------
+
+fn render_processes(frame: &mut Frame, area: Rect, app: &App, snap: &Snapshot) {
+    if area.is_empty() {
+        return;
+    }
+    let rows = app.process_rows();
+    let (sort_col, descending) = app.process_sort();
+    let (cap, table) = split_caption(area);
+    caption(
+        frame,
+        cap,
+        app,
+        rows.len(),
+        snap.processes.len(),
+        &sort_name(sort_col.title(), descending),
+    );
+    if rows.is_empty() {
+        let text = if snap.processes.is_empty() {
+            "No TCP activity yet: waiting for connections to open, close or enter TIME_WAIT."
+                .to_owned()
+        } else {
+            format!("No process matches the filter “{}”.", app.filter())
+        };
+        message(frame, table, text);
+        return;
+    }
+    let sorted = ProcCol::ALL
+        .iter()
+        .position(|&c| c == sort_col)
+        .unwrap_or(0);
+    let visible = usize::from(table.height.saturating_sub(1));
+    let offset = app.scroll_offset(visible);
+    let window = || {
+        rows.iter()
+            .skip(offset)
+            .take(visible)
+            .filter_map(|&i| snap.processes.get(i))
+    };
+    let mut cols = PROCESS_COLS;
+    cols[1].width = text_width(window().map(|p| p.comm.as_str()), cols[1].min, MAX_COMM);
+    let w = widths(&cols, table.width, sorted);
+    let selected = app.selected();
+    let body = rows
+        .iter()
+        .enumerate()
+        .skip(offset)
+        .take(visible)
+        .filter_map(|(n, &i)| Some((n, snap.processes.get(i)?)))
+        .map(|(n, p)| {
+            let row = Row::new(
+                (0..cols.len())
+                    .filter(|&c| w[c] > 0)
+                    .map(|c| process_cell(p, c, w[c])),
+            );
+            row_style(row, n == selected, p.pid == 0 && p.comm == BEFORE_START)
+        });
+    let t = Table::new(body, constraints(&w))
+        .header(header_row(&cols, &w, sorted, descending))
+        .column_spacing(1);
+    frame.render_widget(t, table);
+}
+
+fn row_style(row: Row<'_>, selected: bool, before_start: bool) -> Row<'_> {
+    let mut style = Style::new();
+    if before_start {
+        // Not an owner: a bucket of sockets older than twtrace. Shown, but set apart.
+        style = style.italic().fg(Color::Magenta);
+    }
+    if selected {
+        style = style.reversed();
+    }
+    row.style(style)
+}
+
+fn process_cell(p: &ProcessRow, c: usize, width: u16) -> Cell<'_> {
+    match c {
+        0 if p.pid == 0 => Cell::from(Line::from("-").right_aligned()),
+        0 => num(u64::from(p.pid)),
+        1 => Cell::from(fit(&p.comm, width)),
+        2 => rate(p.timewait_per_s),
+        3 => num(p.timewait_entered),
+        4 => num(p.timewait_now),
+        5 => num(p.close_wait_now),
+        6 => num(p.established_now),
+        7 => rate(p.opens_per_s),
+        8 => rate(p.closes_per_s),
+        9 => num(p.resets),
+        _ => match p.peers.first() {
+            Some(r) => Cell::from(fit(&peer_label(r), width).into_owned()),
+            None => Cell::from("-"),
+        },
+    }
+}
+
+// ---- peers -------------------------------------------------------------------------------
+
+fn render_peers(frame: &mut Frame, area: Rect, app: &App, snap: &Snapshot) {
+    if area.is_empty() {
+        return;
+    }
+    let rows = app.peer_rows();
+    let (sort_col, descending) = app.peer_sort();
+    let (cap, table) = split_caption(area);
+    caption(
+        frame,
+        cap,
+        app,
+        rows.len(),
+        app.groups().len(),
+        &sort_name(sort_col.title(), descending),
+    );
+    if rows.is_empty() {
+        let text = if app.groups().is_empty() {
+            "No peers yet: no process has had a TCP connection since twtrace started.".to_owned()
+        } else {
+            format!("No peer matches the filter “{}”.", app.filter())
+        };
+        message(frame, table, text);
+        return;
+    }
+    let sorted = PeerCol::ALL
+        .iter()
+        .position(|&c| c == sort_col)
+        .unwrap_or(0);
+    let visible = usize::from(table.height.saturating_sub(1));
+    let offset = app.scroll_offset(visible);
+    let mut cols = PEER_COLS;
+    cols[0].width = rows
+        .iter()
+        .skip(offset)
+        .take(visible)
+        .filter_map(|&g| app.group_peer(snap, app.groups().get(g)?))
+        .map(label_width)
+        .max()
+        .unwrap_or(0)
+        .clamp(cols[0].min, MAX_PEER);
+    let w = widths(&cols, table.width, sorted);
+    let selected = app.selected();
+    let body = rows
+        .iter()
+        .enumerate()
+        .skip(offset)
+        .take(visible)
+        .filter_map(|(n, &g)| Some((n, app.groups().get(g)?)))
+        .map(|(n, g)| {
+            let row = Row::new(
+                (0..cols.len())
+                    .filter(|&c| w[c] > 0)
+                    .map(|c| group_cell(app, snap, g, c, w[c])),
+            );
+            row_style(row, n == selected, false)
+        });
+    let t = Table::new(body, constraints(&w))
+        .header(header_row(&cols, &w, sorted, descending))
+        .column_spacing(1);
+    frame.render_widget(t, table);
+}
+
+fn group_cell(app: &App, snap: &Snapshot, g: &PeerGroup, c: usize, width: u16) -> Cell<'static> {
+    match c {
+        0 => match app.group_peer(snap, g) {
+            Some(r) => Cell::from(fit(&peer_label(r), width).into_owned()),
+            None => Cell::from("?"),
+        },
+        1 => num(g.timewait_entered),
+        2 => num(g.timewait_now),
+        3 => num(g.close_wait_now),
+        4 => num(g.established_now),
+        _ => Cell::from(process_list(app, snap, g, width)),
+    }
+}
+
+/// "java 4242, curl 99 +3": as many processes as fit, biggest contributor first.
+fn process_list(app: &App, snap: &Snapshot, g: &PeerGroup, width: u16) -> String {
+    let width = usize::from(width);
+    let total = g.process_count();
+    let mut out = String::new();
+    let mut item = String::new();
+    for (n, p) in app.group_processes(snap, g).enumerate() {
+        item.clear();
+        if n > 0 {
+            item.push_str(", ");
+        }
+        if p.pid == 0 {
+            item.push_str(&p.comm);
+        } else {
+            let _ = write!(item, "{} {}", p.comm, p.pid);
+        }
+        let rest = total.saturating_sub(n + 1);
+        // Room for " +N" when processes remain after this one.
+        let reserve = if rest > 0 { 2 + digits(rest) } else { 0 };
+        if out.chars().count() + item.chars().count() + reserve > width && n > 0 {
+            let _ = write!(out, " +{}", total.saturating_sub(n));
+            return out;
+        }
+        out.push_str(&item);
+    }
+    out
+}
+
+fn digits(n: usize) -> usize {
+    n.checked_ilog10().map_or(1, |d| d as usize + 1)
+}
+
+// ---- drill-down --------------------------------------------------------------------------
+
+fn render_drill(frame: &mut Frame, area: Rect, app: &App, snap: &Snapshot, pid: u32) {
+    if area.is_empty() {
+        return;
+    }
+    let Some(p) = app.drill_process().and_then(|i| snap.processes.get(i)) else {
+        message(
+            frame,
+            area,
+            format!("pid {pid} is no longer in the snapshot (it has no sockets left). Esc: back."),
+        );
+        return;
+    };
+    // The history needs a few lines to mean anything; small terminals keep the table.
+    let spark_h = match area.height {
+        h if h >= 18 => 5,
+        h if h >= 10 => 3,
+        _ => 0,
+    };
+    let summary_h = if area.height >= 10 { 2 } else { 1 };
+    let [summary, cap, spark, rest] = Layout::vertical([
+        Constraint::Length(summary_h),
+        Constraint::Length(u16::from(spark_h > 0)),
+        Constraint::Length(spark_h),
+        Constraint::Fill(1),
+    ])
+    .areas(area);
+
+    let title = if p.pid == 0 {
+        Line::from(vec![
+            Span::from(p.comm.as_str()).bold().magenta(),
+            Span::from(" sockets older than twtrace, owner unknown").dim(),
+        ])
+    } else {
+        Line::from(vec![
+            Span::from(p.comm.as_str()).bold(),
+            Span::from(format!(" pid {}", p.pid)),
+        ])
+    };
+    let items = [
+        title,
+        item("TW/s", format!("{:.1}", p.timewait_per_s)),
+        item("TW total", p.timewait_entered.to_string()),
+        item("TW now", p.timewait_now.to_string()),
+        item("CW now", p.close_wait_now.to_string()),
+        item("EST now", p.established_now.to_string()),
+        item("opens", format!("{} ({:.1}/s)", p.opens, p.opens_per_s)),
+        item("closes", format!("{} ({:.1}/s)", p.closes, p.closes_per_s)),
+        item("resets", p.resets.to_string()),
+    ];
+    flow(frame, summary, &items);
+
+    if spark_h > 0 {
+        // The newest values matter most: when the history is wider than the area, drop the
+        // oldest rather than let the widget cut off the newest.
+        let hist = &p.timewait_history;
+        let data = &hist[hist.len().saturating_sub(usize::from(spark.width))..];
+        let text = match (data.iter().max(), data.last()) {
+            (Some(peak), Some(now)) => format!(
+                "TIME_WAIT entered per second, last minute (oldest left): peak {peak}, latest {now}"
+            ),
+            _ => "TIME_WAIT entered per second, last minute: no history yet".to_owned(),
+        };
+        frame.render_widget(Line::from(text).dim(), cap);
+        frame.render_widget(
+            Sparkline::default()
+                .data(data)
+                .style(Style::new().fg(Color::Yellow))
+                .block(
+                    Block::new()
+                        .borders(Borders::BOTTOM)
+                        .border_style(Style::new().dim()),
+                ),
+            spark,
+        );
+    }
+
+    let rows = app.drill_rows();
+    let (sort_col, descending) = app.drill_sort();
+    let (cap, table) = split_caption(rest);
+    let mut line = format!("Peers of {}", p.comm);
+    let _ = write!(
+        line,
+        "  {} of {}  sort {}",
+        rows.len(),
+        p.peers.len(),
+        sort_name(sort_col.title(), descending)
+    );
+    if !app.filter().is_empty() {
+        let _ = write!(line, "  filter “{}”", app.filter());
+    }
+    frame.render_widget(Line::from(line).dim(), cap);
+    if rows.is_empty() {
+        let text = if p.peers.is_empty() {
+            "No peers recorded for this process.".to_owned()
+        } else {
+            format!("No peer matches the filter “{}”.", app.filter())
+        };
+        message(frame, table, text);
+        return;
+    }
+    let sorted = PeerCol::DRILL
+        .iter()
+        .position(|&c| c == sort_col)
+        .unwrap_or(0);
+    let visible = usize::from(table.height.saturating_sub(1));
+    let offset = app.scroll_offset(visible);
+    let mut cols: [Col; PeerCol::DRILL.len()] = std::array::from_fn(|i| PEER_COLS[i]);
+    cols[0].width = rows
+        .iter()
+        .skip(offset)
+        .take(visible)
+        .filter_map(|&r| p.peers.get(r))
+        .map(label_width)
+        .max()
+        .unwrap_or(0)
+        .clamp(cols[0].min, MAX_PEER);
+    let w = widths(&cols, table.width, sorted);
+    let selected = app.selected();
+    let body = rows
+        .iter()
+        .enumerate()
+        .skip(offset)
+        .take(visible)
+        .filter_map(|(n, &r)| Some((n, p.peers.get(r)?)))
+        .map(|(n, r)| {
+            let row = Row::new((0..cols.len()).filter(|&c| w[c] > 0).map(|c| match c {
+                0 => Cell::from(fit(&peer_label(r), w[c]).into_owned()),
+                1 => num(r.timewait_entered),
+                2 => num(r.timewait_now),
+                3 => num(r.close_wait_now),
+                _ => num(r.established_now),
+            }));
+            row_style(row, n == selected, false)
+        });
+    let t = Table::new(body, constraints(&w))
+        .header(header_row(&cols, &w, sorted, descending))
+        .column_spacing(1);
+    frame.render_widget(t, table);
+}
+
+// ---- footer and help ---------------------------------------------------------------------
+
+fn render_footer(frame: &mut Frame, area: Rect, app: &App) {
+    if area.is_empty() {
+        return;
+    }
+    if app.editing_filter() {
+        let line = Line::from(vec![
+            Span::from("/").bold(),
+            Span::from(app.filter()).yellow(),
+            Span::from("█"),
+            Span::from("  Enter keep  Esc clear  (comm, pid, port or address)").dim(),
+        ]);
+        frame.render_widget(line, area);
+        return;
+    }
+    let keys: &[(&str, &str)] = match app.view() {
+        View::Processes => &[
+            ("q", "quit"),
+            ("↑↓", "move"),
+            ("Enter", "drill"),
+            ("Tab", "peers"),
+            ("s/S", "sort"),
+            ("/", "filter"),
+            ("space", "pause"),
+            ("?", "help"),
+        ],
+        View::Peers => &[
+            ("q", "quit"),
+            ("↑↓", "move"),
+            ("Enter", "its process"),
+            ("Tab", "processes"),
+            ("s/S", "sort"),
+            ("/", "filter"),
+            ("space", "pause"),
+            ("?", "help"),
+        ],
+        View::Process(_) => &[
+            ("Esc", "back"),
+            ("↑↓", "move"),
+            ("s/S", "sort"),
+            ("/", "filter"),
+            ("space", "pause"),
+            ("?", "help"),
+            ("q", "quit"),
+        ],
+    };
+    let mut spans = Vec::with_capacity(keys.len() * 3);
+    for (k, what) in keys {
+        spans.push(Span::from(*k).bold());
+        spans.push(Span::from(" "));
+        spans.push(Span::from(format!("{what}  ")).dim());
+    }
+    frame.render_widget(Line::from(spans), area);
+}
+
+const LEGEND: &[&str] = &[
+    "TW TIME_WAIT, CW CLOSE_WAIT, EST ESTABLISHED. TOTAL: since start;",
+    "NOW: alive now; /s: over the last interval. kernel: tw in /proc/net/sockstat.",
+    "(before start): sockets older than twtrace, owner unknown.",
+    "Many TW/s toward one peer: connection churn (no pooling/keep-alive).",
+    "CW NOW growing: the process does not close() sockets the peer closed.",
+];
+
+fn render_help(frame: &mut Frame, area: Rect) {
+    let height = u16::try_from(HELP.len() + LEGEND.len() + 3).unwrap_or(u16::MAX);
+    let popup = area.centered(
+        Constraint::Length(area.width.min(84)),
+        Constraint::Length(area.height.min(height)),
+    );
+    let mut lines: Vec<Line> = HELP
+        .iter()
+        .map(|(k, what)| {
+            Line::from(vec![
+                Span::from(format!("{k:<20}")).bold(),
+                Span::from(*what),
+            ])
+        })
+        .collect();
+    lines.push(Line::from(""));
+    lines.extend(LEGEND.iter().map(|l| Line::from(*l).dim()));
+    frame.render_widget(Clear, popup);
+    frame.render_widget(
+        Paragraph::new(lines).block(Block::bordered().title(" keys (? or Esc closes) ")),
+        popup,
+    );
+}

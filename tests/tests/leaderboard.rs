@@ -1,0 +1,248 @@
+//! The leaderboard in JSON mode against real traffic from tcpdrive processes with known pids:
+//! exact per-process counts, kernel-truth reconciliation, sockets from before the start.
+//! Run as root with `cargo xtask test`; without root every test prints `SKIPPED` and passes.
+
+use std::{path::Path, time::Duration};
+
+use twtrace_tests::{
+    Client, ClientOpts, DRIVER_TIMEOUT, Mode, Server,
+    live::{Live, counter, process},
+    skip_unless_root,
+};
+
+fn driver() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_tcpdrive"))
+}
+
+/// Long enough for a snapshot after a reconciliation (every 2 s by default).
+const SETTLE: Duration = Duration::from_millis(3500);
+
+/// Client closes first: the client pid gets every TIME_WAIT, entered and alive now, toward the
+/// server's address and port; the server gets none.
+#[test]
+fn time_wait_per_process_and_peer() {
+    const TEST: &str = "leaderboard time_wait_per_process_and_peer";
+    if skip_unless_root(TEST) {
+        return;
+    }
+    const N: usize = 40;
+    let mut server = Server::start(driver(), "127.0.0.1:0", N, Mode::ClientFirst, "tws-lb");
+    let live = Live::start(&["--port".into(), server.port.to_string()]);
+    let addr = format!("127.0.0.1:{}", server.port);
+    let mut client = Client::start(
+        driver(),
+        &addr,
+        N,
+        Mode::ClientFirst,
+        "twc-lb",
+        ClientOpts::default(),
+    );
+    client.guard.wait_success(DRIVER_TIMEOUT);
+    server.guard.wait_success(DRIVER_TIMEOUT);
+    let run = live.stop_after(SETTLE);
+    let last = run.last();
+    eprintln!("[{TEST}] last snapshot: {last}");
+    let (c, s) = (client.pid(), server.pid());
+    assert_eq!(counter(last, c, "timewait_entered"), N as u64);
+    assert_eq!(counter(last, c, "timewait_now"), N as u64);
+    assert_eq!(counter(last, c, "opens"), N as u64);
+    assert_eq!(counter(last, c, "closes"), N as u64);
+    assert_eq!(counter(last, c, "established_now"), 0);
+    assert_eq!(counter(last, s, "timewait_entered"), 0);
+    assert_eq!(counter(last, s, "timewait_now"), 0);
+    assert_eq!(counter(last, s, "opens"), N as u64, "accepted connections");
+    assert_eq!(counter(last, s, "close_wait_now"), 0);
+    let row = process(last, c).expect("client row");
+    assert_eq!(row["comm"], "twc-lb");
+    let peer = &row["peers"][0];
+    assert_eq!(
+        (peer["raddr"].as_str(), peer["rport"].as_u64()),
+        (Some("127.0.0.1"), Some(u64::from(server.port)))
+    );
+    assert_eq!(peer["timewait_entered"], N);
+    assert_eq!(peer["timewait_now"], N);
+    let server_peer = &process(last, s).expect("server row")["peers"][0];
+    assert_eq!(
+        server_peer["lport"], server.port,
+        "accepted connections are grouped by listening port"
+    );
+    // Other tests' TIME_WAIT sockets may share the port number (they live 60 s); they can only
+    // be in the "(before start)" row.
+    let before = counter(last, 0, "timewait_now");
+    assert_eq!(
+        last["totals"]["timewait_now"],
+        N as u64 + before,
+        "the total is the rows' sum"
+    );
+    assert_eq!(last["lost_events"], 0);
+    // The rate shows up in the snapshot that covered the traffic.
+    let peak: f64 = run
+        .snapshots
+        .iter()
+        .filter_map(|s| process(s, c)?["timewait_per_s"].as_f64())
+        .fold(0.0, f64::max);
+    assert!(peak > 0.0, "a snapshot saw the TIME_WAIT rate");
+}
+
+/// A client that never closes what the server closed: CLOSE_WAIT now, for the client pid, while
+/// it holds the sockets, and back to 0 when it exits.
+#[test]
+fn close_wait_now_follows_the_leak() {
+    const TEST: &str = "leaderboard close_wait_now_follows_the_leak";
+    if skip_unless_root(TEST) {
+        return;
+    }
+    const N: usize = 15;
+    let mut server = Server::start(driver(), "127.0.0.1:0", N, Mode::Leak, "tws-lbleak");
+    let live = Live::start(&["--port".into(), server.port.to_string()]);
+    let addr = format!("127.0.0.1:{}", server.port);
+    let opts = ClientOpts {
+        hold_ms: Some(3000),
+        wait_stdin: false,
+    };
+    let mut client = Client::start(driver(), &addr, N, Mode::Leak, "twc-lbleak", opts);
+    client.wait_for_stdout("holding", DRIVER_TIMEOUT);
+    client.guard.wait_success(DRIVER_TIMEOUT);
+    server.guard.wait_success(DRIVER_TIMEOUT);
+    let run = live.stop_after(SETTLE);
+    let c = client.pid();
+    let held = run
+        .snapshots
+        .iter()
+        .map(|s| counter(s, c, "close_wait_now"))
+        .max()
+        .unwrap_or(0);
+    for snap in &run.snapshots {
+        eprintln!(
+            "[{TEST}] {} client row: {:?}",
+            snap["time"],
+            process(snap, c)
+        );
+    }
+    eprintln!("[{TEST}] most CLOSE_WAIT seen for the client: {held}");
+    assert_eq!(held, N as u64, "every leaked socket counted while held");
+    assert_eq!(
+        counter(run.last(), c, "close_wait_now"),
+        0,
+        "released when the client exited"
+    );
+    assert_eq!(run.last()["totals"]["close_wait_now"], 0);
+}
+
+/// Sockets that existed before twtrace started: CLOSE_WAIT sockets get their owner from /proc;
+/// TIME_WAIT sockets (which have no owner) are shown as "(before start)", never dropped.
+#[test]
+fn sockets_from_before_the_start() {
+    const TEST: &str = "leaderboard sockets_from_before_the_start";
+    if skip_unless_root(TEST) {
+        return;
+    }
+    const N: usize = 12;
+    // TIME_WAIT sockets made before twtrace starts.
+    let mut tw_server = Server::start(driver(), "127.0.0.1:0", N, Mode::ClientFirst, "tws-lbpre");
+    let tw_addr = format!("127.0.0.1:{}", tw_server.port);
+    let mut tw_client = Client::start(
+        driver(),
+        &tw_addr,
+        N,
+        Mode::ClientFirst,
+        "twc-lbpre",
+        ClientOpts::default(),
+    );
+    tw_client.guard.wait_success(DRIVER_TIMEOUT);
+    tw_server.guard.wait_success(DRIVER_TIMEOUT);
+    // A client holding CLOSE_WAIT sockets while twtrace starts.
+    let mut cw_server = Server::start(driver(), "127.0.0.1:0", N, Mode::Leak, "tws-lbcw");
+    let cw_addr = format!("127.0.0.1:{}", cw_server.port);
+    let opts = ClientOpts {
+        hold_ms: Some(6000),
+        wait_stdin: false,
+    };
+    let mut cw_client = Client::start(driver(), &cw_addr, N, Mode::Leak, "twc-lbcw", opts);
+    cw_client.wait_for_stdout("holding", DRIVER_TIMEOUT);
+
+    let ports = format!("{},{}", tw_server.port, cw_server.port);
+    let live = Live::start(&["--port".into(), ports]);
+    let run = live.stop_after(SETTLE);
+    cw_client.guard.wait_success(DRIVER_TIMEOUT);
+    cw_server.guard.wait_success(DRIVER_TIMEOUT);
+    let first = &run.snapshots[0];
+    eprintln!("[{TEST}] first snapshot: {first}");
+    let before = process(first, 0).expect("a (before start) row");
+    assert_eq!(before["comm"], "(before start)");
+    // The client-first connections left N TIME_WAIT sockets on the client side; the leak
+    // server closed first and exited, so its N orphaned FIN_WAIT2 sockets became timewait sockets
+    // too (substate FIN_WAIT2, counted in sockstat's tw as well).
+    let peers = before["peers"].as_array().expect("peers");
+    let sum = |keep: &dyn Fn(&serde_json::Value) -> bool| -> u64 {
+        peers
+            .iter()
+            .filter(|p| keep(p))
+            .map(|p| p["timewait_now"].as_u64().unwrap_or(0))
+            .sum()
+    };
+    let toward_first = sum(&|p| p["rport"] == tw_server.port);
+    let leak_side = sum(&|p| p["rport"] != tw_server.port);
+    assert_eq!(
+        toward_first, N as u64,
+        "client-side TIME_WAIT toward the first server"
+    );
+    assert!(
+        leak_side >= N as u64,
+        "the leak server's orphaned sockets: {leak_side}"
+    );
+    assert_eq!(
+        before["timewait_now"].as_u64(),
+        Some(toward_first + leak_side)
+    );
+    assert_eq!(
+        before["timewait_entered"], 0,
+        "entered before twtrace saw them"
+    );
+    let c = cw_client.pid();
+    assert_eq!(
+        counter(first, c, "close_wait_now"),
+        N as u64,
+        "owner found through /proc/<pid>/fd"
+    );
+    assert_eq!(process(first, c).expect("client row")["comm"], "twc-lbcw");
+}
+
+/// Without filters, twtrace's TIME_WAIT-now total (owned plus before start) matches the kernel's
+/// own count in /proc/net/sockstat.
+#[test]
+fn time_wait_total_matches_sockstat() {
+    const TEST: &str = "leaderboard time_wait_total_matches_sockstat";
+    if skip_unless_root(TEST) {
+        return;
+    }
+    const N: usize = 300;
+    let mut server = Server::start(driver(), "127.0.0.1:0", N, Mode::ServerFirst, "tws-lbsum");
+    let live = Live::start(&[]);
+    let addr = format!("127.0.0.1:{}", server.port);
+    let mut client = Client::start(
+        driver(),
+        &addr,
+        N,
+        Mode::ServerFirst,
+        "twc-lbsum",
+        ClientOpts::default(),
+    );
+    client.guard.wait_success(DRIVER_TIMEOUT);
+    server.guard.wait_success(DRIVER_TIMEOUT);
+    let run = live.stop_after(SETTLE);
+    let last = run.last();
+    let ours = last["totals"]["timewait_now"]
+        .as_u64()
+        .expect("timewait_now");
+    let kernel = last["totals"]["timewait_kernel"]
+        .as_u64()
+        .expect("timewait_kernel");
+    eprintln!("[{TEST}] twtrace {ours} vs sockstat {kernel}");
+    assert!(
+        ours.abs_diff(kernel) <= kernel / 100,
+        "twtrace {ours} vs kernel {kernel}: more than 1% apart"
+    );
+    assert_eq!(counter(last, server.pid(), "timewait_entered"), N as u64);
+    assert!(counter(last, server.pid(), "timewait_now") == N as u64);
+}
