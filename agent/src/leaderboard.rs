@@ -92,6 +92,9 @@ pub async fn run(args: LiveArgs, verbose: bool, output: Output) -> anyhow::Resul
                 }
             }
             _ = snapshot_tick.tick() => {
+                // Events already queued belong to this snapshot: without them the counts would
+                // lag the kernel's (sockstat is read at the same moment) under heavy churn.
+                tracer.drain(|t| live.apply(t));
                 let snap = live.snapshot(&tracer);
                 let shown = match output {
                     Output::Tui => {

@@ -16,6 +16,15 @@ use crate::{
     state::TcpState,
 };
 
+/// Timer-wheel lateness assumed before any is measured: a 60 s timer lands in a bucket of 64
+/// jiffies (256 ms at HZ=250, kernel/time/timer.c) and fires up to two buckets late; measured
+/// here at about 0.6 s.
+const TW_SLACK_INITIAL_NS: u64 = 500_000_000;
+/// Added to each measured lateness, for the time between the due moment and the dump.
+const TW_SLACK_MARGIN_NS: u64 = 50_000_000;
+/// Beyond this a socket was re-armed, not late.
+const TW_SLACK_MAX_NS: u64 = 3_000_000_000;
+
 /// How many TIME_WAIT-per-interval samples a process keeps for its sparkline.
 pub const HISTORY_LEN: usize = 60;
 
@@ -191,6 +200,9 @@ pub struct Model {
     /// TIME_WAIT sockets in the kernel's table whose owner twtrace never saw, with peers.
     /// (deadline from the kernel's timer, peer).
     before_start_tw: Vec<(u64, PeerKey)>,
+    /// How long after its deadline the kernel really drops a timewait socket, learnt from
+    /// sockets it still had when they were due.
+    tw_slack_ns: u64,
     unattributed_events: u64,
     tw_entered_total: u64,
     tw_entered_prev: u64,
@@ -209,6 +221,7 @@ impl Model {
             timewait: HashMap::new(),
             aged: HashMap::new(),
             before_start_tw: Vec::new(),
+            tw_slack_ns: TW_SLACK_INITIAL_NS,
             unattributed_events: 0,
             tw_entered_total: 0,
             tw_entered_prev: 0,
@@ -387,7 +400,9 @@ impl Model {
             .filter(|k| k.timewait)
             .map(|k| ((k.local, k.remote), deadline(k)))
             .collect();
-        // Aged ones the kernel still has were re-armed: count them again.
+        // Aged ones the kernel still has are late (the timer wheel fires a 60 s timer in a
+        // bucket up to a few hundred ms after its deadline, more at low HZ) or were re-armed:
+        // count them again, and learn how late the kernel runs so the next ones wait as long.
         let rearmed: Vec<(SocketAddr, SocketAddr)> = self
             .aged
             .keys()
@@ -396,6 +411,13 @@ impl Model {
             .collect();
         for key in rearmed {
             if let Some(tw) = self.aged.remove(&key) {
+                let overdue = kernel_tw.get(&key).is_some_and(|&d| d <= dump_ns);
+                if overdue {
+                    let late = dump_ns
+                        .saturating_sub(tw.deadline_ns)
+                        .saturating_add(TW_SLACK_MARGIN_NS);
+                    self.tw_slack_ns = self.tw_slack_ns.max(late.min(TW_SLACK_MAX_NS));
+                }
                 self.count_tw(&tw);
                 self.timewait.insert(key, tw);
             }
@@ -512,10 +534,11 @@ impl Model {
         outside: Outside,
         exists: &dyn Fn(u32) -> bool,
     ) -> Snapshot {
+        let slack = self.tw_slack_ns;
         let aged: Vec<(SocketAddr, SocketAddr)> = self
             .timewait
             .iter()
-            .filter(|(_, tw)| now_ns >= tw.deadline_ns)
+            .filter(|(_, tw)| now_ns >= tw.deadline_ns.saturating_add(slack))
             .map(|(&key, _)| key)
             .collect();
         for key in aged {
@@ -561,7 +584,7 @@ impl Model {
         });
 
         self.before_start_tw
-            .retain(|&(deadline, _)| now_ns < deadline);
+            .retain(|&(deadline, _)| now_ns < deadline.saturating_add(slack));
         let mut before_start: HashMap<PeerKey, u64> = HashMap::new();
         for &(_, peer) in &self.before_start_tw {
             *before_start.entry(peer).or_default() += 1;
@@ -1105,11 +1128,15 @@ mod tests {
         let mut m = Model::new(0, Limits::default());
         client_first(&mut m, 0, S);
         client_first(&mut m, 1, S);
-        assert_eq!(snap(&mut m, 60 * S).totals.timewait_now, 2);
         assert_eq!(
             snap(&mut m, 61 * S).totals.timewait_now,
+            2,
+            "the kernel runs late"
+        );
+        assert_eq!(
+            snap(&mut m, 62 * S).totals.timewait_now,
             0,
-            "60 s after entering"
+            "60 s after entering, plus the timer wheel's lateness"
         );
         // The kernel still has one (its timer was re-armed): counted again, not "before start".
         m.reconcile(
@@ -1122,6 +1149,29 @@ mod tests {
         assert_eq!(proc(&s, CLIENT).timewait_now, 1);
         assert_eq!(s.totals.timewait_now, 1);
         assert!(s.processes.iter().all(|p| p.pid != 0));
+    }
+
+    #[test]
+    fn the_kernels_lateness_is_learnt() {
+        let mut m = Model::new(0, Limits::default());
+        client_first(&mut m, 0, S);
+        client_first(&mut m, 1, S);
+        assert_eq!(snap(&mut m, 61 * S + S / 2).totals.timewait_now, 0);
+        // Both due 61 s; at 62 s the kernel still has one, overdue: it runs 1 s late.
+        let mut late = kernel_tw(1, "127.0.0.1:40001", "127.0.0.1:8080");
+        late.expires_ns = 0;
+        m.reconcile(&[late], 62 * S, &mut no_owners, &|_| true);
+        assert_eq!(snap(&mut m, 62 * S).totals.timewait_now, 1);
+        // The next ones wait that long too: a socket due at 100 s is still counted at 100.9 s.
+        let (cl, srv) = ("127.0.0.1:40009", "127.0.0.1:8080");
+        m.apply(&Ev::new(CLIENT, 9, FinWait2, TimeWait, cl, srv).at(40 * S).0);
+        let s = snap(&mut m, 100 * S + 9 * S / 10);
+        assert_eq!(
+            proc(&s, CLIENT).timewait_now,
+            1,
+            "the new one; the late one went at 63 s"
+        );
+        assert_eq!(snap(&mut m, 101 * S + S / 10).totals.timewait_now, 0);
     }
 
     #[test]

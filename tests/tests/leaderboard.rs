@@ -209,7 +209,8 @@ fn sockets_from_before_the_start() {
 }
 
 /// Without filters, twtrace's TIME_WAIT-now total (owned plus before start) matches the kernel's
-/// own count in /proc/net/sockstat.
+/// Without filters, twtrace's TIME_WAIT-now total (owned plus before start) matches the kernel's
+/// own count in /proc/net/sockstat: while the churn generator runs flat out, and afterwards.
 #[test]
 fn time_wait_total_matches_sockstat() {
     const TEST: &str = "leaderboard time_wait_total_matches_sockstat";
@@ -230,19 +231,36 @@ fn time_wait_total_matches_sockstat() {
     );
     client.guard.wait_success(DRIVER_TIMEOUT);
     server.guard.wait_success(DRIVER_TIMEOUT);
+    // Churn at the machine's limit for a few seconds (bounded: it stops by itself).
+    let churn = std::process::Command::new(env!("CARGO_BIN_EXE_churn"))
+        .args(["--duration", "6"])
+        .output()
+        .expect("run churn");
+    assert!(churn.status.success(), "churn failed: {churn:?}");
+    eprintln!("[{TEST}] {}", String::from_utf8_lossy(&churn.stdout).trim());
     let run = live.stop_after(SETTLE);
+    let mut checked = 0;
+    for snap in &run.snapshots {
+        let ours = snap["totals"]["timewait_now"]
+            .as_u64()
+            .expect("timewait_now");
+        let kernel = snap["totals"]["timewait_kernel"]
+            .as_u64()
+            .expect("timewait_kernel");
+        let uptime = snap["uptime_s"].as_f64().unwrap_or(0.0);
+        eprintln!("[{TEST}] uptime {uptime:.1} s: twtrace {ours} vs sockstat {kernel}");
+        // The first reconciliation after the start of the churn settles the model; from then
+        // on every snapshot must be within 1% of the kernel's count.
+        if uptime >= 4.5 {
+            checked += 1;
+            assert!(
+                ours.abs_diff(kernel) <= kernel / 100,
+                "twtrace {ours} vs kernel {kernel} at {uptime:.1} s: more than 1% apart"
+            );
+        }
+    }
+    assert!(checked >= 3, "only {checked} snapshots were compared");
     let last = run.last();
-    let ours = last["totals"]["timewait_now"]
-        .as_u64()
-        .expect("timewait_now");
-    let kernel = last["totals"]["timewait_kernel"]
-        .as_u64()
-        .expect("timewait_kernel");
-    eprintln!("[{TEST}] twtrace {ours} vs sockstat {kernel}");
-    assert!(
-        ours.abs_diff(kernel) <= kernel / 100,
-        "twtrace {ours} vs kernel {kernel}: more than 1% apart"
-    );
     assert_eq!(counter(last, server.pid(), "timewait_entered"), N as u64);
-    assert!(counter(last, server.pid(), "timewait_now") == N as u64);
+    assert_eq!(counter(last, server.pid(), "timewait_now"), N as u64);
 }
