@@ -23,8 +23,7 @@ use twtrace_ebpf::{
     SockEntry, flags, globals, how, offsets, stat, tcp_state,
 };
 
-/// 4 MiB: ~37,000 events of 112 bytes (+8 header), a quarter second of the highest churn this
-/// class of machine makes (140,000 transitions/s) even if the agent stalls.
+/// Sized by the agent at load time (`RING_BYTES` in agent/src/tracer.rs); this is a fallback.
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
 

@@ -23,6 +23,12 @@ use crate::{
 /// The kernel object built by build.rs. Empty when the build had no bpf-linker.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/twtrace-ebpf"));
 
+/// The ring buffer's size: 16 MiB holds ~140,000 events (112 bytes + 8 of header), a second of
+/// the highest churn this class of machine makes, so a busy agent (a socket-table dump, a
+/// terminal redraw, another process on its core) catches up instead of losing events. It is
+/// kernel memory charged to twtrace's cgroup, not part of its RSS.
+const RING_BYTES: u32 = 16 << 20;
+
 /// What to trace.
 #[derive(Clone, Debug, Default)]
 pub struct Options {
@@ -104,6 +110,7 @@ impl Tracer {
             filters |= globals::FILTER_PORT;
         }
         let mut ebpf = EbpfLoader::new()
+            .map_max_entries(maps::EVENTS, RING_BYTES)
             .override_global(globals::FILTERS, &filters, true)
             .override_global("AYA_LOG_LEVEL", &log_level, false)
             .load(EBPF_OBJECT)
