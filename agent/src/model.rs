@@ -7,6 +7,7 @@
 
 use std::{
     collections::{HashMap, HashSet},
+    hash::{Hash as _, Hasher as _},
     net::{IpAddr, Ipv4Addr, SocketAddr},
 };
 
@@ -27,6 +28,19 @@ const TW_SLACK_MAX_NS: u64 = 3_000_000_000;
 
 /// How many TIME_WAIT-per-interval samples a process keeps for its sparkline.
 pub const HISTORY_LEN: usize = 60;
+
+/// A connection's 4-tuple, hashed to 64 bits: the maps hold up to the kernel's whole
+/// TIME_WAIT table (tcp_max_tw_buckets, 131,072 here), where two 32-byte SocketAddrs per entry
+/// would double the agent's memory. A collision among 10^5 live tuples has a probability of
+/// about 10^-10.
+type Tuple = u64;
+
+fn tuple(local: SocketAddr, remote: SocketAddr) -> Tuple {
+    // DefaultHasher::new() has fixed keys, so equal tuples hash equally across calls.
+    let mut h = std::hash::DefaultHasher::new();
+    (local, remote).hash(&mut h);
+    h.finish()
+}
 
 /// Bounds and ageing.
 #[derive(Clone, Copy, Debug)]
@@ -92,8 +106,8 @@ struct Sock {
     pid: u32,
     state: TcpState,
     peer: PeerKey,
-    local: SocketAddr,
-    remote: SocketAddr,
+    /// Its 4-tuple, to match it with the kernel's table.
+    tuple: Tuple,
     /// Monotonic ns of the last event or of the kernel dump that confirmed it.
     seen_ns: u64,
 }
@@ -191,12 +205,12 @@ pub struct Model {
     /// Event-born sockets by kernel address.
     socks: HashMap<u64, Sock>,
     /// Sockets found in the kernel's table with no event yet, by (local, remote).
-    seeded: HashMap<(SocketAddr, SocketAddr), Sock>,
-    timewait: HashMap<(SocketAddr, SocketAddr), TwSock>,
+    seeded: HashMap<Tuple, Sock>,
+    timewait: HashMap<Tuple, TwSock>,
     /// TIME_WAIT sockets past TCP_TIMEWAIT_LEN, no longer counted, kept until the next
     /// reconciliation in case the kernel re-armed their timer (a FIN reaching an orphaned
     /// FIN_WAIT2 timewait socket starts its 60 s again).
-    aged: HashMap<(SocketAddr, SocketAddr), TwSock>,
+    aged: HashMap<Tuple, TwSock>,
     /// TIME_WAIT sockets in the kernel's table whose owner twtrace never saw, with peers.
     /// (deadline from the kernel's timer, peer).
     before_start_tw: Vec<(u64, PeerKey)>,
@@ -242,7 +256,7 @@ impl Model {
         let tracked = self.socks.remove(&t.skaddr);
         // A socket can be in the kernel's table before its first events are read (the dump
         // raced the ring buffer): its seeded copy must go, or it would be counted twice.
-        let seeded = self.seeded.remove(&(t.local, t.remote));
+        let seeded = self.seeded.remove(&tuple(t.local, t.remote));
         for old in tracked.iter().chain(seeded.iter()) {
             self.uncount(old);
         }
@@ -260,10 +274,10 @@ impl Model {
             (t.old, t.new),
             (TcpState::SynSent, TcpState::Established) | (TcpState::Listen, TcpState::SynRecv)
         ) {
-            if let Some(tw) = self.timewait.remove(&(t.local, t.remote)) {
+            if let Some(tw) = self.timewait.remove(&tuple(t.local, t.remote)) {
                 self.uncount_tw(&tw);
             }
-            self.aged.remove(&(t.local, t.remote));
+            self.aged.remove(&tuple(t.local, t.remote));
         }
         let accepted = match previous {
             Some(s) => matches!(s.peer, PeerKey::In { .. }),
@@ -304,7 +318,7 @@ impl Model {
                 };
                 // A 4-tuple is in TIME_WAIT once at most; a new entry means the kernel reused it
                 // (tcp_tw_reuse) and the old timewait socket is gone.
-                if let Some(old) = self.timewait.insert((t.local, t.remote), tw) {
+                if let Some(old) = self.timewait.insert(tuple(t.local, t.remote), tw) {
                     self.uncount_tw(&old);
                 }
             }
@@ -319,8 +333,7 @@ impl Model {
                     pid,
                     state,
                     peer,
-                    local: t.local,
-                    remote: t.remote,
+                    tuple: tuple(t.local, t.remote),
                     seen_ns: t.mono_ns,
                 };
                 self.count(&sock);
@@ -395,15 +408,15 @@ impl Model {
         // The kernel also says when each one's timer fires, which keeps the count exact between
         // dumps (thousands expire every second under churn) and covers re-armed timers.
         let deadline = |k: &KernelSocket| dump_ns.saturating_add(k.expires_ns);
-        let kernel_tw: HashMap<(SocketAddr, SocketAddr), u64> = kernel
+        let kernel_tw: HashMap<Tuple, u64> = kernel
             .iter()
             .filter(|k| k.timewait)
-            .map(|k| ((k.local, k.remote), deadline(k)))
+            .map(|k| (tuple(k.local, k.remote), deadline(k)))
             .collect();
         // Aged ones the kernel still has are late (the timer wheel fires a 60 s timer in a
         // bucket up to a few hundred ms after its deadline, more at low HZ) or were re-armed:
         // count them again, and learn how late the kernel runs so the next ones wait as long.
-        let rearmed: Vec<(SocketAddr, SocketAddr)> = self
+        let rearmed: Vec<Tuple> = self
             .aged
             .keys()
             .filter(|key| kernel_tw.contains_key(*key))
@@ -428,7 +441,7 @@ impl Model {
                 tw.deadline_ns = d;
             }
         }
-        let expired: Vec<(SocketAddr, SocketAddr)> = self
+        let expired: Vec<Tuple> = self
             .timewait
             .iter()
             .filter(|(key, tw)| tw.entered_ns < dump_ns && !kernel_tw.contains_key(key))
@@ -440,10 +453,9 @@ impl Model {
             }
         }
         self.before_start_tw.clear();
-        for k in kernel
-            .iter()
-            .filter(|k| k.timewait && keep(0) && !self.timewait.contains_key(&(k.local, k.remote)))
-        {
+        for k in kernel.iter().filter(|k| {
+            k.timewait && keep(0) && !self.timewait.contains_key(&tuple(k.local, k.remote))
+        }) {
             let peer = PeerKey::of(listening.contains(&k.local.port()), k.local, k.remote);
             self.before_start_tw.push((deadline(k), peer));
         }
@@ -452,10 +464,10 @@ impl Model {
         // what it has that twtrace never saw (sockets from before the start).
         // Only the gauged states (ESTABLISHED, CLOSE_WAIT) are reconciled: the others change
         // within milliseconds and a SYN_SENT socket's local port is not known yet.
-        let kernel_full: HashMap<(SocketAddr, SocketAddr), &KernelSocket> = kernel
+        let kernel_full: HashMap<Tuple, &KernelSocket> = kernel
             .iter()
             .filter(|k| !k.timewait && gauge(k.state) != (0, 0))
-            .map(|k| ((k.local, k.remote), k))
+            .map(|k| (tuple(k.local, k.remote), k))
             .collect();
         let gone: Vec<u64> = self
             .socks
@@ -463,7 +475,7 @@ impl Model {
             .filter(|(_, s)| {
                 gauge(s.state) != (0, 0)
                     && s.seen_ns < dump_ns
-                    && !kernel_full.contains_key(&(s.local, s.remote))
+                    && !kernel_full.contains_key(&s.tuple)
             })
             .map(|(&skaddr, _)| skaddr)
             .collect();
@@ -472,7 +484,7 @@ impl Model {
                 self.uncount(&s);
             }
         }
-        let gone_seeded: Vec<(SocketAddr, SocketAddr)> = self
+        let gone_seeded: Vec<Tuple> = self
             .seeded
             .keys()
             .filter(|key| !kernel_full.contains_key(key))
@@ -483,8 +495,7 @@ impl Model {
                 self.uncount(&s);
             }
         }
-        let known: HashSet<(SocketAddr, SocketAddr)> =
-            self.socks.values().map(|s| (s.local, s.remote)).collect();
+        let known: HashSet<Tuple> = self.socks.values().map(|s| s.tuple).collect();
         let new: Vec<&KernelSocket> = kernel_full
             .iter()
             .filter(|(key, _)| !known.contains(key) && !self.seeded.contains_key(key))
@@ -516,12 +527,11 @@ impl Model {
                 pid,
                 state: k.state,
                 peer,
-                local: k.local,
-                remote: k.remote,
+                tuple: tuple(k.local, k.remote),
                 seen_ns: dump_ns,
             };
             self.count(&sock);
-            self.seeded.insert((k.local, k.remote), sock);
+            self.seeded.insert(tuple(k.local, k.remote), sock);
         }
     }
 
@@ -535,7 +545,7 @@ impl Model {
         exists: &dyn Fn(u32) -> bool,
     ) -> Snapshot {
         let slack = self.tw_slack_ns;
-        let aged: Vec<(SocketAddr, SocketAddr)> = self
+        let aged: Vec<Tuple> = self
             .timewait
             .iter()
             .filter(|(_, tw)| now_ns >= tw.deadline_ns.saturating_add(slack))
