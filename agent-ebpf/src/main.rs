@@ -10,6 +10,7 @@
 
 use aya_ebpf::{
     EbpfContext, Global,
+    bindings::{BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
     },
@@ -29,6 +30,10 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
 
 #[map]
 static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);
+
+/// Events sent per CPU, for the wake-up batching in `wakeup_flag`.
+#[map]
+static WAKEUPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
 /// Live sockets: owner, reset flags and a close held back until destruction. Entries are removed
 /// at `tcp:tcp_destroy_sock`, so the table holds only sockets alive now; a plain (not LRU) hash so
@@ -100,9 +105,33 @@ fn emit(ev: &Event) {
     if ev.owner.how == how::UNKNOWN {
         count(stat::UNATTRIBUTED);
     }
-    match EVENTS.output::<Event>(ev, 0) {
+    match EVENTS.output::<Event>(ev, wakeup_flag()) {
         Ok(()) => count(stat::EVENTS),
         Err(_) => count(stat::LOST),
+    }
+}
+
+/// Wakes the agent once every `WAKEUP_EVERY` events per CPU instead of whenever it has caught
+/// up: at 100,000+ events/s each wake-up (epoll, the runtime, a drain) costs more than the events
+/// it delivers. The agent also drains on a short timer, so a quiet socket's event waits at most
+/// that long (`POLL` in agent/src/tracer.rs).
+#[inline(always)]
+fn wakeup_flag() -> u64 {
+    const WAKEUP_EVERY: u64 = 64;
+    match WAKEUPS.get_ptr_mut(0) {
+        Some(n) => {
+            // SAFETY: per-CPU slot, written only by programs on this CPU, which do not nest here.
+            let n = unsafe {
+                *n += 1;
+                *n
+            };
+            if n % WAKEUP_EVERY == 0 {
+                u64::from(BPF_RB_FORCE_WAKEUP)
+            } else {
+                u64::from(BPF_RB_NO_WAKEUP)
+            }
+        }
+        None => 0,
     }
 }
 

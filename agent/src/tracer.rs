@@ -29,6 +29,9 @@ static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"),
 /// counts in the agent's RSS once written: 16 MiB cost 18 MiB of RSS for no measured gain.
 const RING_BYTES: u32 = 8 << 20;
 
+/// How long an event may wait in the ring buffer when fewer than a wake-up's worth arrive.
+const POLL: std::time::Duration = std::time::Duration::from_millis(20);
+
 /// What to trace.
 #[derive(Clone, Debug, Default)]
 pub struct Options {
@@ -168,7 +171,12 @@ impl Tracer {
     /// Waits for events, then hands every one available to `f`. Returns how many it handled.
     /// Batching per wake-up keeps the per-event cost low at 100,000+ events/s.
     pub async fn next_batch(&mut self, mut f: impl FnMut(&Transition)) -> io::Result<usize> {
-        let mut guard = self.ring.readable_mut().await?;
+        // The kernel side wakes the agent only every 64 events per CPU (see `wakeup_flag` in
+        // agent-ebpf/src/main.rs); the timeout collects the rest of a quiet period.
+        let Ok(guard) = tokio::time::timeout(POLL, self.ring.readable_mut()).await else {
+            return Ok(self.drain(f));
+        };
+        let mut guard = guard?;
         let ring = guard.get_inner_mut();
         let mut n = 0;
         while let Some(item) = ring.next() {
