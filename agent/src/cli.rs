@@ -12,6 +12,10 @@ Examples:
   sudo twtrace trace --port 8080        every transition of connections to or from port 8080
   sudo twtrace trace --json | jq -c 'select(.new == \"TIME_WAIT\")'
                                         who creates TIME_WAIT sockets, as JSON Lines
+  sudo twtrace record -o incident.twr   capture everything to a file, for later
+  twtrace report incident.twr           summarise a recording, on any machine, without root
+  twtrace --from incident.twr --speed 10
+                                        replay a recording into the leaderboard, ten times as fast
 
 twtrace attributes each transition to the process that owns the socket, not to whichever task
 the kernel happened to run when a packet arrived (what tcpstates and bpftrace print).";
@@ -48,6 +52,127 @@ pub enum Command {
 TIME_WAIT is inferred: the kernel reports the full socket's FIN_WAIT2 -> CLOSE when it hands the
 connection to a timewait socket. Closes caused by a reset are shown as CLOSE with the reset's side.")]
     Trace(TraceArgs),
+
+    /// Record every transition and the kernel's socket table to a file, for `twtrace report`.
+    #[command(after_help = "Examples:
+  sudo twtrace record -o incident.twr --duration 5m
+  sudo twtrace record -o api.twr --port 8080 --max-size 200M
+  twtrace report incident.twr               (no root needed, on any machine)
+
+  sudo twtrace record --ring 5m --trigger 'timewait_now>20000' --trigger 'close_wait_now>500' -o DIR
+                                        flight recorder: on a trigger (or SIGUSR1) write the last
+                                        5 minutes and the next one to DIR/twtrace-<time>.twr
+
+The file holds a header (host, kernel, sysctls, command line, filters) and chunks of binary
+records, each chunk checksummed and written at least once a second: a killed recording or a full
+disk loses at most its last second. It is created with mode 0600 (it names processes and peers).
+The flight recorder holds at most --ring-max bytes (default 256 MiB) in memory.")]
+    Record(RecordArgs),
+
+    /// Summarise a recording: host facts, top processes and peers, a TIME_WAIT timeline. No root.
+    #[command(after_help = "Examples:
+  twtrace report incident.twr
+  twtrace report incident.twr --json | jq '.processes[0]'
+  twtrace report incident.twr --since 30s --until 90s --port 8080
+  twtrace report incident.twr --export jsonl > events.jsonl
+
+--since/--until take RFC 3339 times or durations from the recording's start; the report is what
+twtrace would have shown had it been started at --since and stopped at --until.")]
+    Report(ReportArgs),
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct RecordArgs {
+    #[command(flatten)]
+    pub filter: FilterArgs,
+
+    /// The recording to write (with --ring: the directory for captures).
+    #[arg(short, long, value_name = "FILE")]
+    pub output: std::path::PathBuf,
+
+    /// Stop after this long (e.g. 30s, 5m, 1h).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub duration: Option<std::time::Duration>,
+
+    /// Stop before the file grows beyond this size (e.g. 500M, 2G).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, conflicts_with = "ring")]
+    pub max_size: Option<u64>,
+
+    /// Flight recorder: keep only the last DURATION in memory (at most --ring-max bytes) and
+    /// write it, plus --after more, to DIR/twtrace-<time>.twr when a --trigger fires or on
+    /// SIGUSR1; then keep going.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub ring: Option<std::time::Duration>,
+
+    /// The flight recorder's memory bound: the ring never holds more than this many bytes of
+    /// chunks (about 90 bytes per event); the oldest go first.
+    #[arg(long, value_name = "SIZE", default_value = "256M", value_parser = parse_size, requires = "ring")]
+    pub ring_max: u64,
+
+    /// A condition checked every second on the leaderboard's snapshot, e.g. 'timewait_now>20000',
+    /// 'close_wait_now[comm=java]>500', 'timewait_per_s[pid=42]>=1000' (repeatable). Fields:
+    /// totals (timewait_now, timewait_kernel, close_wait_now, established_now, timewait_entered,
+    /// timewait_per_s, lost_events, unattributed_events) or, with [pid=N] or [comm=NAME] (summed
+    /// over processes of that name), a process's (timewait_entered, timewait_per_s, timewait_now,
+    /// close_wait_now, established_now, opens, opens_per_s, closes, closes_per_s, resets). A
+    /// trigger fires when its condition becomes true.
+    #[arg(long, value_name = "EXPR", requires = "ring")]
+    pub trigger: Vec<crate::record::trigger::Trigger>,
+
+    /// With --ring: how long to keep writing a capture after its trigger.
+    #[arg(long, value_name = "DURATION", default_value = "1m", value_parser = parse_duration, requires = "ring")]
+    pub after: std::time::Duration,
+
+    /// Overwrite FILE if it exists.
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct ReportArgs {
+    /// The recording to read.
+    #[arg(value_name = "FILE")]
+    pub file: std::path::PathBuf,
+
+    /// The final snapshot in the leaderboard's JSON schema, plus "timeline" and "host".
+    #[arg(long)]
+    pub json: bool,
+
+    /// Processes and peers shown.
+    #[arg(long, default_value_t = 10, value_name = "N")]
+    pub top: usize,
+
+    /// Only sockets owned by this process id (repeat or comma-separate).
+    #[arg(long, value_name = "PID", value_delimiter = ',', value_parser = clap::value_parser!(u32).range(1..))]
+    pub pid: Vec<u32>,
+
+    /// Only connections with this local or remote port (repeat or comma-separate).
+    #[arg(long, value_name = "PORT", value_delimiter = ',', value_parser = clap::value_parser!(u16).range(1..))]
+    pub port: Vec<u16>,
+
+    /// Start here: an RFC 3339 time or a duration from the recording's start (30s, 2m).
+    #[arg(long, value_name = "TIME")]
+    pub since: Option<String>,
+
+    /// End here: an RFC 3339 time or a duration from the recording's start.
+    #[arg(long, value_name = "TIME")]
+    pub until: Option<String>,
+
+    /// Print every selected event instead of the summary (jsonl: as `trace --json` does).
+    #[arg(long, value_name = "FORMAT", value_parser = ["jsonl"])]
+    pub export: Option<String>,
+}
+
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| format!("`{s}`: {e} (e.g. 30s, 5m, 1h)"))?;
+    if d.is_zero() {
+        return Err("the duration must be more than 0".into());
+    }
+    Ok(d)
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    crate::record::parse_size(s)
 }
 
 /// The leaderboard: a full-screen view on a terminal, snapshots otherwise.
@@ -79,6 +204,25 @@ pub struct LiveArgs {
     /// Processes shown in the printed table.
     #[arg(long, default_value_t = 20, value_name = "N")]
     pub top: usize,
+
+    /// Replay a recording (`twtrace record`) instead of tracing; no root needed.
+    #[arg(long, value_name = "FILE")]
+    pub from: Option<std::path::PathBuf>,
+
+    /// With --from: replay speed (2 = twice as fast; 0 = as fast as possible).
+    #[arg(long, default_value_t = 1.0, value_name = "X", value_parser = parse_speed, requires = "from")]
+    pub speed: f64,
+}
+
+fn parse_speed(s: &str) -> Result<f64, String> {
+    let v: f64 = s.parse().map_err(|_| format!("`{s}` is not a number"))?;
+    if v.is_finite() && v >= 0.0 {
+        Ok(v)
+    } else {
+        Err(format!(
+            "{v}: the speed must be 0 (as fast as possible) or more"
+        ))
+    }
 }
 
 impl Default for LiveArgs {
@@ -91,6 +235,8 @@ impl Default for LiveArgs {
             count: None,
             reconcile: 2.0,
             top: 20,
+            from: None,
+            speed: 1.0,
         }
     }
 }
@@ -114,6 +260,10 @@ pub struct TraceArgs {
     /// Write JSON Lines (one object per transition) instead of text.
     #[arg(long)]
     pub json: bool,
+
+    /// Print the events of a recording (`twtrace record`) instead of tracing; no root needed.
+    #[arg(long, value_name = "FILE")]
+    pub from: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Args, Default, Clone)]
@@ -211,6 +361,94 @@ mod tests {
             parse(&["trace", "--interval", "1"]).is_err(),
             "trace has no interval"
         );
+    }
+
+    #[test]
+    fn record_takes_durations_sizes_and_flight_recorder_options() {
+        let cli = parse(&[
+            "record",
+            "-o",
+            "x.twr",
+            "--duration",
+            "5m",
+            "--max-size",
+            "500M",
+            "--port",
+            "80",
+        ])
+        .expect("parses");
+        let Some(Command::Record(args)) = cli.command else {
+            panic!("record expected")
+        };
+        assert_eq!(args.duration, Some(std::time::Duration::from_secs(300)));
+        assert_eq!(args.max_size, Some(500 << 20));
+        assert_eq!(args.filter.port, vec![80]);
+        assert!(args.ring.is_none() && !args.force);
+
+        let cli = parse(&[
+            "record",
+            "--ring",
+            "5m",
+            "--trigger",
+            "timewait_now>20000",
+            "--trigger",
+            "close_wait_now[comm=java]>500",
+            "--after",
+            "1m",
+            "-o",
+            "dir",
+        ])
+        .expect("parses");
+        let Some(Command::Record(args)) = cli.command else {
+            panic!("record expected")
+        };
+        assert_eq!(args.trigger.len(), 2);
+        assert_eq!(args.ring_max, 256 << 20);
+        assert_eq!(args.after, std::time::Duration::from_secs(60));
+
+        assert!(parse(&["record"]).is_err(), "-o is required");
+        assert!(parse(&["record", "-o", "x", "--duration", "0s"]).is_err());
+        assert!(parse(&["record", "-o", "x", "--duration", "soon"]).is_err());
+        assert!(parse(&["record", "-o", "x", "--max-size", "12Q"]).is_err());
+        assert!(
+            parse(&["record", "-o", "x", "--trigger", "timewait_now>1"]).is_err(),
+            "--trigger needs --ring"
+        );
+        assert!(parse(&["record", "-o", "x", "--ring", "1m", "--trigger", "bogus>1"]).is_err());
+        assert!(
+            parse(&["record", "-o", "x", "--ring", "1m", "--max-size", "1M"]).is_err(),
+            "a ring has no file size"
+        );
+    }
+
+    #[test]
+    fn report_and_replay_options() {
+        let cli = parse(&[
+            "report", "f.twr", "--json", "--top", "5", "--since", "30s", "--export", "jsonl",
+        ])
+        .expect("parses");
+        let Some(Command::Report(args)) = cli.command else {
+            panic!("report expected")
+        };
+        assert!(args.json);
+        assert_eq!(args.top, 5);
+        assert_eq!(args.since.as_deref(), Some("30s"));
+        assert!(parse(&["report", "f.twr", "--export", "csv"]).is_err());
+        assert!(parse(&["report"]).is_err());
+
+        let cli = parse(&["--from", "f.twr", "--speed", "0", "--json"]).expect("parses");
+        assert_eq!(
+            cli.live.from.as_deref(),
+            Some(std::path::Path::new("f.twr"))
+        );
+        assert_eq!(cli.live.speed, 0.0);
+        assert!(parse(&["--speed", "2"]).is_err(), "--speed needs --from");
+        assert!(parse(&["--from", "f", "--speed", "-1"]).is_err());
+        let cli = parse(&["trace", "--from", "f.twr"]).expect("parses");
+        let Some(Command::Trace(args)) = cli.command else {
+            panic!("trace expected")
+        };
+        assert!(args.from.is_some());
     }
 
     #[test]

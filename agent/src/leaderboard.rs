@@ -19,6 +19,10 @@ use crate::{
     event::{Attribution, Comm, Transition},
     model::{KernelSocket, Limits, Model, Outside},
     procnet,
+    record::{
+        KernelTruth, Reader,
+        replay::{Replay, Selection},
+    },
     run::{Tally, describe_filters, is_broken_pipe, summary},
     snapshot::Snapshot,
     sockdiag,
@@ -35,6 +39,9 @@ pub enum Output {
 }
 
 pub async fn run(args: LiveArgs, verbose: bool, output: Output) -> anyhow::Result<()> {
+    if let Some(path) = args.from.clone() {
+        return replay(args, &path, output).await;
+    }
     args.filter.validate()?;
     let opts = Options {
         pids: args.filter.pid.clone(),
@@ -96,15 +103,7 @@ pub async fn run(args: LiveArgs, verbose: bool, output: Output) -> anyhow::Resul
                 // lag the kernel's (sockstat is read at the same moment) under heavy churn.
                 tracer.drain(|t| live.apply(t));
                 let snap = live.snapshot(&tracer);
-                let shown = match output {
-                    Output::Tui => {
-                        let _ = tx.send(Arc::new(snap));
-                        Ok(())
-                    }
-                    Output::Json => print_json(&mut out, &snap),
-                    Output::Table => print_table(&mut out, &snap, args.top),
-                };
-                if let Err(e) = shown {
+                if let Err(e) = show(output, snap, &tx, &mut out, args.top) {
                     break Err(e.into());
                 }
                 printed += 1;
@@ -123,10 +122,160 @@ pub async fn run(args: LiveArgs, verbose: bool, output: Output) -> anyhow::Resul
         }
     };
     drop(tui);
+    // Events still queued (the kernel wakes the agent only every 64 events) count in the summary.
+    tracer.drain(|t| live.apply(t));
     eprintln!(
         "{}",
         summary(&live.tally, &tracer.stats(), tracer.undecodable)
     );
+    match outcome {
+        Err(e) if is_broken_pipe(&e) => Ok(()),
+        other => other,
+    }
+}
+
+/// Hands a snapshot to the view.
+fn show(
+    output: Output,
+    snap: Snapshot,
+    tx: &tokio::sync::watch::Sender<Arc<Snapshot>>,
+    out: &mut impl Write,
+    top: usize,
+) -> io::Result<()> {
+    match output {
+        Output::Tui => {
+            let _ = tx.send(Arc::new(snap));
+            Ok(())
+        }
+        Output::Json => print_json(out, &snap),
+        Output::Table => print_table(out, &snap, top),
+    }
+}
+
+/// `twtrace --from FILE`: the same model and views, fed from a recording at `--speed`, one
+/// snapshot per recorded `--interval`. No kernel, no root.
+async fn replay(args: LiveArgs, path: &Path, output: Output) -> anyhow::Result<()> {
+    let mut reader = Reader::open(path)?;
+    let header = reader.header().clone();
+    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let sel = Selection {
+        pids: args.filter.pid.clone(),
+        ports: args.filter.port.clone(),
+        ..Selection::default()
+    };
+    let mut replay = Replay::new(header.clone(), sel);
+    replay.set_interval(args.interval);
+    let opts = Options {
+        pids: header.filters.pids.clone(),
+        ports: header.filters.ports.clone(),
+        verbose: false,
+    };
+    if output != Output::Tui {
+        eprintln!(
+            "twtrace: replaying {} (recorded on {} from {}{}) at {}",
+            path.display(),
+            header.hostname,
+            header.start_time,
+            describe_filters(&opts),
+            if args.speed == 0.0 {
+                "full speed".to_owned()
+            } else {
+                format!("{}x speed", args.speed)
+            }
+        );
+    }
+    let count = if args.once { Some(1) } else { args.count };
+    let (tx, rx) = tokio::sync::watch::channel(Arc::new(Snapshot::default()));
+    let title = format!(
+        "twtrace replay of {} ({}){}",
+        path.display(),
+        header.hostname,
+        describe_filters(&opts)
+    );
+    let mut tui = Box::pin(async {
+        if output == Output::Tui {
+            crate::tui::run(rx, title).await
+        } else {
+            std::future::pending().await
+        }
+    });
+    let stdout = io::stdout();
+    let mut out = io::BufWriter::new(stdout.lock());
+    let started = tokio::time::Instant::now();
+    let mut first_ns = None;
+    let mut printed = 0u64;
+    // Warnings would garble the full-screen view: they wait for its end there.
+    let mut warnings = Vec::new();
+    let mut quit = false;
+
+    let outcome: anyhow::Result<()> = loop {
+        let next = reader
+            .next_record()
+            .with_context(|| format!("reading {}", path.display()));
+        for p in reader.take_problems() {
+            warnings.push(format!("twtrace: warning: {}: {p}", path.display()));
+        }
+        if output != Output::Tui {
+            for w in warnings.drain(..) {
+                eprintln!("{w}");
+            }
+        }
+        let record = match next {
+            Ok(Some(r)) => r,
+            Ok(None) => break Ok(()),
+            Err(e) => break Err(e),
+        };
+        let first = *first_ns.get_or_insert(record.mono_ns());
+        let before = replay.snapshots();
+        if !replay.feed(&record) {
+            break Ok(());
+        }
+        if replay.snapshots() == before {
+            continue;
+        }
+        let Some(snap) = replay.last.clone() else {
+            continue;
+        };
+        // Wait until the recorded moment, scaled by --speed (0: no wait).
+        let offset = record.mono_ns().saturating_sub(first);
+        let due = if args.speed > 0.0 {
+            started + Duration::from_secs_f64(offset as f64 / 1e9 / args.speed)
+        } else {
+            tokio::time::Instant::now()
+        };
+        tokio::select! {
+            _ = tokio::time::sleep_until(due) => {}
+            r = tui.as_mut() => { quit = true; break r; }
+            _ = sigint.recv() => { quit = true; break Ok(()); }
+            _ = sigterm.recv() => { quit = true; break Ok(()); }
+        }
+        if let Err(e) = show(output, snap, &tx, &mut out, args.top) {
+            break Err(e.into());
+        }
+        printed += 1;
+        if count.is_some_and(|c| printed >= c) {
+            quit = true;
+            break Ok(());
+        }
+    };
+    // The end of the recording: the TUI keeps the last picture, marked ENDED, until the user
+    // quits.
+    drop(tx);
+    let outcome = if output == Output::Tui && !quit && outcome.is_ok() {
+        tokio::select! {
+            r = tui.as_mut() => r,
+            _ = sigint.recv() => Ok(()),
+            _ = sigterm.recv() => Ok(()),
+        }
+    } else {
+        outcome
+    };
+    drop(tui);
+    for w in warnings {
+        eprintln!("{w}");
+    }
+    eprintln!("{}", summary(&replay.tally, &replay.stats, 0));
     match outcome {
         Err(e) if is_broken_pipe(&e) => Ok(()),
         other => other,
@@ -159,12 +308,21 @@ impl Live<'_> {
     }
 }
 
-/// Drains what the kernel already sent (so the dump is not older than the model), dumps the
-/// kernel's table and reconciles. With filters, only the sockets the user asked about count.
+/// Drains what the kernel already sent (so the dump is not older than the model), then
+/// reconciles with the kernel's table.
 fn reconcile(tracer: &mut Tracer, live: &mut Live<'_>, opts: &Options) -> anyhow::Result<()> {
     tracer.drain(|t| live.apply(t));
+    reconcile_model(live.model, opts)?;
+    Ok(())
+}
+
+/// Dumps the kernel's table and reconciles `model` with it. With filters, only the sockets the
+/// user asked about count. Returns exactly what the model was given (the sockets, the owners
+/// found for unowned ones, sockstat's `tw`), so a recording can replay the same reconciliation.
+pub(crate) fn reconcile_model(model: &mut Model, opts: &Options) -> anyhow::Result<KernelTruth> {
     let dump_ns = monotonic_ns();
     let dump = sockdiag::dump_tcp()?;
+    let timewait_kernel = sockdiag::sockstat().ok().map(|s| s.tw);
     let ports: HashSet<u16> = opts.ports.iter().copied().collect();
     let kernel: Vec<KernelSocket> = dump
         .iter()
@@ -185,21 +343,33 @@ fn reconcile(tracer: &mut Tracer, live: &mut Live<'_>, opts: &Options) -> anyhow
         .collect();
     let pids: HashSet<u32> = opts.pids.iter().copied().collect();
     let cgroup_root = procnet::cgroup2_mount();
+    let mut found = Vec::new();
     let mut owners = |inodes: &[u64]| -> HashMap<u64, (u32, Comm)> {
         let wanted: HashSet<u64> = inodes.iter().copied().collect();
-        procnet::socket_holders(&wanted)
+        let answer: HashMap<u64, (u32, Comm)> = procnet::socket_holders(&wanted)
             .into_iter()
             .filter_map(|(inode, holders)| {
                 let pid = holders.into_iter().min()?;
                 let owner = procnet::owner_of(pid, cgroup_root.as_deref());
                 Some((inode, (pid, Comm::new(owner.comm))))
             })
-            .collect()
+            .collect();
+        found.extend(
+            answer
+                .iter()
+                .map(|(&inode, &(pid, comm))| (inode, pid, comm)),
+        );
+        answer
     };
-    live.model.reconcile(&kernel, dump_ns, &mut owners, &|pid| {
+    model.reconcile(&kernel, dump_ns, &mut owners, &|pid| {
         pids.is_empty() || pids.contains(&pid)
     });
-    Ok(())
+    Ok(KernelTruth {
+        dump_ns,
+        sockets: kernel,
+        owners: found,
+        timewait_kernel,
+    })
 }
 
 fn print_json(out: &mut impl Write, snap: &Snapshot) -> io::Result<()> {

@@ -11,6 +11,7 @@ pub mod leaderboard;
 pub mod model;
 pub mod privilege;
 pub mod procnet;
+pub mod record;
 pub mod run;
 pub mod snapshot;
 pub mod sockdiag;

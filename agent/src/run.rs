@@ -17,7 +17,10 @@ use crate::{
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let verbose = cli.verbose > 0;
     match cli.command {
+        Some(Command::Trace(args)) if args.from.is_some() => trace_from(args),
         Some(Command::Trace(args)) => trace(args, verbose).await,
+        Some(Command::Record(args)) => crate::record::live::record(args, verbose).await,
+        Some(Command::Report(args)) => crate::record::report::report(args),
         None => {
             let output = if cli.live.json {
                 Output::Json
@@ -33,9 +36,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 
 /// What the user is told when the run ends.
 #[derive(Debug, Default)]
-pub(crate) struct Tally {
-    pub(crate) received: u64,
-    pub(crate) unattributed: u64,
+pub struct Tally {
+    pub received: u64,
+    pub unattributed: u64,
 }
 
 async fn trace(args: TraceArgs, verbose: bool) -> anyhow::Result<()> {
@@ -113,6 +116,59 @@ async fn trace(args: TraceArgs, verbose: bool) -> anyhow::Result<()> {
     eprintln!("{}", summary(&tally, &tracer.stats(), tracer.undecodable));
     match outcome {
         // The reader went away (`| head`): that is how pipelines end, not an error.
+        Err(e) if is_broken_pipe(&e) => Ok(()),
+        other => other,
+    }
+}
+
+/// `trace --from FILE`: the recorded events, printed as `trace` prints live ones.
+fn trace_from(args: TraceArgs) -> anyhow::Result<()> {
+    let Some(path) = args.from else {
+        return Ok(());
+    };
+    let format = if args.json {
+        Format::Json
+    } else {
+        Format::Text
+    };
+    let mut reader = crate::record::Reader::open(&path)?;
+    let stdout = io::stdout();
+    let mut printer = Printer::new(
+        io::BufWriter::with_capacity(64 * 1024, stdout.lock()),
+        format,
+        reader.header().clock(),
+    );
+    let pids = &args.filter.pid;
+    let ports = &args.filter.port;
+    let mut outcome = Ok(());
+    loop {
+        let next = reader.next_record();
+        for p in reader.take_problems() {
+            eprintln!("twtrace: warning: {}: {p}", path.display());
+        }
+        match next {
+            Ok(Some(crate::record::Record::Event(t))) => {
+                if (pids.is_empty() || pids.contains(&t.pid))
+                    && (ports.is_empty()
+                        || ports.contains(&t.local.port())
+                        || ports.contains(&t.remote.port()))
+                {
+                    printer.print(&t);
+                }
+            }
+            Ok(Some(_)) => {}
+            Ok(None) => break,
+            Err(e) => {
+                outcome = Err(anyhow::Error::new(e).context(format!("reading {}", path.display())));
+                break;
+            }
+        }
+    }
+    let outcome = outcome.and_then(|()| printer.flush().map_err(anyhow::Error::from));
+    if outcome.is_ok() && reader.records_read() == 0 && !reader.problems().is_empty() {
+        anyhow::bail!("{}: nothing could be read", path.display());
+    }
+    match outcome {
         Err(e) if is_broken_pipe(&e) => Ok(()),
         other => other,
     }

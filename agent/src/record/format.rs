@@ -1,0 +1,594 @@
+//! The recording file format, version 1.
+//!
+//! ```text
+//! file   = preamble header-json chunk*
+//! preamble (20 bytes) = "TWTRACE\0" | version u16 | reserved u16 | header length u32 | CRC32 of the JSON u32
+//! chunk  = "TWCHUNK\0" | payload length u32 | record count u32 | CRC32 u32 | payload
+//! record = tag u8 | length u32 | body          (tags: 1 event, 2 kernel truth, 3 stats, 4 end)
+//! ```
+//!
+//! Integers are little-endian; record bodies are fixed-width fields, except the sockets of a
+//! kernel-truth record, which use LEB128 varints for cookie, inode and timer. A chunk's CRC32 covers its length, count and payload, so a flipped
+//! bit anywhere in a chunk is caught; the 8-byte chunk magic lets a reader find the next chunk
+//! after a damaged one. Records carry their length, so a reader of this version skips tags it does
+//! not know (added later without a version bump); a change to an existing record bumps the
+//! version, which older readers refuse with a message.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use bytes::{Buf, BufMut, BytesMut};
+use serde::{Deserialize, Serialize};
+use twtrace_ebpf::COMM_LEN;
+
+use crate::{
+    event::{Attribution, Comm, Family, Reset, Transition},
+    model::KernelSocket,
+    state::TcpState,
+    tracer::KernelStats,
+};
+
+pub const FILE_MAGIC: &[u8; 8] = b"TWTRACE\0";
+pub const CHUNK_MAGIC: &[u8; 8] = b"TWCHUNK\0";
+pub const VERSION: u16 = 1;
+pub const PREAMBLE_LEN: usize = 20;
+pub const CHUNK_HEADER_LEN: usize = 20;
+/// A chunk is written once its payload reaches this size (and at least once a second).
+pub const CHUNK_TARGET: usize = 64 * 1024;
+/// Larger chunks are refused by the reader: a length beyond it is damage, not data. A chunk can
+/// exceed `CHUNK_TARGET` only by one record, and the largest record, a socket-table dump, is
+/// about 60 bytes per socket (a million sockets: 60 MiB).
+pub const MAX_CHUNK: usize = 256 << 20;
+/// Larger headers are refused (the JSON is a few hundred bytes).
+pub const MAX_HEADER: usize = 1 << 20;
+
+const TAG_EVENT: u8 = 1;
+const TAG_KERNEL: u8 = 2;
+const TAG_STATS: u8 = 3;
+const TAG_END: u8 = 4;
+
+/// What a recording says about where and how it was made.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Header {
+    /// "twtrace-recording", so a header is recognisable on its own.
+    pub format: String,
+    pub version: u16,
+    /// twtrace's version that wrote it.
+    pub twtrace: String,
+    pub hostname: String,
+    /// `uname -r`.
+    pub kernel: String,
+    /// RFC 3339 UTC wall time when the recording started.
+    pub start_time: String,
+    /// CLOCK_MONOTONIC ns at the start (events carry CLOCK_MONOTONIC ns).
+    pub start_mono_ns: u64,
+    /// Wall time = monotonic + this (ns since the Unix epoch at monotonic 0).
+    pub mono_to_wall_ns: i64,
+    /// net.ipv4.* sysctls, by name, as read (absent when unreadable).
+    pub sysctls: Vec<(String, String)>,
+    pub command_line: Vec<String>,
+    pub filters: Filters,
+    /// Why this file exists when it is not a plain recording (a flight-recorder capture).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Filters {
+    pub pids: Vec<u32>,
+    pub ports: Vec<u16>,
+}
+
+pub const FORMAT_NAME: &str = "twtrace-recording";
+
+/// What the leaderboard's reconciliation used: the kernel's socket table, the owners found for
+/// its unowned sockets (inode -> pid, comm), and sockstat's `tw`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KernelTruth {
+    pub dump_ns: u64,
+    pub sockets: Vec<KernelSocket>,
+    pub owners: Vec<(u64, u32, Comm)>,
+    pub timewait_kernel: Option<u64>,
+}
+
+/// The tracer's counters at one moment (written once a second).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub mono_ns: u64,
+    pub kernel: KernelStats,
+    pub timewait_kernel: Option<u64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Record {
+    Event(Transition),
+    Kernel(KernelTruth),
+    Stats(Stats),
+    /// Written when recording stops cleanly: a recording without it was cut short.
+    End {
+        mono_ns: u64,
+    },
+}
+
+impl Record {
+    pub fn mono_ns(&self) -> u64 {
+        match self {
+            Self::Event(t) => t.mono_ns,
+            Self::Kernel(k) => k.dump_ns,
+            Self::Stats(s) => s.mono_ns,
+            Self::End { mono_ns } => *mono_ns,
+        }
+    }
+}
+
+/// Why a record's bytes could not be decoded (inside a chunk whose checksum was right: a bug or
+/// a writer of another version).
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RecordError {
+    #[error("record cut short")]
+    Short,
+    #[error("bad value {value} for {what}")]
+    Value { what: &'static str, value: u64 },
+}
+
+fn bad(what: &'static str, value: impl Into<u64>) -> RecordError {
+    RecordError::Value {
+        what,
+        value: value.into(),
+    }
+}
+
+// ---- encoding -------------------------------------------------------------------------------
+
+/// The preamble and JSON header that start a file.
+pub fn encode_header(header: &Header) -> Vec<u8> {
+    // Serialising plain strings and numbers cannot fail.
+    let json = serde_json::to_vec(header).unwrap_or_default();
+    let mut out = Vec::with_capacity(PREAMBLE_LEN + json.len());
+    out.extend_from_slice(FILE_MAGIC);
+    out.put_u16_le(VERSION);
+    out.put_u16_le(0);
+    out.put_u32_le(json.len() as u32);
+    out.put_u32_le(crc32fast::hash(&json));
+    out.extend_from_slice(&json);
+    out
+}
+
+/// Appends one record, tag and length first. Allocates nothing when `out` has room.
+pub fn encode(out: &mut BytesMut, record: &Record) {
+    match record {
+        Record::Event(t) => encode_event(out, t),
+        Record::Kernel(k) => encode_kernel(out, k),
+        Record::Stats(s) => encode_stats(out, s),
+        Record::End { mono_ns } => encode_end(out, *mono_ns),
+    }
+}
+
+pub fn encode_end(out: &mut BytesMut, mono_ns: u64) {
+    let at = begin_record(out, TAG_END);
+    out.put_u64_le(mono_ns);
+    end_record(out, at);
+}
+
+/// Writes a record's tag and a placeholder length; [`end_record`] fills the length in.
+fn begin_record(out: &mut BytesMut, tag: u8) -> usize {
+    out.put_u8(tag);
+    let at = out.len();
+    out.put_u32_le(0);
+    at
+}
+
+fn end_record(out: &mut BytesMut, at: usize) {
+    let len = (out.len() - at - 4) as u32;
+    out[at..at + 4].copy_from_slice(&len.to_le_bytes());
+}
+
+pub fn encode_event(out: &mut BytesMut, t: &Transition) {
+    let at = begin_record(out, TAG_EVENT);
+    out.put_u64_le(t.mono_ns);
+    out.put_u64_le(t.skaddr);
+    let mut flags = 0u8;
+    if t.cookie.is_some() {
+        flags |= 1;
+    }
+    out.put_u8(flags);
+    out.put_u64_le(t.cookie.unwrap_or(0));
+    out.put_u32_le(t.pid);
+    out.put_slice(&comm_bytes(&t.comm));
+    out.put_u64_le(t.cgroup_id);
+    out.put_u8(match t.attribution {
+        Attribution::Owner => 0,
+        Attribution::Listener => 1,
+        Attribution::Unknown => 2,
+    });
+    out.put_u32_le(t.current_pid);
+    out.put_u8(match t.family {
+        Family::Ipv4 => 4,
+        Family::Ipv6 => 6,
+    });
+    put_addr(out, t.local);
+    put_addr(out, t.remote);
+    out.put_u8(state_code(t.old));
+    out.put_u8(state_code(t.new));
+    out.put_u8(match t.reset {
+        None => 0,
+        Some(Reset::Received) => 1,
+        Some(Reset::Sent) => 2,
+    });
+    end_record(out, at);
+}
+
+pub fn encode_kernel(out: &mut BytesMut, k: &KernelTruth) {
+    let at = begin_record(out, TAG_KERNEL);
+    out.put_u64_le(k.dump_ns);
+    put_opt(out, k.timewait_kernel);
+    out.put_u32_le(k.sockets.len() as u32);
+    // A dump holds every socket of the table (tens of thousands under churn, every 2 s), so each
+    // is kept small: one byte of state and flags, varints for the counters, and the timer in
+    // milliseconds (what sock_diag reports) when it is a whole number of them.
+    for s in &k.sockets {
+        let ms = s.expires_ns % 1_000_000 == 0;
+        out.put_u8(
+            state_code(s.state)
+                | if s.timewait { SOCK_TIMEWAIT } else { 0 }
+                | if ms { SOCK_EXPIRES_MS } else { 0 },
+        );
+        put_addr(out, s.local);
+        put_addr(out, s.remote);
+        put_varint(out, s.cookie);
+        put_varint(out, s.inode);
+        put_varint(
+            out,
+            if ms {
+                s.expires_ns / 1_000_000
+            } else {
+                s.expires_ns
+            },
+        );
+    }
+    out.put_u32_le(k.owners.len() as u32);
+    for (inode, pid, comm) in &k.owners {
+        out.put_u64_le(*inode);
+        out.put_u32_le(*pid);
+        out.put_slice(&comm_bytes(comm));
+    }
+    end_record(out, at);
+}
+
+pub fn encode_stats(out: &mut BytesMut, s: &Stats) {
+    let at = begin_record(out, TAG_STATS);
+    out.put_u64_le(s.mono_ns);
+    let k = &s.kernel;
+    for v in [
+        k.events,
+        k.lost,
+        k.table_full,
+        k.unattributed,
+        k.listener_miss,
+        k.filtered,
+    ] {
+        out.put_u64_le(v);
+    }
+    put_opt(out, s.timewait_kernel);
+    end_record(out, at);
+}
+
+/// LEB128: 7 bits a byte, low first (1 byte below 128, at most 10).
+fn put_varint(out: &mut BytesMut, mut v: u64) {
+    while v >= 0x80 {
+        out.put_u8((v as u8 & 0x7f) | 0x80);
+        v >>= 7;
+    }
+    out.put_u8(v as u8);
+}
+
+fn get_varint(b: &mut &[u8]) -> Result<u64, RecordError> {
+    let mut v = 0u64;
+    for i in 0..10 {
+        let byte = get_u8(b)?;
+        let bits = u64::from(byte & 0x7f);
+        if i == 9 && byte > 1 {
+            return Err(bad("varint", byte));
+        }
+        v |= bits << (7 * i);
+        if byte & 0x80 == 0 {
+            return Ok(v);
+        }
+    }
+    Err(bad("varint", 10u8))
+}
+
+fn put_opt(out: &mut BytesMut, v: Option<u64>) {
+    out.put_u8(u8::from(v.is_some()));
+    out.put_u64_le(v.unwrap_or(0));
+}
+
+/// 4 or 6, then the address bytes, then the port.
+fn put_addr(out: &mut BytesMut, a: SocketAddr) {
+    match a.ip() {
+        IpAddr::V4(v4) => {
+            out.put_u8(4);
+            out.put_slice(&v4.octets());
+        }
+        IpAddr::V6(v6) => {
+            out.put_u8(6);
+            out.put_slice(&v6.octets());
+        }
+    }
+    out.put_u16_le(a.port());
+}
+
+/// A comm as its kernel form: the name, NUL-padded to 16 bytes (what the kernel hands over:
+/// `__set_task_comm()` pads with `strscpy_pad`).
+fn comm_bytes(c: &Comm) -> [u8; COMM_LEN] {
+    let mut raw = [0; COMM_LEN];
+    let name = c.as_bytes();
+    raw[..name.len()].copy_from_slice(name);
+    raw
+}
+
+/// The kernel's number for a state (include/net/tcp_states.h).
+pub fn state_code(s: TcpState) -> u8 {
+    match s {
+        TcpState::Established => 1,
+        TcpState::SynSent => 2,
+        TcpState::SynRecv => 3,
+        TcpState::FinWait1 => 4,
+        TcpState::FinWait2 => 5,
+        TcpState::TimeWait => 6,
+        TcpState::Close => 7,
+        TcpState::CloseWait => 8,
+        TcpState::LastAck => 9,
+        TcpState::Listen => 10,
+        TcpState::Closing => 11,
+        TcpState::NewSynRecv => 12,
+        TcpState::BoundInactive => 13,
+    }
+}
+
+// ---- decoding -------------------------------------------------------------------------------
+
+/// Decodes the records of one chunk payload, appending them to `out`. Unknown tags are skipped.
+/// On an error, the records before it are kept.
+pub fn decode_records(mut payload: &[u8], out: &mut Vec<Record>) -> Result<(), RecordError> {
+    while payload.has_remaining() {
+        if payload.remaining() < 5 {
+            return Err(RecordError::Short);
+        }
+        let tag = payload.get_u8();
+        let len = payload.get_u32_le() as usize;
+        if payload.remaining() < len {
+            return Err(RecordError::Short);
+        }
+        let mut body = &payload[..len];
+        payload.advance(len);
+        let record = match tag {
+            TAG_EVENT => Record::Event(decode_event(&mut body)?),
+            TAG_KERNEL => Record::Kernel(decode_kernel(&mut body)?),
+            TAG_STATS => Record::Stats(decode_stats(&mut body)?),
+            TAG_END => Record::End {
+                mono_ns: get_u64(&mut body)?,
+            },
+            _ => continue,
+        };
+        out.push(record);
+    }
+    Ok(())
+}
+
+fn need(b: &[u8], n: usize) -> Result<(), RecordError> {
+    if b.remaining() < n {
+        Err(RecordError::Short)
+    } else {
+        Ok(())
+    }
+}
+
+fn get_u8(b: &mut &[u8]) -> Result<u8, RecordError> {
+    need(b, 1)?;
+    Ok(b.get_u8())
+}
+
+fn get_u16(b: &mut &[u8]) -> Result<u16, RecordError> {
+    need(b, 2)?;
+    Ok(b.get_u16_le())
+}
+
+fn get_u32(b: &mut &[u8]) -> Result<u32, RecordError> {
+    need(b, 4)?;
+    Ok(b.get_u32_le())
+}
+
+fn get_u64(b: &mut &[u8]) -> Result<u64, RecordError> {
+    need(b, 8)?;
+    Ok(b.get_u64_le())
+}
+
+fn get_comm(b: &mut &[u8]) -> Result<Comm, RecordError> {
+    need(b, COMM_LEN)?;
+    let mut raw = [0; COMM_LEN];
+    b.copy_to_slice(&mut raw);
+    Ok(Comm::new(raw))
+}
+
+fn get_opt(b: &mut &[u8]) -> Result<Option<u64>, RecordError> {
+    let present = get_u8(b)?;
+    let v = get_u64(b)?;
+    match present {
+        0 => Ok(None),
+        1 => Ok(Some(v)),
+        other => Err(bad("option flag", other)),
+    }
+}
+
+fn get_addr(b: &mut &[u8]) -> Result<SocketAddr, RecordError> {
+    let ip = match get_u8(b)? {
+        4 => {
+            need(b, 4)?;
+            let mut o = [0; 4];
+            b.copy_to_slice(&mut o);
+            IpAddr::V4(Ipv4Addr::from(o))
+        }
+        6 => {
+            need(b, 16)?;
+            let mut o = [0; 16];
+            b.copy_to_slice(&mut o);
+            IpAddr::V6(Ipv6Addr::from(o))
+        }
+        other => return Err(bad("address kind", other)),
+    };
+    Ok(SocketAddr::new(ip, get_u16(b)?))
+}
+
+fn get_state(b: &mut &[u8]) -> Result<TcpState, RecordError> {
+    let v = get_u8(b)?;
+    TcpState::try_from(u32::from(v)).map_err(|_| bad("TCP state", v))
+}
+
+fn decode_event(b: &mut &[u8]) -> Result<Transition, RecordError> {
+    let mono_ns = get_u64(b)?;
+    let skaddr = get_u64(b)?;
+    let flags = get_u8(b)?;
+    let cookie = get_u64(b)?;
+    if flags > 1 {
+        return Err(bad("event flags", flags));
+    }
+    let pid = get_u32(b)?;
+    let comm = get_comm(b)?;
+    let cgroup_id = get_u64(b)?;
+    let attribution = match get_u8(b)? {
+        0 => Attribution::Owner,
+        1 => Attribution::Listener,
+        2 => Attribution::Unknown,
+        other => return Err(bad("attribution", other)),
+    };
+    let current_pid = get_u32(b)?;
+    let family = match get_u8(b)? {
+        4 => Family::Ipv4,
+        6 => Family::Ipv6,
+        other => return Err(bad("family", other)),
+    };
+    let local = get_addr(b)?;
+    let remote = get_addr(b)?;
+    let old = get_state(b)?;
+    let new = get_state(b)?;
+    let reset = match get_u8(b)? {
+        0 => None,
+        1 => Some(Reset::Received),
+        2 => Some(Reset::Sent),
+        other => return Err(bad("reset", other)),
+    };
+    Ok(Transition {
+        mono_ns,
+        skaddr,
+        cookie: (flags & 1 == 1).then_some(cookie),
+        pid,
+        comm,
+        cgroup_id,
+        attribution,
+        current_pid,
+        family,
+        local,
+        remote,
+        old,
+        new,
+        reset,
+    })
+}
+
+/// The smallest encoding of a socket and of an owner, to bound a count by the bytes left
+/// before allocating for it.
+const MIN_SOCKET_LEN: usize = 1 + 7 + 7 + 3;
+
+/// A socket's first byte in a dump: the state's number (1 to 13) and two flags.
+const SOCK_STATE: u8 = 0x0f;
+const SOCK_TIMEWAIT: u8 = 0x10;
+const SOCK_EXPIRES_MS: u8 = 0x20;
+const OWNER_LEN: usize = 12 + COMM_LEN;
+
+fn decode_kernel(b: &mut &[u8]) -> Result<KernelTruth, RecordError> {
+    let dump_ns = get_u64(b)?;
+    let timewait_kernel = get_opt(b)?;
+    let n = get_u32(b)? as usize;
+    if n > b.remaining() / MIN_SOCKET_LEN {
+        return Err(bad("socket count", n as u64));
+    }
+    let mut sockets = Vec::with_capacity(n);
+    for _ in 0..n {
+        let flags = get_u8(b)?;
+        if flags & !(SOCK_STATE | SOCK_TIMEWAIT | SOCK_EXPIRES_MS) != 0 {
+            return Err(bad("socket flags", flags));
+        }
+        let code = flags & SOCK_STATE;
+        let state = TcpState::try_from(u32::from(code)).map_err(|_| bad("TCP state", code))?;
+        let local = get_addr(b)?;
+        let remote = get_addr(b)?;
+        let cookie = get_varint(b)?;
+        let inode = get_varint(b)?;
+        let expires = get_varint(b)?;
+        let expires_ns = if flags & SOCK_EXPIRES_MS != 0 {
+            expires
+                .checked_mul(1_000_000)
+                .ok_or(bad("socket timer", expires))?
+        } else {
+            expires
+        };
+        sockets.push(KernelSocket {
+            state,
+            timewait: flags & SOCK_TIMEWAIT != 0,
+            local,
+            remote,
+            cookie,
+            inode,
+            expires_ns,
+        });
+    }
+    let n = get_u32(b)? as usize;
+    if n > b.remaining() / OWNER_LEN {
+        return Err(bad("owner count", n as u64));
+    }
+    let mut owners = Vec::with_capacity(n);
+    for _ in 0..n {
+        owners.push((get_u64(b)?, get_u32(b)?, get_comm(b)?));
+    }
+    Ok(KernelTruth {
+        dump_ns,
+        sockets,
+        owners,
+        timewait_kernel,
+    })
+}
+
+fn decode_stats(b: &mut &[u8]) -> Result<Stats, RecordError> {
+    let mono_ns = get_u64(b)?;
+    let kernel = KernelStats {
+        events: get_u64(b)?,
+        lost: get_u64(b)?,
+        table_full: get_u64(b)?,
+        unattributed: get_u64(b)?,
+        listener_miss: get_u64(b)?,
+        filtered: get_u64(b)?,
+    };
+    Ok(Stats {
+        mono_ns,
+        kernel,
+        timewait_kernel: get_opt(b)?,
+    })
+}
+
+/// A chunk's header for `payload`: magic, length, count, CRC32 over the three.
+pub fn chunk_header(payload: &[u8], count: u32) -> [u8; CHUNK_HEADER_LEN] {
+    let mut h = [0u8; CHUNK_HEADER_LEN];
+    h[..8].copy_from_slice(CHUNK_MAGIC);
+    h[8..12].copy_from_slice(&(payload.len() as u32).to_le_bytes());
+    h[12..16].copy_from_slice(&count.to_le_bytes());
+    let crc = chunk_crc(&h[8..16], payload);
+    h[16..20].copy_from_slice(&crc.to_le_bytes());
+    h
+}
+
+pub fn chunk_crc(len_and_count: &[u8], payload: &[u8]) -> u32 {
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(len_and_count);
+    hasher.update(payload);
+    hasher.finalize()
+}

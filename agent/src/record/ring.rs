@@ -1,0 +1,230 @@
+//! The flight recorder's memory: the last `--ring` of closed chunks, bounded in bytes, and the
+//! capture being written after a trigger (the ring, then `--after` more).
+
+use std::{
+    collections::VecDeque,
+    fs::File,
+    io::{self, Write as _},
+    path::{Path, PathBuf},
+    time::SystemTime,
+};
+
+use bytes::Bytes;
+
+use super::{
+    Encoder, Header, KernelTruth, Stats, format::encode_header, human_size, writer::create_file,
+};
+use crate::event::Transition;
+
+/// A capture being written.
+struct Capture {
+    file: File,
+    path: PathBuf,
+    /// Monotonic ns after which the capture is closed.
+    until_ns: u64,
+    bytes: u64,
+}
+
+pub struct Ring {
+    enc: Encoder,
+    /// Closed chunks, oldest first, with the monotonic time each was closed.
+    chunks: VecDeque<(u64, Bytes)>,
+    bytes: usize,
+    keep_ns: u64,
+    max_bytes: usize,
+    after_ns: u64,
+    dir: PathBuf,
+    header: Header,
+    capture: Option<Capture>,
+    /// A capture that failed, for the caller to report.
+    failed: Option<anyhow::Error>,
+    /// Events recorded (into the ring) since start.
+    pub events: u64,
+}
+
+/// A capture that was closed: its file and size.
+pub struct Finished {
+    pub path: PathBuf,
+    pub bytes: u64,
+}
+
+impl Ring {
+    pub fn new(dir: &Path, header: Header, keep_ns: u64, max_bytes: usize, after_ns: u64) -> Self {
+        Self {
+            enc: Encoder::new(),
+            chunks: VecDeque::new(),
+            bytes: 0,
+            keep_ns,
+            max_bytes,
+            after_ns,
+            dir: dir.to_owned(),
+            header,
+            capture: None,
+            failed: None,
+            events: 0,
+        }
+    }
+
+    pub fn event(&mut self, t: &Transition, now_ns: u64) -> io::Result<()> {
+        self.enc.event(t);
+        self.events += 1;
+        if self.enc.full() {
+            self.flush(now_ns)?;
+        }
+        Ok(())
+    }
+
+    pub fn kernel(&mut self, k: &KernelTruth, now_ns: u64) -> io::Result<()> {
+        self.enc.kernel(k);
+        self.flush(now_ns)
+    }
+
+    pub fn stats(&mut self, s: &Stats) -> io::Result<()> {
+        self.enc.stats(s);
+        self.flush(s.mono_ns)
+    }
+
+    /// Closes the open chunk into the ring (and the capture, if one is being written), then
+    /// drops what is older than the ring's span or beyond its byte bound.
+    pub fn flush(&mut self, now_ns: u64) -> io::Result<()> {
+        let Some(chunk) = self.enc.finish() else {
+            return Ok(());
+        };
+        if let Some(c) = self.capture.as_mut() {
+            if let Err(e) = c.file.write_all(&chunk) {
+                // The capture is lost, not the flight recorder: the ring goes on.
+                let path = c.path.clone();
+                self.capture = None;
+                self.failed = Some(anyhow::anyhow!(
+                    "writing {} failed: {e}; it is readable up to its last complete chunk",
+                    path.display()
+                ));
+            } else {
+                c.bytes += chunk.len() as u64;
+            }
+        }
+        self.bytes += chunk.len();
+        self.chunks.push_back((now_ns, chunk));
+        while let Some((at, front)) = self.chunks.front() {
+            let old = now_ns.saturating_sub(*at) > self.keep_ns;
+            if !(old || self.bytes > self.max_bytes) || self.chunks.len() == 1 {
+                break;
+            }
+            self.bytes -= front.len();
+            self.chunks.pop_front();
+        }
+        Ok(())
+    }
+
+    /// Bytes held, and the span of time they cover.
+    pub fn held(&self, now_ns: u64) -> (usize, u64) {
+        let span = self
+            .chunks
+            .front()
+            .map_or(0, |(at, _)| now_ns.saturating_sub(*at));
+        (self.bytes, span)
+    }
+
+    /// A capture that could not be written (taken once).
+    pub fn take_failure(&mut self) -> Option<anyhow::Error> {
+        self.failed.take()
+    }
+
+    pub fn capturing(&self) -> Option<&Path> {
+        self.capture.as_ref().map(|c| c.path.as_path())
+    }
+
+    /// Starts a capture: a new file in the directory with the ring's chunks, then everything
+    /// until `--after` from now. A trigger during a capture changes nothing.
+    pub fn trigger(&mut self, why: &str, now_ns: u64) -> anyhow::Result<Option<PathBuf>> {
+        if self.capture.is_some() {
+            return Ok(None);
+        }
+        self.flush(now_ns)?;
+        let (file, path) = self.new_file()?;
+        let mut header = self.header.clone();
+        header.note = Some(format!(
+            "flight recorder capture: {why} at {}",
+            humantime::format_rfc3339_seconds(SystemTime::now())
+        ));
+        let mut c = Capture {
+            file,
+            path: path.clone(),
+            until_ns: now_ns.saturating_add(self.after_ns),
+            bytes: 0,
+        };
+        let head = encode_header(&header);
+        let mut write = || -> io::Result<()> {
+            c.file.write_all(&head)?;
+            c.bytes += head.len() as u64;
+            for (_, chunk) in &self.chunks {
+                c.file.write_all(chunk)?;
+                c.bytes += chunk.len() as u64;
+            }
+            Ok(())
+        };
+        write().map_err(|e| {
+            anyhow::anyhow!(
+                "writing {} failed: {e}; it is readable up to its last complete chunk",
+                path.display()
+            )
+        })?;
+        self.capture = Some(c);
+        Ok(Some(path))
+    }
+
+    /// Closes the capture once its `--after` has passed (or at once with `force`).
+    pub fn finish_capture(&mut self, now_ns: u64, force: bool) -> io::Result<Option<Finished>> {
+        let due = self
+            .capture
+            .as_ref()
+            .is_some_and(|c| force || now_ns >= c.until_ns);
+        if !due {
+            return Ok(None);
+        }
+        self.flush(now_ns)?;
+        let Some(mut c) = self.capture.take() else {
+            return Ok(None);
+        };
+        let mut end = Encoder::new();
+        end.end(now_ns);
+        if let Some(chunk) = end.finish() {
+            c.file.write_all(&chunk)?;
+            c.bytes += chunk.len() as u64;
+        }
+        c.file.flush()?;
+        Ok(Some(Finished {
+            path: c.path,
+            bytes: c.bytes,
+        }))
+    }
+
+    fn new_file(&self) -> anyhow::Result<(File, PathBuf)> {
+        let stamp = humantime::format_rfc3339_seconds(SystemTime::now())
+            .to_string()
+            .replace([':', '-'], "");
+        for n in 0..100 {
+            let name = if n == 0 {
+                format!("twtrace-{stamp}.twr")
+            } else {
+                format!("twtrace-{stamp}-{n}.twr")
+            };
+            let path = self.dir.join(name);
+            match create_file(&path, false) {
+                Ok(f) => return Ok((f, path)),
+                Err(_) if path.exists() => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        anyhow::bail!("cannot find a free file name in {}", self.dir.display())
+    }
+}
+
+/// `ring 12.3 MiB (45 s)` for the progress line.
+pub fn describe(bytes: usize, span_ns: u64) -> String {
+    format!(
+        "ring {} ({} s)",
+        human_size(bytes as u64),
+        span_ns / 1_000_000_000
+    )
+}
