@@ -23,7 +23,7 @@ use crate::{
         KernelTruth, Reader,
         replay::{Replay, Selection},
     },
-    run::{Tally, describe_filters, is_broken_pipe, summary},
+    run::{Started, Tally, describe_filters, is_broken_pipe, start_live, summary},
     snapshot::Snapshot,
     sockdiag,
     state::TcpState,
@@ -42,25 +42,12 @@ pub async fn run(args: LiveArgs, verbose: bool, output: Output) -> anyhow::Resul
     if let Some(path) = args.from.clone() {
         return replay(args, &path, output).await;
     }
-    args.filter.validate()?;
-    let opts = Options {
-        pids: args.filter.pid.clone(),
-        ports: args.filter.port.clone(),
-        verbose,
-    };
-    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-
-    let mut tracer = Tracer::start(&opts)?;
-    for notice in &tracer.notices {
-        eprintln!("twtrace: {notice}");
-    }
-    if output != Output::Tui {
-        eprintln!(
-            "twtrace: tracing TCP state changes{}; Ctrl-C to stop",
-            describe_filters(&opts)
-        );
-    }
+    let Started {
+        mut tracer,
+        opts,
+        mut sigint,
+        mut sigterm,
+    } = start_live(&args.filter, verbose, output != Output::Tui)?;
 
     let mut model = Model::new(monotonic_ns(), Limits::default());
     let mut live = Live {

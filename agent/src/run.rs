@@ -3,10 +3,10 @@
 use std::io::{self, IsTerminal as _};
 
 use anyhow::Context as _;
-use tokio::signal::unix::{SignalKind, signal};
+use tokio::signal::unix::{Signal, SignalKind, signal};
 
 use crate::{
-    cli::{Cli, Command, TraceArgs},
+    cli::{Cli, Command, FilterArgs, TraceArgs},
     clock::WallClock,
     event::Attribution,
     leaderboard::{self, Output},
@@ -41,24 +41,55 @@ pub struct Tally {
     pub unattributed: u64,
 }
 
-async fn trace(args: TraceArgs, verbose: bool) -> anyhow::Result<()> {
-    args.filter.validate()?;
+/// What a live command starts with.
+pub(crate) struct Started {
+    pub(crate) tracer: Tracer,
+    pub(crate) opts: Options,
+    pub(crate) sigint: Signal,
+    pub(crate) sigterm: Signal,
+}
+
+/// Checks the filters, installs the signal handlers, starts the tracer and tells the user (the
+/// `twtrace: tracing` line is also what scripts and tests wait for; `announce` is false under
+/// the full-screen view, which would draw over it).
+pub(crate) fn start_live(
+    filter: &FilterArgs,
+    verbose: bool,
+    announce: bool,
+) -> anyhow::Result<Started> {
+    filter.validate()?;
     let opts = Options {
-        pids: args.filter.pid.clone(),
-        ports: args.filter.port.clone(),
+        pids: filter.pid.clone(),
+        ports: filter.port.clone(),
         verbose,
     };
-    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-
-    let mut tracer = Tracer::start(&opts)?;
+    let sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let tracer = Tracer::start(&opts)?;
     for notice in &tracer.notices {
         eprintln!("twtrace: {notice}");
     }
-    eprintln!(
-        "twtrace: tracing TCP state changes{}; Ctrl-C to stop",
-        describe_filters(&opts)
-    );
+    if announce {
+        eprintln!(
+            "twtrace: tracing TCP state changes{}; Ctrl-C to stop",
+            describe_filters(&opts)
+        );
+    }
+    Ok(Started {
+        tracer,
+        opts,
+        sigint,
+        sigterm,
+    })
+}
+
+async fn trace(args: TraceArgs, verbose: bool) -> anyhow::Result<()> {
+    let Started {
+        mut tracer,
+        opts: _,
+        mut sigint,
+        mut sigterm,
+    } = start_live(&args.filter, verbose, true)?;
 
     let format = if args.json {
         Format::Json

@@ -496,30 +496,36 @@ pub fn parse_summary(line: &str) -> Option<Summary> {
     })
 }
 
-/// A running `twtrace trace --json`.
-pub struct Twtrace {
+/// A running twtrace that said it is attached, its stdout collected in the background (a full
+/// pipe would block its output and turn into lost events that are the harness's fault).
+pub struct Attached {
     guard: ChildGuard,
     stdout: JoinHandle<Vec<String>>,
     stderr: Receiver<String>,
     stderr_seen: Vec<String>,
 }
 
-impl Twtrace {
-    /// Starts twtrace with `trace --json` plus `args`, and returns once it says it is attached.
+/// What a stopped twtrace printed.
+pub struct Stopped {
+    pub stdout: Vec<String>,
+    pub stderr: Vec<String>,
+    pub status: ExitStatus,
+}
+
+impl Attached {
+    /// Starts `twtrace <args>` and returns once it prints a stderr line starting with
+    /// `twtrace: tracing`.
     pub fn start(args: &[String]) -> Self {
         let bin = twtrace_bin();
         let mut cmd = Command::new(&bin);
-        cmd.args(["trace", "--json"])
-            .args(args)
+        cmd.args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        eprintln!("starting {} trace --json {}", bin.display(), args.join(" "));
+        eprintln!("starting {} {}", bin.display(), args.join(" "));
         let mut guard = ChildGuard::spawn("twtrace", &mut cmd);
         let stdout = guard.child_mut().stdout.take().expect("piped stdout");
         let stderr = guard.child_mut().stderr.take().expect("piped stderr");
-        // stdout is drained continuously into memory: a full pipe would block twtrace's output
-        // and turn into lost events that are the harness's fault.
         let stdout = thread::Builder::new()
             .name("twtrace-stdout".into())
             .spawn(move || {
@@ -550,17 +556,47 @@ impl Twtrace {
         self.guard.pid()
     }
 
-    /// Waits [`SETTLE`], sends SIGTERM, waits for exit and parses everything twtrace printed.
-    pub fn stop(mut self) -> Trace {
-        thread::sleep(SETTLE);
+    /// Waits `settle`, sends SIGTERM, waits for the exit and collects everything printed.
+    pub fn stop_after(mut self, settle: Duration) -> Stopped {
+        thread::sleep(settle);
         self.guard.signal(libc::SIGTERM);
         let status = self.guard.wait_timeout(STOP_TIMEOUT);
-        let lines = self.stdout.join().expect("stdout reader thread panicked");
+        let stdout = self.stdout.join().expect("stdout reader thread panicked");
         // The process is gone, so the stderr channel disconnects once drained.
         let mut stderr = self.stderr_seen;
         while let Ok(line) = self.stderr.recv_timeout(Duration::from_secs(5)) {
             stderr.push(line);
         }
+        Stopped {
+            stdout,
+            stderr,
+            status,
+        }
+    }
+}
+
+/// A running `twtrace trace --json`.
+pub struct Twtrace(Attached);
+
+impl Twtrace {
+    /// Starts twtrace with `trace --json` plus `args`, and returns once it says it is attached.
+    pub fn start(args: &[String]) -> Self {
+        let mut all = vec!["trace".to_owned(), "--json".to_owned()];
+        all.extend_from_slice(args);
+        Self(Attached::start(&all))
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.0.pid()
+    }
+
+    /// Waits [`SETTLE`], sends SIGTERM, waits for exit and parses everything twtrace printed.
+    pub fn stop(self) -> Trace {
+        let Stopped {
+            stdout: lines,
+            stderr,
+            status,
+        } = self.0.stop_after(SETTLE);
         let mut events = Vec::with_capacity(lines.len());
         let mut violations = Vec::new();
         for line in lines {
