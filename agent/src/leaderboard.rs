@@ -67,14 +67,7 @@ pub async fn run(args: LiveArgs, verbose: bool, output: Output) -> anyhow::Resul
 
     let (tx, rx) = tokio::sync::watch::channel(Arc::new(Snapshot::default()));
     let title = format!("twtrace{}", describe_filters(&opts));
-    // Boxed so it can be dropped (restoring the terminal) before the summary is printed.
-    let mut tui = Box::pin(async {
-        if output == Output::Tui {
-            crate::tui::run(rx, title).await
-        } else {
-            std::future::pending().await
-        }
-    });
+    let mut tui = terminal_view(output, rx, title);
     let stdout = io::stdout();
     let mut out = io::BufWriter::new(stdout.lock());
 
@@ -119,6 +112,23 @@ pub async fn run(args: LiveArgs, verbose: bool, output: Output) -> anyhow::Resul
         Err(e) if is_broken_pipe(&e) => Ok(()),
         other => other,
     }
+}
+
+/// The full-screen view when it is the output, else a future that never completes, so the
+/// loops' `select!` can always poll it. Boxed so it can be dropped, restoring the terminal,
+/// before the summary is printed.
+fn terminal_view(
+    output: Output,
+    rx: tokio::sync::watch::Receiver<Arc<Snapshot>>,
+    title: String,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<()>>>> {
+    Box::pin(async move {
+        if output == Output::Tui {
+            crate::tui::run(rx, title).await
+        } else {
+            std::future::pending().await
+        }
+    })
 }
 
 /// Hands a snapshot to the view.
@@ -180,13 +190,7 @@ async fn replay(args: LiveArgs, path: &Path, output: Output) -> anyhow::Result<(
         header.hostname,
         describe_filters(&opts)
     );
-    let mut tui = Box::pin(async {
-        if output == Output::Tui {
-            crate::tui::run(rx, title).await
-        } else {
-            std::future::pending().await
-        }
-    });
+    let mut tui = terminal_view(output, rx, title);
     let stdout = io::stdout();
     let mut out = io::BufWriter::new(stdout.lock());
     let started = tokio::time::Instant::now();
