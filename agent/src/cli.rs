@@ -16,6 +16,7 @@ Examples:
   twtrace report incident.twr           summarise a recording, on any machine, without root
   twtrace --from incident.twr --speed 10
                                         replay a recording into the leaderboard, ten times as fast
+  sudo twtrace --record incident.twr    watch the leaderboard and record everything meanwhile
 
 twtrace attributes each transition to the process that owns the socket, not to whichever task
 the kernel happened to run when a packet arrived (what tcpstates and bpftrace print).";
@@ -117,7 +118,7 @@ pub struct RecordArgs {
     /// close_wait_now, established_now, opens, opens_per_s, closes, closes_per_s, resets). A
     /// trigger fires when its condition becomes true.
     #[arg(long, value_name = "EXPR", requires = "ring")]
-    pub trigger: Vec<crate::record::trigger::Trigger>,
+    pub trigger: Vec<crate::sink::trigger::Trigger>,
 
     /// With --ring: how long to keep writing a capture after its trigger.
     #[arg(long, value_name = "DURATION", default_value = "1m", value_parser = parse_duration, requires = "ring")]
@@ -142,25 +143,43 @@ pub struct ReportArgs {
     #[arg(long, default_value_t = 10, value_name = "N")]
     pub top: usize,
 
-    /// Only sockets owned by this process id (repeat or comma-separate).
-    #[arg(long, value_name = "PID", value_delimiter = ',', value_parser = clap::value_parser!(u32).range(1..))]
-    pub pid: Vec<u32>,
-
-    /// Only connections with this local or remote port (repeat or comma-separate).
-    #[arg(long, value_name = "PORT", value_delimiter = ',', value_parser = clap::value_parser!(u16).range(1..))]
-    pub port: Vec<u16>,
+    #[command(flatten)]
+    pub filter: FilterArgs,
 
     /// Start here: an RFC 3339 time or a duration from the recording's start (30s, 2m).
-    #[arg(long, value_name = "TIME")]
-    pub since: Option<String>,
+    #[arg(long, value_name = "TIME", value_parser = parse_when)]
+    pub since: Option<When>,
 
     /// End here: an RFC 3339 time or a duration from the recording's start.
-    #[arg(long, value_name = "TIME")]
-    pub until: Option<String>,
+    #[arg(long, value_name = "TIME", value_parser = parse_when)]
+    pub until: Option<When>,
 
     /// Print every selected event instead of the summary (jsonl: as `trace --json` does).
-    #[arg(long, value_name = "FORMAT", value_parser = ["jsonl"])]
-    pub export: Option<String>,
+    #[arg(long, value_name = "FORMAT")]
+    pub export: Option<Export>,
+}
+
+/// What `report --export` writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Export {
+    /// One JSON object per event, as `twtrace trace --json` prints them.
+    Jsonl,
+}
+
+/// A moment in a recording: a wall-clock time, or a duration from the recording's start.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum When {
+    FromStart(std::time::Duration),
+    At(std::time::SystemTime),
+}
+
+fn parse_when(s: &str) -> Result<When, String> {
+    if let Ok(d) = humantime::parse_duration(s) {
+        return Ok(When::FromStart(d));
+    }
+    humantime::parse_rfc3339_weak(s)
+        .map(When::At)
+        .map_err(|_| format!("`{s}` is neither an RFC 3339 time nor a duration such as 30s"))
 }
 
 fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
@@ -172,7 +191,7 @@ fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
-    crate::record::parse_size(s)
+    crate::recording::parse_size(s)
 }
 
 /// The leaderboard: a full-screen view on a terminal, snapshots otherwise.
@@ -209,6 +228,11 @@ pub struct LiveArgs {
     #[arg(long, value_name = "FILE")]
     pub from: Option<std::path::PathBuf>,
 
+    /// Also record everything to FILE while showing the leaderboard (as `twtrace record`
+    /// does; created mode 0600, never overwritten).
+    #[arg(long, value_name = "FILE", conflicts_with = "from")]
+    pub record: Option<std::path::PathBuf>,
+
     /// With --from: replay speed (2 = twice as fast; 0 = as fast as possible).
     #[arg(long, default_value_t = 1.0, value_name = "X", value_parser = parse_speed, requires = "from")]
     pub speed: f64,
@@ -236,6 +260,7 @@ impl Default for LiveArgs {
             reconcile: 2.0,
             top: 20,
             from: None,
+            record: None,
             speed: 1.0,
         }
     }
@@ -432,7 +457,14 @@ mod tests {
         };
         assert!(args.json);
         assert_eq!(args.top, 5);
-        assert_eq!(args.since.as_deref(), Some("30s"));
+        assert_eq!(
+            args.since,
+            Some(When::FromStart(std::time::Duration::from_secs(30)))
+        );
+        assert_eq!(args.export, Some(Export::Jsonl));
+        assert!(parse(&["report", "f.twr", "--since", "yesterday"]).is_err());
+        assert!(parse(&["report", "f.twr", "--until", "2026-11-25T00:00:02Z"]).is_ok());
+        assert!(parse(&["--from", "f.twr", "--record", "g.twr"]).is_err());
         assert!(parse(&["report", "f.twr", "--export", "csv"]).is_err());
         assert!(parse(&["report"]).is_err());
 

@@ -9,6 +9,7 @@ use std::{
 
 use twtrace_ebpf::{AF_INET, AF_INET6, COMM_LEN, EVENT_SIZE, how};
 
+pub use crate::state::Reset;
 use crate::{
     infer,
     state::{TcpState, UnknownState},
@@ -31,22 +32,6 @@ impl Attribution {
             Self::Owner => "owner",
             Self::Listener => "listener",
             Self::Unknown => "unknown",
-        }
-    }
-}
-
-/// Which side's reset ended a connection.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Reset {
-    Received,
-    Sent,
-}
-
-impl Reset {
-    pub const fn name(self) -> &'static str {
-        match self {
-            Self::Received => "received",
-            Self::Sent => "sent",
         }
     }
 }

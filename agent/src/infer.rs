@@ -4,7 +4,7 @@
 
 use twtrace_ebpf::flags;
 
-use crate::{event::Reset, state::TcpState};
+use crate::state::{Reset, TcpState};
 
 /// The state and reset to report for a raw `old -> new` with the kernel side's flags.
 ///

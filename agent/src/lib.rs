@@ -1,22 +1,26 @@
 //! twtrace: which process, talking to which peer, is churning or leaking TCP connections.
 //!
-//! Data flows one way: kernel program -> ring buffer -> [`tracer`] -> [`event::Transition`] ->
-//! views ([`trace`]). Everything but `tracer` and `tracefs` is plain logic, tested without root.
+//! One stream, many views. Items flow one way:
+//!
+//! ```text
+//! source (live kernel | recording) -> pipeline -> model -> sinks (trace, table/JSON, TUI,
+//!                                                                 recorder, flight recorder, report)
+//! ```
+//!
+//! [`source`] yields [`stream::Item`]s; [`pipeline`] runs the one loop, feeds the [`model`] (plain
+//! logic, no I/O) and hands items and snapshots to every [`sink`]. [`kernel`] holds the only code
+//! that needs privileges; [`recording`] the file format. [`run`] wires commands to these parts.
 
 pub mod cli;
 pub mod clock;
 pub mod event;
 pub mod infer;
-pub mod leaderboard;
+pub mod kernel;
 pub mod model;
-pub mod privilege;
-pub mod procnet;
-pub mod record;
+pub mod pipeline;
+pub mod recording;
 pub mod run;
-pub mod snapshot;
-pub mod sockdiag;
+pub mod sink;
+pub mod source;
 pub mod state;
-pub mod trace;
-pub mod tracefs;
-pub mod tracer;
-pub mod tui;
+pub mod stream;

@@ -1,207 +1,438 @@
-//! Runs a command: wires the live source to a view and handles signals and the final summary.
+//! Runs a command: picks its source and its sinks, runs the pipeline, and tells the user how it
+//! ended. The only place that knows which command uses which parts.
 
-use std::io::{self, IsTerminal as _};
+use std::{
+    io::{self, IsTerminal as _, Write as _},
+    path::Path,
+    time::{Duration, UNIX_EPOCH},
+};
 
 use anyhow::Context as _;
-use tokio::signal::unix::{Signal, SignalKind, signal};
 
 use crate::{
-    cli::{Cli, Command, FilterArgs, TraceArgs},
-    clock::WallClock,
-    event::Attribution,
-    leaderboard::{self, Output},
-    trace::{Format, Printer},
-    tracer::{KernelStats, Options, Tracer},
+    cli::{Cli, Command, Export, FilterArgs, LiveArgs, RecordArgs, ReportArgs, TraceArgs, When},
+    kernel::tracer::Options,
+    pipeline::{self, Cadence, Core, Outcome, Selection, Signals, Stopped, View},
+    recording::{Filters, Header, Writer, header_now, human_size, writer::create_file},
+    sink::{
+        Sink,
+        recorder::{FileRecorder, FlightRecorder},
+        report::{self, Report},
+        ring::Ring,
+        table::{self, SnapshotPrinter},
+        trace::{Format, Printer, TraceSink},
+        tui::TuiSink,
+    },
+    source::{
+        Recorded, Source,
+        live::{self, Live, ProcFs},
+        recording::{Recording, Window},
+    },
 };
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let verbose = cli.verbose > 0;
-    match cli.command {
-        Some(Command::Trace(args)) if args.from.is_some() => trace_from(args),
+    let result = match cli.command {
         Some(Command::Trace(args)) => trace(args, verbose).await,
-        Some(Command::Record(args)) => crate::record::live::record(args, verbose).await,
-        Some(Command::Report(args)) => crate::record::report::report(args),
-        None => {
-            let output = if cli.live.json {
-                Output::Json
-            } else if cli.live.once || cli.live.count.is_some() || !io::stdout().is_terminal() {
-                Output::Table
-            } else {
-                Output::Tui
-            };
-            leaderboard::run(cli.live, verbose, output).await
-        }
-    }
-}
-
-/// What the user is told when the run ends.
-#[derive(Debug, Default)]
-pub struct Tally {
-    pub received: u64,
-    pub unattributed: u64,
-}
-
-/// What a live command starts with.
-pub(crate) struct Started {
-    pub(crate) tracer: Tracer,
-    pub(crate) opts: Options,
-    pub(crate) sigint: Signal,
-    pub(crate) sigterm: Signal,
-}
-
-/// Checks the filters, installs the signal handlers, starts the tracer and tells the user (the
-/// `twtrace: tracing` line is also what scripts and tests wait for; `announce` is false under
-/// the full-screen view, which would draw over it).
-pub(crate) fn start_live(
-    filter: &FilterArgs,
-    verbose: bool,
-    announce: bool,
-) -> anyhow::Result<Started> {
-    filter.validate()?;
-    let opts = Options {
-        pids: filter.pid.clone(),
-        ports: filter.port.clone(),
-        verbose,
+        Some(Command::Record(args)) => record(args, verbose).await,
+        Some(Command::Report(args)) => report(args).await,
+        None => leaderboard(cli.live, verbose).await,
     };
-    let sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let tracer = Tracer::start(&opts)?;
-    for notice in &tracer.notices {
-        eprintln!("twtrace: {notice}");
-    }
-    if announce {
-        eprintln!(
-            "twtrace: tracing TCP state changes{}; Ctrl-C to stop",
-            describe_filters(&opts)
-        );
-    }
-    Ok(Started {
-        tracer,
-        opts,
-        sigint,
-        sigterm,
-    })
-}
-
-async fn trace(args: TraceArgs, verbose: bool) -> anyhow::Result<()> {
-    let Started {
-        mut tracer,
-        opts: _,
-        mut sigint,
-        mut sigterm,
-    } = start_live(&args.filter, verbose, true)?;
-
-    let format = if args.json {
-        Format::Json
-    } else {
-        Format::Text
-    };
-    let stdout = io::stdout();
-    let mut printer = Printer::new(
-        io::BufWriter::with_capacity(64 * 1024, stdout.lock()),
-        format,
-        WallClock::now(),
-    );
-    let mut tally = Tally::default();
-    let mut on_event = |t: &crate::event::Transition, printer: &mut Printer<_>| {
-        tally.received += 1;
-        if t.attribution == Attribution::Unknown {
-            tally.unattributed += 1;
-        }
-        printer.print(t);
-    };
-
-    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
-    let mut lost_shown = 0;
-    let outcome: anyhow::Result<()> = loop {
-        tokio::select! {
-            r = tracer.next_batch(|t| on_event(t, &mut printer)) => {
-                if let Err(e) = r {
-                    break Err(anyhow::Error::new(e).context("reading the ring buffer"));
-                }
-                if let Err(e) = printer.flush() {
-                    break Err(e.into());
-                }
-            }
-            _ = tick.tick() => {
-                // Losses are announced as they happen, not only at the end.
-                let lost = tracer.stats().lost;
-                if lost > lost_shown {
-                    eprintln!(
-                        "twtrace: {} events lost so far (ring buffer full: the output cannot keep up; \
-                         narrow with --pid/--port or write to a file)",
-                        lost
-                    );
-                    lost_shown = lost;
-                }
-            }
-            _ = sigint.recv() => break Ok(()),
-            _ = sigterm.recv() => break Ok(()),
-        }
-    };
-    // Whatever the kernel already queued still belongs to the output.
-    if outcome.is_ok() {
-        tracer.drain(|t| on_event(t, &mut printer));
-    }
-    let outcome = outcome.and_then(|()| printer.flush().map_err(anyhow::Error::from));
-    eprintln!("{}", summary(&tally, &tracer.stats(), tracer.undecodable));
-    match outcome {
+    match result {
         // The reader went away (`| head`): that is how pipelines end, not an error.
         Err(e) if is_broken_pipe(&e) => Ok(()),
         other => other,
     }
 }
 
-/// `trace --from FILE`: the recorded events, printed as `trace` prints live ones.
-fn trace_from(args: TraceArgs) -> anyhow::Result<()> {
-    let Some(path) = args.from else {
-        return Ok(());
-    };
+/// Buffered stdout: flushed by the sinks per batch or per snapshot.
+fn stdout() -> io::BufWriter<io::StdoutLock<'static>> {
+    io::BufWriter::with_capacity(64 * 1024, io::stdout().lock())
+}
+
+fn options(filter: &FilterArgs, verbose: bool) -> Options {
+    Options {
+        pids: filter.pid.clone(),
+        ports: filter.port.clone(),
+        verbose,
+    }
+}
+
+fn selection(filter: &FilterArgs) -> Selection {
+    Selection {
+        pids: filter.pid.clone(),
+        ports: filter.port.clone(),
+    }
+}
+
+/// Starts the live source and tells the user (the `twtrace: tracing` line is also what scripts
+/// and tests wait for; `announce` is false under the full-screen view, which would draw over it).
+fn start_live(opts: &Options, cadence: live::Cadence, announce: bool) -> anyhow::Result<Live> {
+    let source = Live::start(opts, cadence)?;
+    for notice in source.notices() {
+        say(&format!("twtrace: {notice}"));
+    }
+    if announce {
+        let stop = if cadence.duration.is_some() {
+            ""
+        } else {
+            "; Ctrl-C to stop"
+        };
+        say(&format!(
+            "twtrace: tracing TCP state changes{}{stop}",
+            describe_filters(&opts.pids, &opts.ports)
+        ));
+    }
+    Ok(source)
+}
+
+/// A line on stderr; a closed stderr must not stop the command.
+fn say(line: &str) {
+    let _ = writeln!(io::stderr(), "{line}");
+}
+
+/// The end of every command: the summary, why it stopped, and its error.
+fn finish(outcome: Outcome) -> anyhow::Result<()> {
+    say(&outcome.tally.summary());
+    match outcome.error {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+async fn run_pipeline<S: Source>(
+    source: &mut S,
+    core: Core<'_>,
+    user_signal: bool,
+    view: Option<View<'_>>,
+) -> anyhow::Result<Outcome> {
+    let mut signals = Signals::install(user_signal)?;
+    Ok(pipeline::run(source, core, &mut signals, view).await)
+}
+
+/// `twtrace trace`: every transition, live or from a recording.
+async fn trace(args: TraceArgs, verbose: bool) -> anyhow::Result<()> {
     let format = if args.json {
         Format::Json
     } else {
         Format::Text
     };
-    let mut reader = crate::record::Reader::open(&path)?;
-    let stdout = io::stdout();
-    let mut printer = Printer::new(
-        io::BufWriter::with_capacity(64 * 1024, stdout.lock()),
-        format,
-        reader.header().clock(),
+    let select = selection(&args.filter);
+    if let Some(path) = &args.from {
+        let mut source = Recording::open(path, Window::default(), 0.0)?;
+        let printer = Printer::new(stdout(), format, source.header().clock());
+        let sinks: Vec<Box<dyn Sink>> = vec![Box::new(TraceSink::new(printer, false))];
+        let core = new_core(
+            &source,
+            sinks,
+            Box::new(Recorded),
+            select,
+            Cadence::default(),
+        );
+        let outcome = run_pipeline(&mut source, core, false, None).await?;
+        // A replayed stream has no summary of its own to print; its errors do.
+        return outcome.error.map_or(Ok(()), Err);
+    }
+    args.filter.validate()?;
+    let opts = options(&args.filter, verbose);
+    let cadence = live::Cadence {
+        stats: Duration::from_secs(1),
+        reconcile: None,
+        duration: None,
+    };
+    let mut source = start_live(&opts, cadence, true)?;
+    let printer = Printer::new(stdout(), format, source.clock());
+    let sinks: Vec<Box<dyn Sink>> = vec![Box::new(TraceSink::new(printer, true))];
+    let core = new_core(
+        &source,
+        sinks,
+        Box::new(ProcFs::new()),
+        select,
+        Cadence::default(),
     );
-    let pids = &args.filter.pid;
-    let ports = &args.filter.port;
-    let mut outcome = Ok(());
-    loop {
-        let next = reader.next_record();
-        for p in reader.take_problems() {
-            eprintln!("twtrace: warning: {}: {p}", path.display());
+    finish(run_pipeline(&mut source, core, false, None).await?)
+}
+
+fn new_core<'a, S: Source>(
+    source: &S,
+    sinks: Vec<Box<dyn Sink + 'a>>,
+    processes: Box<dyn crate::source::Processes + 'a>,
+    selection: Selection,
+    cadence: Cadence,
+) -> Core<'a> {
+    Core::new(
+        sinks,
+        processes,
+        selection,
+        cadence,
+        source.clock(),
+        source.start_ns(),
+    )
+}
+
+/// The default command: the leaderboard, live or replayed, in the terminal or printed.
+async fn leaderboard(args: LiveArgs, verbose: bool) -> anyhow::Result<()> {
+    let tui = !(args.json || args.once || args.count.is_some() || !io::stdout().is_terminal());
+    let interval = Duration::from_secs_f64(args.interval);
+    let cadence = Cadence {
+        interval,
+        count: if args.once { Some(1) } else { args.count },
+    };
+    let style = if args.json {
+        table::Style::Json
+    } else {
+        table::Style::Table { top: args.top }
+    };
+    let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
+    let view;
+    let view_sink = |title: String, sinks: &mut Vec<Box<dyn Sink>>| {
+        if tui {
+            let (sink, v) = TuiSink::new(title);
+            sinks.push(Box::new(sink));
+            Some(v)
+        } else {
+            sinks.push(Box::new(SnapshotPrinter::new(stdout(), style)));
+            None
         }
-        match next {
-            Ok(Some(crate::record::Record::Event(t))) => {
-                if (pids.is_empty() || pids.contains(&t.pid))
-                    && (ports.is_empty()
-                        || ports.contains(&t.local.port())
-                        || ports.contains(&t.remote.port()))
-                {
-                    printer.print(&t);
+    };
+
+    if let Some(path) = &args.from {
+        let mut source = Recording::open(path, Window::default(), args.speed)?;
+        let header = source.header().clone();
+        let filters = describe_filters(&header.filters.pids, &header.filters.ports);
+        if !tui {
+            say(&format!(
+                "twtrace: replaying {} (recorded on {} from {}{filters}) at {}",
+                path.display(),
+                header.hostname,
+                header.start_time,
+                if args.speed == 0.0 {
+                    "full speed".to_owned()
+                } else {
+                    format!("{}x speed", args.speed)
                 }
-            }
-            Ok(Some(_)) => {}
-            Ok(None) => break,
-            Err(e) => {
-                outcome = Err(anyhow::Error::new(e).context(format!("reading {}", path.display())));
-                break;
-            }
+            ));
         }
+        let title = format!(
+            "twtrace replay of {} ({}){filters}",
+            path.display(),
+            header.hostname
+        );
+        view = view_sink(title, &mut sinks);
+        let select = recorded_selection(&header).and(&selection(&args.filter));
+        let core = new_core(&source, sinks, Box::new(Recorded), select, cadence);
+        return finish(run_pipeline(&mut source, core, false, view).await?);
     }
-    let outcome = outcome.and_then(|()| printer.flush().map_err(anyhow::Error::from));
-    if outcome.is_ok() && reader.records_read() == 0 && !reader.problems().is_empty() {
-        anyhow::bail!("{}: nothing could be read", path.display());
+
+    args.filter.validate()?;
+    let opts = options(&args.filter, verbose);
+    // Created before the tracer starts, so a file that cannot be written costs no attach.
+    let recorder = match &args.record {
+        Some(path) => Some(file_recorder(path, false, None, &opts, !tui)?),
+        None => None,
+    };
+    let live_cadence = live::Cadence {
+        stats: interval.min(Duration::from_secs(1)),
+        reconcile: Some(Duration::from_secs_f64(args.reconcile)),
+        duration: None,
+    };
+    let mut source = match start_live(&opts, live_cadence, !tui) {
+        Ok(s) => s,
+        Err(e) => return Err(discard(recorder, args.record.as_deref(), e)),
+    };
+    let title = format!("twtrace{}", describe_filters(&opts.pids, &opts.ports));
+    view = view_sink(title, &mut sinks);
+    if let Some((sink, path)) = recorder {
+        if !tui {
+            say(&format!("twtrace: recording to {}", path.display()));
+        }
+        sinks.push(Box::new(sink));
     }
-    match outcome {
-        Err(e) if is_broken_pipe(&e) => Ok(()),
-        other => other,
+    let core = new_core(
+        &source,
+        sinks,
+        Box::new(ProcFs::new()),
+        selection(&args.filter),
+        cadence,
+    );
+    finish(run_pipeline(&mut source, core, false, view).await?)
+}
+
+/// A recording's own filters, as a selection.
+fn recorded_selection(header: &Header) -> Selection {
+    Selection {
+        pids: header.filters.pids.clone(),
+        ports: header.filters.ports.clone(),
+    }
+}
+
+/// Creates the recording file and its sink.
+fn file_recorder<'p>(
+    path: &'p Path,
+    force: bool,
+    max_size: Option<u64>,
+    opts: &Options,
+    progress: bool,
+) -> anyhow::Result<(FileRecorder, &'p Path)> {
+    let header = header_now(
+        std::env::args().collect(),
+        Filters {
+            pids: opts.pids.clone(),
+            ports: opts.ports.clone(),
+        },
+    );
+    let file = create_file(path, force)?;
+    let writer = Writer::new(file, &header, max_size)
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok((FileRecorder::new(writer, path, max_size, progress), path))
+}
+
+/// The tracer did not start: nothing was recorded, so no file is left behind.
+fn discard<T>(recorder: Option<T>, path: Option<&Path>, e: anyhow::Error) -> anyhow::Error {
+    if let (Some(rec), Some(path)) = (recorder, path) {
+        drop(rec);
+        let _ = std::fs::remove_file(path);
+    }
+    e
+}
+
+/// `twtrace record`: the stream to a file, or the flight recorder.
+async fn record(args: RecordArgs, verbose: bool) -> anyhow::Result<()> {
+    args.filter.validate()?;
+    let opts = options(&args.filter, verbose);
+    let path = args.output.as_path();
+    let live_cadence = live::Cadence {
+        stats: Duration::from_secs(1),
+        reconcile: Some(Duration::from_secs(2)),
+        duration: args.duration,
+    };
+    let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
+    let source = match args.ring {
+        None => {
+            let (sink, _) = file_recorder(path, args.force, args.max_size, &opts, true)?;
+            let source = match start_live(&opts, live_cadence, false) {
+                Ok(s) => s,
+                Err(e) => return Err(discard(Some(sink), Some(path), e)),
+            };
+            say(&format!("twtrace: recording to {}", path.display()));
+            sinks.push(Box::new(sink));
+            source
+        }
+        Some(span) => {
+            if path.exists() && !path.is_dir() {
+                anyhow::bail!(
+                    "{} is not a directory: with --ring, -o names the directory for captures",
+                    path.display()
+                );
+            }
+            std::fs::create_dir_all(path)
+                .with_context(|| format!("creating {}", path.display()))?;
+            let header = header_now(
+                std::env::args().collect(),
+                Filters {
+                    pids: opts.pids.clone(),
+                    ports: opts.ports.clone(),
+                },
+            );
+            let ring = Ring::new(
+                path,
+                header,
+                u64::try_from(span.as_nanos()).unwrap_or(u64::MAX),
+                usize::try_from(args.ring_max).unwrap_or(usize::MAX),
+                u64::try_from(args.after.as_nanos()).unwrap_or(u64::MAX),
+            );
+            let source = start_live(&opts, live_cadence, false)?;
+            say(&format!(
+                "twtrace: flight recorder: keeping the last {} (at most {}) in memory; captures \
+                 go to {} on {}",
+                humantime::format_duration(span),
+                human_size(args.ring_max),
+                path.display(),
+                if args.trigger.is_empty() {
+                    "SIGUSR1 (no --trigger given)".to_owned()
+                } else {
+                    let list: Vec<String> = args.trigger.iter().map(ToString::to_string).collect();
+                    format!("{} or SIGUSR1", list.join(", "))
+                }
+            ));
+            sinks.push(Box::new(FlightRecorder::new(ring, args.trigger, true)));
+            source
+        }
+    };
+    let mut source = source;
+    say(&format!(
+        "twtrace: tracing TCP state changes{}{}",
+        describe_filters(&opts.pids, &opts.ports),
+        if args.duration.is_some() {
+            ""
+        } else {
+            "; Ctrl-C to stop"
+        }
+    ));
+    let core = new_core(
+        &source,
+        sinks,
+        Box::new(ProcFs::new()),
+        selection(&args.filter),
+        Cadence::default(),
+    );
+    let outcome = run_pipeline(&mut source, core, true, None).await?;
+    if outcome.stopped == Stopped::SourceEnded && args.duration.is_some() {
+        say("twtrace: stopped after --duration");
+    }
+    finish(outcome)
+}
+
+/// `twtrace report FILE`: the recording replayed into a report (or exported). No root.
+async fn report(args: ReportArgs) -> anyhow::Result<()> {
+    let header = Recording::open(&args.file, Window::default(), 0.0)?
+        .header()
+        .clone();
+    let window = Window {
+        since_ns: args.since.map(|w| mono_of(w, &header)),
+        until_ns: args.until.map(|w| mono_of(w, &header)),
+    };
+    let mut source = Recording::open(&args.file, window, 0.0)?;
+    let select = recorded_selection(&header).and(&selection(&args.filter));
+    let sink: Box<dyn Sink> = match args.export {
+        Some(Export::Jsonl) => Box::new(TraceSink::new(
+            Printer::new(stdout(), Format::Json, header.clock()),
+            false,
+        )),
+        None => {
+            let style = if args.json {
+                report::Style::Json
+            } else {
+                report::Style::Text { top: args.top }
+            };
+            Box::new(Report::new(stdout(), style, &args.file, header.clone()))
+        }
+    };
+    let core = new_core(
+        &source,
+        vec![sink],
+        Box::new(Recorded),
+        select,
+        Cadence::default(),
+    );
+    let outcome = run_pipeline(&mut source, core, false, None).await?;
+    outcome.error.map_or(Ok(()), Err)
+}
+
+/// A `--since`/`--until` moment as the recording's monotonic ns.
+pub fn mono_of(when: When, header: &Header) -> u64 {
+    match when {
+        When::FromStart(d) => header
+            .start_mono_ns
+            .saturating_add(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)),
+        When::At(t) => {
+            let wall = t
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_nanos() as i128)
+                .unwrap_or(0);
+            let mono = wall - i128::from(header.mono_to_wall_ns);
+            u64::try_from(mono.max(0)).unwrap_or(u64::MAX)
+        }
     }
 }
 
@@ -212,13 +443,20 @@ pub(crate) fn is_broken_pipe(e: &anyhow::Error) -> bool {
     })
 }
 
-pub(crate) fn describe_filters(opts: &Options) -> String {
-    let mut parts = Vec::new();
-    if !opts.pids.is_empty() {
-        parts.push(format!("pid {}", join(&opts.pids)));
+/// ` (pid 1,2; port 80)`, or nothing without filters.
+pub(crate) fn describe_filters(pids: &[u32], ports: &[u16]) -> String {
+    fn join<T: ToString>(v: &[T]) -> String {
+        v.iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(",")
     }
-    if !opts.ports.is_empty() {
-        parts.push(format!("port {}", join(&opts.ports)));
+    let mut parts = Vec::new();
+    if !pids.is_empty() {
+        parts.push(format!("pid {}", join(pids)));
+    }
+    if !ports.is_empty() {
+        parts.push(format!("port {}", join(ports)));
     }
     if parts.is_empty() {
         String::new()
@@ -227,71 +465,28 @@ pub(crate) fn describe_filters(opts: &Options) -> String {
     }
 }
 
-fn join<T: ToString>(v: &[T]) -> String {
-    v.iter()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join(",")
-}
-
-/// `twtrace: N events, N lost, N unattributed` and whatever else went wrong, never silently.
-pub(crate) fn summary(tally: &Tally, stats: &KernelStats, undecodable: u64) -> String {
-    let mut s = format!(
-        "twtrace: {} events, {} lost, {} unattributed",
-        tally.received, stats.lost, tally.unattributed
-    );
-    let extras = [
-        (stats.table_full, "not tracked (socket table full)"),
-        (
-            stats.listener_miss,
-            "accepted sockets with no known listener",
-        ),
-        (undecodable, "undecodable"),
-    ];
-    for (n, what) in extras {
-        if n > 0 {
-            s.push_str(&format!(", {n} {what}"));
-        }
-    }
-    s
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn summary_names_every_problem_and_only_those() {
-        let tally = Tally {
-            received: 10,
-            unattributed: 2,
-        };
-        let clean = KernelStats::default();
-        assert_eq!(
-            summary(&tally, &clean, 0),
-            "twtrace: 10 events, 0 lost, 2 unattributed"
-        );
-        let bad = KernelStats {
-            lost: 3,
-            table_full: 4,
-            listener_miss: 5,
-            ..KernelStats::default()
-        };
-        assert_eq!(
-            summary(&tally, &bad, 6),
-            "twtrace: 10 events, 3 lost, 2 unattributed, 4 not tracked (socket table full), \
-             5 accepted sockets with no known listener, 6 undecodable"
-        );
+    fn filters_are_described() {
+        assert_eq!(describe_filters(&[], &[]), "");
+        assert_eq!(describe_filters(&[1, 2], &[80]), " (pid 1,2; port 80)");
     }
 
     #[test]
-    fn filters_are_described() {
-        assert_eq!(describe_filters(&Options::default()), "");
-        let o = Options {
-            pids: vec![1, 2],
-            ports: vec![80],
-            verbose: false,
+    fn report_times_are_durations_from_the_start_or_rfc3339() {
+        let h = Header {
+            start_mono_ns: 1_000_000_000,
+            mono_to_wall_ns: 1_795_564_800_000_000_000,
+            ..Header::default()
         };
-        assert_eq!(describe_filters(&o), " (pid 1,2; port 80)");
+        assert_eq!(
+            mono_of(When::FromStart(Duration::from_secs(30)), &h),
+            31_000_000_000
+        );
+        let at = humantime::parse_rfc3339_weak("2026-11-25T00:00:02Z").expect("time");
+        assert_eq!(mono_of(When::At(at), &h), 2_000_000_000);
     }
 }

@@ -78,6 +78,22 @@ impl fmt::Display for TcpState {
     }
 }
 
+/// Which side's reset ended a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Reset {
+    Received,
+    Sent,
+}
+
+impl Reset {
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Received => "received",
+            Self::Sent => "sent",
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

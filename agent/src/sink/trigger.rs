@@ -3,7 +3,7 @@
 
 use std::{fmt, str::FromStr};
 
-use crate::snapshot::{ProcessRow, Snapshot};
+use crate::model::snapshot::{ProcessRow, Snapshot};
 
 /// The fields a trigger can test: the snapshot's totals, or (with a qualifier) a process row's.
 const TOTAL_FIELDS: &[&str] = &[
@@ -177,7 +177,7 @@ fn process_field(p: &ProcessRow, field: &str) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::snapshot::Totals;
+    use crate::model::snapshot::Totals;
 
     fn snap() -> Snapshot {
         Snapshot {

@@ -14,10 +14,13 @@ use anyhow::Context as _;
 use bytes::{Bytes, BytesMut};
 
 use super::format::{
-    CHUNK_HEADER_LEN, CHUNK_TARGET, Header, KernelTruth, Record, Stats, chunk_header, encode_event,
-    encode_header, encode_kernel, encode_stats,
+    CHUNK_HEADER_LEN, CHUNK_TARGET, Header, chunk_header, encode_event, encode_header,
+    encode_kernel, encode_stats,
 };
-use crate::event::Transition;
+use crate::{
+    event::Transition,
+    stream::{Item, KernelTruth, Stats},
+};
 
 /// Builds chunks in memory.
 pub struct Encoder {
@@ -54,12 +57,12 @@ impl Encoder {
         self.count += 1;
     }
 
-    pub fn record(&mut self, r: &Record) {
+    pub fn record(&mut self, r: &Item) {
         match r {
-            Record::Event(t) => self.event(t),
-            Record::Kernel(k) => self.kernel(k),
-            Record::Stats(s) => self.stats(s),
-            Record::End { mono_ns } => self.end(*mono_ns),
+            Item::Event(t) => self.event(t),
+            Item::Kernel(k) => self.kernel(k),
+            Item::Stats(s) => self.stats(s),
+            Item::End { mono_ns } => self.end(*mono_ns),
         }
     }
 
@@ -220,12 +223,12 @@ impl<W: Write> Writer<W> {
     }
 
     /// Any record (tests, replays into a new file).
-    pub fn record(&mut self, r: &Record) -> io::Result<()> {
+    pub fn record(&mut self, r: &Item) -> io::Result<()> {
         match r {
-            Record::Event(t) => self.event(t),
-            Record::Kernel(k) => self.kernel(k),
-            Record::Stats(s) => self.stats(s),
-            Record::End { mono_ns } => self.end(*mono_ns),
+            Item::Event(t) => self.event(t),
+            Item::Kernel(k) => self.kernel(k),
+            Item::Stats(s) => self.stats(s),
+            Item::End { mono_ns } => self.end(*mono_ns),
         }
     }
 
@@ -279,9 +282,5 @@ impl<W: Write> Writer<W> {
 
     pub fn into_inner(self) -> W {
         self.out
-    }
-
-    pub fn get_mut(&mut self) -> &mut W {
-        &mut self.out
     }
 }

@@ -11,11 +11,13 @@ use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
 };
 
+pub mod snapshot;
+
 use crate::{
     event::{Attribution, Comm, Transition},
-    snapshot::{BEFORE_START, PeerRow, ProcessRow, Snapshot, Totals},
     state::TcpState,
 };
+use snapshot::{BEFORE_START, PeerRow, ProcessRow, Snapshot, Totals};
 
 /// Timer-wheel lateness assumed before any is measured: a 60 s timer lands in a bucket of 64
 /// jiffies (256 ms at HZ=250, kernel/time/timer.c) and fires up to two buckets late; measured

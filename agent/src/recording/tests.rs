@@ -10,17 +10,17 @@ use bytes::BytesMut;
 use proptest::prelude::*;
 
 use super::{
-    format::{self, CHUNK_HEADER_LEN, PREAMBLE_LEN, decode_records, encode},
+    format::{self, CHUNK_HEADER_LEN, PREAMBLE_LEN, decode_items, encode},
     *,
 };
 use crate::{
     event::{Attribution, Comm, Family, Reset, Transition},
     model::KernelSocket,
     state::TcpState,
-    tracer::KernelStats,
+    stream::{Item, KernelStats, KernelTruth, Stats},
 };
 
-fn header() -> Header {
+pub(crate) fn header() -> Header {
     Header {
         format: format::FORMAT_NAME.into(),
         version: format::VERSION,
@@ -40,7 +40,7 @@ fn header() -> Header {
     }
 }
 
-fn event(i: u64) -> Transition {
+pub(crate) fn event(i: u64) -> Transition {
     Transition {
         mono_ns: 1_000_000_000 + i * 1000,
         skaddr: 0xffff_8880_0000_0000 + i,
@@ -59,7 +59,7 @@ fn event(i: u64) -> Transition {
     }
 }
 
-fn kernel_truth() -> KernelTruth {
+pub(crate) fn kernel_truth() -> KernelTruth {
     KernelTruth {
         dump_ns: 3_000_000_000,
         sockets: vec![
@@ -87,7 +87,7 @@ fn kernel_truth() -> KernelTruth {
     }
 }
 
-fn stats() -> Stats {
+pub(crate) fn stats() -> Stats {
     Stats {
         mono_ns: 4_000_000_000,
         kernel: KernelStats {
@@ -102,11 +102,11 @@ fn stats() -> Stats {
     }
 }
 
-fn round_trip(r: &Record) -> Record {
+fn round_trip(r: &Item) -> Item {
     let mut buf = BytesMut::new();
     encode(&mut buf, r);
     let mut out = Vec::new();
-    decode_records(&buf, &mut out).expect("decodes");
+    decode_items(&buf, &mut out).expect("decodes");
     assert_eq!(out.len(), 1);
     out.remove(0)
 }
@@ -114,7 +114,7 @@ fn round_trip(r: &Record) -> Record {
 #[test]
 fn every_event_field_round_trips() {
     let mut e = event(3);
-    assert_eq!(round_trip(&Record::Event(e)), Record::Event(e));
+    assert_eq!(round_trip(&Item::Event(e)), Item::Event(e));
     e.cookie = None;
     e.attribution = Attribution::Listener;
     e.reset = Some(Reset::Sent);
@@ -124,19 +124,19 @@ fn every_event_field_round_trips() {
     e.comm = Comm::from("abcdefghijklmno");
     e.old = TcpState::Established;
     e.new = TcpState::Close;
-    assert_eq!(round_trip(&Record::Event(e)), Record::Event(e));
+    assert_eq!(round_trip(&Item::Event(e)), Item::Event(e));
     e.attribution = Attribution::Unknown;
     e.reset = Some(Reset::Received);
     e.cookie = Some(0);
     e.pid = 0;
-    assert_eq!(round_trip(&Record::Event(e)), Record::Event(e));
+    assert_eq!(round_trip(&Item::Event(e)), Item::Event(e));
 }
 
 #[test]
 fn kernel_truth_and_stats_round_trip() {
-    let k = Record::Kernel(kernel_truth());
+    let k = Item::Kernel(kernel_truth());
     assert_eq!(round_trip(&k), k);
-    let empty = Record::Kernel(KernelTruth::default());
+    let empty = Item::Kernel(KernelTruth::default());
     assert_eq!(round_trip(&empty), empty);
     // Varint and timer extremes.
     let mut k = kernel_truth();
@@ -148,23 +148,23 @@ fn kernel_truth_and_stats_round_trip() {
         k.sockets[0].cookie = cookie;
         k.sockets[0].inode = inode;
         k.sockets[0].expires_ns = expires_ns;
-        let r = Record::Kernel(k.clone());
+        let r = Item::Kernel(k.clone());
         assert_eq!(round_trip(&r), r);
     }
     // A typical TIME_WAIT socket of a dump is small.
     let mut buf = BytesMut::new();
-    encode(&mut buf, &Record::Kernel(kernel_truth()));
+    encode(&mut buf, &Item::Kernel(kernel_truth()));
     let one = buf.len();
     let mut two = kernel_truth();
     two.sockets.push(two.sockets[0]);
     buf.clear();
-    encode(&mut buf, &Record::Kernel(two));
+    encode(&mut buf, &Item::Kernel(two));
     assert!(
         buf.len() - one <= 22,
         "{} bytes per socket",
         buf.len() - one
     );
-    let s = Record::Stats(stats());
+    let s = Item::Stats(stats());
     assert_eq!(round_trip(&s), s);
 }
 
@@ -172,14 +172,14 @@ fn kernel_truth_and_stats_round_trip() {
 fn unknown_record_tags_are_skipped() {
     let mut buf = BytesMut::new();
     buf.extend_from_slice(&[99, 3, 0, 0, 0, 1, 2, 3]);
-    encode(&mut buf, &Record::Stats(stats()));
+    encode(&mut buf, &Item::Stats(stats()));
     let mut out = Vec::new();
-    decode_records(&buf, &mut out).expect("decodes");
-    assert_eq!(out, vec![Record::Stats(stats())]);
+    decode_items(&buf, &mut out).expect("decodes");
+    assert_eq!(out, vec![Item::Stats(stats())]);
 }
 
 /// A file of `chunks` chunks, and the records of each.
-fn file_with(chunks: &[Vec<Record>]) -> (Vec<u8>, Vec<std::ops::Range<usize>>) {
+fn file_with(chunks: &[Vec<Item>]) -> (Vec<u8>, Vec<std::ops::Range<usize>>) {
     let mut w = Writer::new(Vec::new(), &header(), None).expect("header");
     let mut ranges = Vec::new();
     for records in chunks {
@@ -193,19 +193,19 @@ fn file_with(chunks: &[Vec<Record>]) -> (Vec<u8>, Vec<std::ops::Range<usize>>) {
     (w.into_inner(), ranges)
 }
 
-fn sample_chunks() -> Vec<Vec<Record>> {
+fn sample_chunks() -> Vec<Vec<Item>> {
     vec![
-        (0..10).map(|i| Record::Event(event(i))).collect(),
-        vec![Record::Kernel(kernel_truth()), Record::Stats(stats())],
-        (10..20).map(|i| Record::Event(event(i))).collect(),
-        (20..25).map(|i| Record::Event(event(i))).collect(),
-        vec![Record::End {
+        (0..10).map(|i| Item::Event(event(i))).collect(),
+        vec![Item::Kernel(kernel_truth()), Item::Stats(stats())],
+        (10..20).map(|i| Item::Event(event(i))).collect(),
+        (20..25).map(|i| Item::Event(event(i))).collect(),
+        vec![Item::End {
             mono_ns: 5_000_000_000,
         }],
     ]
 }
 
-fn read_all(bytes: &[u8]) -> anyhow::Result<(Vec<Record>, Vec<Problem>)> {
+pub(crate) fn read_all(bytes: &[u8]) -> anyhow::Result<(Vec<Item>, Vec<Problem>)> {
     let mut r = Reader::new(Cursor::new(bytes))?;
     let mut out = Vec::new();
     while let Some(rec) = r.next_record()? {
@@ -232,7 +232,7 @@ fn a_damaged_middle_chunk_is_skipped_with_one_warning_naming_its_offset() {
     let bad = ranges[1].clone();
     bytes[bad.start + CHUNK_HEADER_LEN + 3] ^= 0x40;
     let (records, problems) = read_all(&bytes).expect("reads");
-    let want: Vec<Record> = [
+    let want: Vec<Item> = [
         &chunks[0][..],
         &chunks[2][..],
         &chunks[3][..],
@@ -261,7 +261,7 @@ fn a_damaged_length_or_magic_resyncs_on_the_next_chunk() {
         let (mut bytes, ranges) = file_with(&chunks);
         bytes[ranges[2].start + field] = value;
         let (records, problems) = read_all(&bytes).expect("reads");
-        let want: Vec<Record> = [
+        let want: Vec<Item> = [
             &chunks[0][..],
             &chunks[1][..],
             &chunks[3][..],
@@ -427,121 +427,6 @@ fn sizes_parse_with_suffixes() {
     assert_eq!(human_size(10), "10 B");
 }
 
-#[test]
-fn report_times_are_durations_from_the_start_or_rfc3339() {
-    let h = header();
-    assert_eq!(report::parse_time("30s", &h).ok(), Some(31_000_000_000));
-    // 2026-11-25T00:00:02Z is monotonic 2 s (offset above).
-    assert_eq!(
-        report::parse_time("2026-11-25T00:00:02Z", &h).ok(),
-        Some(2_000_000_000)
-    );
-    assert!(report::parse_time("yesterday", &h).is_err());
-}
-
-// ---- replay ---------------------------------------------------------------------------------
-
-fn connection(i: u64, pid: u32, comm: &str, t0: u64) -> Vec<Transition> {
-    let base = Transition {
-        mono_ns: t0,
-        skaddr: 0x1000 + i,
-        cookie: None,
-        pid,
-        comm: Comm::from(comm),
-        cgroup_id: 1,
-        attribution: Attribution::Owner,
-        current_pid: pid,
-        family: Family::Ipv4,
-        local: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 40000 + i as u16),
-        remote: "127.0.0.1:8080".parse().expect("addr"),
-        old: TcpState::Close,
-        new: TcpState::SynSent,
-        reset: None,
-    };
-    let step = |k: u64, old, new| Transition {
-        mono_ns: t0 + k,
-        old,
-        new,
-        ..base
-    };
-    vec![
-        base,
-        step(1, TcpState::SynSent, TcpState::Established),
-        step(2, TcpState::Established, TcpState::FinWait1),
-        step(3, TcpState::FinWait1, TcpState::FinWait2),
-        step(4, TcpState::FinWait2, TcpState::TimeWait),
-    ]
-}
-
-#[test]
-fn replay_counts_time_wait_per_process_and_builds_a_timeline() {
-    let mut records = Vec::new();
-    for i in 0..7 {
-        records.extend(
-            connection(i, 4242, "client", 1_100_000_000 + i * 100)
-                .into_iter()
-                .map(Record::Event),
-        );
-    }
-    records.push(Record::Stats(Stats {
-        mono_ns: 2_000_000_000,
-        ..Stats::default()
-    }));
-    for i in 7..10 {
-        records.extend(
-            connection(i, 4242, "client", 2_100_000_000 + i * 100)
-                .into_iter()
-                .map(Record::Event),
-        );
-    }
-    records.push(Record::Stats(Stats {
-        mono_ns: 3_000_000_000,
-        ..Stats::default()
-    }));
-    let mut replay = replay::Replay::new(header(), replay::Selection::default());
-    for r in &records {
-        assert!(replay.feed(r));
-    }
-    let snap = replay.finish().expect("snapshot");
-    let row = snap
-        .processes
-        .iter()
-        .find(|p| p.pid == 4242)
-        .expect("client row");
-    assert_eq!(row.timewait_entered, 10);
-    assert_eq!(row.comm, "client");
-    assert_eq!(snap.totals.timewait_now, 10);
-    assert_eq!(replay.tally.received, 50);
-    let tl: Vec<(f64, u64)> = replay
-        .timeline
-        .iter()
-        .map(|p| (p.timewait_per_s, p.timewait_now))
-        .collect();
-    assert_eq!(tl, vec![(7.0, 7), (3.0, 10)]);
-
-    // --since 1.5s: only the second second's connections.
-    let sel = replay::Selection {
-        since_ns: Some(2_050_000_000),
-        ..replay::Selection::default()
-    };
-    let mut later = replay::Replay::new(header(), sel);
-    for r in &records {
-        later.feed(r);
-    }
-    let snap = later.finish().expect("snapshot");
-    assert_eq!(snap.totals.timewait_entered, 3);
-    // --pid of another process: nothing.
-    let sel = replay::Selection {
-        pids: vec![1],
-        ..replay::Selection::default()
-    };
-    let mut other = replay::Replay::new(header(), sel);
-    for r in &records {
-        other.feed(r);
-    }
-    assert_eq!(other.finish().map(|s| s.totals.timewait_entered), Some(0));
-}
-
 // ---- property tests -------------------------------------------------------------------------
 
 fn arb_state() -> impl Strategy<Value = TcpState> {
@@ -636,12 +521,12 @@ fn arb_kernel() -> impl Strategy<Value = KernelTruth> {
         })
 }
 
-fn arb_record() -> impl Strategy<Value = Record> {
+pub(crate) fn arb_record() -> impl Strategy<Value = Item> {
     prop_oneof![
-        8 => arb_event().prop_map(Record::Event),
-        1 => arb_kernel().prop_map(Record::Kernel),
+        8 => arb_event().prop_map(Item::Event),
+        1 => arb_kernel().prop_map(Item::Kernel),
         1 => (any::<u64>(), any::<[u64; 6]>(), any::<Option<u64>>()).prop_map(|(mono_ns, k, tw)| {
-            Record::Stats(Stats {
+            Item::Stats(Stats {
                 mono_ns,
                 kernel: KernelStats {
                     events: k[0],
@@ -730,17 +615,6 @@ proptest! {
         prop_assert_eq!(round_trip(&r), r);
     }
 
-    /// A file whose checksums are right can still hold nonsense (a bug, a crafted file): the
-    /// replay (model, snapshots, report) must survive it too.
-    #[test]
-    fn replaying_arbitrary_records_never_panics(records in prop::collection::vec(arb_record(), 0..40)) {
-        let mut replay = replay::Replay::new(header(), replay::Selection::default());
-        for r in &records {
-            replay.feed(r);
-        }
-        let _ = replay.finish();
-    }
-
     #[test]
     fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..4096)) {
         if let Ok(mut r) = Reader::new(Cursor::new(&bytes)) {
@@ -771,7 +645,7 @@ proptest! {
         while let Ok(Some(r)) = reader.next_record() {
             got.push(r);
         }
-        let want: Vec<Record> = chunks
+        let want: Vec<Item> = chunks
             .iter()
             .zip(&ranges)
             .filter(|(_, range)| intact(&bytes, &data, (*range).clone()))
@@ -779,70 +653,4 @@ proptest! {
             .collect();
         prop_assert_eq!(got, want);
     }
-}
-
-// ---- flight recorder ------------------------------------------------------------------------
-
-#[test]
-fn the_ring_keeps_its_span_and_its_byte_bound_and_captures_it_plus_what_follows() {
-    let dir = std::env::temp_dir().join(format!("twtrace-ring-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("mkdir");
-    let sec = 1_000_000_000u64;
-    // 10 s of ring, 2 s after a trigger.
-    let mut ring = ring::Ring::new(&dir, header(), 10 * sec, 1 << 30, 2 * sec);
-    for s in 0..30u64 {
-        let now = s * sec;
-        ring.event(&event(s), now).expect("ring");
-        ring.flush(now).expect("ring");
-    }
-    // Chunks older than 10 s are gone: 0..=18 dropped, 19..=29 kept.
-    let (bytes, span) = ring.held(29 * sec);
-    assert_eq!(span, 10 * sec);
-    assert!(bytes > 0);
-    let path = ring
-        .trigger("test", 29 * sec)
-        .expect("capture")
-        .expect("a new capture");
-    assert!(ring.trigger("again", 29 * sec).expect("ok").is_none());
-    ring.event(&event(30), 30 * sec).expect("ring");
-    ring.flush(30 * sec).expect("ring");
-    assert!(ring.finish_capture(30 * sec, false).expect("ok").is_none());
-    ring.event(&event(31), 31 * sec).expect("ring");
-    let done = ring
-        .finish_capture(31 * sec, false)
-        .expect("ok")
-        .expect("after 2 s");
-    assert_eq!(done.path, path);
-    assert!(ring.capturing().is_none());
-    let bytes = std::fs::read(&path).expect("capture");
-    let (records, problems) = read_all(&bytes).expect("reads");
-    assert!(problems.is_empty(), "{problems:?}");
-    let mut want: Vec<Record> = (19..32).map(|i| Record::Event(event(i))).collect();
-    want.push(Record::End { mono_ns: 31 * sec });
-    assert_eq!(records, want);
-    let r = Reader::new(Cursor::new(&bytes)).expect("header");
-    assert!(
-        r.header()
-            .note
-            .as_deref()
-            .is_some_and(|n| n.contains("test"))
-    );
-
-    // A capture that cannot be created is an error for the caller; the ring goes on.
-    let mut lost = ring::Ring::new(&dir.join("missing"), header(), 10 * sec, 1 << 30, sec);
-    lost.event(&event(1), sec).expect("ring");
-    assert!(lost.trigger("test", sec).is_err());
-    assert!(lost.capturing().is_none());
-    lost.event(&event(2), 2 * sec).expect("ring");
-    lost.flush(2 * sec).expect("ring");
-
-    // The byte bound wins over the span.
-    let mut small = ring::Ring::new(&dir, header(), 1000 * sec, 300, sec);
-    for s in 0..20u64 {
-        small.event(&event(s), s).expect("ring");
-        small.flush(s).expect("ring");
-    }
-    assert!(small.held(20).0 <= 300);
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -1,24 +1,19 @@
 //! Recordings: capture now, analyse later on another machine without root.
 //!
-//! [`format`] defines the file, [`writer`] and [`reader`] write and read it, [`replay`] feeds a
-//! recording through the same [`crate::model::Model`] the leaderboard uses, [`live`] is
-//! `twtrace record`, [`report`] is `twtrace report`.
+//! [`format`] defines the file, [`writer`] and [`reader`] write and read it. A recording holds
+//! the stream's items ([`crate::stream::Item`]); `crate::source::recording` plays one back into
+//! the same pipeline the live tracer feeds, and `crate::sink::recorder` writes one.
 
 pub mod format;
-pub mod live;
 pub mod reader;
-pub mod replay;
-pub mod report;
-pub mod ring;
-pub mod trigger;
 pub mod writer;
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-pub use format::{Filters, Header, KernelTruth, Record, Stats};
+pub use format::{Filters, Header};
 pub use reader::{Problem, Reader};
 pub use writer::{Encoder, Writer};
 

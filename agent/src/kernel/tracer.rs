@@ -1,5 +1,5 @@
-//! The live source: checks, loads and attaches the kernel program, then hands decoded
-//! transitions from the ring buffer to whichever view runs.
+//! The kernel program: checks, loads and attaches it, then hands decoded transitions from the
+//! ring buffer to the live source.
 //!
 //! Start-up is split into checks that explain themselves (privileges, tracefs, tracepoint
 //! layouts), loading (where the verifier may refuse), and attaching.
@@ -15,9 +15,10 @@ use aya::{
 use tokio::io::{Interest, unix::AsyncFd};
 use twtrace_ebpf::{ListenerEntry, globals, maps, programs, stat};
 
+use super::{privilege, procnet, tracefs};
 use crate::{
     event::{self, DecodeError, Transition},
-    privilege, procnet, tracefs,
+    stream::KernelStats,
 };
 
 /// The kernel object built by build.rs. Empty when the build had no bpf-linker.
@@ -41,23 +42,6 @@ pub struct Options {
     pub ports: Vec<u16>,
     /// Show the verifier's log on load errors and the kernel program's debug messages.
     pub verbose: bool,
-}
-
-/// Counters kept by the kernel program, summed over CPUs.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct KernelStats {
-    /// Events handed to the ring buffer.
-    pub events: u64,
-    /// Events dropped because the ring buffer was full.
-    pub lost: u64,
-    /// Sockets not tracked because the socket table was full.
-    pub table_full: u64,
-    /// Events sent without a known owner.
-    pub unattributed: u64,
-    /// Accepted sockets whose listener was unknown.
-    pub listener_miss: u64,
-    /// Events dropped by the in-kernel filters.
-    pub filtered: u64,
 }
 
 /// A notice for the user about something that works less well than it could.

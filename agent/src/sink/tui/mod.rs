@@ -23,7 +23,42 @@ pub use app::{Action, App, Flow, PeerCol, PeerGroup, ProcCol, View};
 pub use input::{action, handle};
 pub use ui::render;
 
-use crate::snapshot::Snapshot;
+use super::{End, Sink};
+use crate::model::snapshot::Snapshot;
+
+/// The sink side of the terminal view: hands each snapshot over a `watch` channel to the view
+/// (a future the pipeline polls beside its loop). Ending the stream drops the sender, which the
+/// view shows as ENDED.
+pub struct TuiSink {
+    tx: Option<watch::Sender<Arc<Snapshot>>>,
+}
+
+impl TuiSink {
+    /// The sink and the view it feeds, titled `title`.
+    pub fn new(title: String) -> (Self, crate::pipeline::View<'static>) {
+        let (tx, rx) = watch::channel(Arc::new(Snapshot::default()));
+        (Self { tx: Some(tx) }, Box::pin(run(rx, title)))
+    }
+}
+
+impl Sink for TuiSink {
+    fn wants_snapshots(&self) -> bool {
+        true
+    }
+
+    fn snapshot(&mut self, snap: &Arc<Snapshot>) -> anyhow::Result<()> {
+        if let Some(tx) = &self.tx {
+            // No receiver means the view has quit already; the pipeline hears it from the view.
+            let _ = tx.send(Arc::clone(snap));
+        }
+        Ok(())
+    }
+
+    fn end(&mut self, _end: &End) -> anyhow::Result<()> {
+        self.tx = None;
+        Ok(())
+    }
+}
 
 /// Runs the leaderboard until the user quits (q, Esc at the top, Ctrl-C).
 ///

@@ -11,10 +11,11 @@ use std::{
 
 use bytes::Bytes;
 
-use super::{
-    Encoder, Header, KernelTruth, Stats, format::encode_header, human_size, writer::create_file,
+use crate::{
+    event::Transition,
+    recording::{Encoder, Header, format::encode_header, human_size, writer::create_file},
+    stream::{KernelTruth, Stats},
 };
-use crate::event::Transition;
 
 /// A capture being written.
 struct Capture {
@@ -227,4 +228,82 @@ pub fn describe(bytes: usize, span_ns: u64) -> String {
         human_size(bytes as u64),
         span_ns / 1_000_000_000
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Cursor;
+
+    use super::*;
+    use crate::{
+        recording::{
+            Reader,
+            tests::{event, header, read_all},
+        },
+        stream::Item,
+    };
+
+    #[test]
+    fn the_ring_keeps_its_span_and_its_byte_bound_and_captures_it_plus_what_follows() {
+        let dir = std::env::temp_dir().join(format!("twtrace-ring-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let sec = 1_000_000_000u64;
+        // 10 s of ring, 2 s after a trigger.
+        let mut ring = Ring::new(&dir, header(), 10 * sec, 1 << 30, 2 * sec);
+        for s in 0..30u64 {
+            let now = s * sec;
+            ring.event(&event(s), now).expect("ring");
+            ring.flush(now).expect("ring");
+        }
+        // Chunks older than 10 s are gone: 0..=18 dropped, 19..=29 kept.
+        let (bytes, span) = ring.held(29 * sec);
+        assert_eq!(span, 10 * sec);
+        assert!(bytes > 0);
+        let path = ring
+            .trigger("test", 29 * sec)
+            .expect("capture")
+            .expect("a new capture");
+        assert!(ring.trigger("again", 29 * sec).expect("ok").is_none());
+        ring.event(&event(30), 30 * sec).expect("ring");
+        ring.flush(30 * sec).expect("ring");
+        assert!(ring.finish_capture(30 * sec, false).expect("ok").is_none());
+        ring.event(&event(31), 31 * sec).expect("ring");
+        let done = ring
+            .finish_capture(31 * sec, false)
+            .expect("ok")
+            .expect("after 2 s");
+        assert_eq!(done.path, path);
+        assert!(ring.capturing().is_none());
+        let bytes = std::fs::read(&path).expect("capture");
+        let (records, problems) = read_all(&bytes).expect("reads");
+        assert!(problems.is_empty(), "{problems:?}");
+        let mut want: Vec<Item> = (19..32).map(|i| Item::Event(event(i))).collect();
+        want.push(Item::End { mono_ns: 31 * sec });
+        assert_eq!(records, want);
+        let r = Reader::new(Cursor::new(&bytes)).expect("header");
+        assert!(
+            r.header()
+                .note
+                .as_deref()
+                .is_some_and(|n| n.contains("test"))
+        );
+
+        // A capture that cannot be created is an error for the caller; the ring goes on.
+        let mut lost = Ring::new(&dir.join("missing"), header(), 10 * sec, 1 << 30, sec);
+        lost.event(&event(1), sec).expect("ring");
+        assert!(lost.trigger("test", sec).is_err());
+        assert!(lost.capturing().is_none());
+        lost.event(&event(2), 2 * sec).expect("ring");
+        lost.flush(2 * sec).expect("ring");
+
+        // The byte bound wins over the span.
+        let mut small = Ring::new(&dir, header(), 1000 * sec, 300, sec);
+        for s in 0..20u64 {
+            small.event(&event(s), s).expect("ring");
+            small.flush(s).expect("ring");
+        }
+        assert!(small.held(20).0 <= 300);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

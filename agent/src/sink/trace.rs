@@ -8,7 +8,12 @@ use std::{
 
 use serde::Serialize;
 
-use crate::{clock::WallClock, event::Transition};
+use super::{End, Sink};
+use crate::{
+    clock::WallClock,
+    event::Transition,
+    stream::{Stats, Tally},
+};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Format {
@@ -141,6 +146,53 @@ impl<W: Write> Printer<W> {
             self.out,
             "{time:<15} {pid:>7} {comm:<15} {peers:<45} {states:<25} {by}"
         )
+    }
+}
+
+/// The trace view as a sink: every selected event printed, flushed per batch.
+pub struct TraceSink<W: Write> {
+    printer: Printer<W>,
+    /// Announce losses as they happen (live), not only in the summary.
+    announce_losses: bool,
+    lost_shown: u64,
+}
+
+impl<W: Write> TraceSink<W> {
+    pub fn new(printer: Printer<W>, announce_losses: bool) -> Self {
+        Self {
+            printer,
+            announce_losses,
+            lost_shown: 0,
+        }
+    }
+}
+
+impl<W: Write> Sink for TraceSink<W> {
+    fn event(&mut self, t: &Transition) -> anyhow::Result<()> {
+        self.printer.print(t);
+        Ok(())
+    }
+
+    fn stats(&mut self, _s: &Stats, tally: &Tally) -> anyhow::Result<()> {
+        let lost = tally.kernel.lost;
+        if self.announce_losses && lost > self.lost_shown {
+            self.lost_shown = lost;
+            // stderr may be closed; the summary says it again.
+            let _ = writeln!(
+                io::stderr(),
+                "twtrace: {lost} events lost so far (ring buffer full: the output cannot keep up; \
+                 narrow with --pid/--port or write to a file)"
+            );
+        }
+        Ok(())
+    }
+
+    fn batch_done(&mut self) -> anyhow::Result<()> {
+        Ok(self.printer.flush()?)
+    }
+
+    fn end(&mut self, _end: &End) -> anyhow::Result<()> {
+        Ok(self.printer.flush()?)
     }
 }
 

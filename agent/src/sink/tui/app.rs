@@ -13,7 +13,7 @@ use std::net::IpAddr;
 use std::ops::Range;
 use std::sync::Arc;
 
-use crate::snapshot::{PeerRow, ProcessRow, Snapshot};
+use crate::model::snapshot::{PeerRow, ProcessRow, Snapshot};
 
 /// The `raddr` of the peer row that sums a process's peers beyond the model's cap.
 pub const OTHER_PEERS: &str = "other";

@@ -1,135 +1,115 @@
-//! `twtrace report FILE`: replays a recording and summarises it. Needs no privileges.
+//! `twtrace report FILE`: a recording summarised: host facts, the final leaderboard, top peers
+//! and a per-second TIME_WAIT timeline. A sink like any other, fed by the recording's replay.
 
 use std::{
     collections::BTreeMap,
     io::{self, Write},
-    path::Path,
-    time::UNIX_EPOCH,
+    path::{Path, PathBuf},
+    sync::Arc,
 };
 
-use anyhow::{Context as _, bail};
+use serde::Serialize;
 use serde_json::{Value, json};
 
-use super::{
-    Header, Reader, Record,
-    replay::{Replay, Selection, TimelinePoint},
-};
-use crate::{
-    cli::ReportArgs,
-    run::{is_broken_pipe, summary},
-    snapshot::Snapshot,
-    trace::{Format, Printer},
-};
+use super::{End, Sink};
+use crate::{model::snapshot::Snapshot, recording::Header, stream::Tally};
 
-pub fn report(args: ReportArgs) -> anyhow::Result<()> {
-    match report_inner(&args) {
-        Err(e) if is_broken_pipe(&e) => Ok(()),
-        other => other,
+/// One second of the timeline.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct TimelinePoint {
+    pub time: String,
+    pub timewait_per_s: f64,
+    pub timewait_now: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timewait_kernel: Option<u64>,
+}
+
+/// How the report is written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Style {
+    Text { top: usize },
+    Json,
+}
+
+/// Collects the timeline from every snapshot, and writes the report at the end.
+pub struct Report<W: Write> {
+    out: W,
+    style: Style,
+    path: PathBuf,
+    header: Header,
+    /// Damage the reader found, named in the report.
+    problems: Vec<String>,
+    pub timeline: Vec<TimelinePoint>,
+}
+
+impl<W: Write> Report<W> {
+    pub fn new(out: W, style: Style, path: &Path, header: Header) -> Self {
+        Self {
+            out,
+            style,
+            path: path.to_owned(),
+            header,
+            problems: Vec::new(),
+            timeline: Vec::new(),
+        }
     }
 }
 
-fn report_inner(args: &ReportArgs) -> anyhow::Result<()> {
-    let mut reader = Reader::open(&args.file)?;
-    let header = reader.header().clone();
-    let sel = Selection {
-        pids: args.pid.clone(),
-        ports: args.port.clone(),
-        since_ns: args
-            .since
+impl<W: Write> Sink for Report<W> {
+    fn wants_snapshots(&self) -> bool {
+        true
+    }
+
+    fn snapshot(&mut self, snap: &Arc<Snapshot>) -> anyhow::Result<()> {
+        self.timeline.push(TimelinePoint {
+            time: snap.time.clone(),
+            timewait_per_s: snap.totals.timewait_per_s,
+            timewait_now: snap.totals.timewait_now,
+            timewait_kernel: snap.totals.timewait_kernel,
+        });
+        Ok(())
+    }
+
+    fn end(&mut self, end: &End) -> anyhow::Result<()> {
+        self.problems.clone_from(&end.problems);
+        let snap = end
+            .snapshot
             .as_deref()
-            .map(|s| parse_time(s, &header))
-            .transpose()
-            .context("--since")?,
-        until_ns: args
-            .until
-            .as_deref()
-            .map(|s| parse_time(s, &header))
-            .transpose()
-            .context("--until")?,
-    };
-    let stdout = io::stdout();
-    let mut out = io::BufWriter::with_capacity(64 * 1024, stdout.lock());
-    if args.export.is_some() {
-        let mut printer = Printer::new(&mut out, Format::Json, header.clock());
-        let n = for_each(&mut reader, &args.file, |r| {
-            if let Record::Event(t) = r {
-                match sel.when(t.mono_ns) {
-                    super::replay::Window::In if sel.event(t) => printer.print(t),
-                    super::replay::Window::After => return false,
-                    _ => {}
-                }
+            .cloned()
+            .unwrap_or_else(|| Snapshot {
+                time: self.header.start_time.clone(),
+                ..Snapshot::default()
+            });
+        let run = Run {
+            tally: &end.tally,
+            first_ns: end.first_ns,
+            last_ns: end.last_ns,
+            timeline: &self.timeline,
+        };
+        match self.style {
+            Style::Json => {
+                let v = json_report(&self.header, &run, &snap, &self.problems);
+                serde_json::to_writer(&mut self.out, &v)?;
+                writeln!(self.out)?;
             }
-            true
-        })?;
-        printer.flush()?;
-        log::debug!("{n} records read");
-        return Ok(());
-    }
-    let mut replay = Replay::new(header.clone(), sel);
-    for_each(&mut reader, &args.file, |r| replay.feed(r))?;
-    let snap = replay.finish().unwrap_or_else(|| Snapshot {
-        time: header.start_time.clone(),
-        ..Snapshot::default()
-    });
-    let problems: Vec<String> = reader.problems().iter().map(ToString::to_string).collect();
-    if args.json {
-        let v = json_report(&header, &replay, &snap, &problems);
-        serde_json::to_writer(&mut out, &v)?;
-        writeln!(out)?;
-    } else {
-        text_report(&mut out, &args.file, &header, &replay, &snap, args.top)?;
-    }
-    out.flush()?;
-    Ok(())
-}
-
-/// Reads every record, warning about damage as it is found. Fails when nothing could be read
-/// because of damage (a recording with no records and no damage is merely empty).
-fn for_each(
-    reader: &mut Reader<impl io::Read>,
-    path: &Path,
-    mut f: impl FnMut(&Record) -> bool,
-) -> anyhow::Result<u64> {
-    let mut more = true;
-    while more {
-        let next = reader
-            .next_record()
-            .with_context(|| format!("reading {}", path.display()))?;
-        for p in reader.take_problems() {
-            eprintln!("twtrace: warning: {}: {p}", path.display());
+            Style::Text { top } => {
+                text_report(&mut self.out, &self.path, &self.header, &run, &snap, top)?;
+            }
         }
-        match next {
-            Some(r) => more = f(&r),
-            None => break,
-        }
+        self.out.flush()?;
+        Ok(())
     }
-    if reader.records_read() == 0
-        && let Some(p) = reader.problems().first()
-    {
-        bail!("{}: nothing could be read: {p}", path.display());
-    }
-    Ok(reader.records_read())
 }
 
-/// An RFC 3339 time, or a duration from the recording's start: monotonic ns.
-pub fn parse_time(s: &str, header: &Header) -> anyhow::Result<u64> {
-    if let Ok(d) = humantime::parse_duration(s) {
-        return Ok(header
-            .start_mono_ns
-            .saturating_add(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)));
-    }
-    let t = humantime::parse_rfc3339_weak(s).map_err(|_| {
-        anyhow::anyhow!("`{s}` is neither an RFC 3339 time nor a duration such as 30s")
-    })?;
-    let wall = t
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i128)
-        .unwrap_or(0);
-    let mono = wall - i128::from(header.mono_to_wall_ns);
-    Ok(u64::try_from(mono.max(0)).unwrap_or(u64::MAX))
+/// What the report says about the replayed stretch.
+struct Run<'a> {
+    tally: &'a Tally,
+    first_ns: Option<u64>,
+    last_ns: Option<u64>,
+    timeline: &'a [TimelinePoint],
 }
 
-fn span(header: &Header, replay: &Replay) -> (String, String, f64) {
+fn span(header: &Header, replay: &Run<'_>) -> (String, String, f64) {
     let fmt = |ns: u64| humantime::format_rfc3339_seconds(header.wall_time(ns)).to_string();
     match (replay.first_ns, replay.last_ns) {
         (Some(a), Some(b)) => (fmt(a), fmt(b), b.saturating_sub(a) as f64 / 1e9),
@@ -137,7 +117,7 @@ fn span(header: &Header, replay: &Replay) -> (String, String, f64) {
     }
 }
 
-fn json_report(header: &Header, replay: &Replay, snap: &Snapshot, problems: &[String]) -> Value {
+fn json_report(header: &Header, replay: &Run<'_>, snap: &Snapshot, problems: &[String]) -> Value {
     let mut v = serde_json::to_value(snap).unwrap_or_else(|_| json!({}));
     let (start, end, secs) = span(header, replay);
     let sysctls: BTreeMap<&str, &str> = header
@@ -148,7 +128,7 @@ fn json_report(header: &Header, replay: &Replay, snap: &Snapshot, problems: &[St
     if let Some(obj) = v.as_object_mut() {
         obj.insert(
             "timeline".into(),
-            serde_json::to_value(&replay.timeline).unwrap_or_default(),
+            serde_json::to_value(replay.timeline).unwrap_or_default(),
         );
         obj.insert(
             "host".into(),
@@ -187,7 +167,7 @@ fn text_report(
     out: &mut impl Write,
     path: &Path,
     header: &Header,
-    replay: &Replay,
+    replay: &Run<'_>,
     snap: &Snapshot,
     top: usize,
 ) -> io::Result<()> {
@@ -209,7 +189,7 @@ fn text_report(
     writeln!(
         out,
         "  {}",
-        summary(&replay.tally, &replay.stats, 0).trim_start_matches("twtrace: ")
+        replay.tally.summary().trim_start_matches("twtrace: ")
     )?;
     let t = &snap.totals;
     writeln!(
@@ -325,7 +305,7 @@ fn text_report(
 
     writeln!(out)?;
     writeln!(out, "TIME_WAIT entered per second")?;
-    timeline_chart(out, &replay.timeline)
+    timeline_chart(out, replay.timeline)
 }
 
 /// One bar per second (or per group of seconds, at most 60 rows), scaled to the peak.

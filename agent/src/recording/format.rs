@@ -21,10 +21,10 @@ use serde::{Deserialize, Serialize};
 use twtrace_ebpf::COMM_LEN;
 
 use crate::{
-    event::{Attribution, Comm, Family, Reset, Transition},
+    event::{Attribution, Comm, Family, Transition},
     model::KernelSocket,
-    state::TcpState,
-    tracer::KernelStats,
+    state::{Reset, TcpState},
+    stream::{Item, KernelStats, KernelTruth, Stats},
 };
 
 pub const FILE_MAGIC: &[u8; 8] = b"TWTRACE\0";
@@ -80,46 +80,6 @@ pub struct Filters {
 
 pub const FORMAT_NAME: &str = "twtrace-recording";
 
-/// What the leaderboard's reconciliation used: the kernel's socket table, the owners found for
-/// its unowned sockets (inode -> pid, comm), and sockstat's `tw`.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct KernelTruth {
-    pub dump_ns: u64,
-    pub sockets: Vec<KernelSocket>,
-    pub owners: Vec<(u64, u32, Comm)>,
-    pub timewait_kernel: Option<u64>,
-}
-
-/// The tracer's counters at one moment (written once a second).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Stats {
-    pub mono_ns: u64,
-    pub kernel: KernelStats,
-    pub timewait_kernel: Option<u64>,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Record {
-    Event(Transition),
-    Kernel(KernelTruth),
-    Stats(Stats),
-    /// Written when recording stops cleanly: a recording without it was cut short.
-    End {
-        mono_ns: u64,
-    },
-}
-
-impl Record {
-    pub fn mono_ns(&self) -> u64 {
-        match self {
-            Self::Event(t) => t.mono_ns,
-            Self::Kernel(k) => k.dump_ns,
-            Self::Stats(s) => s.mono_ns,
-            Self::End { mono_ns } => *mono_ns,
-        }
-    }
-}
-
 /// Why a record's bytes could not be decoded (inside a chunk whose checksum was right: a bug or
 /// a writer of another version).
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
@@ -154,12 +114,12 @@ pub fn encode_header(header: &Header) -> Vec<u8> {
 }
 
 /// Appends one record, tag and length first. Allocates nothing when `out` has room.
-pub fn encode(out: &mut BytesMut, record: &Record) {
+pub fn encode(out: &mut BytesMut, record: &Item) {
     match record {
-        Record::Event(t) => encode_event(out, t),
-        Record::Kernel(k) => encode_kernel(out, k),
-        Record::Stats(s) => encode_stats(out, s),
-        Record::End { mono_ns } => encode_end(out, *mono_ns),
+        Item::Event(t) => encode_event(out, t),
+        Item::Kernel(k) => encode_kernel(out, k),
+        Item::Stats(s) => encode_stats(out, s),
+        Item::End { mono_ns } => encode_end(out, *mono_ns),
     }
 }
 
@@ -349,7 +309,7 @@ pub fn state_code(s: TcpState) -> u8 {
 
 /// Decodes the records of one chunk payload, appending them to `out`. Unknown tags are skipped.
 /// On an error, the records before it are kept.
-pub fn decode_records(mut payload: &[u8], out: &mut Vec<Record>) -> Result<(), RecordError> {
+pub fn decode_items(mut payload: &[u8], out: &mut Vec<Item>) -> Result<(), RecordError> {
     while payload.has_remaining() {
         if payload.remaining() < 5 {
             return Err(RecordError::Short);
@@ -362,10 +322,10 @@ pub fn decode_records(mut payload: &[u8], out: &mut Vec<Record>) -> Result<(), R
         let mut body = &payload[..len];
         payload.advance(len);
         let record = match tag {
-            TAG_EVENT => Record::Event(decode_event(&mut body)?),
-            TAG_KERNEL => Record::Kernel(decode_kernel(&mut body)?),
-            TAG_STATS => Record::Stats(decode_stats(&mut body)?),
-            TAG_END => Record::End {
+            TAG_EVENT => Item::Event(decode_event(&mut body)?),
+            TAG_KERNEL => Item::Kernel(decode_kernel(&mut body)?),
+            TAG_STATS => Item::Stats(decode_stats(&mut body)?),
+            TAG_END => Item::End {
                 mono_ns: get_u64(&mut body)?,
             },
             _ => continue,

@@ -10,7 +10,7 @@ use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 use ratatui::style::Color;
 
 use super::*;
-use crate::snapshot::{BEFORE_START, PeerRow, ProcessRow, Snapshot, Totals};
+use crate::model::snapshot::{BEFORE_START, PeerRow, ProcessRow, Snapshot, Totals};
 
 // ---- builders ----------------------------------------------------------------------------
 
@@ -87,7 +87,7 @@ pub(super) fn demo_snapshot() -> Snapshot {
                 close_wait_now: 212,
                 ..peer("10.0.3.17", 5432, 350, 2, 212, 3)
             },
-            peer(crate::tui::app::OTHER_PEERS, 0, 0, 0, 5, 40),
+            peer(crate::sink::tui::app::OTHER_PEERS, 0, 0, 0, 5, 40),
         ],
     );
     let before = process(
@@ -658,7 +658,7 @@ fn drill_down_and_back() {
     assert_eq!(app.drill_sort(), (PeerCol::TwTotal, false));
     let p = &app.snapshot().processes[app.drill_process().expect("drilled")];
     let last = *app.drill_rows().last().expect("rows");
-    assert_eq!(p.peers[last].raddr, crate::tui::app::OTHER_PEERS);
+    assert_eq!(p.peers[last].raddr, crate::sink::tui::app::OTHER_PEERS);
     // Esc goes back, not out; the list keeps its selection.
     assert_eq!(handle(&mut app, key(KeyCode::Esc)), Flow::Continue);
     assert_eq!(app.view(), View::Processes);

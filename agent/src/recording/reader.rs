@@ -13,8 +13,9 @@ use anyhow::{Context as _, bail};
 
 use super::format::{
     CHUNK_HEADER_LEN, CHUNK_MAGIC, FILE_MAGIC, FORMAT_NAME, Header, MAX_CHUNK, MAX_HEADER,
-    PREAMBLE_LEN, Record, VERSION, chunk_crc, decode_records,
+    PREAMBLE_LEN, VERSION, chunk_crc, decode_items,
 };
+use crate::stream::Item;
 
 /// Something the reader survived, for the user.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -57,7 +58,7 @@ pub struct Reader<R> {
     eof: bool,
     header: Header,
     /// Records of the current chunk, handed out from the back.
-    pending: Vec<Record>,
+    pending: Vec<Item>,
     /// Inside a damaged stretch already warned about: further bad bytes are part of it.
     in_damage: bool,
     done: bool,
@@ -316,7 +317,7 @@ impl<R: Read> Reader<R> {
                 continue;
             }
             let mut records = Vec::with_capacity((count as usize).min(len / 5 + 1));
-            let decoded = decode_records(payload, &mut records);
+            let decoded = decode_items(payload, &mut records);
             self.consume(CHUNK_HEADER_LEN + len);
             self.in_damage = false;
             if let Err(e) = decoded {
@@ -342,11 +343,11 @@ impl<R: Read> Reader<R> {
     }
 
     /// The next record; `Ok(None)` at the end. An error only for a failing read (I/O).
-    pub fn next_record(&mut self) -> io::Result<Option<Record>> {
+    pub fn next_record(&mut self) -> io::Result<Option<Item>> {
         loop {
             if let Some(r) = self.pending.pop() {
                 self.records += 1;
-                self.ended = matches!(r, Record::End { .. });
+                self.ended = matches!(r, Item::End { .. });
                 return Ok(Some(r));
             }
             if self.done {
@@ -369,7 +370,7 @@ impl<R: Read> Reader<R> {
 }
 
 impl<R: Read> Iterator for Reader<R> {
-    type Item = io::Result<Record>;
+    type Item = io::Result<Item>;
 
     fn next(&mut self) -> Option<Self::Item> {
         self.next_record().transpose()

@@ -16,7 +16,7 @@ use ratatui::widgets::{Block, Borders, Cell, Clear, Paragraph, Row, Sparkline, T
 
 use super::app::{App, PeerCol, PeerGroup, ProcCol, View, write_peer_label};
 use super::input::HELP;
-use crate::snapshot::{BEFORE_START, PeerRow, ProcessRow, Snapshot};
+use crate::model::snapshot::{BEFORE_START, PeerRow, ProcessRow, Snapshot};
 
 /// Spaces between header items.
 const GAP: u16 = 2;

@@ -1,0 +1,9 @@
+//! Everything that needs privileges: the kernel program and its loading ([`tracer`]), tracefs,
+//! the capability check, the kernel's socket table ([`sockdiag`]) and other processes' /proc
+//! entries ([`procnet`]). Nothing outside this folder and `crate::source::live` touches them.
+
+pub mod privilege;
+pub mod procnet;
+pub mod sockdiag;
+pub mod tracefs;
+pub mod tracer;

@@ -1,0 +1,829 @@
+//! The one loop every command runs: items from one [`Source`] go through the model to every
+//! [`Sink`]. Snapshots are taken at the stream's stats items, by stream time, so a replay shows
+//! exactly the seconds a report of the same recording lists, and the live view the same seconds
+//! a recording of it replays.
+
+use std::{
+    collections::HashMap,
+    future::Future,
+    io::{self, Write as _},
+    pin::Pin,
+    sync::Arc,
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use tokio::signal::unix::{Signal, SignalKind, signal};
+
+use crate::{
+    clock::WallClock,
+    event::{Attribution, Comm, Transition},
+    model::{Limits, Model, Outside, snapshot::Snapshot},
+    sink::{End, Sink},
+    source::{Processes, Source},
+    stream::{Flow, Item, KernelStats, KernelTruth, Stats, Tally},
+};
+
+/// Which sockets the user asked about. Applied to every item, live (where the kernel filtered
+/// already) and replayed alike.
+#[derive(Clone, Debug, Default)]
+pub struct Selection {
+    pub pids: Vec<u32>,
+    pub ports: Vec<u16>,
+}
+
+impl Selection {
+    pub fn event(&self, t: &Transition) -> bool {
+        self.pid(t.pid)
+            && (self.ports.is_empty()
+                || self.ports.contains(&t.local.port())
+                || self.ports.contains(&t.remote.port()))
+    }
+
+    /// Whether sockets of `pid` belong in the view; pid 0 stands for the unowned ones, which
+    /// belong only when no pid was asked for.
+    pub fn pid(&self, pid: u32) -> bool {
+        self.pids.is_empty() || self.pids.contains(&pid)
+    }
+
+    /// Both selections at once (a recording made with `--pid`, replayed with another).
+    pub fn and(&self, other: &Self) -> Self {
+        let both = |a: &[u32], b: &[u32]| -> Vec<u32> {
+            match (a.is_empty(), b.is_empty()) {
+                (true, _) => b.to_vec(),
+                (_, true) => a.to_vec(),
+                _ => a.iter().copied().filter(|p| b.contains(p)).collect(),
+            }
+        };
+        Self {
+            pids: both(&self.pids, &other.pids),
+            // A recording made with --port holds only those ports' sockets already.
+            ports: if self.ports.is_empty() {
+                other.ports.clone()
+            } else {
+                self.ports.clone()
+            },
+        }
+    }
+}
+
+/// When snapshots are taken.
+#[derive(Clone, Copy, Debug)]
+pub struct Cadence {
+    /// Stream time between snapshots.
+    pub interval: Duration,
+    /// Stop after this many.
+    pub count: Option<u64>,
+}
+
+impl Default for Cadence {
+    fn default() -> Self {
+        Self {
+            interval: Duration::from_secs(1),
+            count: None,
+        }
+    }
+}
+
+/// Why the loop stopped.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Stopped {
+    /// SIGINT, SIGTERM or SIGHUP.
+    Signal,
+    /// The source ended: a recording's end, or `--duration`.
+    SourceEnded,
+    /// The user quit the terminal view.
+    ViewQuit,
+    /// `--count` snapshots were shown.
+    Count,
+    /// A sink's limit (`--max-size`), with its words.
+    Sink(String),
+    /// An error (returned beside the tally).
+    Error,
+}
+
+/// The synchronous heart of the pipeline: no I/O of its own, so tests feed it items directly.
+pub struct Core<'a> {
+    sinks: Vec<Box<dyn Sink + 'a>>,
+    processes: Box<dyn Processes + 'a>,
+    selection: Selection,
+    cadence: Cadence,
+    clock: WallClock,
+    start_ns: u64,
+    wants_model: bool,
+    model: Option<Model>,
+    tally: Tally,
+    /// The kernel program's counters at the first stats item: losses count from there.
+    base: Option<KernelStats>,
+    timewait_kernel: Option<u64>,
+    first_ns: Option<u64>,
+    last_ns: Option<u64>,
+    last_snapshot_ns: Option<u64>,
+    /// Items since the last snapshot.
+    since_snapshot: u64,
+    snapshots: u64,
+    last: Option<Arc<Snapshot>>,
+    stopped: Option<Stopped>,
+    error: Option<anyhow::Error>,
+    ended: bool,
+    problems: Vec<String>,
+}
+
+impl<'a> Core<'a> {
+    pub fn new(
+        sinks: Vec<Box<dyn Sink + 'a>>,
+        processes: Box<dyn Processes + 'a>,
+        selection: Selection,
+        cadence: Cadence,
+        clock: WallClock,
+        start_ns: u64,
+    ) -> Self {
+        let wants_model = sinks.iter().any(|s| s.wants_snapshots());
+        Self {
+            sinks,
+            processes,
+            selection,
+            cadence,
+            clock,
+            start_ns,
+            wants_model,
+            model: None,
+            tally: Tally::default(),
+            base: None,
+            timewait_kernel: None,
+            first_ns: None,
+            last_ns: None,
+            last_snapshot_ns: None,
+            since_snapshot: 0,
+            snapshots: 0,
+            last: None,
+            stopped: None,
+            error: None,
+            ended: false,
+            problems: Vec::new(),
+        }
+    }
+
+    /// The run's tally so far.
+    pub fn tally(&self) -> &Tally {
+        &self.tally
+    }
+
+    /// Why the stream should stop, once it should.
+    pub fn stopped(&self) -> Option<&Stopped> {
+        self.stopped.as_ref()
+    }
+
+    /// Takes one item. Returns `Flow::Stop` once the pipeline wants no more.
+    pub fn item(&mut self, item: Item) -> Flow {
+        if self.ended {
+            return Flow::Stop;
+        }
+        let ns = item.mono_ns();
+        self.first_ns.get_or_insert(ns);
+        self.last_ns = Some(self.last_ns.map_or(ns, |l| l.max(ns)));
+        if self.wants_model && self.model.is_none() {
+            self.model = Some(Model::new(self.start_ns.min(ns), Limits::default()));
+        }
+        let result = match item {
+            Item::Event(t) => self.event(&t),
+            Item::Kernel(k) => self.kernel(k),
+            Item::Stats(s) => self.stats(&s),
+            Item::End { mono_ns } => self.end(mono_ns),
+        };
+        if let Err(e) = result {
+            self.fail(e);
+        }
+        if self.stopped.is_some() {
+            Flow::Stop
+        } else {
+            Flow::Continue
+        }
+    }
+
+    fn event(&mut self, t: &Transition) -> anyhow::Result<()> {
+        if !self.selection.event(t) {
+            return Ok(());
+        }
+        self.tally.received += 1;
+        if t.attribution == Attribution::Unknown {
+            self.tally.unattributed += 1;
+        }
+        if let Some(model) = self.model.as_mut() {
+            model.apply(t);
+        }
+        self.since_snapshot += 1;
+        for sink in &mut self.sinks {
+            sink.event(t)?;
+        }
+        Ok(())
+    }
+
+    fn kernel(&mut self, mut k: KernelTruth) -> anyhow::Result<()> {
+        if !self.selection.ports.is_empty() {
+            let ports = &self.selection.ports;
+            k.sockets
+                .retain(|s| ports.contains(&s.local.port()) || ports.contains(&s.remote.port()));
+        }
+        if let Some(model) = self.model.as_mut() {
+            // The model asks only about sockets it has no owner for; what it is told is kept
+            // with the dump, so a replay of it gets the same answers.
+            let processes = &mut self.processes;
+            let mut found: Vec<(u64, u32, Comm)> = Vec::new();
+            let selection = &self.selection;
+            let truth = &k;
+            let mut owners = |inodes: &[u64]| -> HashMap<u64, (u32, Comm)> {
+                let answer = processes.owners(truth, inodes);
+                found.extend(
+                    answer
+                        .iter()
+                        .map(|(&inode, &(pid, comm))| (inode, pid, comm)),
+                );
+                answer
+            };
+            model.reconcile(&k.sockets, k.dump_ns, &mut owners, &|pid| {
+                selection.pid(pid)
+            });
+            found.sort_unstable_by_key(|&(inode, _, _)| inode);
+            k.owners = found;
+        }
+        if k.timewait_kernel.is_some() {
+            self.timewait_kernel = k.timewait_kernel;
+        }
+        self.since_snapshot += 1;
+        for sink in &mut self.sinks {
+            sink.kernel(&k)?;
+        }
+        Ok(())
+    }
+
+    fn stats(&mut self, s: &Stats) -> anyhow::Result<()> {
+        let base = *self.base.get_or_insert(s.kernel);
+        self.tally.kernel = s.kernel.since(&base);
+        if s.timewait_kernel.is_some() {
+            self.timewait_kernel = s.timewait_kernel;
+        }
+        for sink in &mut self.sinks {
+            sink.stats(s, &self.tally)?;
+        }
+        // Stats items come about once a second, give or take the source's scheduling: a tenth
+        // of the interval's tolerance keeps a late one from skipping a snapshot.
+        let interval = u64::try_from(self.cadence.interval.as_nanos()).unwrap_or(u64::MAX);
+        let last = self.last_snapshot_ns.unwrap_or(self.start_ns);
+        if s.mono_ns.saturating_add(interval / 10) >= last.saturating_add(interval) {
+            self.snapshot(s.mono_ns)?;
+        }
+        Ok(())
+    }
+
+    fn end(&mut self, mono_ns: u64) -> anyhow::Result<()> {
+        // What came after the last snapshot is shown once more: the end is a snapshot too.
+        if self.model.is_some() && (self.last.is_none() || self.since_snapshot > 0) {
+            self.snapshot(self.last_ns.unwrap_or(mono_ns))?;
+        }
+        self.finish(mono_ns)
+    }
+
+    fn snapshot(&mut self, now_ns: u64) -> anyhow::Result<()> {
+        if self.cadence.count.is_some_and(|c| self.snapshots >= c) {
+            return Ok(());
+        }
+        let Some(model) = self.model.as_mut() else {
+            return Ok(());
+        };
+        let outside = Outside {
+            lost_events: self.tally.kernel.lost,
+            timewait_kernel: self.timewait_kernel,
+        };
+        let time = humantime::format_rfc3339_seconds(self.clock.to_system_time(now_ns)).to_string();
+        let processes = &self.processes;
+        let snap = Arc::new(model.snapshot(now_ns, time, outside, &|pid| processes.exists(pid)));
+        self.last_snapshot_ns = Some(now_ns);
+        self.since_snapshot = 0;
+        self.snapshots += 1;
+        self.last = Some(Arc::clone(&snap));
+        for sink in &mut self.sinks {
+            sink.snapshot(&snap)?;
+        }
+        if self.cadence.count.is_some_and(|c| self.snapshots >= c) {
+            self.stop(Stopped::Count);
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self, mono_ns: u64) -> anyhow::Result<()> {
+        if self.ended {
+            return Ok(());
+        }
+        self.ended = true;
+        let end = End {
+            mono_ns,
+            first_ns: self.first_ns,
+            last_ns: self.last_ns,
+            tally: self.tally,
+            snapshot: self.last.clone(),
+            problems: self.problems.clone(),
+        };
+        let mut first_error = None;
+        for sink in &mut self.sinks {
+            // Every sink gets its end, whatever another one said.
+            if let Err(e) = sink.end(&end)
+                && first_error.is_none()
+            {
+                first_error = Some(e);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// Asks the loop to stop (the first reason wins).
+    pub fn stop(&mut self, why: Stopped) {
+        self.stopped.get_or_insert(why);
+    }
+
+    fn fail(&mut self, e: anyhow::Error) {
+        if self.error.is_none() {
+            self.error = Some(e);
+        }
+        self.stop(Stopped::Error);
+    }
+
+    /// After a batch: sinks flush, and say whether they reached a limit.
+    pub fn batch_done(&mut self) {
+        let mut result = Ok(());
+        for sink in &mut self.sinks {
+            if let Err(e) = sink.batch_done() {
+                result = Err(e);
+                break;
+            }
+            if let Some(why) = sink.stop_reason() {
+                self.stopped.get_or_insert(Stopped::Sink(why));
+            }
+        }
+        if let Err(e) = result {
+            self.fail(e);
+        }
+    }
+
+    pub fn user_signal(&mut self, now_ns: u64) {
+        let mut result = Ok(());
+        for sink in &mut self.sinks {
+            if let Err(e) = sink.user_signal(now_ns) {
+                result = Err(e);
+                break;
+            }
+        }
+        if let Err(e) = result {
+            self.fail(e);
+        }
+    }
+
+    /// Closes the run: the sinks' end (if the stream did not end already), then the tally, why
+    /// it stopped and the first error.
+    pub fn close(mut self, undecodable: u64, problems: Vec<String>) -> Outcome {
+        self.problems = problems;
+        if !self.ended {
+            let at = self.last_ns.unwrap_or(self.start_ns);
+            if let Err(e) = self.finish(at) {
+                self.fail(e);
+            }
+        }
+        self.tally.undecodable = undecodable;
+        Outcome {
+            tally: self.tally,
+            stopped: self.stopped.unwrap_or(Stopped::SourceEnded),
+            error: self.error,
+        }
+    }
+}
+
+/// What a finished run reports.
+#[derive(Debug)]
+pub struct Outcome {
+    pub tally: Tally,
+    pub stopped: Stopped,
+    pub error: Option<anyhow::Error>,
+}
+
+/// A full-screen view that runs beside the loop and ends it when the user quits.
+pub type View<'v> = Pin<Box<dyn Future<Output = anyhow::Result<()>> + 'v>>;
+
+/// The signals every command stops on, installed once.
+pub struct Signals {
+    stop: StopSignals,
+    usr1: Option<Signal>,
+}
+
+struct StopSignals {
+    int: Signal,
+    term: Signal,
+    hup: Signal,
+}
+
+impl StopSignals {
+    async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.int.recv() => {}
+            _ = self.term.recv() => {}
+            _ = self.hup.recv() => {}
+        }
+    }
+}
+
+impl Signals {
+    /// SIGINT, SIGTERM and SIGHUP (a closed terminal or dropped ssh session, common during
+    /// incidents) stop cleanly; SIGUSR1 is caught only when a sink uses it, so elsewhere it
+    /// keeps its default meaning.
+    pub fn install(user_signal: bool) -> anyhow::Result<Self> {
+        let get = |kind: SignalKind, name: &str| {
+            signal(kind).with_context(|| format!("installing the {name} handler"))
+        };
+        Ok(Self {
+            stop: StopSignals {
+                int: get(SignalKind::interrupt(), "SIGINT")?,
+                term: get(SignalKind::terminate(), "SIGTERM")?,
+                hup: get(SignalKind::hangup(), "SIGHUP")?,
+            },
+            usr1: if user_signal {
+                Some(get(SignalKind::user_defined1(), "SIGUSR1")?)
+            } else {
+                None
+            },
+        })
+    }
+}
+
+async fn user_signal(usr1: &mut Option<Signal>) {
+    match usr1.as_mut() {
+        Some(s) => {
+            s.recv().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// Runs `source` through `core` until the source ends, a signal, the view's quit, `--count`,
+/// a sink's limit or an error; then ends the stream (the kernel's queued events, the final
+/// counters and the end mark still reach the sinks) and closes the run.
+pub async fn run<S: Source>(
+    source: &mut S,
+    mut core: Core<'_>,
+    signals: &mut Signals,
+    view: Option<View<'_>>,
+) -> Outcome {
+    let has_view = view.is_some();
+    let mut view = view.unwrap_or_else(|| Box::pin(std::future::pending()));
+    // Warnings would garble a full-screen view: they wait for its end there.
+    let mut deferred: Vec<String> = Vec::new();
+    enum Woke {
+        Batch(anyhow::Result<bool>),
+        View(anyhow::Result<()>),
+        Signal,
+        User,
+    }
+    let mut view_done = false;
+    loop {
+        let woke = {
+            let mut feed = |item| core.item(item);
+            tokio::select! {
+                r = source.pump(&mut feed) => Woke::Batch(r),
+                r = view.as_mut() => Woke::View(r),
+                () = signals.stop.recv() => Woke::Signal,
+                () = user_signal(&mut signals.usr1) => Woke::User,
+            }
+        };
+        match woke {
+            Woke::Batch(Ok(true)) => {}
+            Woke::Batch(Ok(false)) => core.stop(Stopped::SourceEnded),
+            Woke::Batch(Err(e)) => core.fail(e),
+            Woke::View(r) => {
+                view_done = true;
+                match r {
+                    Ok(()) => core.stop(Stopped::ViewQuit),
+                    Err(e) => core.fail(e),
+                }
+            }
+            Woke::Signal => core.stop(Stopped::Signal),
+            Woke::User => {
+                // What the kernel already sent belongs in the capture.
+                source.drain(&mut |item| core.item(item));
+                core.user_signal(crate::clock::monotonic_ns());
+            }
+        }
+        core.batch_done();
+        warn(source.take_warnings(), has_view, &mut deferred);
+        if core.stopped().is_some() {
+            break;
+        }
+    }
+    // At the end of a recording the view keeps its last picture (marked ended) until the user
+    // quits; otherwise it goes now, giving the terminal back before the last words are printed.
+    let keep_view = has_view && !view_done && core.stopped() == Some(&Stopped::SourceEnded);
+    if !keep_view {
+        view = Box::pin(std::future::pending());
+    }
+    source.stop(&mut |item| core.item(item));
+    core.batch_done();
+    warn(source.take_warnings(), keep_view, &mut deferred);
+    let mut outcome = core.close(source.undecodable(), source.problems());
+    if keep_view && outcome.error.is_none() {
+        let r = tokio::select! {
+            r = view.as_mut() => r,
+            () = signals.stop.recv() => Ok(()),
+        };
+        if let Err(e) = r {
+            outcome.error = Some(e);
+        }
+    }
+    drop(view);
+    warn(deferred, false, &mut Vec::new());
+    outcome
+}
+
+fn warn(lines: Vec<String>, defer: bool, deferred: &mut Vec<String>) {
+    if defer {
+        deferred.extend(lines);
+        return;
+    }
+    let mut err = io::stderr().lock();
+    for line in lines {
+        // A closed stderr must not stop the stream.
+        let _ = writeln!(err, "twtrace: {line}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        cell::RefCell,
+        net::{IpAddr, Ipv4Addr, SocketAddr},
+        rc::Rc,
+    };
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::{
+        event::Family,
+        recording::tests::{arb_record, header},
+        source::Recorded,
+        state::TcpState,
+    };
+
+    /// What a test sink saw: every snapshot and the end.
+    type Seen = (Vec<Arc<Snapshot>>, Option<End>);
+
+    /// Keeps every snapshot and the end.
+    #[derive(Clone, Default)]
+    struct Collect(Rc<RefCell<Seen>>);
+
+    impl Sink for Collect {
+        fn wants_snapshots(&self) -> bool {
+            true
+        }
+        fn snapshot(&mut self, snap: &Arc<Snapshot>) -> anyhow::Result<()> {
+            self.0.borrow_mut().0.push(Arc::clone(snap));
+            Ok(())
+        }
+        fn end(&mut self, end: &End) -> anyhow::Result<()> {
+            self.0.borrow_mut().1 = Some(end.clone());
+            Ok(())
+        }
+    }
+
+    fn core(
+        sink: &Collect,
+        selection: Selection,
+        cadence: Cadence,
+        start_ns: u64,
+    ) -> Core<'static> {
+        Core::new(
+            vec![Box::new(sink.clone())],
+            Box::new(Recorded),
+            selection,
+            cadence,
+            header().clock(),
+            start_ns,
+        )
+    }
+
+    fn connection(i: u64, pid: u32, comm: &str, t0: u64) -> Vec<Transition> {
+        let base = Transition {
+            mono_ns: t0,
+            skaddr: 0x1000 + i,
+            cookie: None,
+            pid,
+            comm: Comm::from(comm),
+            cgroup_id: 1,
+            attribution: Attribution::Owner,
+            current_pid: pid,
+            family: Family::Ipv4,
+            local: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 40000 + i as u16),
+            remote: "127.0.0.1:8080".parse().expect("addr"),
+            old: TcpState::Close,
+            new: TcpState::SynSent,
+            reset: None,
+        };
+        let step = |k: u64, old, new| Transition {
+            mono_ns: t0 + k,
+            old,
+            new,
+            ..base
+        };
+        vec![
+            base,
+            step(1, TcpState::SynSent, TcpState::Established),
+            step(2, TcpState::Established, TcpState::FinWait1),
+            step(3, TcpState::FinWait1, TcpState::FinWait2),
+            step(4, TcpState::FinWait2, TcpState::TimeWait),
+        ]
+    }
+
+    const S: u64 = 1_000_000_000;
+
+    /// 7 connections in the first recorded second, 3 in the second, a stats item after each.
+    fn two_seconds() -> Vec<Item> {
+        let mut items = Vec::new();
+        for i in 0..7 {
+            items.extend(
+                connection(i, 4242, "client", S + 100_000_000 + i * 100)
+                    .into_iter()
+                    .map(Item::Event),
+            );
+        }
+        items.push(Item::Stats(Stats {
+            mono_ns: 2 * S,
+            ..Stats::default()
+        }));
+        for i in 7..10 {
+            items.extend(
+                connection(i, 4242, "client", 2 * S + 100_000_000 + i * 100)
+                    .into_iter()
+                    .map(Item::Event),
+            );
+        }
+        items.push(Item::Stats(Stats {
+            mono_ns: 3 * S,
+            ..Stats::default()
+        }));
+        items
+    }
+
+    fn feed(core: &mut Core<'_>, items: &[Item]) {
+        for item in items {
+            core.item(item.clone());
+        }
+    }
+
+    #[test]
+    fn snapshots_follow_stream_time_and_the_end_is_one_more_only_if_something_came() {
+        let sink = Collect::default();
+        let mut c = core(&sink, Selection::default(), Cadence::default(), S);
+        feed(&mut c, &two_seconds());
+        c.item(Item::End { mono_ns: 3 * S });
+        let out = c.close(0, Vec::new());
+        assert!(out.error.is_none());
+        let (snaps, end) = sink.0.borrow().clone();
+        let tl: Vec<(f64, u64)> = snaps
+            .iter()
+            .map(|p| (p.totals.timewait_per_s, p.totals.timewait_now))
+            .collect();
+        // Nothing came after the last stats item: the end adds no snapshot.
+        assert_eq!(tl, vec![(7.0, 7), (3.0, 10)]);
+        let row = snaps[1]
+            .processes
+            .iter()
+            .find(|p| p.pid == 4242)
+            .expect("client row");
+        assert_eq!((row.timewait_entered, row.comm.as_str()), (10, "client"));
+        assert_eq!(out.tally.received, 50);
+        let end = end.expect("end");
+        assert_eq!(
+            (end.first_ns, end.last_ns),
+            (Some(S + 100_000_000), Some(3 * S))
+        );
+
+        // An event after the last stats item: the end shows it in one more snapshot.
+        let sink = Collect::default();
+        let mut c = core(&sink, Selection::default(), Cadence::default(), S);
+        feed(&mut c, &two_seconds());
+        feed(
+            &mut c,
+            &connection(20, 4242, "client", 3 * S + 10)
+                .into_iter()
+                .map(Item::Event)
+                .collect::<Vec<_>>(),
+        );
+        c.item(Item::End {
+            mono_ns: 3 * S + 500,
+        });
+        c.close(0, Vec::new());
+        let snaps = sink.0.borrow().0.clone();
+        assert_eq!(snaps.len(), 3);
+        assert_eq!(snaps[2].totals.timewait_entered, 11);
+    }
+
+    #[test]
+    fn a_late_stats_item_still_makes_its_snapshot_and_an_early_one_does_not() {
+        let sink = Collect::default();
+        let mut c = core(&sink, Selection::default(), Cadence::default(), 0);
+        for ns in [950_000_000, 1_200_000_000, 1_960_000_000, 3_000_000_000] {
+            c.item(Item::Stats(Stats {
+                mono_ns: ns,
+                ..Stats::default()
+            }));
+        }
+        let times: usize = sink.0.borrow().0.len();
+        // 0.95 s (within a tenth of the interval), 1.96 s, 3.0 s; not 1.2 s.
+        assert_eq!(times, 3);
+    }
+
+    #[test]
+    fn selection_and_count_apply_to_every_source() {
+        // --pid of another process: nothing.
+        let sink = Collect::default();
+        let sel = Selection {
+            pids: vec![1],
+            ports: vec![],
+        };
+        let mut c = core(&sink, sel, Cadence::default(), S);
+        feed(&mut c, &two_seconds());
+        let out = c.close(0, Vec::new());
+        assert_eq!(out.tally.received, 0);
+        assert!(
+            sink.0
+                .borrow()
+                .0
+                .iter()
+                .all(|s| s.totals.timewait_entered == 0)
+        );
+
+        // --count 1: one snapshot, then the pipeline stops, also at the end.
+        let sink = Collect::default();
+        let cadence = Cadence {
+            count: Some(1),
+            ..Cadence::default()
+        };
+        let mut c = core(&sink, Selection::default(), cadence, S);
+        feed(&mut c, &two_seconds());
+        assert_eq!(c.stopped(), Some(&Stopped::Count));
+        c.item(Item::End { mono_ns: 4 * S });
+        let out = c.close(0, Vec::new());
+        assert_eq!(out.stopped, Stopped::Count);
+        assert_eq!(sink.0.borrow().0.len(), 1);
+    }
+
+    #[test]
+    fn losses_count_from_the_first_stats_item() {
+        let sink = Collect::default();
+        let mut c = core(&sink, Selection::default(), Cadence::default(), 0);
+        for (ns, lost) in [(0, 5), (S, 7), (2 * S, 12)] {
+            c.item(Item::Stats(Stats {
+                mono_ns: ns,
+                kernel: KernelStats {
+                    lost,
+                    ..KernelStats::default()
+                },
+                timewait_kernel: Some(3),
+            }));
+        }
+        let out = c.close(0, Vec::new());
+        assert_eq!(out.tally.kernel.lost, 7);
+        let snaps = sink.0.borrow().0.clone();
+        assert_eq!(snaps.last().map(|s| s.lost_events), Some(7));
+        assert_eq!(
+            snaps.last().map(|s| s.totals.timewait_kernel),
+            Some(Some(3))
+        );
+    }
+
+    #[test]
+    fn selections_combine() {
+        let recorded = Selection {
+            pids: vec![1, 2],
+            ports: vec![80],
+        };
+        let asked = Selection {
+            pids: vec![2, 3],
+            ports: vec![],
+        };
+        let both = recorded.and(&asked);
+        assert_eq!((both.pids, both.ports), (vec![2], vec![80]));
+        let none = Selection::default().and(&asked);
+        assert_eq!(none.pids, vec![2, 3]);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// A file whose checksums are right can still hold nonsense (a bug, a crafted file): the
+        /// pipeline (model, snapshots, report) must survive it too.
+        #[test]
+        fn arbitrary_items_never_panic(items in prop::collection::vec(arb_record(), 0..40)) {
+            let sink = Collect::default();
+            let mut c = core(&sink, Selection::default(), Cadence::default(), 0);
+            feed(&mut c, &items);
+            let _ = c.close(0, Vec::new());
+        }
+    }
+}

@@ -1,0 +1,84 @@
+//! Where the stream goes. Every view is a [`Sink`]: the pipeline hands each one the same items,
+//! and the model's snapshots to those that want them. A new output (an exporter) is one more
+//! sink and nothing else.
+
+pub mod recorder;
+pub mod report;
+pub mod ring;
+pub mod table;
+pub mod trace;
+pub mod trigger;
+pub mod tui;
+
+use std::sync::Arc;
+
+use crate::{
+    event::Transition,
+    model::snapshot::Snapshot,
+    stream::{KernelTruth, Stats, Tally},
+};
+
+/// How the stream ended, for the sinks' last words.
+#[derive(Clone, Debug)]
+pub struct End {
+    /// The end's monotonic time.
+    pub mono_ns: u64,
+    /// The first and last items' times (the span the stream covered), if any came.
+    pub first_ns: Option<u64>,
+    pub last_ns: Option<u64>,
+    pub tally: Tally,
+    /// The last snapshot taken, if any sink wanted snapshots.
+    pub snapshot: Option<Arc<Snapshot>>,
+    /// What the source found wrong with its input (damage in a recording).
+    pub problems: Vec<String>,
+}
+
+/// A consumer of the stream. Every method has a default that ignores its item.
+///
+/// Errors stop the pipeline: it still ends the stream (so a recording gets its end mark where
+/// possible) and prints the summary, then reports the first error.
+pub trait Sink {
+    /// Whether this sink needs the model's snapshots; the model runs only if one does.
+    fn wants_snapshots(&self) -> bool {
+        false
+    }
+
+    fn event(&mut self, _t: &Transition) -> anyhow::Result<()> {
+        Ok(())
+    }
+
+    /// A dump of the kernel's socket table, with the owners the model asked for.
+    fn kernel(&mut self, _k: &KernelTruth) -> anyhow::Result<()> {
+        Ok(())
+    }
+
+    /// The tracer's counters (about once a second); `tally` is the run's so far.
+    fn stats(&mut self, _s: &Stats, _tally: &Tally) -> anyhow::Result<()> {
+        Ok(())
+    }
+
+    fn snapshot(&mut self, _snap: &Arc<Snapshot>) -> anyhow::Result<()> {
+        Ok(())
+    }
+
+    /// After each batch of items: the moment to flush output, so pipes see events as they
+    /// come without a write per event.
+    fn batch_done(&mut self) -> anyhow::Result<()> {
+        Ok(())
+    }
+
+    /// A reason to stop the stream that this sink has reached (`--max-size`).
+    fn stop_reason(&self) -> Option<String> {
+        None
+    }
+
+    /// SIGUSR1 (the flight recorder's capture on demand), at `now_ns`.
+    fn user_signal(&mut self, _now_ns: u64) -> anyhow::Result<()> {
+        Ok(())
+    }
+
+    /// The stream has ended (after its last item).
+    fn end(&mut self, _end: &End) -> anyhow::Result<()> {
+        Ok(())
+    }
+}

@@ -1,0 +1,308 @@
+//! Recording sinks: the stream written to a file (`twtrace record -o FILE`, `twtrace --record
+//! FILE`), or kept in the flight recorder's ring and written on a trigger (`record --ring`).
+
+use std::{
+    fs::File,
+    io::{self, IsTerminal as _, Write as _},
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use super::{
+    End, Sink,
+    ring::{self, Ring},
+    trigger::Trigger,
+};
+use crate::{
+    event::Transition,
+    model::snapshot::Snapshot,
+    recording::{Writer, human_size},
+    stream::{KernelTruth, Stats, Tally},
+};
+
+/// Writes every item to a recording file.
+pub struct FileRecorder {
+    writer: Writer<File>,
+    path: PathBuf,
+    max_size: Option<u64>,
+    progress: Progress,
+    /// Set at the first failed write: nothing more is written after it.
+    failed: bool,
+}
+
+impl FileRecorder {
+    pub fn new(writer: Writer<File>, path: &Path, max_size: Option<u64>, progress: bool) -> Self {
+        Self {
+            writer,
+            path: path.to_owned(),
+            max_size,
+            progress: Progress::new(progress),
+            failed: false,
+        }
+    }
+
+    fn check(&mut self, r: io::Result<()>) -> anyhow::Result<()> {
+        if self.failed {
+            return Ok(());
+        }
+        r.map_err(|e| {
+            self.failed = true;
+            anyhow::anyhow!(
+                "writing {} failed: {e}; the recording is readable up to its last complete chunk \
+                 ({} events)",
+                self.path.display(),
+                self.writer.events_written()
+            )
+        })
+    }
+}
+
+impl Sink for FileRecorder {
+    fn event(&mut self, t: &Transition) -> anyhow::Result<()> {
+        if self.failed {
+            return Ok(());
+        }
+        let r = self.writer.event(t);
+        self.check(r)
+    }
+
+    fn kernel(&mut self, k: &KernelTruth) -> anyhow::Result<()> {
+        if self.failed {
+            return Ok(());
+        }
+        let r = self.writer.kernel(k);
+        self.check(r)
+    }
+
+    /// Once a second: the counters, and the chunk written (a killed recorder loses at most
+    /// this second).
+    fn stats(&mut self, s: &Stats, tally: &Tally) -> anyhow::Result<()> {
+        if self.failed {
+            return Ok(());
+        }
+        let r = self.writer.stats(s).and_then(|()| self.writer.flush());
+        self.check(r)?;
+        self.progress.show(&format!(
+            "twtrace: recording: {} events written, {}, {} lost",
+            self.writer.events_written(),
+            human_size(self.writer.bytes_written()),
+            tally.kernel.lost
+        ));
+        Ok(())
+    }
+
+    fn stop_reason(&self) -> Option<String> {
+        self.writer.limit_reached().then(|| {
+            format!(
+                "{} reached --max-size {}",
+                self.path.display(),
+                human_size(self.max_size.unwrap_or(0))
+            )
+        })
+    }
+
+    fn user_signal(&mut self, _now_ns: u64) -> anyhow::Result<()> {
+        self.progress.line(
+            "twtrace: SIGUSR1 asks the flight recorder (--ring) for a capture; this recording \
+             already keeps everything",
+        );
+        Ok(())
+    }
+
+    fn end(&mut self, end: &End) -> anyhow::Result<()> {
+        let r = if self.failed {
+            Ok(())
+        } else {
+            let r = self.writer.end(end.mono_ns);
+            self.check(r)
+        };
+        self.progress.end();
+        if let Some(why) = self.stop_reason() {
+            self.progress.line(&format!("twtrace: stopped: {why}"));
+        }
+        self.progress.line(&format!(
+            "twtrace: recorded {} ({} events, {}); read it with `twtrace report {}`",
+            self.path.display(),
+            self.writer.events_written(),
+            human_size(self.writer.bytes_written()),
+            self.path.display()
+        ));
+        r
+    }
+}
+
+/// The flight recorder: the last `--ring` of the stream in memory, written with what follows
+/// when a trigger fires or on SIGUSR1.
+pub struct FlightRecorder {
+    ring: Box<Ring>,
+    triggers: Vec<Trigger>,
+    /// Per trigger: it fires when its condition becomes true, then waits until it is false.
+    armed: Vec<bool>,
+    progress: Progress,
+    now_ns: u64,
+}
+
+impl FlightRecorder {
+    pub fn new(ring: Ring, triggers: Vec<Trigger>, progress: bool) -> Self {
+        Self {
+            armed: vec![true; triggers.len()],
+            ring: Box::new(ring),
+            triggers,
+            progress: Progress::new(progress),
+            now_ns: 0,
+        }
+    }
+
+    /// Starts a capture and says so. A capture that cannot be written is reported; the flight
+    /// recorder keeps going.
+    fn capture(&mut self, why: &str, now: u64) {
+        let line = match self.ring.trigger(why, now) {
+            Ok(Some(path)) => format!(
+                "twtrace: {why}: capturing the ring and what follows to {}",
+                path.display()
+            ),
+            Ok(None) => format!(
+                "twtrace: {why}: already capturing to {}",
+                self.ring
+                    .capturing()
+                    .map_or_else(String::new, |p| p.display().to_string())
+            ),
+            Err(e) => format!("twtrace: {why}: no capture: {e:#}"),
+        };
+        self.progress.line(&line);
+    }
+
+    fn report_failure(&mut self) {
+        if let Some(e) = self.ring.take_failure() {
+            self.progress.line(&format!("twtrace: {e:#}"));
+        }
+    }
+
+    fn captured(&mut self, done: Option<ring::Finished>) {
+        if let Some(done) = done {
+            self.progress.line(&format!(
+                "twtrace: wrote {} ({}); read it with `twtrace report {}`",
+                done.path.display(),
+                human_size(done.bytes),
+                done.path.display()
+            ));
+        }
+    }
+}
+
+impl Sink for FlightRecorder {
+    fn wants_snapshots(&self) -> bool {
+        !self.triggers.is_empty()
+    }
+
+    fn event(&mut self, t: &Transition) -> anyhow::Result<()> {
+        Ok(self.ring.event(t, t.mono_ns)?)
+    }
+
+    fn kernel(&mut self, k: &KernelTruth) -> anyhow::Result<()> {
+        Ok(self.ring.kernel(k, k.dump_ns)?)
+    }
+
+    fn stats(&mut self, s: &Stats, tally: &Tally) -> anyhow::Result<()> {
+        self.now_ns = s.mono_ns;
+        self.ring.stats(s)?;
+        match self.ring.finish_capture(s.mono_ns, false) {
+            Ok(done) => self.captured(done),
+            Err(e) => self
+                .progress
+                .line(&format!("twtrace: closing the capture: {e}")),
+        }
+        self.report_failure();
+        let (bytes, span) = self.ring.held(s.mono_ns);
+        let mut line = format!(
+            "twtrace: flight recorder: {} events, {}, {} lost",
+            self.ring.events,
+            ring::describe(bytes, span),
+            tally.kernel.lost
+        );
+        if let Some(p) = self.ring.capturing() {
+            line.push_str(&format!("; capturing to {}", p.display()));
+        }
+        self.progress.show(&line);
+        Ok(())
+    }
+
+    fn snapshot(&mut self, snap: &Arc<Snapshot>) -> anyhow::Result<()> {
+        let mut fired = None;
+        for (t, armed) in self.triggers.iter().zip(&mut self.armed) {
+            let holds = t.holds(snap);
+            if holds && *armed && fired.is_none() {
+                fired = Some(format!("trigger {t} fired (value {})", t.value(snap)));
+            }
+            *armed = !holds;
+        }
+        if let Some(why) = fired {
+            self.capture(&why, self.now_ns);
+        }
+        Ok(())
+    }
+
+    fn user_signal(&mut self, now_ns: u64) -> anyhow::Result<()> {
+        self.capture("SIGUSR1", now_ns);
+        Ok(())
+    }
+
+    fn end(&mut self, end: &End) -> anyhow::Result<()> {
+        let done = self.ring.finish_capture(end.mono_ns, true);
+        let r = match done {
+            Ok(done) => {
+                self.captured(done);
+                Ok(())
+            }
+            Err(e) => Err(anyhow::Error::new(e).context("closing the capture")),
+        };
+        self.report_failure();
+        self.progress.end();
+        r
+    }
+}
+
+/// The once-a-second progress line: updated in place on a terminal, plain lines otherwise.
+struct Progress {
+    enabled: bool,
+    tty: bool,
+    shown: bool,
+}
+
+impl Progress {
+    fn new(enabled: bool) -> Self {
+        Self {
+            enabled,
+            tty: io::stderr().is_terminal(),
+            shown: false,
+        }
+    }
+
+    fn show(&mut self, line: &str) {
+        if !self.enabled {
+            return;
+        }
+        let mut err = io::stderr().lock();
+        let _ = if self.tty {
+            write!(err, "\r{line}\x1b[K")
+        } else {
+            writeln!(err, "{line}")
+        };
+        let _ = err.flush();
+        self.shown = true;
+    }
+
+    /// A line of its own, also on a terminal (below the progress line).
+    fn line(&mut self, text: &str) {
+        self.end();
+        // stderr may be closed: the recording itself matters more than the message.
+        let _ = writeln!(io::stderr(), "{text}");
+    }
+
+    fn end(&mut self) {
+        if self.tty && self.shown {
+            let _ = writeln!(io::stderr());
+        }
+        self.shown = false;
+    }
+}

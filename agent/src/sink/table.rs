@@ -1,0 +1,215 @@
+//! The leaderboard printed: one JSON object or one table per snapshot, for pipes and logs.
+
+use std::{
+    io::{self, Write},
+    sync::Arc,
+};
+
+use super::Sink;
+use crate::model::snapshot::Snapshot;
+
+/// How snapshots are printed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Style {
+    Table {
+        /// Processes shown.
+        top: usize,
+    },
+    Json,
+}
+
+/// Prints each snapshot to `out`, flushed at once (a log or `jq` sees each as it comes).
+pub struct SnapshotPrinter<W: Write> {
+    out: W,
+    style: Style,
+}
+
+impl<W: Write> SnapshotPrinter<W> {
+    pub fn new(out: W, style: Style) -> Self {
+        Self { out, style }
+    }
+}
+
+impl<W: Write> Sink for SnapshotPrinter<W> {
+    fn wants_snapshots(&self) -> bool {
+        true
+    }
+
+    fn snapshot(&mut self, snap: &Arc<Snapshot>) -> anyhow::Result<()> {
+        match self.style {
+            Style::Json => print_json(&mut self.out, snap)?,
+            Style::Table { top } => print_table(&mut self.out, snap, top)?,
+        }
+        Ok(())
+    }
+}
+
+fn print_json(out: &mut impl Write, snap: &Snapshot) -> io::Result<()> {
+    serde_json::to_writer(&mut *out, snap)?;
+    out.write_all(b"\n")?;
+    out.flush()
+}
+
+/// A plain table for pipes and logs: header line, then the top processes.
+pub fn print_table(out: &mut impl Write, snap: &Snapshot, top: usize) -> io::Result<()> {
+    let t = &snap.totals;
+    let kernel = t
+        .timewait_kernel
+        .map_or_else(|| "?".to_owned(), |k| k.to_string());
+    writeln!(
+        out,
+        "{}  TIME_WAIT now {} (kernel {})  CLOSE_WAIT {}  ESTABLISHED {}  TIME_WAIT/s {:.1}  lost {}  unattributed {}",
+        snap.time,
+        t.timewait_now,
+        kernel,
+        t.close_wait_now,
+        t.established_now,
+        t.timewait_per_s,
+        snap.lost_events,
+        snap.unattributed_events
+    )?;
+    writeln!(
+        out,
+        "{:>7} {:<16} {:>8} {:>9} {:>7} {:>7} {:>7} {:>7} {:>8} {:>6}  TOP PEER",
+        "PID",
+        "COMM",
+        "TW/s",
+        "TW_TOTAL",
+        "TW_NOW",
+        "CW_NOW",
+        "EST_NOW",
+        "OPEN/s",
+        "CLOSE/s",
+        "RESETS"
+    )?;
+    for p in snap.processes.iter().take(top) {
+        let peer = p.peers.first().map_or_else(String::new, |r| match r.lport {
+            Some(lport) => format!("{} -> :{lport}", r.raddr),
+            None if r.raddr == "other" => "other".to_owned(),
+            None => format!("{}:{}", bracket(&r.raddr), r.rport),
+        });
+        let comm: String = p.comm.chars().take(16).collect();
+        writeln!(
+            out,
+            "{:>7} {:<16} {:>8.1} {:>9} {:>7} {:>7} {:>7} {:>7.1} {:>8.1} {:>6}  {peer}",
+            p.pid,
+            comm,
+            p.timewait_per_s,
+            p.timewait_entered,
+            p.timewait_now,
+            p.close_wait_now,
+            p.established_now,
+            p.opens_per_s,
+            p.closes_per_s,
+            p.resets
+        )?;
+    }
+    if snap.processes.len() > top {
+        writeln!(
+            out,
+            "({} more processes; --top N shows more)",
+            snap.processes.len() - top
+        )?;
+    }
+    writeln!(out)?;
+    out.flush()
+}
+
+/// IPv6 addresses get brackets before a port.
+fn bracket(addr: &str) -> String {
+    if addr.contains(':') {
+        format!("[{addr}]")
+    } else {
+        addr.to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::snapshot::{PeerRow, ProcessRow, Totals};
+
+    fn sample() -> Snapshot {
+        Snapshot {
+            time: "2026-11-25T16:00:00Z".into(),
+            interval_s: 1.0,
+            uptime_s: 10.0,
+            lost_events: 0,
+            unattributed_events: 2,
+            totals: Totals {
+                timewait_now: 5,
+                timewait_kernel: Some(6),
+                close_wait_now: 1,
+                established_now: 2,
+                timewait_entered: 9,
+                timewait_per_s: 3.0,
+            },
+            processes: vec![ProcessRow {
+                pid: 42,
+                comm: "a-very-long-command-name".into(),
+                timewait_entered: 9,
+                timewait_per_s: 3.0,
+                timewait_now: 5,
+                peers: vec![PeerRow {
+                    raddr: "::1".into(),
+                    rport: 443,
+                    timewait_entered: 9,
+                    ..PeerRow::default()
+                }],
+                ..ProcessRow::default()
+            }],
+        }
+    }
+
+    #[test]
+    fn table_has_totals_header_and_rows() {
+        let mut out = Vec::new();
+        print_table(&mut out, &sample(), 20).expect("print");
+        let text = String::from_utf8(out).expect("utf8");
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(
+            lines[0].contains("TIME_WAIT now 5 (kernel 6)"),
+            "{}",
+            lines[0]
+        );
+        assert!(lines[1].trim_start().starts_with("PID COMM"));
+        assert!(
+            lines[2].contains("     42 a-very-long-comm "),
+            "{}",
+            lines[2]
+        );
+        assert!(lines[2].ends_with("[::1]:443"), "{}", lines[2]);
+    }
+
+    #[test]
+    fn table_says_how_many_rows_it_left_out() {
+        let mut snap = sample();
+        snap.processes.push(ProcessRow {
+            pid: 7,
+            comm: "x".into(),
+            ..ProcessRow::default()
+        });
+        let mut out = Vec::new();
+        print_table(&mut out, &snap, 1).expect("print");
+        assert!(
+            String::from_utf8(out)
+                .expect("utf8")
+                .contains("(1 more processes")
+        );
+    }
+
+    #[test]
+    fn json_is_one_line_with_the_schema() {
+        let mut out = Vec::new();
+        print_json(&mut out, &sample()).expect("print");
+        let text = String::from_utf8(out).expect("utf8");
+        assert_eq!(text.lines().count(), 1);
+        let v: serde_json::Value = serde_json::from_str(&text).expect("json");
+        assert_eq!(v["totals"]["timewait_kernel"], 6);
+        assert_eq!(v["processes"][0]["pid"], 42);
+        assert_eq!(v["processes"][0]["peers"][0]["rport"], 443);
+        assert!(v["processes"][0]["peers"][0].get("lport").is_none());
+        assert!(v["processes"][0].get("timewait_history").is_none());
+        assert_eq!(v["lost_events"], 0);
+    }
+}

@@ -1,0 +1,260 @@
+//! The live source: the kernel program's events, the kernel's socket table every `reconcile`
+//! seconds (sock_diag, what `ss` uses) and the program's counters every `stats` period, as one
+//! stream of items.
+
+use std::{
+    collections::{HashMap, HashSet},
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use tokio::time::{Instant, Interval, interval_at};
+
+use super::{Processes, Source};
+use crate::{
+    clock::{WallClock, monotonic_ns},
+    event::Comm,
+    kernel::{
+        procnet,
+        sockdiag::{self, DiagSocket, SockDiag},
+        tracer::{Options, Tracer},
+    },
+    model::KernelSocket,
+    state::TcpState,
+    stream::{Flow, Item, KernelTruth, Stats},
+};
+
+/// How often the live source says what it measures.
+#[derive(Clone, Copy, Debug)]
+pub struct Cadence {
+    /// Between `Item::Stats` (the tracer's counters and sockstat's `tw`); snapshots are taken at
+    /// these, so it is at most the snapshot interval.
+    pub stats: Duration,
+    /// Between `Item::Kernel` dumps of the socket table; None: never (the trace view).
+    pub reconcile: Option<Duration>,
+    /// The stream ends by itself after this long (`record --duration`).
+    pub duration: Option<Duration>,
+}
+
+pub struct Live {
+    tracer: Tracer,
+    ports: HashSet<u16>,
+    diag: Option<SockDiag>,
+    dump: Vec<DiagSocket>,
+    stats_tick: Interval,
+    reconcile_tick: Option<Interval>,
+    deadline: Option<Instant>,
+    start_ns: u64,
+    clock: WallClock,
+    started: bool,
+    ended: bool,
+}
+
+impl Live {
+    /// Checks privileges and the kernel, loads and attaches the program. Needs a tokio runtime.
+    pub fn start(opts: &Options, cadence: Cadence) -> anyhow::Result<Self> {
+        let tracer = Tracer::start(opts)?;
+        let diag = match cadence.reconcile {
+            Some(_) => Some(SockDiag::open()?),
+            None => None,
+        };
+        let now = Instant::now();
+        Ok(Self {
+            tracer,
+            ports: opts.ports.iter().copied().collect(),
+            diag,
+            dump: Vec::new(),
+            stats_tick: interval_at(now + cadence.stats, cadence.stats),
+            reconcile_tick: cadence
+                .reconcile
+                .map(|every| interval_at(now + every, every)),
+            deadline: cadence.duration.map(|d| now + d),
+            start_ns: monotonic_ns(),
+            clock: WallClock::now(),
+            started: false,
+            ended: false,
+        })
+    }
+
+    /// Things the user should know about this run (mounted tracefs, missing optional hooks).
+    pub fn notices(&self) -> &[String] {
+        &self.tracer.notices
+    }
+
+    fn stats(&self) -> Stats {
+        Stats {
+            mono_ns: monotonic_ns(),
+            kernel: self.tracer.stats(),
+            timewait_kernel: sockdiag::sockstat().ok().map(|s| s.tw),
+        }
+    }
+
+    /// The kernel's socket table now, limited to the ports asked about. The events the kernel
+    /// already queued go first, so the dump is never older than what the model knows.
+    fn reconcile(&mut self, f: &mut dyn FnMut(Item) -> Flow) -> anyhow::Result<()> {
+        self.drain(f);
+        let Some(diag) = self.diag.as_mut() else {
+            return Ok(());
+        };
+        let dump_ns = monotonic_ns();
+        diag.dump_tcp_into(&mut self.dump)
+            .context("reading the kernel's socket table")?;
+        let ports = &self.ports;
+        let sockets = self
+            .dump
+            .iter()
+            .filter(|d| {
+                ports.is_empty()
+                    || ports.contains(&d.local.port())
+                    || ports.contains(&d.remote.port())
+            })
+            .filter_map(|d| {
+                Some(KernelSocket {
+                    state: TcpState::try_from(u32::from(d.state)).ok()?,
+                    local: d.local,
+                    remote: d.remote,
+                    cookie: d.cookie,
+                    inode: d.inode,
+                    timewait: d.timewait,
+                    expires_ns: u64::from(d.expires_ms) * 1_000_000,
+                })
+            })
+            .collect();
+        f(Item::Kernel(KernelTruth {
+            dump_ns,
+            sockets,
+            // Filled by the pipeline with what the model asks for (see `Processes`).
+            owners: Vec::new(),
+            timewait_kernel: sockdiag::sockstat().ok().map(|s| s.tw),
+        }));
+        Ok(())
+    }
+}
+
+impl Source for Live {
+    async fn pump(&mut self, f: &mut dyn FnMut(Item) -> Flow) -> anyhow::Result<bool> {
+        if self.ended {
+            return Ok(false);
+        }
+        if !self.started {
+            // The counters at attach time are the base losses are counted from, and the first
+            // dump seeds the sockets that existed before the start.
+            self.started = true;
+            f(Item::Stats(self.stats()));
+            self.reconcile(f)?;
+            return Ok(true);
+        }
+        let deadline = self.deadline;
+        let until_deadline = async move {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        let reconcile_tick = &mut self.reconcile_tick;
+        let reconcile_due = async move {
+            match reconcile_tick.as_mut() {
+                Some(t) => t.tick().await,
+                None => std::future::pending().await,
+            }
+        };
+        // The branches only say what happened; the work is done after the select, when no
+        // future borrows the source any more.
+        enum Woke {
+            Events,
+            Stats,
+            Reconcile,
+            Deadline,
+        }
+        let woke = tokio::select! {
+            r = self.tracer.next_batch(|t| { f(Item::Event(*t)); }) => {
+                r.context("reading the ring buffer")?;
+                Woke::Events
+            }
+            _ = self.stats_tick.tick() => Woke::Stats,
+            _ = reconcile_due => Woke::Reconcile,
+            _ = until_deadline => Woke::Deadline,
+        };
+        match woke {
+            Woke::Events => {}
+            Woke::Stats => {
+                self.drain(f);
+                f(Item::Stats(self.stats()));
+            }
+            Woke::Reconcile => self.reconcile(f)?,
+            Woke::Deadline => {
+                self.stop(f);
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    fn drain(&mut self, f: &mut dyn FnMut(Item) -> Flow) {
+        self.tracer.drain(|t| {
+            f(Item::Event(*t));
+        });
+    }
+
+    fn stop(&mut self, f: &mut dyn FnMut(Item) -> Flow) {
+        if self.ended {
+            return;
+        }
+        self.ended = true;
+        self.drain(f);
+        let stats = self.stats();
+        let end = stats.mono_ns;
+        f(Item::Stats(stats));
+        f(Item::End { mono_ns: end });
+    }
+
+    fn start_ns(&self) -> u64 {
+        self.start_ns
+    }
+
+    fn clock(&self) -> WallClock {
+        self.clock
+    }
+
+    fn undecodable(&self) -> u64 {
+        self.tracer.undecodable
+    }
+}
+
+/// The model's questions answered from /proc, as `ss -p` does.
+pub struct ProcFs {
+    cgroup_root: Option<PathBuf>,
+}
+
+impl ProcFs {
+    pub fn new() -> Self {
+        Self {
+            cgroup_root: procnet::cgroup2_mount(),
+        }
+    }
+}
+
+impl Default for ProcFs {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Processes for ProcFs {
+    fn owners(&mut self, _truth: &KernelTruth, inodes: &[u64]) -> HashMap<u64, (u32, Comm)> {
+        let wanted: HashSet<u64> = inodes.iter().copied().collect();
+        procnet::socket_holders(&wanted)
+            .into_iter()
+            .filter_map(|(inode, holders)| {
+                let pid = holders.into_iter().min()?;
+                let owner = procnet::owner_of(pid, self.cgroup_root.as_deref());
+                Some((inode, (pid, Comm::new(owner.comm))))
+            })
+            .collect()
+    }
+
+    fn exists(&self, pid: u32) -> bool {
+        Path::new(&format!("/proc/{pid}")).exists()
+    }
+}
