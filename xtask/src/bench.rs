@@ -37,7 +37,7 @@ use clap::{Args, ValueEnum};
 
 use crate::{
     cargo::{self, Ebpf},
-    run, setup,
+    run, setup, shell,
 };
 
 /// Transitions the bpftrace one-liner prints: the same tracepoint twtrace hooks, one line each,
@@ -153,7 +153,7 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         "twtrace-tests",
         "--bins",
     ];
-    cargo::run("build", &mut cargo::cargo(&tools, Ebpf::Require, build)?)?;
+    shell::run("build", &mut cargo::cargo(&tools, Ebpf::Require, build)?)?;
     let release = cargo::target_dir(&tools)?.join("release");
     let mut bins = Bins {
         twtrace: release.join("twtrace"),
@@ -361,7 +361,7 @@ impl ChildGuard {
         unsafe { cmd.pre_exec(die_with_parent) };
         let child = cmd
             .spawn()
-            .with_context(|| format!("starting {name}: `{}`", cargo::display(cmd)))?;
+            .with_context(|| format!("starting {name}: `{}`", shell::display(cmd)))?;
         Ok(Self {
             name: name.to_owned(),
             child,
@@ -580,7 +580,7 @@ fn ensure_bpftrace() -> Result<PathBuf> {
             .env("DEBIAN_FRONTEND", "noninteractive")
             .stdin(Stdio::null())
             .stdout(to_stderr()?);
-        cargo::run("install bpftrace", &mut cmd)?;
+        shell::run("install bpftrace", &mut cmd)?;
     }
     find_on_path("bpftrace").context("apt-get installed bpftrace, but it is not on PATH")
 }
@@ -921,7 +921,7 @@ fn run_generator(bins: &Bins, scratch: &Scratch, args: &[&str]) -> Result<Genera
         .stdin(Stdio::null())
         .stdout(file_stdout(&out_path)?)
         .stderr(file_stdout(&err_path)?);
-    let shown = cargo::display(&cmd);
+    let shown = shell::display(&cmd);
     let mut child = ChildGuard::spawn("churn", &mut cmd)?;
     // The generator stops by itself; --duration or --count bound it, this only catches a hang.
     let limit = args
@@ -1009,7 +1009,7 @@ fn calibrate(bins: &Bins, scratch: &Scratch) -> Result<Calibration> {
         .stdin(Stdio::null())
         .stdout(file_stdout(&output)?)
         .stderr(Stdio::piped());
-    let shown = cargo::display(&cmd);
+    let shown = shell::display(&cmd);
     eprintln!(
         "bench: calibrating: `{shown}` during {CALIBRATION_CONNECTIONS} connections of 1 client \
          and 1 server thread"
@@ -1748,7 +1748,7 @@ fn shown_invocation() -> String {
     let args: Vec<OsString> = env::args_os().skip(1).collect();
     let mut cmd = Command::new("cargo");
     cmd.arg("xtask").args(args);
-    cargo::display(&cmd)
+    shell::display(&cmd)
 }
 
 fn workspace_root() -> PathBuf {

@@ -10,6 +10,7 @@ mod bench;
 mod cargo;
 mod run;
 mod setup;
+mod shell;
 mod test;
 
 use std::{ffi::OsString, process::ExitCode};
