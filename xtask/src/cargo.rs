@@ -1,5 +1,4 @@
-//! Running cargo the way the eBPF build needs, announcing each command and naming the step that
-//! failed.
+//! Running cargo the way the eBPF build needs: `<tools>/bin` on PATH and the eBPF switches set.
 
 use std::{
     env,
@@ -10,7 +9,10 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::setup::Tools;
+use crate::{
+    setup::Tools,
+    shell::{display, run},
+};
 
 /// Set for every cargo run that builds the agent for real: the agent's build.rs then fails
 /// instead of silently skipping the eBPF build (a tracer without its program is useless).
@@ -72,19 +74,6 @@ fn set_env(cmd: &mut Command, tools: &Tools, ebpf: Ebpf) -> Result<()> {
     Ok(())
 }
 
-/// Announces `cmd`, runs it with inherited stdio, and fails naming `step` if it fails.
-pub fn run(step: &str, cmd: &mut Command) -> Result<()> {
-    let shown = display(cmd);
-    eprintln!("xtask: $ {shown}");
-    let status = cmd
-        .status()
-        .with_context(|| format!("step `{step}`: could not start `{shown}`"))?;
-    if !status.success() {
-        bail!("step `{step}` failed ({status}): `{shown}`");
-    }
-    Ok(())
-}
-
 /// `cargo build --package twtrace [--release]`, eBPF program included.
 pub fn build_agent(tools: &Tools, release: bool) -> Result<()> {
     let mut args = vec!["build", "--package", "twtrace"];
@@ -118,38 +107,6 @@ pub fn target_dir(tools: &Tools) -> Result<PathBuf> {
     Ok(PathBuf::from(dir))
 }
 
-/// The command as a shell line, with the environment it sets (except PATH, which is long and
-/// always just `<tools>/bin` prepended), so it can be copied and re-run by hand.
-pub fn display(cmd: &Command) -> String {
-    let envs = cmd.get_envs().filter_map(|(key, value)| {
-        let value = value?;
-        (key != "PATH").then(|| {
-            format!(
-                "{}={}",
-                key.to_string_lossy(),
-                shell_word(&value.to_string_lossy())
-            )
-        })
-    });
-    let words = std::iter::once(cmd.get_program())
-        .chain(cmd.get_args())
-        .map(|word| shell_word(&word.to_string_lossy()));
-    envs.chain(words).collect::<Vec<_>>().join(" ")
-}
-
-/// Quotes a word for sh only when it needs it, so the usual commands stay readable.
-fn shell_word(word: &str) -> String {
-    let plain = !word.is_empty()
-        && word
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c));
-    if plain {
-        word.to_owned()
-    } else {
-        format!("'{}'", word.replace('\'', r"'\''"))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -181,13 +138,5 @@ mod tests {
     fn skip_sets_aya_build_skip_only() {
         let cmd = cargo(&tools(), Ebpf::Skip, ["clippy"]).expect("command");
         assert_eq!(display(&cmd), "AYA_BUILD_SKIP=1 cargo clippy");
-    }
-
-    #[test]
-    fn quotes_only_when_needed() {
-        assert_eq!(shell_word("--test-threads=1"), "--test-threads=1");
-        assert_eq!(shell_word("a b"), "'a b'");
-        assert_eq!(shell_word(""), "''");
-        assert_eq!(shell_word("it's"), r"'it'\''s'");
     }
 }

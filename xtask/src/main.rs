@@ -6,10 +6,12 @@
 //! that builds starts with the idempotent `setup`. All xtask messages go to stderr, prefixed with
 //! `xtask:`, so they interleave in order with cargo's own output and leave stdout to the agent.
 
+mod apt;
 mod bench;
 mod cargo;
 mod run;
 mod setup;
+mod shell;
 mod test;
 
 use std::{ffi::OsString, process::ExitCode};

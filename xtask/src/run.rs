@@ -11,7 +11,7 @@ use std::{
 
 use anyhow::{Context as _, Result};
 
-use crate::{cargo, setup};
+use crate::{cargo, setup, shell};
 
 pub fn run(release: bool, args: &[OsString]) -> Result<ExitCode> {
     let tools = setup::setup()?;
@@ -32,7 +32,7 @@ pub fn run(release: bool, args: &[OsString]) -> Result<ExitCode> {
         Command::new(&bin)
     };
     cmd.args(args);
-    eprintln!("xtask: $ {}", cargo::display(&cmd));
+    eprintln!("xtask: $ {}", shell::display(&cmd));
 
     // Ctrl-C is meant for the agent, which then prints its summary and exits; it reaches the
     // agent directly because both are in the terminal's foreground process group. xtask must

@@ -3,9 +3,11 @@
 //! aya-build (in the agent's build.rs) compiles the eBPF crate with `rustup run nightly cargo
 //! build --target bpfel-unknown-none -Z build-std=core`, which needs nightly's `rust-src`, and
 //! links it with `bpf-linker` found on PATH. bpf-linker must use the same LLVM major as that
-//! nightly rustc, and no matching prebuilt LLVM can be installed here, so it is built from
-//! crates.io against the libLLVM that ships inside the nightly toolchain itself
-//! (see shared/docs/toolchain.md).
+//! nightly rustc. No prebuilt bpf-linker can be downloaded on these machines and Debian packages
+//! no LLVM of that major, but the nightly toolchain ships its own
+//! `libLLVM.so.<major>.<minor>-rust-*`. So bpf-linker is built from crates.io against that
+//! library, through a small prefix directory (symlinks to it plus a stand-in `llvm-config`) that
+//! must stay where it was built: the binary records the prefix's `lib` as its runpath.
 
 use std::{
     env, fs,
@@ -16,6 +18,8 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
+
+use crate::shell;
 
 /// The bpf-linker release we build; it has cargo features `llvm-21`, `llvm-22` and `llvm-23`.
 pub const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -196,7 +200,7 @@ fn ensure_bpf_linker(tools: &Tools) -> Result<()> {
         .env("LLVM_PREFIX", tools.llvm_prefix())
         // Not the repository: its .cargo/config.toml must not leak into this build.
         .current_dir(&tools.dir);
-    eprintln!("xtask: $ {}", crate::cargo::display(&install));
+    eprintln!("xtask: $ {}", shell::display(&install));
     run_visible("building bpf-linker (cargo install)", &mut install)?;
 
     if !runs(&tools.bpf_linker()) {
@@ -385,7 +389,7 @@ fn remove_if_exists(path: &Path) -> Result<()> {
 
 /// Runs a query command and returns its stdout; its stderr goes through so errors are visible.
 fn output(cmd: &mut Command) -> Result<String> {
-    let shown = crate::cargo::display(cmd);
+    let shown = shell::display(cmd);
     let out = cmd
         .stderr(Stdio::inherit())
         .output()
@@ -398,7 +402,7 @@ fn output(cmd: &mut Command) -> Result<String> {
 
 /// Runs a command with its output going straight through (progress stays visible).
 fn run_visible(step: &str, cmd: &mut Command) -> Result<()> {
-    let shown = crate::cargo::display(cmd);
+    let shown = shell::display(cmd);
     let status = cmd
         .status()
         .with_context(|| format!("{step}: could not start `{shown}`"))?;

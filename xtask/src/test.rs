@@ -9,6 +9,7 @@ use crate::{
     cargo::{self, Ebpf},
     run,
     setup::{self, Tools},
+    shell,
 };
 
 #[derive(Args)]
@@ -28,7 +29,7 @@ pub fn test(args: &TestArgs) -> Result<()> {
         eprintln!("xtask: --no-lint: skipping fmt and clippy");
     } else {
         steps.step("fmt", || {
-            cargo::run(
+            shell::run(
                 "fmt",
                 &mut cargo::cargo(&tools, Ebpf::Skip, ["fmt", "--all", "--", "--check"])?,
             )
@@ -39,7 +40,7 @@ pub fn test(args: &TestArgs) -> Result<()> {
     steps.step("unit tests", || {
         // Host-only: the xtask and agent unit tests need no eBPF object.
         let args = ["test", "--package", "twtrace", "--package", "xtask"];
-        cargo::run("unit tests", &mut cargo::cargo(&tools, Ebpf::Skip, args)?)
+        shell::run("unit tests", &mut cargo::cargo(&tools, Ebpf::Skip, args)?)
     })?;
     // Release: the tests run the generator at the machine's limit (~140,000 events/s), which an
     // unoptimised agent cannot keep up with; the tests check the agent people actually run.
@@ -63,7 +64,7 @@ fn clippy_host(tools: &Tools) -> Result<()> {
         "-D",
         "warnings",
     ];
-    cargo::run("clippy", &mut cargo::cargo(tools, Ebpf::Skip, args)?)
+    shell::run("clippy", &mut cargo::cargo(tools, Ebpf::Skip, args)?)
 }
 
 fn clippy_ebpf(tools: &Tools) -> Result<()> {
@@ -82,7 +83,7 @@ fn clippy_ebpf(tools: &Tools) -> Result<()> {
         "-Zpanic_abort_tests",
     ];
     let mut cmd = cargo::nightly_cargo(tools, Ebpf::Skip, args)?;
-    cargo::run("clippy-ebpf", &mut cmd)
+    shell::run("clippy-ebpf", &mut cmd)
 }
 
 fn integration_tests(tools: &Tools, filter: Option<&str>) -> Result<()> {
@@ -103,7 +104,7 @@ fn integration_tests(tools: &Tools, filter: Option<&str>) -> Result<()> {
     let mut cmd = cargo::cargo(tools, Ebpf::Require, args)?;
     // The tests drive the real binary built in the previous step.
     cmd.env("TWTRACE_BIN", &bin);
-    cargo::run("integration tests", &mut cmd)
+    shell::run("integration tests", &mut cmd)
 }
 
 /// Remembers which steps passed, to name them in the final summary or on failure.

@@ -1,0 +1,248 @@
+//! Aggregation: each mode's rounds summed up into one table row, every tracer against the
+//! reference (a) of its own round.
+
+use std::collections::BTreeMap;
+
+use super::{
+    calibrate::Calibration,
+    children::STOP_TIMEOUT,
+    measure::{Outcome, Sample, TracerSample},
+    mode::Mode,
+};
+
+/// Minimum, median and maximum of a set of measurements.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Spread {
+    pub min: f64,
+    pub median: f64,
+    pub max: f64,
+}
+
+impl Spread {
+    fn of(values: &[f64]) -> Option<Self> {
+        let mut sorted: Vec<f64> = values.iter().copied().filter(|v| v.is_finite()).collect();
+        if sorted.is_empty() {
+            return None;
+        }
+        sorted.sort_by(f64::total_cmp);
+        let n = sorted.len();
+        let median = if n % 2 == 1 {
+            sorted[n / 2]
+        } else {
+            (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0
+        };
+        Some(Self {
+            min: sorted[0],
+            median,
+            max: sorted[n - 1],
+        })
+    }
+}
+
+/// One table row: a mode over all rounds.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Row {
+    pub mode: Mode,
+    pub result: RowResult,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum RowResult {
+    Unavailable(String),
+    Measured(Stats),
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Stats {
+    /// Rounds measured.
+    pub rounds: usize,
+    pub rate: Option<Spread>,
+    /// Rate over the same round's (a).
+    pub ratio: Option<Spread>,
+    /// Summed over rounds.
+    pub expected: u64,
+    pub received: Option<u64>,
+    pub lost: Option<u64>,
+    pub cpu_us_per_event: Option<Spread>,
+    pub startup_cpu_secs: Option<Spread>,
+    pub peak_rss_kib: Option<u64>,
+    /// Problems worth a note under the table.
+    pub notes: Vec<String>,
+}
+
+impl Row {
+    pub fn aggregate(
+        mode: Mode,
+        results: &BTreeMap<Mode, Vec<Outcome>>,
+        cal: &Calibration,
+    ) -> Self {
+        let outcomes = results.get(&mode).map(Vec::as_slice).unwrap_or_default();
+        let references = results
+            .get(&Mode::None)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        let measured: Vec<(usize, &Sample)> = outcomes
+            .iter()
+            .enumerate()
+            .filter_map(|(round, o)| Some((round, o.sample()?)))
+            .collect();
+        if measured.is_empty() {
+            let why = outcomes
+                .iter()
+                .find_map(|o| match o {
+                    Outcome::Unavailable(why) | Outcome::Failed(why) => Some(why.clone()),
+                    Outcome::Measured(_) => None,
+                })
+                .unwrap_or_else(|| "not measured".to_owned());
+            return Self {
+                mode,
+                result: RowResult::Unavailable(why),
+            };
+        }
+
+        let mut stats = Stats {
+            rounds: measured.len(),
+            ..Stats::default()
+        };
+        let rates: Vec<f64> = measured.iter().map(|(_, s)| s.rate).collect();
+        stats.rate = Spread::of(&rates);
+        let ratios: Vec<f64> = measured
+            .iter()
+            .filter_map(|&(round, s)| {
+                let reference = references.get(round)?.sample()?.rate;
+                (reference > 0.0).then(|| s.rate / reference)
+            })
+            .collect();
+        stats.ratio = Spread::of(&ratios);
+        let tracers: Vec<(u64, &TracerSample)> = measured
+            .iter()
+            .filter_map(|(_, s)| Some((s.connections, s.tracer.as_ref()?)))
+            .collect();
+        if !tracers.is_empty() {
+            stats.expected = tracers.iter().map(|&(c, _)| cal.expected(c)).sum();
+            stats.received = tracers.iter().map(|(_, t)| t.received).sum();
+            stats.lost = tracers.iter().map(|(_, t)| t.lost).sum();
+            let per_event: Vec<f64> = tracers
+                .iter()
+                .filter_map(|&(c, t)| {
+                    // Per event received; when the tracer did not say, per event expected.
+                    let events = t.received.unwrap_or_else(|| cal.expected(c));
+                    (events > 0).then_some(t.cpu_secs? * 1e6 / events as f64)
+                })
+                .collect();
+            stats.cpu_us_per_event = Spread::of(&per_event);
+            let startup: Vec<f64> = tracers
+                .iter()
+                .filter_map(|(_, t)| t.startup_cpu_secs)
+                .collect();
+            stats.startup_cpu_secs = Spread::of(&startup);
+            stats.peak_rss_kib = tracers.iter().filter_map(|(_, t)| t.peak_rss_kib).max();
+            if tracers.iter().any(|(_, t)| t.received.is_none()) {
+                stats.notes.push(
+                    "no event count from the tracer in some rounds: CPU per event uses the \
+                     expected count there"
+                        .to_owned(),
+                );
+            }
+            let killed = tracers.iter().filter(|(_, t)| t.killed).count();
+            if killed > 0 {
+                stats.notes.push(format!(
+                    "did not exit within {}s of SIGINT in {killed} round(s) and was killed",
+                    STOP_TIMEOUT.as_secs()
+                ));
+            }
+            let mut extras: Vec<&str> = tracers
+                .iter()
+                .map(|(_, t)| t.summary_extra.as_str())
+                .filter(|e| !e.is_empty())
+                .collect();
+            extras.dedup();
+            for extra in extras {
+                stats.notes.push(format!("summary also said: {extra}"));
+            }
+        }
+        let unavailable: u64 = measured.iter().map(|(_, s)| s.addr_unavailable).sum();
+        let errors: u64 = measured.iter().map(|(_, s)| s.generator_errors).sum();
+        if unavailable > 0 || errors > 0 {
+            stats.notes.push(format!(
+                "generator: {unavailable} connect() EADDRNOTAVAIL, {errors} other errors"
+            ));
+        }
+        for outcome in outcomes {
+            if let Outcome::Failed(why) = outcome {
+                stats.notes.push(format!("a round failed: {why}"));
+            }
+        }
+        Self {
+            mode,
+            result: RowResult::Measured(stats),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bench::measure::fixtures::{reference, sample};
+
+    #[test]
+    fn spread_is_min_median_max() {
+        assert_eq!(Spread::of(&[]), None);
+        assert_eq!(
+            Spread::of(&[3.0, 1.0, 2.0]),
+            Some(Spread {
+                min: 1.0,
+                median: 2.0,
+                max: 3.0
+            })
+        );
+        assert_eq!(
+            Spread::of(&[4.0, 1.0, 3.0, 2.0]),
+            Some(Spread {
+                min: 1.0,
+                median: 2.5,
+                max: 4.0
+            })
+        );
+        assert_eq!(Spread::of(&[f64::NAN, 5.0]).map(|s| s.median), Some(5.0));
+    }
+
+    #[test]
+    fn aggregates_against_the_same_rounds_reference() {
+        let cal = Calibration {
+            connections: 300,
+            connection_lines: 3000,
+            listener_lines: 2,
+        };
+        let mut results = BTreeMap::new();
+        results.insert(Mode::None, vec![reference(100.0), reference(200.0)]);
+        results.insert(
+            Mode::Trace,
+            vec![
+                sample(99.0, 1000, 10_000, 0, 0.01),
+                sample(190.0, 1000, 9_000, 1000, 0.009),
+            ],
+        );
+        results.insert(
+            Mode::Leaderboard,
+            vec![Outcome::Unavailable("rejected --interval".to_owned())],
+        );
+        let row = Row::aggregate(Mode::Trace, &results, &cal);
+        let RowResult::Measured(stats) = row.result else {
+            panic!("measured expected");
+        };
+        let ratio = stats.ratio.expect("ratio");
+        assert!((ratio.min - 0.95).abs() < 1e-9);
+        assert!((ratio.max - 0.99).abs() < 1e-9);
+        assert_eq!(stats.expected, 20_004);
+        assert_eq!(stats.received, Some(19_000));
+        assert_eq!(stats.lost, Some(1000));
+        let cpu = stats.cpu_us_per_event.expect("cpu");
+        assert!((cpu.median - 1.0).abs() < 1e-9);
+        assert_eq!(stats.peak_rss_kib, Some(20 * 1024));
+        assert_eq!(
+            Row::aggregate(Mode::Leaderboard, &results, &cal).result,
+            RowResult::Unavailable("rejected --interval".to_owned())
+        );
+    }
+}

@@ -1,0 +1,385 @@
+//! One measurement: start a tracer (or none), wait until it is attached, run the generator, then
+//! stop the tracer and collect what it and the kernel report.
+
+use std::{
+    fs::{self, File},
+    io::Read as _,
+    path::{Path, PathBuf},
+    process::{Command, ExitStatus, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use super::{
+    children::{ChildGuard, Next, Scratch, StderrLines, dev_null, file_stdout},
+    host::{clock_ticks, read_cpu_ticks, read_vm_hwm},
+    mode::{BPFTRACE_PROGRAM, Mode},
+    parse::{GeneratorRun, Summary, bpftrace_lost, count_bpftrace_output},
+};
+use crate::shell;
+
+/// How long a tracer may take to load and attach. bpftrace compiles its program with LLVM
+/// first, which takes seconds on a busy 2-core machine.
+const ATTACH_TIMEOUT: Duration = Duration::from_secs(60);
+/// After the attach message: let the attachment settle before the traffic starts.
+pub const SETTLE: Duration = Duration::from_millis(300);
+/// Between the generator's end and the stop signal, so the tracer can drain what the last
+/// connections queued.
+pub const DRAIN: Duration = Duration::from_secs(1);
+/// The generator gets this much longer than its own --duration before it counts as hung.
+const GENERATOR_SLACK: Duration = Duration::from_secs(60);
+
+pub struct Bins {
+    pub twtrace: PathBuf,
+    pub churn: PathBuf,
+    pub bpftrace: Option<PathBuf>,
+}
+
+/// One tracer: how to start it and how to tell that it is attached.
+struct TracerSpec {
+    name: &'static str,
+    cmd: Command,
+    /// Prefix of the stderr (or output file) line that says the probes are attached.
+    attached: &'static str,
+    /// Where its stdout goes when the bench reads it (bpftrace: to count lines).
+    output: Option<PathBuf>,
+    /// A file the tracer writes itself (the recording), removed after the measurement.
+    written: Option<PathBuf>,
+}
+
+fn tracer_spec(mode: Mode, bins: &Bins, scratch: &Scratch) -> Result<Option<TracerSpec>> {
+    let spec = match mode {
+        Mode::None => return Ok(None),
+        Mode::Trace | Mode::Leaderboard | Mode::Record => {
+            let mut cmd = Command::new(&bins.twtrace);
+            let mut written = None;
+            match mode {
+                Mode::Trace => {
+                    cmd.args(["trace", "--json"]);
+                }
+                Mode::Leaderboard => {
+                    cmd.args(["--json", "--interval", "1"]);
+                }
+                _ => {
+                    let file = scratch.file("record.out");
+                    cmd.args(["record", "-o"]).arg(&file);
+                    written = Some(file);
+                }
+            }
+            cmd.stdout(dev_null()?);
+            TracerSpec {
+                name: "twtrace",
+                cmd,
+                attached: "twtrace: tracing",
+                output: None,
+                written,
+            }
+        }
+        Mode::Bpftrace => {
+            let path = bins
+                .bpftrace
+                .as_ref()
+                .context("bpftrace was not found or installed")?;
+            let output = scratch.file("bpftrace.out");
+            let mut cmd = Command::new(path);
+            cmd.args(["-e", BPFTRACE_PROGRAM])
+                .stdout(file_stdout(&output)?);
+            TracerSpec {
+                name: "bpftrace",
+                cmd,
+                attached: "Attaching ",
+                output: Some(output),
+                written: None,
+            }
+        }
+    };
+    Ok(Some(spec))
+}
+
+/// What one measurement of one mode gave.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Outcome {
+    Measured(Sample),
+    /// The tracer never attached (it rejected its flags, exited, or could not be installed).
+    Unavailable(String),
+    /// It attached but did not survive the run.
+    Failed(String),
+}
+
+impl Outcome {
+    pub fn unavailable(&self) -> Option<&str> {
+        match self {
+            Outcome::Unavailable(why) => Some(why),
+            _ => None,
+        }
+    }
+
+    pub fn sample(&self) -> Option<&Sample> {
+        match self {
+            Outcome::Measured(sample) => Some(sample),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Sample {
+    /// Generator connections per second.
+    pub rate: f64,
+    pub connections: u64,
+    /// connect() calls that failed with EADDRNOTAVAIL, and other generator errors.
+    pub addr_unavailable: u64,
+    pub generator_errors: u64,
+    pub tracer: Option<TracerSample>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct TracerSample {
+    /// Events the tracer reported receiving (twtrace's summary; bpftrace's output lines).
+    pub received: Option<u64>,
+    /// Events the tracer says it lost.
+    pub lost: Option<u64>,
+    /// Anything else the summary line mentions (sockets not tracked, ...).
+    pub summary_extra: String,
+    /// utime+stime between attaching and just before the stop signal, in seconds.
+    pub cpu_secs: Option<f64>,
+    /// The same from process start to attaching (loading and verifying the program).
+    pub startup_cpu_secs: Option<f64>,
+    /// VmHWM just before the stop signal.
+    pub peak_rss_kib: Option<u64>,
+    /// Needed SIGKILL after SIGINT.
+    pub killed: bool,
+}
+
+pub fn measure(mode: Mode, bins: &Bins, scratch: &Scratch, duration: Duration) -> Result<Outcome> {
+    let Some(spec) = tracer_spec(mode, bins, scratch)? else {
+        let run = run_generator(
+            bins,
+            scratch,
+            &["--duration", &duration.as_secs().to_string()],
+        )?;
+        return Ok(Outcome::Measured(Sample {
+            rate: run.rate,
+            connections: run.connections,
+            addr_unavailable: run.addr_unavailable,
+            generator_errors: run.errors,
+            tracer: None,
+        }));
+    };
+    let result = measure_tracer(mode, spec, bins, scratch, duration);
+    // The files are large and each measurement starts a new one.
+    for name in ["record.out", "bpftrace.out"] {
+        let _ = fs::remove_file(scratch.file(name));
+    }
+    result
+}
+
+fn measure_tracer(
+    mode: Mode,
+    mut spec: TracerSpec,
+    bins: &Bins,
+    scratch: &Scratch,
+    duration: Duration,
+) -> Result<Outcome> {
+    spec.cmd.stdin(Stdio::null()).stderr(Stdio::piped());
+    let mut tracer = ChildGuard::spawn(spec.name, &mut spec.cmd)?;
+    let mut stderr = StderrLines::follow(&mut tracer)?;
+    let ticks = clock_ticks();
+    match wait_attached(
+        &mut tracer,
+        &mut stderr,
+        spec.attached,
+        spec.output.as_deref(),
+    )? {
+        Attach::Ready => {}
+        Attach::Exited(status) => {
+            stderr.finish(Duration::from_secs(2));
+            return Ok(Outcome::Unavailable(format!(
+                "not available in this build: `{}` exited ({status}) before attaching: {}",
+                mode.shown_command(),
+                stderr.reason()
+            )));
+        }
+        Attach::TimedOut => {
+            return Ok(Outcome::Unavailable(format!(
+                "`{}` did not report being attached (`{}`) within {}s",
+                mode.shown_command(),
+                spec.attached,
+                ATTACH_TIMEOUT.as_secs()
+            )));
+        }
+    }
+    thread::sleep(SETTLE);
+    let pid = tracer.pid();
+    let cpu_at_attach = read_cpu_ticks(pid);
+
+    let run = run_generator(
+        bins,
+        scratch,
+        &["--duration", &duration.as_secs().to_string()],
+    )?;
+    thread::sleep(DRAIN);
+    // Read before the stop signal: afterwards the process is gone.
+    let cpu_at_end = read_cpu_ticks(pid);
+    let peak_rss_kib = read_vm_hwm(pid);
+    if let Some(status) = tracer.try_wait()? {
+        stderr.finish(Duration::from_secs(2));
+        return Ok(Outcome::Failed(format!(
+            "{} exited during the run ({status}): {}",
+            spec.name,
+            stderr.reason()
+        )));
+    }
+    let (status, killed) = tracer.stop()?;
+    stderr.finish(Duration::from_secs(5));
+    if !killed && !status.success() {
+        // twtrace and bpftrace both exit 0 on SIGINT; anything else means the numbers are
+        // suspect, but they are still worth showing.
+        eprintln!(
+            "bench: warning: {} exited with {status} on SIGINT",
+            spec.name
+        );
+    }
+
+    let mut sample = TracerSample {
+        cpu_secs: match (cpu_at_attach, cpu_at_end) {
+            (Some(start), Some(end)) => Some(end.saturating_sub(start) as f64 / ticks),
+            _ => None,
+        },
+        startup_cpu_secs: cpu_at_attach.map(|t| t as f64 / ticks),
+        peak_rss_kib,
+        killed,
+        ..TracerSample::default()
+    };
+    if mode.is_twtrace() {
+        if let Some(summary) = stderr.seen.iter().rev().find_map(|l| Summary::parse(l)) {
+            sample.received = Some(summary.events);
+            sample.lost = Some(summary.lost);
+            sample.summary_extra = summary.extra;
+        }
+    } else if let Some(output) = &spec.output {
+        let (lines, lost_in_output) = count_bpftrace_output(output)?;
+        let lost_on_stderr: u64 = stderr.seen.iter().filter_map(|l| bpftrace_lost(l)).sum();
+        sample.received = Some(lines);
+        sample.lost = Some(lost_in_output + lost_on_stderr);
+    }
+    if let Some(written) = &spec.written {
+        let _ = fs::remove_file(written);
+    }
+    Ok(Outcome::Measured(Sample {
+        rate: run.rate,
+        connections: run.connections,
+        addr_unavailable: run.addr_unavailable,
+        generator_errors: run.errors,
+        tracer: Some(sample),
+    }))
+}
+
+pub enum Attach {
+    Ready,
+    Exited(ExitStatus),
+    TimedOut,
+}
+
+pub fn wait_attached(
+    tracer: &mut ChildGuard,
+    stderr: &mut StderrLines,
+    marker: &str,
+    output: Option<&Path>,
+) -> Result<Attach> {
+    let deadline = Instant::now() + ATTACH_TIMEOUT;
+    loop {
+        match stderr.next(Duration::from_millis(100)) {
+            Next::Line(line) if line.starts_with(marker) => return Ok(Attach::Ready),
+            Next::Line(_) | Next::Timeout => {}
+            // stderr closed: the process is exiting; its status comes below.
+            Next::Closed => thread::sleep(Duration::from_millis(20)),
+        }
+        // Some bpftrace versions print "Attaching N probes..." on stdout, which goes to a file.
+        if let Some(output) = output
+            && file_starts_with(output, marker)
+        {
+            return Ok(Attach::Ready);
+        }
+        if let Some(status) = tracer.try_wait()? {
+            return Ok(Attach::Exited(status));
+        }
+        if Instant::now() >= deadline {
+            return Ok(Attach::TimedOut);
+        }
+    }
+}
+
+fn file_starts_with(path: &Path, prefix: &str) -> bool {
+    let mut head = vec![0; prefix.len()];
+    File::open(path)
+        .and_then(|mut f| f.read_exact(&mut head))
+        .is_ok_and(|()| head == prefix.as_bytes())
+}
+
+/// Runs `churn` (2 client and 2 server threads, client closes first, unless `args` say
+/// otherwise) and returns its result line.
+pub fn run_generator(bins: &Bins, scratch: &Scratch, args: &[&str]) -> Result<GeneratorRun> {
+    let out_path = scratch.file("churn.out");
+    let err_path = scratch.file("churn.err");
+    let mut cmd = Command::new(&bins.churn);
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(file_stdout(&out_path)?)
+        .stderr(file_stdout(&err_path)?);
+    let shown = shell::display(&cmd);
+    let mut child = ChildGuard::spawn("churn", &mut cmd)?;
+    // The generator stops by itself; --duration or --count bound it, this only catches a hang.
+    let limit = args
+        .iter()
+        .position(|&a| a == "--duration")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|secs| secs.parse::<f64>().ok())
+        .map_or(GENERATOR_SLACK, |secs| {
+            Duration::from_secs_f64(secs) + GENERATOR_SLACK
+        });
+    let Some(status) = child.wait_timeout(limit)? else {
+        bail!("`{shown}` did not finish within {}s", limit.as_secs());
+    };
+    let stdout = fs::read_to_string(&out_path).unwrap_or_default();
+    let stderr = fs::read_to_string(&err_path).unwrap_or_default();
+    if !status.success() {
+        bail!("`{shown}` failed ({status}): {}", stderr.trim());
+    }
+    let line = stdout.lines().last().unwrap_or_default();
+    GeneratorRun::parse(line).with_context(|| {
+        format!("`{shown}` printed no result line (stdout {stdout:?}, stderr {stderr:?})")
+    })
+}
+
+/// Outcomes for the aggregation and report tests.
+#[cfg(test)]
+pub mod fixtures {
+    use super::*;
+
+    pub fn sample(rate: f64, connections: u64, received: u64, lost: u64, cpu: f64) -> Outcome {
+        Outcome::Measured(Sample {
+            rate,
+            connections,
+            tracer: Some(TracerSample {
+                received: Some(received),
+                lost: Some(lost),
+                cpu_secs: Some(cpu),
+                startup_cpu_secs: Some(0.1),
+                peak_rss_kib: Some(20 * 1024),
+                ..TracerSample::default()
+            }),
+            ..Sample::default()
+        })
+    }
+
+    pub fn reference(rate: f64) -> Outcome {
+        Outcome::Measured(Sample {
+            rate,
+            connections: 1000,
+            ..Sample::default()
+        })
+    }
+}

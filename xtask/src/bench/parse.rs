@@ -1,0 +1,181 @@
+//! Parsing what the generator and the tracers print: churn's result line, twtrace's summary line,
+//! and bpftrace's output and loss warnings.
+
+use std::{
+    fs::File,
+    io::{BufRead as _, BufReader},
+    path::Path,
+};
+
+use anyhow::{Context as _, Result};
+
+/// The generator's final line.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct GeneratorRun {
+    pub connections: u64,
+    pub rate: f64,
+    pub addr_unavailable: u64,
+    pub errors: u64,
+}
+
+impl GeneratorRun {
+    /// Parses `connections=<n> seconds=<f> rate=<f> [addr_unavailable=<n>] [errors=<n>]`.
+    pub fn parse(line: &str) -> Option<Self> {
+        let mut run = Self::default();
+        let (mut connections, mut rate) = (None, None);
+        for field in line.split_whitespace() {
+            let (key, value) = field.split_once('=')?;
+            match key {
+                "connections" => connections = Some(value.parse().ok()?),
+                "rate" => rate = Some(value.parse().ok()?),
+                "addr_unavailable" => run.addr_unavailable = value.parse().ok()?,
+                "errors" => run.errors = value.parse().ok()?,
+                // seconds and anything added later.
+                _ => {}
+            }
+        }
+        run.connections = connections?;
+        run.rate = rate?;
+        Some(run)
+    }
+}
+
+/// twtrace's final stderr line: `twtrace: <n> events, <n> lost, <n> unattributed[, more]`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Summary {
+    pub events: u64,
+    pub lost: u64,
+    unattributed: u64,
+    /// Whatever follows (e.g. `4 not tracked (socket table full)`), without the leading comma.
+    pub extra: String,
+}
+
+impl Summary {
+    pub fn parse(line: &str) -> Option<Self> {
+        let rest = line.trim().strip_prefix("twtrace: ")?;
+        let mut parts = rest.splitn(4, ", ");
+        let mut number = |unit: &str| -> Option<u64> {
+            let (n, word) = parts.next()?.split_once(' ')?;
+            (word == unit).then_some(())?;
+            n.parse().ok()
+        };
+        let events = number("events")?;
+        let lost = number("lost")?;
+        let unattributed = number("unattributed")?;
+        let extra = parts.next().unwrap_or_default().to_owned();
+        Some(Self {
+            events,
+            lost,
+            unattributed,
+            extra,
+        })
+    }
+}
+
+/// bpftrace's `Lost N events` warning (the perf buffer was full), anywhere in the line.
+pub fn bpftrace_lost(line: &str) -> Option<u64> {
+    let (_, rest) = line.split_once("Lost ")?;
+    let (n, rest) = rest.split_once(' ')?;
+    rest.starts_with("events").then_some(())?;
+    n.parse().ok()
+}
+
+/// Output lines of the one-liner, and `Lost N events` found among them (bpftrace prints its
+/// warnings on stdout in some versions).
+pub fn count_bpftrace_output(path: &Path) -> Result<(u64, u64)> {
+    let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let (mut lines, mut lost) = (0, 0);
+    for line in BufReader::new(file).split(b'\n') {
+        let line = line.with_context(|| format!("reading {}", path.display()))?;
+        let text = String::from_utf8_lossy(&line);
+        if let Some(n) = bpftrace_lost(&text) {
+            lost += n;
+        } else if !text.trim().is_empty() && !text.starts_with("Attaching ") {
+            lines += 1;
+        }
+    }
+    Ok((lines, lost))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{env, fs};
+
+    use super::*;
+
+    #[test]
+    fn parses_the_generator_line() {
+        assert_eq!(
+            GeneratorRun::parse(
+                "connections=1500 seconds=0.500 rate=3000.0 addr_unavailable=2 errors=1"
+            ),
+            Some(GeneratorRun {
+                connections: 1500,
+                rate: 3000.0,
+                addr_unavailable: 2,
+                errors: 1,
+            })
+        );
+        // Only connections and rate are required.
+        assert!(GeneratorRun::parse("connections=1 seconds=1 rate=1").is_some());
+        assert_eq!(GeneratorRun::parse("connections=1 seconds=1"), None);
+        assert_eq!(GeneratorRun::parse("1500 conns"), None);
+        assert_eq!(GeneratorRun::parse(""), None);
+    }
+
+    #[test]
+    fn parses_the_summary_line() {
+        assert_eq!(
+            Summary::parse("twtrace: 20 events, 0 lost, 0 unattributed"),
+            Some(Summary {
+                events: 20,
+                lost: 0,
+                unattributed: 0,
+                extra: String::new(),
+            })
+        );
+        assert_eq!(
+            Summary::parse(
+                "twtrace: 10 events, 3 lost, 2 unattributed, 4 not tracked (socket table full), \
+                 6 undecodable"
+            ),
+            Some(Summary {
+                events: 10,
+                lost: 3,
+                unattributed: 2,
+                extra: "4 not tracked (socket table full), 6 undecodable".to_owned(),
+            })
+        );
+        // The running loss announcement and other messages are not the summary.
+        for line in [
+            "twtrace: 1234 events lost so far (ring buffer full: ...)",
+            "twtrace: tracing TCP state changes; Ctrl-C to stop",
+            "twtrace: x events, 0 lost, 0 unattributed",
+            "10 events, 0 lost, 0 unattributed",
+            "",
+        ] {
+            assert_eq!(Summary::parse(line), None, "{line:?}");
+        }
+    }
+
+    #[test]
+    fn parses_bpftrace_losses() {
+        assert_eq!(bpftrace_lost("Lost 2583 events"), Some(2583));
+        assert_eq!(bpftrace_lost("WARNING: Lost 7 events"), Some(7));
+        assert_eq!(bpftrace_lost("Lost track of things"), None);
+        assert_eq!(bpftrace_lost("1234 ddd 7 8 1 2"), None);
+    }
+
+    #[test]
+    fn counts_bpftrace_output() {
+        let path = env::temp_dir().join(format!("xtask-bench-count-{}", std::process::id()));
+        fs::write(
+            &path,
+            "Attaching 1 probe...\n1 a 7 2 0 80\n2 b 2 1 5 80\nLost 12 events\n\n3 c 1 4 5 80\n",
+        )
+        .expect("temp file");
+        let counted = count_bpftrace_output(&path);
+        fs::remove_file(&path).expect("cleanup");
+        assert_eq!(counted.expect("readable"), (3, 12));
+    }
+}
