@@ -1,5 +1,5 @@
 //! The kernel side of twtrace: classic tracepoints only, because this kernel refuses fentry,
-//! fexit and tp_btf (see ../shared/docs/kernel-notes.md).
+//! fexit and tp_btf (see docs/kernel.md).
 //!
 //! `sock:inet_sock_set_state` fires in whatever context changed the state. For transitions driven
 //! by an incoming packet that is softirq, and the current task is whoever happened to run on that

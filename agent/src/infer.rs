@@ -1,5 +1,5 @@
 //! What a raw transition means: the tracepoint never reports TIME_WAIT (the full socket is
-//! replaced by a timewait socket and shows `X -> CLOSE`, see ../shared/docs/kernel-notes.md), and
+//! replaced by a timewait socket and shows `X -> CLOSE`, see docs/kernel.md), and
 //! a reset-driven close looks the same apart from the reset tracepoints the kernel side records.
 
 use twtrace_ebpf::flags;

@@ -1,7 +1,7 @@
 //! The kernel's own view of TCP sockets: a NETLINK_SOCK_DIAG dump (what `ss` uses) and the `tw`
 //! figure of /proc/net/sockstat.
 //!
-//! Timewait sockets emit no tracepoint when they die (see ../shared/docs/kernel-notes.md), so the
+//! Timewait sockets emit no tracepoint when they die (see docs/kernel.md), so the
 //! leaderboard reconciles its event-derived counts with this table every couple of seconds. One
 //! dump is one request per address family; the kernel answers with as many datagrams as it takes
 //! (each up to 32 KiB, net/netlink/af_netlink.c caps `max_recvmsg_len` there), then NLMSG_DONE.
