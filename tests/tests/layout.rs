@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use twtrace::tracefs;
+use twtrace::kernel::tracefs;
 
 #[test]
 fn offsets_match_the_live_format_files() {

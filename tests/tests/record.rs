@@ -404,12 +404,12 @@ fn files_that_are_not_recordings_are_one_clear_error() {
     std::fs::write(&random, bytes).expect("write");
     // A recording from a future twtrace: a valid header with format version 2.
     let newer = dir.join("newer.twr");
-    let header = twtrace::record::Header {
-        format: twtrace::record::format::FORMAT_NAME.into(),
+    let header = twtrace::recording::Header {
+        format: twtrace::recording::format::FORMAT_NAME.into(),
         version: 2,
         ..Default::default()
     };
-    let mut bytes = twtrace::record::format::encode_header(&header);
+    let mut bytes = twtrace::recording::format::encode_header(&header);
     bytes[8] = 2;
     std::fs::write(&newer, bytes).expect("write");
     let cases = [

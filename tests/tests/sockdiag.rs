@@ -19,7 +19,7 @@ use std::{
 
 use twtrace::{
     event::Family,
-    sockdiag::{DiagSocket, SockDiag, dump_tcp, sockstat},
+    kernel::sockdiag::{DiagSocket, SockDiag, dump_tcp, sockstat},
 };
 
 const ESTABLISHED: u8 = 1;
@@ -40,7 +40,7 @@ fn skip_unless_root(test: &str) -> bool {
 fn inode_of(fd: &impl AsFd) -> u64 {
     let raw = fd.as_fd().as_raw_fd();
     let link = std::fs::read_link(format!("/proc/self/fd/{raw}")).expect("reading the fd link");
-    twtrace::procnet::socket_inode(&link.to_string_lossy()).expect("a socket:[N] link")
+    twtrace::kernel::procnet::socket_inode(&link.to_string_lossy()).expect("a socket:[N] link")
 }
 
 /// SO_COOKIE: `sock_gen_cookie()` of the socket (net/core/sock.c), the value inet_diag reports
