@@ -228,10 +228,14 @@ pub struct LiveArgs {
     #[arg(long, value_name = "FILE")]
     pub from: Option<std::path::PathBuf>,
 
-    /// Also record everything to FILE while showing the leaderboard (as `twtrace record`
-    /// does; created mode 0600, never overwritten).
+    /// Also record everything to FILE while showing the leaderboard, as `twtrace record`
+    /// does (created mode 0600; read it with `twtrace report FILE`).
     #[arg(long, value_name = "FILE", conflicts_with = "from")]
     pub record: Option<std::path::PathBuf>,
+
+    /// With --record: overwrite FILE if it exists.
+    #[arg(long, requires = "record")]
+    pub force: bool,
 
     /// With --from: replay speed (2 = twice as fast; 0 = as fast as possible).
     #[arg(long, default_value_t = 1.0, value_name = "X", value_parser = parse_speed, requires = "from")]
@@ -261,6 +265,7 @@ impl Default for LiveArgs {
             top: 20,
             from: None,
             record: None,
+            force: false,
             speed: 1.0,
         }
     }
@@ -465,6 +470,8 @@ mod tests {
         assert!(parse(&["report", "f.twr", "--since", "yesterday"]).is_err());
         assert!(parse(&["report", "f.twr", "--until", "2026-11-25T00:00:02Z"]).is_ok());
         assert!(parse(&["--from", "f.twr", "--record", "g.twr"]).is_err());
+        assert!(parse(&["--force"]).is_err(), "--force needs --record");
+        assert!(parse(&["--record", "g.twr", "--force", "--once"]).is_ok());
         assert!(parse(&["report", "f.twr", "--export", "csv"]).is_err());
         assert!(parse(&["report"]).is_err());
 

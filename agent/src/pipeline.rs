@@ -5,9 +5,7 @@
 
 use std::{
     collections::HashMap,
-    future::Future,
     io::{self, Write as _},
-    pin::Pin,
     sync::Arc,
     time::Duration,
 };
@@ -19,7 +17,7 @@ use crate::{
     clock::WallClock,
     event::{Attribution, Comm, Transition},
     model::{Limits, Model, Outside, snapshot::Snapshot},
-    sink::{End, Sink},
+    sink::{End, Sink, View},
     source::{Processes, Source},
     stream::{Flow, Item, KernelStats, KernelTruth, Stats, Tally},
 };
@@ -404,9 +402,6 @@ pub struct Outcome {
     pub stopped: Stopped,
     pub error: Option<anyhow::Error>,
 }
-
-/// A full-screen view that runs beside the loop and ends it when the user quits.
-pub type View<'v> = Pin<Box<dyn Future<Output = anyhow::Result<()>> + 'v>>;
 
 /// The signals every command stops on, installed once.
 pub struct Signals {

@@ -12,10 +12,10 @@ use anyhow::Context as _;
 use crate::{
     cli::{Cli, Command, Export, FilterArgs, LiveArgs, RecordArgs, ReportArgs, TraceArgs, When},
     kernel::tracer::Options,
-    pipeline::{self, Cadence, Core, Outcome, Selection, Signals, Stopped, View},
+    pipeline::{self, Cadence, Core, Outcome, Selection, Signals, Stopped},
     recording::{Filters, Header, Writer, header_now, human_size, writer::create_file},
     sink::{
-        Sink,
+        Sink, View,
         recorder::{FileRecorder, FlightRecorder},
         report::{self, Report},
         ring::Ring,
@@ -228,7 +228,8 @@ async fn leaderboard(args: LiveArgs, verbose: bool) -> anyhow::Result<()> {
     let opts = options(&args.filter, verbose);
     // Created before the tracer starts, so a file that cannot be written costs no attach.
     let recorder = match &args.record {
-        Some(path) => Some(file_recorder(path, false, None, &opts, !tui)?),
+        // No progress lines: the leaderboard itself shows what is going on.
+        Some(path) => Some(file_recorder(path, args.force, None, &opts, false)?),
         None => None,
     };
     let live_cadence = live::Cadence {

@@ -10,13 +10,16 @@ pub mod trace;
 pub mod trigger;
 pub mod tui;
 
-use std::sync::Arc;
+use std::{future::Future, pin::Pin, sync::Arc};
 
 use crate::{
     event::Transition,
     model::snapshot::Snapshot,
     stream::{KernelTruth, Stats, Tally},
 };
+
+/// A full-screen view that runs beside the pipeline's loop and ends it when the user quits.
+pub type View<'v> = Pin<Box<dyn Future<Output = anyhow::Result<()>> + 'v>>;
 
 /// How the stream ended, for the sinks' last words.
 #[derive(Clone, Debug)]

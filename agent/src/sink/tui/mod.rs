@@ -35,7 +35,7 @@ pub struct TuiSink {
 
 impl TuiSink {
     /// The sink and the view it feeds, titled `title`.
-    pub fn new(title: String) -> (Self, crate::pipeline::View<'static>) {
+    pub fn new(title: String) -> (Self, super::View<'static>) {
         let (tx, rx) = watch::channel(Arc::new(Snapshot::default()));
         (Self { tx: Some(tx) }, Box::pin(run(rx, title)))
     }
