@@ -192,9 +192,9 @@ pub struct ListenerEntry {
     pub skaddr: u64,
 }
 
-pub const EVENT_SIZE: usize = core::mem::size_of::<Event>();
+pub const EVENT_SIZE: usize = size_of::<Event>();
 const _: () = assert!(EVENT_SIZE == 112);
-const _: () = assert!(core::mem::align_of::<Event>() == 8);
+const _: () = assert!(align_of::<Event>() == 8);
 
 #[cfg(feature = "user")]
 mod user {

@@ -137,56 +137,65 @@ fn wakeup_flag() -> u64 {
 
 #[tracepoint]
 pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
-    // SAFETY: every read goes through bpf_probe_read at offsets checked against the format file
-    // by the agent before loading.
-    match unsafe { try_set_state(&ctx) } {
+    match try_set_state(&ctx) {
         Ok(()) => 0,
         Err(_) => 0,
     }
 }
 
-unsafe fn try_set_state(ctx: &TracePointContext) -> Result<(), i64> {
+/// Reads one field of the tracepoint's record.
+#[inline(always)]
+fn field<T>(ctx: &TracePointContext, offset: usize) -> Result<T, i32> {
+    // SAFETY: a bpf_probe_read of a plain integer or byte array from the tracepoint's record, at
+    // an offset the agent checked against the live format file before loading; an unreadable
+    // address is an error return, never undefined behaviour.
+    unsafe { ctx.read_at(offset) }
+}
+
+fn try_set_state(ctx: &TracePointContext) -> Result<(), i64> {
     use offsets::set_state as o;
-    // SAFETY (whole function): reads from the tracepoint record, see the caller.
-    let protocol: u16 = unsafe { ctx.read_at(o::PROTOCOL)? };
+    let protocol: u16 = field(ctx, o::PROTOCOL)?;
     // The tracepoint also fires for SCTP and MPTCP sockets.
     if protocol != IPPROTO_TCP {
         return Ok(());
     }
-    let skaddr: u64 = unsafe { ctx.read_at(o::SKADDR)? };
-    let oldstate = unsafe { ctx.read_at::<i32>(o::OLDSTATE)? } as u32;
-    let newstate = unsafe { ctx.read_at::<i32>(o::NEWSTATE)? } as u32;
+    let skaddr: u64 = field(ctx, o::SKADDR)?;
+    let oldstate = field::<i32>(ctx, o::OLDSTATE)? as u32;
+    let newstate = field::<i32>(ctx, o::NEWSTATE)? as u32;
     // tcp_set_state() fires the tracepoint even when the state does not change (close() after
     // shutdown(SHUT_WR) gives FIN_WAIT1 -> FIN_WAIT1): not a transition, nothing to report.
     if oldstate == newstate {
         return Ok(());
     }
-    let family: u16 = unsafe { ctx.read_at(o::FAMILY)? };
+    let family: u16 = field(ctx, o::FAMILY)?;
     let mut ev = Event {
+        // SAFETY: helper without preconditions; available to tracepoint programs.
         ts_ns: unsafe { bpf_ktime_get_ns() },
         skaddr,
         oldstate,
         newstate,
         current_tgid: ctx.tgid(),
         family,
-        sport: unsafe { ctx.read_at(o::SPORT)? },
-        dport: unsafe { ctx.read_at(o::DPORT)? },
+        sport: field(ctx, o::SPORT)?,
+        dport: field(ctx, o::DPORT)?,
         ..Event::default()
     };
     if family == AF_INET {
         // For AF_INET6 sockets the IPv4 fields hold junk, and vice versa.
-        let s: [u8; 4] = unsafe { ctx.read_at(o::SADDR)? };
-        let d: [u8; 4] = unsafe { ctx.read_at(o::DADDR)? };
+        let s: [u8; 4] = field(ctx, o::SADDR)?;
+        let d: [u8; 4] = field(ctx, o::DADDR)?;
         ev.saddr[..4].copy_from_slice(&s);
         ev.daddr[..4].copy_from_slice(&d);
     } else if family == AF_INET6 {
-        ev.saddr = unsafe { ctx.read_at(o::SADDR_V6)? };
-        ev.daddr = unsafe { ctx.read_at(o::DADDR_V6)? };
+        ev.saddr = field(ctx, o::SADDR_V6)?;
+        ev.daddr = field(ctx, o::DADDR_V6)?;
     }
 
     // A close of this socket is still held back (it changed state again without being
     // destroyed, e.g. connect() again after a failure): send it first so order is kept.
     if let Some(entry) = SOCKETS.get_ptr_mut(skaddr) {
+        // SAFETY: a hash map value pointer, valid for this program's run; one socket's
+        // transitions are serialised by the socket lock.
         let entry = unsafe { &mut *entry };
         if entry.has_pending != 0 {
             entry.has_pending = 0;
@@ -214,6 +223,7 @@ unsafe fn try_set_state(ctx: &TracePointContext) -> Result<(), i64> {
         let fresh = oldstate == CLOSE;
         match SOCKETS.get_ptr_mut(skaddr) {
             // A socket leaving CLOSE is a new life for this address: forget earlier flags.
+            // SAFETY: as above: a map value pointer, valid for this run.
             Some(entry) if !fresh => unsafe { (*entry).owner = ev.owner },
             _ => {
                 let entry = SockEntry {
@@ -253,6 +263,8 @@ unsafe fn try_set_state(ctx: &TracePointContext) -> Result<(), i64> {
     } else {
         match SOCKETS.get_ptr_mut(skaddr) {
             Some(entry) => {
+                // SAFETY: a hash map value pointer, valid for this program's run; one socket's
+                // transitions are serialised by the socket lock.
                 let entry = unsafe { &mut *entry };
                 ev.owner = entry.owner;
                 ev.flags |= entry.flags;
@@ -283,6 +295,7 @@ unsafe fn try_set_state(ctx: &TracePointContext) -> Result<(), i64> {
     // SAFETY: read-only copy of a small value.
     if oldstate == LISTEN
         && newstate == CLOSE
+        // SAFETY: the value is read and compared at once, in this program's run.
         && unsafe { LISTENERS.get(ev.sport) }
             .is_some_and(|l| l.skaddr == skaddr || (l.skaddr == 0 && l.owner.tgid == ev.owner.tgid))
     {
@@ -311,7 +324,7 @@ fn holds_close(oldstate: u32, newstate: u32, entry_flags: u32) -> bool {
 #[tracepoint]
 pub fn tcp_destroy_sock(ctx: TracePointContext) -> u32 {
     // SAFETY: reads at offsets checked against the format file by the agent.
-    let Ok(skaddr) = (unsafe { ctx.read_at::<u64>(offsets::tcp_sock::SKADDR) }) else {
+    let Ok(skaddr) = field::<u64>(&ctx, offsets::tcp_sock::SKADDR) else {
         return 0;
     };
     if let Some(entry) = SOCKETS.get_ptr_mut(skaddr) {
@@ -321,7 +334,7 @@ pub fn tcp_destroy_sock(ctx: TracePointContext) -> u32 {
             entry.has_pending = 0;
             let mut ev = entry.pending;
             // SAFETY: as above.
-            ev.cookie = unsafe { ctx.read_at::<u64>(offsets::tcp_sock::SOCK_COOKIE) }.unwrap_or(0);
+            ev.cookie = field::<u64>(&ctx, offsets::tcp_sock::SOCK_COOKIE).unwrap_or(0);
             ev.flags |= flags::DESTROYED | (entry.flags & flags::RESET_SENT);
             emit(&ev);
         }
@@ -333,7 +346,7 @@ pub fn tcp_destroy_sock(ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
     // SAFETY: reads at offsets checked against the format file by the agent.
-    if let Ok(skaddr) = unsafe { ctx.read_at::<u64>(offsets::tcp_sock::SKADDR) } {
+    if let Ok(skaddr) = field::<u64>(&ctx, offsets::tcp_sock::SKADDR) {
         mark(skaddr, flags::RESET_RECEIVED, true);
     }
     0
@@ -342,7 +355,7 @@ pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn tcp_send_reset(ctx: TracePointContext) -> u32 {
     // SAFETY: reads at offsets checked against the format file by the agent.
-    if let Ok(skaddr) = unsafe { ctx.read_at::<u64>(offsets::send_reset::SKADDR) } {
+    if let Ok(skaddr) = field::<u64>(&ctx, offsets::send_reset::SKADDR) {
         // NULL for resets answering a packet that matched no socket.
         if skaddr != 0 {
             mark(skaddr, flags::RESET_SENT, false);

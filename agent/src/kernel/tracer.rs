@@ -289,9 +289,9 @@ fn load_error(prog: &str, e: ProgramError, verbose: bool) -> anyhow::Error {
 /// Forwards the kernel program's aya-log messages to the `log` crate (shown with `-v`).
 fn start_kernel_logger(ebpf: &mut Ebpf) {
     match aya_log::EbpfLogger::init(ebpf) {
-        // SAFETY: the logger owns its ring buffer map's file descriptor, open and unchanged for
-        // as long as the logger lives inside the AsyncFd.
         Ok(logger) => {
+            // SAFETY: the logger owns its ring buffer map's file descriptor, open and unchanged
+            // for as long as the logger lives inside the AsyncFd.
             match unsafe { AsyncFd::register_with_interest(logger, Interest::READABLE) } {
                 Ok(mut fd) => {
                     tokio::spawn(async move {
