@@ -811,59 +811,134 @@ pub fn print_breakdown(
     );
 }
 
-/// A port-filtered run: server first (to learn its port), then `twtrace --port`, then the
-/// client; both peers must exit 0, then twtrace is stopped.
-pub struct PortRun {
-    pub trace: Trace,
-    pub port: u16,
-    pub server_pid: u32,
-    pub client_pid: u32,
+/// Which loopback address the tcpdrive peers use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Loopback {
+    V4,
+    V6,
 }
 
-pub struct PortRunSpec<'a> {
+impl Loopback {
+    /// The server's bind address, on any free port.
+    pub fn bind(self) -> &'static str {
+        match self {
+            Self::V4 => "127.0.0.1:0",
+            Self::V6 => "[::1]:0",
+        }
+    }
+
+    /// The address the client connects to.
+    pub fn connect(self, port: u16) -> String {
+        match self {
+            Self::V4 => format!("127.0.0.1:{port}"),
+            Self::V6 => format!("[::1]:{port}"),
+        }
+    }
+}
+
+/// A `tcpdrive server` and a `tcpdrive client` making `count` connections over loopback.
+#[derive(Debug, Clone, Copy)]
+pub struct Traffic<'a> {
     pub driver: &'a Path,
-    /// Server bind address, e.g. `127.0.0.1:0` or `[::1]:0`.
-    pub bind: &'a str,
-    /// Client connect host: `127.0.0.1` or `[::1]`.
-    pub host: &'a str,
+    pub loopback: Loopback,
     pub count: usize,
     pub mode: Mode,
     pub server_comm: &'a str,
     pub client_comm: &'a str,
     pub client_opts: ClientOpts,
-    /// A line the client must print before it exits (`holding` in leak mode).
-    pub client_says: Option<&'a str>,
 }
 
-pub fn port_run(spec: PortRunSpec<'_>) -> PortRun {
-    let mut server = Server::start(
-        spec.driver,
-        spec.bind,
-        spec.count,
-        spec.mode,
-        spec.server_comm,
-    );
-    let port = server.port;
-    let twtrace = Twtrace::start(&["--port".into(), port.to_string()]);
-    let mut client = Client::start(
-        spec.driver,
-        &format!("{}:{port}", spec.host),
-        spec.count,
-        spec.mode,
-        spec.client_comm,
-        spec.client_opts,
-    );
-    if let Some(line) = spec.client_says {
-        client.wait_for_stdout(line, DRIVER_TIMEOUT);
+impl<'a> Traffic<'a> {
+    /// Over 127.0.0.1, with the client's default options.
+    pub fn new(
+        driver: &'a Path,
+        mode: Mode,
+        count: usize,
+        server_comm: &'a str,
+        client_comm: &'a str,
+    ) -> Self {
+        Self {
+            driver,
+            loopback: Loopback::V4,
+            count,
+            mode,
+            server_comm,
+            client_comm,
+            client_opts: ClientOpts::default(),
+        }
     }
-    client.guard.wait_success(DRIVER_TIMEOUT);
-    server.guard.wait_success(DRIVER_TIMEOUT);
-    let trace = twtrace.stop();
-    PortRun {
-        trace,
-        port,
-        server_pid: server.pid(),
-        client_pid: client.pid(),
+
+    /// The same over `loopback`.
+    pub fn over(self, loopback: Loopback) -> Self {
+        Self { loopback, ..self }
+    }
+
+    /// The same with the client holding its sockets `ms` after `holding` (leak mode).
+    pub fn hold_ms(self, ms: u64) -> Self {
+        let client_opts = ClientOpts {
+            hold_ms: Some(ms),
+            ..self.client_opts
+        };
+        Self {
+            client_opts,
+            ..self
+        }
+    }
+
+    /// Starts the server; it listens (its port is known) when this returns.
+    pub fn server(&self) -> Server {
+        Server::start(
+            self.driver,
+            self.loopback.bind(),
+            self.count,
+            self.mode,
+            self.server_comm,
+        )
+    }
+
+    /// Starts the client toward `port`.
+    pub fn client(&self, port: u16) -> Client {
+        Client::start(
+            self.driver,
+            &self.loopback.connect(port),
+            self.count,
+            self.mode,
+            self.client_comm,
+            self.client_opts,
+        )
+    }
+
+    /// Starts the server, then `watch` with the server's port (whatever must see every
+    /// connection: a tracer filtered on that port, a recorder), then the client.
+    pub fn start<W>(&self, watch: impl FnOnce(u16) -> W) -> (Peers, W) {
+        let server = self.server();
+        let watching = watch(server.port);
+        let client = self.client(server.port);
+        (Peers { server, client }, watching)
+    }
+
+    /// Starts the server, then the client, with nothing watching in between.
+    pub fn start_unwatched(&self) -> Peers {
+        self.start(|_| ()).0
+    }
+}
+
+/// A running server and its client.
+pub struct Peers {
+    pub server: Server,
+    pub client: Client,
+}
+
+impl Peers {
+    /// The server's port.
+    pub fn port(&self) -> u16 {
+        self.server.port
+    }
+
+    /// Waits for the client, then the server, to finish; both must exit 0.
+    pub fn wait(&mut self) {
+        self.client.guard.wait_success(DRIVER_TIMEOUT);
+        self.server.guard.wait_success(DRIVER_TIMEOUT);
     }
 }
 

@@ -5,7 +5,7 @@
 use std::{path::Path, time::Duration};
 
 use twtrace_tests::{
-    Client, ClientOpts, DRIVER_TIMEOUT, Mode, Server,
+    DRIVER_TIMEOUT, Mode, Traffic,
     live::{Live, counter, process},
     skip_unless_root,
 };
@@ -26,23 +26,13 @@ fn time_wait_per_process_and_peer() {
         return;
     }
     const N: usize = 40;
-    let mut server = Server::start(driver(), "127.0.0.1:0", N, Mode::ClientFirst, "tws-lb");
-    let live = Live::start(&["--port".into(), server.port.to_string()]);
-    let addr = format!("127.0.0.1:{}", server.port);
-    let mut client = Client::start(
-        driver(),
-        &addr,
-        N,
-        Mode::ClientFirst,
-        "twc-lb",
-        ClientOpts::default(),
-    );
-    client.guard.wait_success(DRIVER_TIMEOUT);
-    server.guard.wait_success(DRIVER_TIMEOUT);
+    let traffic = Traffic::new(driver(), Mode::ClientFirst, N, "tws-lb", "twc-lb");
+    let (mut peers, live) = traffic.start(|port| Live::start(&["--port".into(), port.to_string()]));
+    peers.wait();
     let run = live.stop_after(SETTLE);
     let last = run.last();
     eprintln!("[{TEST}] last snapshot: {last}");
-    let (c, s) = (client.pid(), server.pid());
+    let (c, s, port) = (peers.client.pid(), peers.server.pid(), peers.port());
     assert_eq!(counter(last, c, "timewait_entered"), N as u64);
     assert_eq!(counter(last, c, "timewait_now"), N as u64);
     assert_eq!(counter(last, c, "opens"), N as u64);
@@ -57,13 +47,13 @@ fn time_wait_per_process_and_peer() {
     let peer = &row["peers"][0];
     assert_eq!(
         (peer["raddr"].as_str(), peer["rport"].as_u64()),
-        (Some("127.0.0.1"), Some(u64::from(server.port)))
+        (Some("127.0.0.1"), Some(u64::from(port)))
     );
     assert_eq!(peer["timewait_entered"], N);
     assert_eq!(peer["timewait_now"], N);
     let server_peer = &process(last, s).expect("server row")["peers"][0];
     assert_eq!(
-        server_peer["lport"], server.port,
+        server_peer["lport"], port,
         "accepted connections are grouped by listening port"
     );
     // Other tests' TIME_WAIT sockets may share the port number (they live 60 s); they can only
@@ -93,19 +83,12 @@ fn close_wait_now_follows_the_leak() {
         return;
     }
     const N: usize = 15;
-    let mut server = Server::start(driver(), "127.0.0.1:0", N, Mode::Leak, "tws-lbleak");
-    let live = Live::start(&["--port".into(), server.port.to_string()]);
-    let addr = format!("127.0.0.1:{}", server.port);
-    let opts = ClientOpts {
-        hold_ms: Some(3000),
-        wait_stdin: false,
-    };
-    let mut client = Client::start(driver(), &addr, N, Mode::Leak, "twc-lbleak", opts);
-    client.wait_for_stdout("holding", DRIVER_TIMEOUT);
-    client.guard.wait_success(DRIVER_TIMEOUT);
-    server.guard.wait_success(DRIVER_TIMEOUT);
+    let traffic = Traffic::new(driver(), Mode::Leak, N, "tws-lbleak", "twc-lbleak").hold_ms(3000);
+    let (mut peers, live) = traffic.start(|port| Live::start(&["--port".into(), port.to_string()]));
+    peers.client.wait_for_stdout("holding", DRIVER_TIMEOUT);
+    peers.wait();
     let run = live.stop_after(SETTLE);
-    let c = client.pid();
+    let c = peers.client.pid();
     let held = run
         .snapshots
         .iter()
@@ -139,33 +122,18 @@ fn sockets_from_before_the_start() {
     }
     const N: usize = 12;
     // TIME_WAIT sockets made before twtrace starts.
-    let mut tw_server = Server::start(driver(), "127.0.0.1:0", N, Mode::ClientFirst, "tws-lbpre");
-    let tw_addr = format!("127.0.0.1:{}", tw_server.port);
-    let mut tw_client = Client::start(
-        driver(),
-        &tw_addr,
-        N,
-        Mode::ClientFirst,
-        "twc-lbpre",
-        ClientOpts::default(),
-    );
-    tw_client.guard.wait_success(DRIVER_TIMEOUT);
-    tw_server.guard.wait_success(DRIVER_TIMEOUT);
+    let mut tw =
+        Traffic::new(driver(), Mode::ClientFirst, N, "tws-lbpre", "twc-lbpre").start_unwatched();
+    tw.wait();
     // A client holding CLOSE_WAIT sockets while twtrace starts.
-    let mut cw_server = Server::start(driver(), "127.0.0.1:0", N, Mode::Leak, "tws-lbcw");
-    let cw_addr = format!("127.0.0.1:{}", cw_server.port);
-    let opts = ClientOpts {
-        hold_ms: Some(6000),
-        wait_stdin: false,
-    };
-    let mut cw_client = Client::start(driver(), &cw_addr, N, Mode::Leak, "twc-lbcw", opts);
-    cw_client.wait_for_stdout("holding", DRIVER_TIMEOUT);
+    let leak = Traffic::new(driver(), Mode::Leak, N, "tws-lbcw", "twc-lbcw").hold_ms(6000);
+    let mut cw = leak.start_unwatched();
+    cw.client.wait_for_stdout("holding", DRIVER_TIMEOUT);
 
-    let ports = format!("{},{}", tw_server.port, cw_server.port);
+    let ports = format!("{},{}", tw.port(), cw.port());
     let live = Live::start(&["--port".into(), ports]);
     let run = live.stop_after(SETTLE);
-    cw_client.guard.wait_success(DRIVER_TIMEOUT);
-    cw_server.guard.wait_success(DRIVER_TIMEOUT);
+    cw.wait();
     let first = &run.snapshots[0];
     eprintln!("[{TEST}] first snapshot: {first}");
     let before = process(first, 0).expect("a (before start) row");
@@ -181,8 +149,8 @@ fn sockets_from_before_the_start() {
             .map(|p| p["timewait_now"].as_u64().unwrap_or(0))
             .sum()
     };
-    let toward_first = sum(&|p| p["rport"] == tw_server.port);
-    let leak_side = sum(&|p| p["rport"] != tw_server.port);
+    let toward_first = sum(&|p| p["rport"] == tw.port());
+    let leak_side = sum(&|p| p["rport"] != tw.port());
     assert_eq!(
         toward_first, N as u64,
         "client-side TIME_WAIT toward the first server"
@@ -199,7 +167,7 @@ fn sockets_from_before_the_start() {
         before["timewait_entered"], 0,
         "entered before twtrace saw them"
     );
-    let c = cw_client.pid();
+    let c = cw.client.pid();
     assert_eq!(
         counter(first, c, "close_wait_now"),
         N as u64,
@@ -209,7 +177,6 @@ fn sockets_from_before_the_start() {
 }
 
 /// Without filters, twtrace's TIME_WAIT-now total (owned plus before start) matches the kernel's
-/// Without filters, twtrace's TIME_WAIT-now total (owned plus before start) matches the kernel's
 /// own count in /proc/net/sockstat: while the churn generator runs flat out, and afterwards.
 #[test]
 fn time_wait_total_matches_sockstat() {
@@ -218,19 +185,9 @@ fn time_wait_total_matches_sockstat() {
         return;
     }
     const N: usize = 300;
-    let mut server = Server::start(driver(), "127.0.0.1:0", N, Mode::ServerFirst, "tws-lbsum");
-    let live = Live::start(&[]);
-    let addr = format!("127.0.0.1:{}", server.port);
-    let mut client = Client::start(
-        driver(),
-        &addr,
-        N,
-        Mode::ServerFirst,
-        "twc-lbsum",
-        ClientOpts::default(),
-    );
-    client.guard.wait_success(DRIVER_TIMEOUT);
-    server.guard.wait_success(DRIVER_TIMEOUT);
+    let traffic = Traffic::new(driver(), Mode::ServerFirst, N, "tws-lbsum", "twc-lbsum");
+    let (mut peers, live) = traffic.start(|_| Live::start(&[]));
+    peers.wait();
     // Churn at the machine's limit for a few seconds (bounded: it stops by itself).
     let churn = std::process::Command::new(env!("CARGO_BIN_EXE_churn"))
         .args(["--duration", "6"])
@@ -261,6 +218,9 @@ fn time_wait_total_matches_sockstat() {
     }
     assert!(checked >= 3, "only {checked} snapshots were compared");
     let last = run.last();
-    assert_eq!(counter(last, server.pid(), "timewait_entered"), N as u64);
-    assert_eq!(counter(last, server.pid(), "timewait_now"), N as u64);
+    assert_eq!(
+        counter(last, peers.server.pid(), "timewait_entered"),
+        N as u64
+    );
+    assert_eq!(counter(last, peers.server.pid(), "timewait_now"), N as u64);
 }

@@ -8,14 +8,109 @@ use std::{os::unix::fs::PermissionsExt as _, path::Path, time::Duration};
 
 use serde_json::Value;
 use twtrace_tests::{
-    Client, ClientOpts, DRIVER_TIMEOUT, Mode, Server,
+    Mode, Peers, Traffic,
     live::{Live, counter, process},
-    record::{Recording, TempDir, twtrace_output},
+    record::{Recorded, Recording, TempDir, twtrace_output},
     skip_unless_root,
 };
 
 fn driver() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_tcpdrive"))
+}
+
+/// `n` client-first connections over 127.0.0.1 between a server and a client with these comms.
+fn traffic(n: usize, server_comm: &'static str, client_comm: &'static str) -> Traffic<'static> {
+    Traffic::new(driver(), Mode::ClientFirst, n, server_comm, client_comm)
+}
+
+/// `--port PORT` followed by `more`.
+fn port_and(port: u16, more: &[&str]) -> Vec<String> {
+    let mut args = vec!["--port".to_owned(), port.to_string()];
+    args.extend(more.iter().map(|&a| a.to_owned()));
+    args
+}
+
+/// A recording of client-first traffic that ends before the traffic or by itself.
+struct Cut {
+    n: usize,
+    server_comm: &'static str,
+    client_comm: &'static str,
+    /// Recorder arguments after `--port PORT`.
+    args: &'static [&'static str],
+    stop: Stop,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Stop {
+    /// SIGKILL this long after the client started, while it still makes connections.
+    KillAfter(Duration),
+    /// The recorder stops by itself during the traffic; waited for once the traffic ends.
+    ByItself,
+}
+
+/// SIGKILL while connections are being made.
+const KILLED: Cut = Cut {
+    n: 50000,
+    server_comm: "tws-kill",
+    client_comm: "twc-kill",
+    args: &[],
+    stop: Stop::KillAfter(Duration::from_millis(1500)),
+};
+/// On a 256 KiB tmpfs.
+const FULL_DISK: Cut = Cut {
+    n: 5000,
+    server_comm: "tws-full",
+    client_comm: "twc-full",
+    args: &[],
+    stop: Stop::ByItself,
+};
+/// With a size limit.
+const MAX_SIZE: Cut = Cut {
+    n: 3000,
+    server_comm: "tws-max",
+    client_comm: "twc-max",
+    args: &["--max-size", "128K", "--duration", "1m"],
+    stop: Stop::ByItself,
+};
+
+/// What [`cut`] leaves for a test to check.
+struct CutRun {
+    peers: Peers,
+    recorded: Recorded,
+    /// `twtrace report FILE --json`, as root; it exited 0.
+    report: std::process::Output,
+}
+
+/// Records `case`'s traffic to `file`, stops as it says (both peers must exit 0), then reports
+/// on the file.
+fn cut(case: &Cut, file: &Path) -> CutRun {
+    let traffic = traffic(case.n, case.server_comm, case.client_comm);
+    let (mut peers, recording) =
+        traffic.start(|port| Recording::start(file, &port_and(port, case.args)));
+    let recorded = match case.stop {
+        Stop::KillAfter(after) => {
+            std::thread::sleep(after);
+            let recorded = recording.stop(libc::SIGKILL);
+            peers.wait();
+            recorded
+        }
+        Stop::ByItself => {
+            peers.wait();
+            recording.stop(0)
+        }
+    };
+    let path = file.to_str().expect("utf-8 path");
+    let report = twtrace_output(&["report", path, "--json"], false);
+    assert!(
+        report.status.success(),
+        "a cut recording is still a report: {}",
+        String::from_utf8_lossy(&report.stderr)
+    );
+    CutRun {
+        peers,
+        recorded,
+        report,
+    }
 }
 
 /// Long enough for a snapshot after a reconciliation (every 2 s).
@@ -43,21 +138,11 @@ fn report_of_a_recording_equals_the_live_leaderboard() {
     const N: usize = 40;
     let dir = TempDir::new("record-rt");
     let file = dir.join("rt.twr");
-    let mut server = Server::start(driver(), "127.0.0.1:0", N, Mode::ClientFirst, "tws-rec");
-    let port = server.port.to_string();
-    let recording = Recording::start(&file, &["--port".into(), port.clone()]);
-    let live = Live::start(&["--port".into(), port.clone()]);
-    let addr = format!("127.0.0.1:{}", server.port);
-    let mut client = Client::start(
-        driver(),
-        &addr,
-        N,
-        Mode::ClientFirst,
-        "twc-rec",
-        ClientOpts::default(),
-    );
-    client.guard.wait_success(DRIVER_TIMEOUT);
-    server.guard.wait_success(DRIVER_TIMEOUT);
+    let (mut peers, (recording, live)) = traffic(N, "tws-rec", "twc-rec").start(|port| {
+        let args = port_and(port, &[]);
+        (Recording::start(&file, &args), Live::start(&args))
+    });
+    peers.wait();
     let run = live.stop_after(SETTLE);
     let recorded = recording.stop(libc::SIGINT);
     assert!(recorded.status.success(), "{:?}", recorded.stderr);
@@ -77,7 +162,7 @@ fn report_of_a_recording_equals_the_live_leaderboard() {
     let out = twtrace_output(&["report", path, "--json"], true);
     assert!(out.status.success(), "report as uid 65534 failed");
     let report = json_of(&out);
-    let (c, s) = (client.pid(), server.pid());
+    let (c, s) = (peers.client.pid(), peers.server.pid());
     let live_last = run.last();
     eprintln!("[{TEST}] live: {live_last}");
     eprintln!("[{TEST}] report: {report}");
@@ -107,7 +192,7 @@ fn report_of_a_recording_equals_the_live_leaderboard() {
     let host = &report["host"];
     assert!(host["kernel"].as_str().is_some_and(|k| !k.is_empty()));
     assert!(host["sysctls"]["net.ipv4.tcp_tw_reuse"].is_string());
-    assert_eq!(host["filters"]["ports"][0], server.port);
+    assert_eq!(host["filters"]["ports"][0], peers.port());
     assert!(host["problems"].as_array().is_some_and(Vec::is_empty));
     let timeline = report["timeline"].as_array().expect("timeline");
     assert!(timeline.len() >= 3, "one point per recorded second");
@@ -195,31 +280,18 @@ fn the_flight_recorder_captures_what_came_before_its_trigger() {
     const N: usize = 60;
     let dir = TempDir::new("record-ring");
     let captures = dir.join("captures");
-    let mut server = Server::start(driver(), "127.0.0.1:0", N, Mode::ClientFirst, "tws-ring");
-    let mut recording = Recording::start(
-        &captures,
-        &[
-            "--ring".into(),
-            "30s".into(),
-            "--trigger".into(),
-            "timewait_now>40".into(),
-            "--after".into(),
-            "2s".into(),
-            "--port".into(),
-            server.port.to_string(),
-        ],
-    );
-    let addr = format!("127.0.0.1:{}", server.port);
-    let mut client = Client::start(
-        driver(),
-        &addr,
-        N,
-        Mode::ClientFirst,
-        "twc-ring",
-        ClientOpts::default(),
-    );
-    client.guard.wait_success(DRIVER_TIMEOUT);
-    server.guard.wait_success(DRIVER_TIMEOUT);
+    let (mut peers, mut recording) = traffic(N, "tws-ring", "twc-ring").start(|port| {
+        let ring = [
+            "--ring",
+            "30s",
+            "--trigger",
+            "timewait_now>40",
+            "--after",
+            "2s",
+        ];
+        Recording::start(&captures, &port_and(port, &ring))
+    });
+    peers.wait();
     let fired = recording.wait_for_stderr("twtrace: trigger timewait_now>40 fired", SETTLE);
     let wrote = recording.wait_for_stderr("twtrace: wrote ", Duration::from_secs(10));
     eprintln!("[{TEST}] {fired}\n[{TEST}] {wrote}");
@@ -248,8 +320,11 @@ fn the_flight_recorder_captures_what_came_before_its_trigger() {
     assert!(out.status.success());
     assert!(out.stderr.is_empty(), "a clean capture");
     let report = json_of(&out);
-    assert_eq!(counter(&report, client.pid(), "timewait_entered"), N as u64);
-    assert_eq!(counter(&report, server.pid(), "timewait_entered"), 0);
+    assert_eq!(
+        counter(&report, peers.client.pid(), "timewait_entered"),
+        N as u64
+    );
+    assert_eq!(counter(&report, peers.server.pid(), "timewait_entered"), 0);
     assert!(
         report["host"]["note"]
             .as_str()
@@ -267,29 +342,13 @@ fn a_killed_recording_is_read_up_to_its_last_chunk() {
     if skip_unless_root(TEST) {
         return;
     }
-    const N: usize = 50000;
     let dir = TempDir::new("record-kill");
-    let file = dir.join("killed.twr");
-    let mut server = Server::start(driver(), "127.0.0.1:0", N, Mode::ClientFirst, "tws-kill");
-    let recording = Recording::start(&file, &["--port".into(), server.port.to_string()]);
-    let addr = format!("127.0.0.1:{}", server.port);
-    let mut client = Client::start(
-        driver(),
-        &addr,
-        N,
-        Mode::ClientFirst,
-        "twc-kill",
-        ClientOpts::default(),
-    );
-    std::thread::sleep(Duration::from_millis(1500));
-    let recorded = recording.stop(libc::SIGKILL);
+    let CutRun {
+        peers,
+        recorded,
+        report: out,
+    } = cut(&KILLED, &dir.join("killed.twr"));
     assert!(!recorded.status.success());
-    client.guard.wait_success(DRIVER_TIMEOUT);
-    server.guard.wait_success(DRIVER_TIMEOUT);
-
-    let path = file.to_str().expect("utf-8 path");
-    let out = twtrace_output(&["report", path, "--json"], false);
-    assert!(out.status.success(), "a cut recording is still a report");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains("no end mark") || stderr.contains("cut short"),
@@ -302,7 +361,7 @@ fn a_killed_recording_is_read_up_to_its_last_chunk() {
     );
     let report = json_of(&out);
     let events = report["host"]["events"].as_u64().unwrap_or(0);
-    let tw = counter(&report, client.pid(), "timewait_entered");
+    let tw = counter(&report, peers.client.pid(), "timewait_entered");
     eprintln!("[{TEST}] {events} events read, client TIME_WAIT entered {tw}");
     assert!(events > 0 && tw > 0, "the chunks before the kill were read");
     // Everything the recorder said it had written before the kill is there.
@@ -318,7 +377,7 @@ fn a_killed_recording_is_read_up_to_its_last_chunk() {
         events >= written,
         "{events} events read, {written} written before the kill"
     );
-    assert!(tw < N as u64, "the traffic went on after the kill");
+    assert!(tw < KILLED.n as u64, "the traffic went on after the kill");
 }
 
 /// A full disk (a 256 KiB tmpfs): one clear line, a non-zero exit, and a file readable up to its
@@ -348,22 +407,11 @@ fn a_full_disk_stops_with_one_line_and_a_readable_file() {
         }
     }
     let _unmount = Unmount(&mount);
-    const N: usize = 5000;
-    let file = mount.join("full.twr");
-    let mut server = Server::start(driver(), "127.0.0.1:0", N, Mode::ClientFirst, "tws-full");
-    let recording = Recording::start(&file, &["--port".into(), server.port.to_string()]);
-    let addr = format!("127.0.0.1:{}", server.port);
-    let mut client = Client::start(
-        driver(),
-        &addr,
-        N,
-        Mode::ClientFirst,
-        "twc-full",
-        ClientOpts::default(),
-    );
-    client.guard.wait_success(DRIVER_TIMEOUT);
-    server.guard.wait_success(DRIVER_TIMEOUT);
-    let recorded = recording.stop(0);
+    let CutRun {
+        recorded,
+        report: out,
+        ..
+    } = cut(&FULL_DISK, &mount.join("full.twr"));
     assert!(!recorded.status.success(), "a full disk is a failure");
     let errors: Vec<&String> = recorded
         .stderr
@@ -377,9 +425,6 @@ fn a_full_disk_stops_with_one_line_and_a_readable_file() {
         errors[0]
     );
 
-    let path = file.to_str().expect("utf-8 path");
-    let out = twtrace_output(&["report", path, "--json"], false);
-    assert!(out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains("cut short") || stderr.contains("no end mark"),
@@ -446,34 +491,14 @@ fn max_size_stops_the_recording_under_the_limit() {
     if skip_unless_root(TEST) {
         return;
     }
-    const N: usize = 3000;
     const LIMIT: u64 = 128 * 1024;
     let dir = TempDir::new("record-max");
     let file = dir.join("max.twr");
-    let mut server = Server::start(driver(), "127.0.0.1:0", N, Mode::ClientFirst, "tws-max");
-    let recording = Recording::start(
-        &file,
-        &[
-            "--port".into(),
-            server.port.to_string(),
-            "--max-size".into(),
-            "128K".into(),
-            "--duration".into(),
-            "1m".into(),
-        ],
-    );
-    let addr = format!("127.0.0.1:{}", server.port);
-    let mut client = Client::start(
-        driver(),
-        &addr,
-        N,
-        Mode::ClientFirst,
-        "twc-max",
-        ClientOpts::default(),
-    );
-    client.guard.wait_success(DRIVER_TIMEOUT);
-    server.guard.wait_success(DRIVER_TIMEOUT);
-    let recorded = recording.stop(0);
+    let CutRun {
+        peers,
+        recorded,
+        report: out,
+    } = cut(&MAX_SIZE, &file);
     assert!(recorded.status.success(), "{:?}", recorded.stderr);
     assert!(
         recorded
@@ -486,10 +511,8 @@ fn max_size_stops_the_recording_under_the_limit() {
     let size = std::fs::metadata(&file).expect("file").len();
     eprintln!("[{TEST}] {size} bytes");
     assert!(size <= LIMIT && size > LIMIT / 2, "{size} bytes");
-    let out = twtrace_output(&["report", file.to_str().expect("utf-8"), "--json"], false);
-    assert!(out.status.success());
     assert!(out.stderr.is_empty(), "ends cleanly");
     let report = json_of(&out);
-    let tw = counter(&report, client.pid(), "timewait_entered");
-    assert!(tw > 0 && tw < N as u64, "{tw}");
+    let tw = counter(&report, peers.client.pid(), "timewait_entered");
+    assert!(tw > 0 && tw < MAX_SIZE.n as u64, "{tw}");
 }

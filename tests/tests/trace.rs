@@ -4,35 +4,229 @@
 //! Run as root with `cargo xtask test` (which builds twtrace and sets TWTRACE_BIN), or
 //! `TWTRACE_BIN=target/debug/twtrace cargo test -p twtrace-tests -- --test-threads=1 --nocapture`.
 //! Without root every test prints `SKIPPED: needs root` and passes.
+//!
+//! Every test is one row of [`SCENARIOS`] (the traffic, and what twtrace is told to watch) run by
+//! [`run`], which makes the checks every run must pass (exit 0, a summary line, nothing lost)
+//! before the test's own.
 
 use std::path::Path;
+use std::time::Instant;
 
 use twtrace_tests::{
-    CLOSE_WAIT, Checks, Client, ClientOpts, DRIVER_TIMEOUT, Mode, PortRunSpec, Server, TIME_WAIT,
-    Twtrace, port_run, print_breakdown, select, skip_unless_root,
+    CLOSE_WAIT, Checks, ClientOpts, DRIVER_TIMEOUT, Event, Loopback, Mode, Peers, TIME_WAIT,
+    Traffic, Twtrace, print_breakdown, select, skip_unless_root,
 };
 
 fn driver() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_tcpdrive"))
 }
 
-fn spec<'a>(
+/// What twtrace is told to watch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Filter {
+    /// `--port` with the server's port; the checks see the events on that port.
+    Port,
+    /// `--pid` with the client's pid alone; the checks see every event twtrace printed.
+    ClientPid,
+}
+
+/// One test's traffic and filter.
+struct Scenario {
+    test: &'static str,
     mode: Mode,
-    count: usize,
-    server_comm: &'a str,
-    client_comm: &'a str,
-) -> PortRunSpec<'a> {
-    PortRunSpec {
-        driver: driver(),
-        bind: "127.0.0.1:0",
-        host: "127.0.0.1",
-        count,
-        mode,
-        server_comm,
-        client_comm,
-        client_opts: ClientOpts::default(),
-        client_says: None,
+    /// Connections made, one after the other.
+    n: usize,
+    server_comm: &'static str,
+    client_comm: &'static str,
+    loopback: Loopback,
+    filter: Filter,
+    /// Leak mode: how long the client holds its sockets once it printed `holding`.
+    hold_ms: Option<u64>,
+}
+
+impl Scenario {
+    /// Over 127.0.0.1, filtered on the server's port.
+    const fn port(
+        test: &'static str,
+        mode: Mode,
+        n: usize,
+        server_comm: &'static str,
+        client_comm: &'static str,
+    ) -> Self {
+        Self {
+            test,
+            mode,
+            n,
+            server_comm,
+            client_comm,
+            loopback: Loopback::V4,
+            filter: Filter::Port,
+            hold_ms: None,
+        }
     }
+}
+
+#[rustfmt::skip]
+const SCENARIOS: &[Scenario] = &[
+    Scenario::port("client_closes_first", Mode::ClientFirst, 50, "tws-cfirst", "twc-cfirst"),
+    Scenario::port("server_closes_first", Mode::ServerFirst, 50, "tws-sfirst", "twc-sfirst"),
+    Scenario::port("abort_gives_no_time_wait", Mode::Abort, 20, "tws-abort", "twc-abort"),
+    Scenario {
+        loopback: Loopback::V6,
+        ..Scenario::port("ipv6", Mode::ClientFirst, 50, "tws-ipv6", "twc-ipv6")
+    },
+    Scenario {
+        hold_ms: Some(500),
+        ..Scenario::port("close_wait_leak", Mode::Leak, 20, "tws-leak", "twc-leak")
+    },
+    Scenario {
+        filter: Filter::ClientPid,
+        ..Scenario::port("pid_filter", Mode::ClientFirst, 50, "tws-pid", "twc-pid")
+    },
+    Scenario::port("no_loss_modest_rate", Mode::ClientFirst, 3000, "tws-rate", "twc-rate"),
+];
+
+/// What a test's own checks get to see of a finished run.
+struct Run<'a> {
+    n: usize,
+    port: u16,
+    server: u32,
+    client: u32,
+    server_comm: &'static str,
+    client_comm: &'static str,
+    /// The events of the connections between the peers (see [`Filter`]).
+    events: Vec<&'a Event>,
+}
+
+impl<'a> Run<'a> {
+    fn select(&self, pred: impl Fn(&Event) -> bool) -> Vec<&'a Event> {
+        select(&self.events, pred)
+    }
+
+    /// The listener's and the accepted sockets' events.
+    fn server_side(&self) -> Vec<&'a Event> {
+        self.select(|e| e.lport == self.port)
+    }
+
+    fn client_side(&self) -> Vec<&'a Event> {
+        self.select(|e| e.lport != self.port)
+    }
+
+    fn entered(&self, state: &str) -> Vec<&'a Event> {
+        self.select(|e| e.new == state)
+    }
+}
+
+/// One side of the connections.
+#[derive(Debug, Clone, Copy)]
+enum Side {
+    Client,
+    Server,
+}
+
+impl Side {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Client => "client",
+            Self::Server => "server",
+        }
+    }
+
+    fn pid(self, run: &Run) -> u32 {
+        match self {
+            Self::Client => run.client,
+            Self::Server => run.server,
+        }
+    }
+
+    fn other(self) -> Self {
+        match self {
+            Self::Client => Self::Server,
+            Self::Server => Self::Client,
+        }
+    }
+}
+
+/// Every connection leaves exactly one TIME_WAIT, on the side that closed first and attributed
+/// to its pid; the other side's pid gets none.
+fn time_wait_only_for(c: &mut Checks, run: &Run, closer: Side) {
+    let time_wait = run.entered(TIME_WAIT);
+    for (side, want) in [(closer, run.n), (closer.other(), 0)] {
+        c.count(
+            &format!("TIME_WAIT for the {} pid", side.name()),
+            &select(&time_wait, |e| e.pid == side.pid(run)),
+            want,
+        );
+    }
+    c.count("TIME_WAIT on the port in total", &time_wait, run.n);
+}
+
+/// Starts the peers and twtrace as `test`'s row of [`SCENARIOS`] says, lets the traffic run to
+/// its end, stops twtrace, makes the checks every run must pass, then `checks`.
+fn run(test: &str, checks: impl FnOnce(&mut Checks, &Run)) {
+    if skip_unless_root(test) {
+        return;
+    }
+    let s = SCENARIOS
+        .iter()
+        .find(|s| s.test == test)
+        .unwrap_or_else(|| panic!("no scenario named {test}"));
+    let traffic = Traffic {
+        loopback: s.loopback,
+        client_opts: ClientOpts {
+            hold_ms: s.hold_ms,
+            wait_stdin: s.filter == Filter::ClientPid,
+        },
+        ..Traffic::new(driver(), s.mode, s.n, s.server_comm, s.client_comm)
+    };
+    let started = Instant::now();
+    let (mut peers, twtrace) = match s.filter {
+        Filter::Port => traffic.start(|port| Twtrace::start(&["--port".into(), port.to_string()])),
+        Filter::ClientPid => {
+            // The client starts blocked on stdin, so its pid can be given to twtrace before any
+            // of its traffic.
+            let server = traffic.server();
+            let mut client = traffic.client(server.port);
+            let twtrace = Twtrace::start(&["--pid".into(), client.pid().to_string()]);
+            client.go();
+            (Peers { server, client }, twtrace)
+        }
+    };
+    if s.mode == Mode::Leak {
+        peers.client.wait_for_stdout("holding", DRIVER_TIMEOUT);
+    }
+    peers.wait();
+    let trace = twtrace.stop();
+    eprintln!("[{test}] run took {:?}", started.elapsed());
+    let (port, server, client) = (peers.port(), peers.server.pid(), peers.client.pid());
+    let summary = trace.summary();
+    let events = match s.filter {
+        Filter::Port => trace.on_port(port),
+        Filter::ClientPid => trace.events.iter().collect(),
+    };
+    print_breakdown(
+        test,
+        &trace,
+        &events,
+        port,
+        &[("client", client), ("server", server)],
+    );
+
+    let mut c = Checks::new(test);
+    c.value("lost", summary.lost, 0);
+    checks(
+        &mut c,
+        &Run {
+            n: s.n,
+            port,
+            server,
+            client,
+            server_comm: s.server_comm,
+            client_comm: s.client_comm,
+            events,
+        },
+    );
+    c.finish();
 }
 
 /// The client closes first, so every client socket goes through TIME_WAIT, and the server's
@@ -40,365 +234,172 @@ fn spec<'a>(
 /// while the client is current: twtrace must still name the server.
 #[test]
 fn client_closes_first() {
-    const TEST: &str = "client_closes_first";
-    if skip_unless_root(TEST) {
-        return;
-    }
-    const N: usize = 50;
-    let (sc, cc) = ("tws-cfirst", "twc-cfirst");
-    let run = port_run(spec(Mode::ClientFirst, N, sc, cc));
-    let (port, server, client) = (run.port, run.server_pid, run.client_pid);
-    let summary = run.trace.summary();
-    let events = run.trace.on_port(port);
-    print_breakdown(
-        TEST,
-        &run.trace,
-        &events,
-        port,
-        &[("client", client), ("server", server)],
-    );
-
-    let server_side = select(&events, |e| e.lport == port);
-    let client_side = select(&events, |e| e.lport != port);
-    let differs = select(&server_side, |e| e.current_pid != server).len();
-    eprintln!(
-        "[{TEST}] server-side events whose current_pid was not the server: {differs} of {}",
-        server_side.len()
-    );
-
-    let mut c = Checks::new(TEST);
-    c.value("lost", summary.lost, 0);
-    c.count(
-        "TIME_WAIT for the client pid",
-        &select(&events, |e| e.new == TIME_WAIT && e.pid == client),
-        N,
-    );
-    c.count(
-        "TIME_WAIT for the server pid",
-        &select(&events, |e| e.new == TIME_WAIT && e.pid == server),
-        0,
-    );
-    c.count(
-        "TIME_WAIT on the port in total",
-        &select(&events, |e| e.new == TIME_WAIT),
-        N,
-    );
-    c.all(
-        "TIME_WAIT events carry the client comm",
-        &select(&events, |e| e.new == TIME_WAIT),
-        |e| e.comm == cc,
-    );
-    c.all(
-        "server-side events have the server pid",
-        &server_side,
-        |e| e.pid == server,
-    );
-    c.all(
-        "client-side events have the client pid",
-        &client_side,
-        |e| e.pid == client,
-    );
-    let close_wait = select(&server_side, |e| e.new == CLOSE_WAIT);
-    c.count("server-side CLOSE_WAIT", &close_wait, N);
-    c.all(
-        "server-side CLOSE_WAIT: server pid, attribution listener",
-        &close_wait,
-        |e| e.pid == server && e.comm == sc && e.attribution == "listener",
-    );
-    c.finish();
+    run("client_closes_first", |c, run| {
+        let (server_side, client_side) = (run.server_side(), run.client_side());
+        let differs = select(&server_side, |e| e.current_pid != run.server).len();
+        eprintln!(
+            "[client_closes_first] server-side events whose current_pid was not the server: \
+             {differs} of {}",
+            server_side.len()
+        );
+        time_wait_only_for(c, run, Side::Client);
+        c.all(
+            "TIME_WAIT events carry the client comm",
+            &run.entered(TIME_WAIT),
+            |e| e.comm == run.client_comm,
+        );
+        c.all(
+            "server-side events have the server pid",
+            &server_side,
+            |e| e.pid == run.server,
+        );
+        c.all(
+            "client-side events have the client pid",
+            &client_side,
+            |e| e.pid == run.client,
+        );
+        let close_wait = select(&server_side, |e| e.new == CLOSE_WAIT);
+        c.count("server-side CLOSE_WAIT", &close_wait, run.n);
+        c.all(
+            "server-side CLOSE_WAIT: server pid, attribution listener",
+            &close_wait,
+            |e| e.pid == run.server && e.comm == run.server_comm && e.attribution == "listener",
+        );
+    });
 }
 
 /// The server closes first: TIME_WAIT moves to the server's accepted sockets.
 #[test]
 fn server_closes_first() {
-    const TEST: &str = "server_closes_first";
-    if skip_unless_root(TEST) {
-        return;
-    }
-    const N: usize = 50;
-    let (sc, cc) = ("tws-sfirst", "twc-sfirst");
-    let run = port_run(spec(Mode::ServerFirst, N, sc, cc));
-    let (port, server, client) = (run.port, run.server_pid, run.client_pid);
-    let summary = run.trace.summary();
-    let events = run.trace.on_port(port);
-    print_breakdown(
-        TEST,
-        &run.trace,
-        &events,
-        port,
-        &[("client", client), ("server", server)],
-    );
-
-    let mut c = Checks::new(TEST);
-    c.value("lost", summary.lost, 0);
-    c.count(
-        "TIME_WAIT for the server pid",
-        &select(&events, |e| e.new == TIME_WAIT && e.pid == server),
-        N,
-    );
-    c.count(
-        "TIME_WAIT for the client pid",
-        &select(&events, |e| e.new == TIME_WAIT && e.pid == client),
-        0,
-    );
-    c.count(
-        "TIME_WAIT on the port in total",
-        &select(&events, |e| e.new == TIME_WAIT),
-        N,
-    );
-    // The server closed these sockets itself before they reached TIME_WAIT, so the owner is
-    // known first-hand.
-    c.all(
-        "TIME_WAIT: server comm, attribution owner, server-side",
-        &select(&events, |e| e.new == TIME_WAIT),
-        |e| e.comm == sc && e.attribution == "owner" && e.lport == port,
-    );
-    let close_wait = select(&events, |e| e.new == CLOSE_WAIT);
-    c.count("CLOSE_WAIT on the port", &close_wait, N);
-    c.all(
-        "CLOSE_WAIT: client pid and comm, attribution owner",
-        &close_wait,
-        |e| e.pid == client && e.comm == cc && e.attribution == "owner",
-    );
-    c.finish();
+    run("server_closes_first", |c, run| {
+        time_wait_only_for(c, run, Side::Server);
+        // The server closed these sockets itself before they reached TIME_WAIT, so the owner is
+        // known first-hand.
+        c.all(
+            "TIME_WAIT: server comm, attribution owner, server-side",
+            &run.entered(TIME_WAIT),
+            |e| e.comm == run.server_comm && e.attribution == "owner" && e.lport == run.port,
+        );
+        let close_wait = run.entered(CLOSE_WAIT);
+        c.count("CLOSE_WAIT on the port", &close_wait, run.n);
+        c.all(
+            "CLOSE_WAIT: client pid and comm, attribution owner",
+            &close_wait,
+            |e| e.pid == run.client && e.comm == run.client_comm && e.attribution == "owner",
+        );
+    });
 }
 
 /// A close with SO_LINGER {on, 0} sends a reset: no TIME_WAIT on either side.
 #[test]
 fn abort_gives_no_time_wait() {
-    const TEST: &str = "abort_gives_no_time_wait";
-    if skip_unless_root(TEST) {
-        return;
-    }
-    const N: usize = 20;
-    let (sc, cc) = ("tws-abort", "twc-abort");
-    let run = port_run(spec(Mode::Abort, N, sc, cc));
-    let (port, server, client) = (run.port, run.server_pid, run.client_pid);
-    let summary = run.trace.summary();
-    let events = run.trace.on_port(port);
-    print_breakdown(
-        TEST,
-        &run.trace,
-        &events,
-        port,
-        &[("client", client), ("server", server)],
-    );
-
-    let client_side = select(&events, |e| e.lport != port);
-    let server_side = select(&events, |e| e.lport == port);
-    let mut c = Checks::new(TEST);
-    c.value("lost", summary.lost, 0);
-    c.count(
-        "TIME_WAIT on the port",
-        &select(&events, |e| e.new == TIME_WAIT),
-        0,
-    );
-    c.count(
-        "client ESTABLISHED->CLOSE for the client pid",
-        &select(&client_side, |e| {
-            e.old == "ESTABLISHED" && e.new == "CLOSE" && e.pid == client && e.comm == cc
-        }),
-        N,
-    );
-    // The listener's own LISTEN->CLOSE at server exit is not a reset.
-    let server_closes = select(&server_side, |e| e.new == "CLOSE" && e.old != "LISTEN");
-    c.count("server-side closes (accepted sockets)", &server_closes, N);
-    c.all(
-        "server-side closes: reset received, server pid",
-        &server_closes,
-        |e| e.reset.as_deref() == Some("received") && e.pid == server,
-    );
-    // SO_LINGER 0 makes tcp_disconnect() set CLOSE first and send the reset after; the kernel
-    // side holds the close until the socket is destroyed so the reset is seen.
-    let client_closes = select(&client_side, |e| e.new == "CLOSE");
-    c.count("client-side closes", &client_closes, N);
-    c.all(
-        "client-side closes: reset sent, client pid",
-        &client_closes,
-        |e| e.reset.as_deref() == Some("sent") && e.pid == client,
-    );
-    c.finish();
+    run("abort_gives_no_time_wait", |c, run| {
+        let (server_side, client_side) = (run.server_side(), run.client_side());
+        c.count("TIME_WAIT on the port", &run.entered(TIME_WAIT), 0);
+        c.count(
+            "client ESTABLISHED->CLOSE for the client pid",
+            &select(&client_side, |e| {
+                e.old == "ESTABLISHED"
+                    && e.new == "CLOSE"
+                    && e.pid == run.client
+                    && e.comm == run.client_comm
+            }),
+            run.n,
+        );
+        // The listener's own LISTEN->CLOSE at server exit is not a reset.
+        let server_closes = select(&server_side, |e| e.new == "CLOSE" && e.old != "LISTEN");
+        c.count(
+            "server-side closes (accepted sockets)",
+            &server_closes,
+            run.n,
+        );
+        c.all(
+            "server-side closes: reset received, server pid",
+            &server_closes,
+            |e| e.reset.as_deref() == Some("received") && e.pid == run.server,
+        );
+        // SO_LINGER 0 makes tcp_disconnect() set CLOSE first and send the reset after; the
+        // kernel side holds the close until the socket is destroyed so the reset is seen.
+        let client_closes = select(&client_side, |e| e.new == "CLOSE");
+        c.count("client-side closes", &client_closes, run.n);
+        c.all(
+            "client-side closes: reset sent, client pid",
+            &client_closes,
+            |e| e.reset.as_deref() == Some("sent") && e.pid == run.client,
+        );
+    });
 }
 
 /// The same as client_closes_first over ::1.
 #[test]
 fn ipv6() {
-    const TEST: &str = "ipv6";
-    if skip_unless_root(TEST) {
-        return;
-    }
-    const N: usize = 50;
-    let (sc, cc) = ("tws-ipv6", "twc-ipv6");
-    let run = port_run(PortRunSpec {
-        bind: "[::1]:0",
-        host: "[::1]",
-        ..spec(Mode::ClientFirst, N, sc, cc)
+    run("ipv6", |c, run| {
+        time_wait_only_for(c, run, Side::Client);
+        c.all(
+            "TIME_WAIT: client comm, ::1 to ::1",
+            &run.entered(TIME_WAIT),
+            |e| e.comm == run.client_comm && e.laddr == "::1" && e.raddr == "::1",
+        );
+        c.all("events on the port are ipv6", &run.events, |e| {
+            e.family == "ipv6"
+        });
+        c.all(
+            "server-side events have the server pid",
+            &run.server_side(),
+            |e| e.pid == run.server,
+        );
     });
-    let (port, server, client) = (run.port, run.server_pid, run.client_pid);
-    let summary = run.trace.summary();
-    let events = run.trace.on_port(port);
-    print_breakdown(
-        TEST,
-        &run.trace,
-        &events,
-        port,
-        &[("client", client), ("server", server)],
-    );
-
-    let time_wait = select(&events, |e| e.new == TIME_WAIT);
-    let mut c = Checks::new(TEST);
-    c.value("lost", summary.lost, 0);
-    c.count(
-        "TIME_WAIT for the client pid",
-        &select(&time_wait, |e| e.pid == client),
-        N,
-    );
-    c.count("TIME_WAIT on the port in total", &time_wait, N);
-    c.all("TIME_WAIT: client comm, ::1 to ::1", &time_wait, |e| {
-        e.comm == cc && e.laddr == "::1" && e.raddr == "::1"
-    });
-    c.all("events on the port are ipv6", &events, |e| {
-        e.family == "ipv6"
-    });
-    c.all(
-        "server-side events have the server pid",
-        &select(&events, |e| e.lport == port),
-        |e| e.pid == server,
-    );
-    c.finish();
 }
 
 /// The client never closes its sockets until it exits: each one sits in CLOSE_WAIT, and that
 /// leak must be pinned on the client even though the server's close made the transition happen.
 #[test]
 fn close_wait_leak() {
-    const TEST: &str = "close_wait_leak";
-    if skip_unless_root(TEST) {
-        return;
-    }
-    const N: usize = 20;
-    let (sc, cc) = ("tws-leak", "twc-leak");
-    let run = port_run(PortRunSpec {
-        client_opts: ClientOpts {
-            hold_ms: Some(500),
-            wait_stdin: false,
-        },
-        client_says: Some("holding"),
-        ..spec(Mode::Leak, N, sc, cc)
+    run("close_wait_leak", |c, run| {
+        let close_wait = run.entered(CLOSE_WAIT);
+        let current_differs = select(&close_wait, |e| e.current_pid != run.client).len();
+        eprintln!(
+            "[close_wait_leak] CLOSE_WAIT events whose current_pid was not the client: \
+             {current_differs} of {}",
+            close_wait.len()
+        );
+        c.count(
+            "CLOSE_WAIT for the client pid, comm and attribution owner",
+            &select(&close_wait, |e| {
+                e.pid == run.client && e.comm == run.client_comm && e.attribution == "owner"
+            }),
+            run.n,
+        );
+        c.count("CLOSE_WAIT on the port in total", &close_wait, run.n);
     });
-    let (port, server, client) = (run.port, run.server_pid, run.client_pid);
-    let summary = run.trace.summary();
-    let events = run.trace.on_port(port);
-    print_breakdown(
-        TEST,
-        &run.trace,
-        &events,
-        port,
-        &[("client", client), ("server", server)],
-    );
-
-    let close_wait = select(&events, |e| e.new == CLOSE_WAIT);
-    let current_differs = select(&close_wait, |e| e.current_pid != client).len();
-    eprintln!(
-        "[{TEST}] CLOSE_WAIT events whose current_pid was not the client: {current_differs} of {}",
-        close_wait.len()
-    );
-    let mut c = Checks::new(TEST);
-    c.value("lost", summary.lost, 0);
-    c.count(
-        "CLOSE_WAIT for the client pid, comm and attribution owner",
-        &select(&close_wait, |e| {
-            e.pid == client && e.comm == cc && e.attribution == "owner"
-        }),
-        N,
-    );
-    c.count("CLOSE_WAIT on the port in total", &close_wait, N);
-    c.finish();
 }
 
 /// `--pid` alone: only the client's sockets, nothing of the server's or anyone else's.
 #[test]
 fn pid_filter() {
-    const TEST: &str = "pid_filter";
-    if skip_unless_root(TEST) {
-        return;
-    }
-    const N: usize = 50;
-    let (sc, cc) = ("tws-pid", "twc-pid");
-    let mut server = Server::start(driver(), "127.0.0.1:0", N, Mode::ClientFirst, sc);
-    let port = server.port;
-    // Started blocked on stdin so its pid can be given to twtrace before any of its traffic.
-    let mut client = Client::start(
-        driver(),
-        &format!("127.0.0.1:{port}"),
-        N,
-        Mode::ClientFirst,
-        cc,
-        ClientOpts {
-            hold_ms: None,
-            wait_stdin: true,
-        },
-    );
-    let (server_pid, client_pid) = (server.pid(), client.pid());
-    let twtrace = Twtrace::start(&["--pid".into(), client_pid.to_string()]);
-    client.go();
-    client.guard.wait_success(DRIVER_TIMEOUT);
-    server.guard.wait_success(DRIVER_TIMEOUT);
-    let trace = twtrace.stop();
-    let summary = trace.summary();
-    let all: Vec<_> = trace.events.iter().collect();
-    print_breakdown(
-        TEST,
-        &trace,
-        &all,
-        port,
-        &[("client", client_pid), ("server", server_pid)],
-    );
-
-    let mut c = Checks::new(TEST);
-    c.value("lost", summary.lost, 0);
-    c.all("every event has the client pid", &all, |e| {
-        e.pid == client_pid
+    run("pid_filter", |c, run| {
+        c.all("every event has the client pid", &run.events, |e| {
+            e.pid == run.client
+        });
+        let time_wait = run.entered(TIME_WAIT);
+        c.count("TIME_WAIT", &time_wait, run.n);
+        c.all(
+            "TIME_WAIT: client comm, client side of our port",
+            &time_wait,
+            |e| e.comm == run.client_comm && e.rport == run.port,
+        );
     });
-    c.count("TIME_WAIT", &select(&all, |e| e.new == TIME_WAIT), N);
-    c.all(
-        "TIME_WAIT: client comm, client side of our port",
-        &select(&all, |e| e.new == TIME_WAIT),
-        |e| e.comm == cc && e.rport == port,
-    );
-    c.finish();
 }
 
 /// 3000 connections as fast as one client and one server make them: nothing may be lost.
 #[test]
 fn no_loss_modest_rate() {
-    const TEST: &str = "no_loss_modest_rate";
-    if skip_unless_root(TEST) {
-        return;
-    }
-    const N: usize = 3000;
-    let (sc, cc) = ("tws-rate", "twc-rate");
-    let started = std::time::Instant::now();
-    let run = port_run(spec(Mode::ClientFirst, N, sc, cc));
-    eprintln!("[{TEST}] run took {:?}", started.elapsed());
-    let (port, server, client) = (run.port, run.server_pid, run.client_pid);
-    let summary = run.trace.summary();
-    let events = run.trace.on_port(port);
-    print_breakdown(
-        TEST,
-        &run.trace,
-        &events,
-        port,
-        &[("client", client), ("server", server)],
-    );
-
-    let mut c = Checks::new(TEST);
-    c.value("lost (twtrace summary)", summary.lost, 0);
-    c.count(
-        "TIME_WAIT for the client pid",
-        &select(&events, |e| e.new == TIME_WAIT && e.pid == client),
-        N,
-    );
-    c.at_least("events on the port", &events, N * 8);
-    c.finish();
+    run("no_loss_modest_rate", |c, run| {
+        c.count(
+            "TIME_WAIT for the client pid",
+            &run.select(|e| e.new == TIME_WAIT && e.pid == run.client),
+            run.n,
+        );
+        c.at_least("events on the port", &run.events, run.n * 8);
+    });
 }

@@ -1,17 +1,21 @@
 //! churn: a loopback TCP connection-churn generator, as fast as the machine allows.
 //!
 //! ```text
-//! churn [--clients N] [--servers M] [--duration SECS] [--count N] [--mode MODE] [--ipv6] [--port P]
+//! churn [--clients <N>] [--servers <M>] [--duration <SECS>] [--count <N>] [--mode <MODE>] [--ipv6] [--port <P>]
 //! ```
 //!
-//! N client threads connect to a listener on 127.0.0.1 (or ::1 with `--ipv6`) served by M
-//! acceptor threads, over and over, for `--duration` seconds (or until `--count` connections are
-//! done, whichever comes first). The mode decides which side closes first, and so which side
-//! collects the TIME_WAIT sockets:
+//! N client threads (default 2, at most 1024) connect to a listener on 127.0.0.1 (or ::1 with
+//! `--ipv6`; port `--port`, default 0: any free one) served by M acceptor threads (default 2, at
+//! most 1024), over and over, for `--duration` seconds (default 10, fractions allowed) or until
+//! `--count` connections are done, whichever comes first. The mode decides which side closes
+//! first, and so which side collects the TIME_WAIT sockets:
 //!
 //! - `client-first` (default): the client writes one byte and closes; the server reads to EOF,
 //!   then closes.
 //! - `server-first`: the server writes one byte and closes; the client reads to EOF, then closes.
+//!
+//! `churn --help` says the same. Bad arguments are a usage error: a message and the usage on
+//! stderr, exit status 2.
 //!
 //! The only line on stdout is the final result, machine-readable:
 //! `connections=<n> seconds=<f> rate=<f> addr_unavailable=<n> errors=<n>`; everything meant for
@@ -31,8 +35,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-const USAGE: &str = "usage: churn [--clients N] [--servers M] [--duration SECS] [--count N] \
-                     [--mode client-first|server-first] [--ipv6] [--port P]";
+use clap::builder::RangedU64ValueParser;
+use clap::{Parser, ValueEnum};
 
 /// Accept-queue length asked of the kernel (capped by net.core.somaxconn, 4096 by default). std
 /// listens with 128, and at full speed the clients run ahead of the acceptors by more than that
@@ -48,93 +52,61 @@ const SERVE_GRACE: Duration = Duration::from_secs(2);
 /// short enough that a transient shortage of ports costs little.
 const ERROR_BACKOFF: Duration = Duration::from_millis(1);
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Which side closes first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Mode {
+    /// The client writes one byte and closes first: TIME_WAIT on the client side.
     ClientFirst,
+    /// The server writes one byte and closes first: TIME_WAIT on the server side.
     ServerFirst,
 }
 
-#[derive(Debug, Clone, PartialEq)]
-struct Config {
+/// A loopback TCP connection-churn generator, as fast as the machine allows. Prints one result
+/// line on stdout: `connections=<n> seconds=<f> rate=<f> addr_unavailable=<n> errors=<n>`.
+#[derive(Debug, Clone, PartialEq, Parser)]
+// A repeated flag replaces the earlier value instead of being an error.
+#[command(name = "churn", args_override_self = true)]
+struct Cli {
+    /// Client threads (1 to 1024).
+    #[arg(long, value_name = "N", default_value_t = 2, value_parser = threads())]
     clients: usize,
+    /// Acceptor threads (1 to 1024).
+    #[arg(long, value_name = "M", default_value_t = 2, value_parser = threads())]
     servers: usize,
+    /// How long to run, in seconds (fractions allowed).
+    #[arg(
+        long,
+        value_name = "SECS",
+        default_value = "10",
+        value_parser = positive_seconds,
+        allow_negative_numbers = true
+    )]
     duration: Duration,
     /// Stop after this many connections in total (for small calibration runs).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     count: Option<u64>,
+    /// Which side closes first.
+    #[arg(long, value_enum, value_name = "MODE", default_value_t = Mode::ClientFirst)]
     mode: Mode,
+    /// Listen on ::1 instead of 127.0.0.1.
+    #[arg(long)]
     ipv6: bool,
+    /// The listener's port; 0 picks a free one.
+    #[arg(long, value_name = "P", default_value_t = 0)]
     port: u16,
 }
 
-impl Default for Config {
-    fn default() -> Self {
-        Self {
-            clients: 2,
-            servers: 2,
-            duration: Duration::from_secs(10),
-            count: None,
-            mode: Mode::ClientFirst,
-            ipv6: false,
-            port: 0,
-        }
-    }
+fn threads() -> RangedU64ValueParser<usize> {
+    RangedU64ValueParser::new().range(1..=1024)
 }
 
-fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Config, String> {
-    let mut config = Config::default();
-    let mut args = args.into_iter();
-    while let Some(flag) = args.next() {
-        if flag == "--ipv6" {
-            config.ipv6 = true;
-            continue;
-        }
-        if !matches!(
-            flag.as_str(),
-            "--clients" | "--servers" | "--duration" | "--count" | "--mode" | "--port"
-        ) {
-            return Err(format!("unexpected argument {flag:?}"));
-        }
-        let value = args.next().ok_or_else(|| format!("{flag} needs a value"))?;
-        let bad = |e: &dyn std::fmt::Display| format!("{flag} {value:?}: {e}");
-        match flag.as_str() {
-            "--clients" | "--servers" => {
-                let n = value.parse::<usize>().map_err(|e| bad(&e))?;
-                if !(1..=1024).contains(&n) {
-                    return Err(bad(&"must be 1 to 1024"));
-                }
-                if flag == "--clients" {
-                    config.clients = n;
-                } else {
-                    config.servers = n;
-                }
-            }
-            "--duration" => {
-                let secs = value.parse::<f64>().map_err(|e| bad(&e))?;
-                // try_from_secs_f64 rejects NaN, infinities and negatives; zero makes no run.
-                config.duration = Duration::try_from_secs_f64(secs)
-                    .ok()
-                    .filter(|d| !d.is_zero())
-                    .ok_or_else(|| bad(&"must be a positive number of seconds"))?;
-            }
-            "--count" => {
-                let n = value.parse::<u64>().map_err(|e| bad(&e))?;
-                if n == 0 {
-                    return Err(bad(&"must be at least 1"));
-                }
-                config.count = Some(n);
-            }
-            "--mode" => {
-                config.mode = match value.as_str() {
-                    "client-first" => Mode::ClientFirst,
-                    "server-first" => Mode::ServerFirst,
-                    _ => return Err(bad(&"expected client-first or server-first")),
-                }
-            }
-            "--port" => config.port = value.parse::<u16>().map_err(|e| bad(&e))?,
-            _ => unreachable!("flag {flag} was accepted above"),
-        }
-    }
-    Ok(config)
+fn positive_seconds(value: &str) -> Result<Duration, String> {
+    let secs = value.parse::<f64>().map_err(|e| e.to_string())?;
+    // try_from_secs_f64 rejects NaN, infinities and negatives; zero makes no run.
+    Duration::try_from_secs_f64(secs)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| "must be a positive number of seconds".to_owned())
 }
 
 /// What the run did; printed as the final line.
@@ -301,7 +273,7 @@ fn give_back_ticket(count: Option<u64>, shared: &Shared) {
     }
 }
 
-fn run(config: &Config) -> Result<Outcome, String> {
+fn run(config: &Cli) -> Result<Outcome, String> {
     let ip = if config.ipv6 {
         IpAddr::V6(Ipv6Addr::LOCALHOST)
     } else {
@@ -411,13 +383,8 @@ fn run(config: &Config) -> Result<Outcome, String> {
 }
 
 fn main() -> ExitCode {
-    let config = match parse_args(std::env::args().skip(1)) {
-        Ok(config) => config,
-        Err(e) => {
-            eprintln!("churn: {e}\n{USAGE}");
-            return ExitCode::from(2);
-        }
-    };
+    // A usage error prints the message and the usage to stderr and exits with status 2.
+    let config = Cli::parse();
     match run(&config) {
         Ok(outcome) => {
             let line = outcome.line();
@@ -448,20 +415,35 @@ fn main() -> ExitCode {
 
 #[cfg(test)]
 mod tests {
+    use clap::CommandFactory;
+    use clap::error::ErrorKind;
+
     use super::*;
 
-    fn parse(args: &str) -> Result<Config, String> {
-        parse_args(args.split_whitespace().map(String::from))
+    fn parse(args: &str) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("churn").chain(args.split_whitespace()))
+    }
+
+    #[test]
+    fn command_is_well_formed() {
+        Cli::command().debug_assert();
     }
 
     #[test]
     fn defaults() {
         let config = parse("").expect("no arguments is valid");
-        assert_eq!(config, Config::default());
-        assert_eq!(config.clients, 2);
-        assert_eq!(config.servers, 2);
-        assert_eq!(config.mode, Mode::ClientFirst);
-        assert_eq!(config.port, 0);
+        assert_eq!(
+            config,
+            Cli {
+                clients: 2,
+                servers: 2,
+                duration: Duration::from_secs(10),
+                count: None,
+                mode: Mode::ClientFirst,
+                ipv6: false,
+                port: 0,
+            }
+        );
     }
 
     #[test]
@@ -472,7 +454,7 @@ mod tests {
         .expect("valid");
         assert_eq!(
             config,
-            Config {
+            Cli {
                 clients: 3,
                 servers: 4,
                 duration: Duration::from_millis(2500),
@@ -482,24 +464,58 @@ mod tests {
                 port: 9,
             }
         );
+        let limits = parse("--clients 1024 --servers 1 --port 65535 --count 1").expect("valid");
+        assert_eq!(
+            (limits.clients, limits.servers, limits.port, limits.count),
+            (1024, 1, 65535, Some(1))
+        );
+    }
+
+    /// What `cargo xtask bench` passes (xtask/src/bench.rs): the measurement runs and the
+    /// calibration run.
+    #[test]
+    fn what_xtask_bench_passes() {
+        assert_eq!(
+            parse("--duration 10").expect("valid").duration,
+            Duration::from_secs(10)
+        );
+        let calibration = parse("--port 40000 --count 5000 --clients 1 --servers 1 --duration 30")
+            .expect("valid");
+        assert_eq!(
+            calibration,
+            Cli {
+                clients: 1,
+                servers: 1,
+                duration: Duration::from_secs(30),
+                count: Some(5000),
+                mode: Mode::ClientFirst,
+                ipv6: false,
+                port: 40000,
+            }
+        );
     }
 
     #[test]
     fn rejects_bad_input() {
-        for args in [
-            "--clients 0",
-            "--clients x",
-            "--servers",
-            "--duration 0",
-            "--duration -1",
-            "--duration nan",
-            "--count 0",
-            "--mode abort",
-            "--port 70000",
-            "--frobnicate",
-            "client",
+        for (args, kind) in [
+            ("--clients 0", ErrorKind::ValueValidation),
+            ("--clients 1025", ErrorKind::ValueValidation),
+            ("--clients x", ErrorKind::ValueValidation),
+            ("--servers 0", ErrorKind::ValueValidation),
+            ("--servers", ErrorKind::InvalidValue),
+            ("--duration 0", ErrorKind::ValueValidation),
+            ("--duration -1", ErrorKind::ValueValidation),
+            ("--duration nan", ErrorKind::ValueValidation),
+            ("--duration inf", ErrorKind::ValueValidation),
+            ("--count 0", ErrorKind::ValueValidation),
+            ("--mode abort", ErrorKind::InvalidValue),
+            ("--port 70000", ErrorKind::ValueValidation),
+            ("--frobnicate", ErrorKind::UnknownArgument),
+            ("client", ErrorKind::UnknownArgument),
         ] {
-            assert!(parse(args).is_err(), "{args:?} should be rejected");
+            let err = parse(args).expect_err(args);
+            assert_eq!(err.exit_code(), 2, "{args:?} is a usage error: {err}");
+            assert_eq!(err.kind(), kind, "{args:?}: {err}");
         }
     }
 

@@ -2,9 +2,12 @@
 //! can check what twtrace attributes to whom.
 //!
 //! ```text
-//! tcpdrive server --bind ADDR --count N --mode MODE --comm NAME
-//! tcpdrive client --connect ADDR --count N --mode MODE --comm NAME [--hold-ms T] [--wait-stdin]
+//! tcpdrive server --bind <ADDR> --count <N> --mode <MODE> --comm <NAME>
+//! tcpdrive client --connect <ADDR> --count <N> --mode <MODE> --comm <NAME> [--hold-ms <T>] [--wait-stdin]
 //! ```
+//!
+//! (`tcpdrive help`, `tcpdrive server --help` and `tcpdrive client --help` say the same.) Bad
+//! arguments are a usage error: a message and the usage on stderr, exit status 2.
 //!
 //! The server binds and listens, prints `port <n>` on stdout, accepts exactly N connections one
 //! after the other, then exits. The client makes N sequential connections, then exits. Which side
@@ -15,7 +18,8 @@
 //! - `abort`: the client writes one byte and closes with SO_LINGER {on, 0}, which sends a reset;
 //!   the server reads until EOF or the reset error, then closes. No TIME_WAIT anywhere.
 //! - `leak`: the server writes one byte and closes; the client reads to EOF but keeps every socket
-//!   open (so each sits in CLOSE_WAIT), prints `holding`, sleeps `--hold-ms`, then exits.
+//!   open (so each sits in CLOSE_WAIT), prints `holding`, sleeps `--hold-ms` (default 1000),
+//!   then exits.
 //!
 //! `--wait-stdin` makes the client wait for one line on stdin before it connects, so a test can
 //! learn its pid and start twtrace with `--pid` first.
@@ -27,10 +31,8 @@ use std::os::fd::AsRawFd;
 use std::process::ExitCode;
 use std::time::Duration;
 
-const USAGE: &str = "usage:
-  tcpdrive server --bind ADDR --count N --mode MODE --comm NAME
-  tcpdrive client --connect ADDR --count N --mode MODE --comm NAME [--hold-ms T] [--wait-stdin]
-modes: client-first, server-first, abort, leak";
+use clap::builder::RangedU64ValueParser;
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// The kernel keeps TASK_COMM_LEN (16) bytes of comm including the NUL; longer names are silently
 /// cut, which would make the tests compare against a name the kernel never reports.
@@ -42,126 +44,83 @@ const MAX_COMM: usize = 15;
 /// event sequences into retransmission noise.
 const BACKLOG: libc::c_int = 4096;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Which side closes first, and how.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Mode {
+    /// The client writes one byte and closes first: TIME_WAIT on the client side.
     ClientFirst,
+    /// The server writes one byte and closes first: TIME_WAIT on the server side.
     ServerFirst,
+    /// The client closes with SO_LINGER {on, 0}, sending a reset: no TIME_WAIT anywhere.
     Abort,
+    /// The server closes first and the client keeps every socket open in CLOSE_WAIT.
     Leak,
 }
 
-impl Mode {
-    fn parse(s: &str) -> Result<Self, String> {
-        match s {
-            "client-first" => Ok(Self::ClientFirst),
-            "server-first" => Ok(Self::ServerFirst),
-            "abort" => Ok(Self::Abort),
-            "leak" => Ok(Self::Leak),
-            other => Err(format!("unknown mode {other:?}")),
-        }
-    }
+/// Makes loopback TCP connections with a known pid and comm, for twtrace's integration tests.
+#[derive(Debug, PartialEq, Eq, Parser)]
+// A repeated flag replaces the earlier value instead of being an error.
+#[command(name = "tcpdrive", args_override_self = true)]
+struct Cli {
+    #[command(subcommand)]
+    role: Role,
 }
 
-#[derive(Debug, PartialEq, Eq)]
+/// The flags of each role are refused on the other rather than ignored: a test passing
+/// --hold-ms to the server would otherwise silently test something else.
+#[derive(Debug, PartialEq, Eq, Subcommand)]
 enum Role {
+    /// Listen, print `port <n>`, accept exactly N connections one after the other, then exit.
     Server {
+        /// Address to listen on, e.g. 127.0.0.1:0 or [::1]:0.
+        #[arg(long, value_name = "ADDR")]
         bind: SocketAddr,
+        #[command(flatten)]
+        common: Common,
     },
+    /// Make N sequential connections, then exit.
     Client {
+        /// Address to connect to, e.g. 127.0.0.1:8080 or [::1]:8080.
+        #[arg(long, value_name = "ADDR")]
         connect: SocketAddr,
-        hold: Duration,
+        #[command(flatten)]
+        common: Common,
+        /// In leak mode: how long to keep the sockets open after printing `holding`, in ms.
+        #[arg(long, value_name = "T", default_value_t = 1000)]
+        hold_ms: u64,
+        /// Wait for one line on stdin before connecting.
+        #[arg(long)]
         wait_stdin: bool,
     },
 }
 
-#[derive(Debug, PartialEq, Eq)]
-struct Config {
-    role: Role,
+/// The flags both roles take.
+#[derive(Debug, PartialEq, Eq, Args)]
+struct Common {
+    /// How many connections (at least 1).
+    #[arg(long, value_name = "N", value_parser = RangedU64ValueParser::<usize>::new().range(1..))]
     count: usize,
+    /// Which side closes first, and how.
+    #[arg(long, value_enum, value_name = "MODE")]
     mode: Mode,
+    /// The process name to take before any socket exists (1 to 15 bytes).
+    #[arg(long, value_name = "NAME", value_parser = parse_comm, allow_hyphen_values = true)]
     comm: String,
 }
 
-fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Config, String> {
-    let mut args = args.into_iter();
-    let role = args.next().ok_or("missing subcommand (server or client)")?;
-    let is_server = match role.as_str() {
-        "server" => true,
-        "client" => false,
-        other => return Err(format!("unknown subcommand {other:?}")),
-    };
-
-    let mut addr = None;
-    let mut count = None;
-    let mut mode = None;
-    let mut comm = None;
-    let mut hold = None;
-    let mut wait_stdin = false;
-    while let Some(flag) = args.next() {
-        // Flags that belong to the other role are refused rather than ignored: a test passing
-        // --hold-ms to the server would otherwise silently test something else.
-        match (flag.as_str(), is_server) {
-            ("--wait-stdin", false) => {
-                wait_stdin = true;
-                continue;
-            }
-            ("--bind", true) | ("--connect", false) | ("--hold-ms", false) => {}
-            ("--count" | "--mode" | "--comm", _) => {}
-            _ => return Err(format!("unexpected argument {flag:?} for {role}")),
-        }
-        let value = args.next().ok_or_else(|| format!("{flag} needs a value"))?;
-        match flag.as_str() {
-            "--bind" | "--connect" => {
-                let parsed = value
-                    .parse::<SocketAddr>()
-                    .map_err(|e| format!("{flag} {value:?}: {e}"))?;
-                addr = Some(parsed);
-            }
-            "--count" => {
-                let n = value
-                    .parse::<usize>()
-                    .map_err(|e| format!("--count {value:?}: {e}"))?;
-                if n == 0 {
-                    return Err("--count must be at least 1".into());
-                }
-                count = Some(n);
-            }
-            "--mode" => mode = Some(Mode::parse(&value)?),
-            "--comm" => {
-                if value.is_empty() || value.len() > MAX_COMM || value.contains('\0') {
-                    return Err(format!(
-                        "--comm {value:?}: needs 1 to {MAX_COMM} bytes and no NUL"
-                    ));
-                }
-                comm = Some(value);
-            }
-            "--hold-ms" => {
-                let ms = value
-                    .parse::<u64>()
-                    .map_err(|e| format!("--hold-ms {value:?}: {e}"))?;
-                hold = Some(Duration::from_millis(ms));
-            }
-            _ => unreachable!("flag {flag} was accepted above"),
+impl Role {
+    fn common(&self) -> &Common {
+        match self {
+            Self::Server { common, .. } | Self::Client { common, .. } => common,
         }
     }
+}
 
-    let addr_flag = if is_server { "--bind" } else { "--connect" };
-    let addr = addr.ok_or_else(|| format!("{addr_flag} is required"))?;
-    let role = if is_server {
-        Role::Server { bind: addr }
-    } else {
-        Role::Client {
-            connect: addr,
-            hold: hold.unwrap_or(Duration::from_millis(1000)),
-            wait_stdin,
-        }
-    };
-    Ok(Config {
-        role,
-        count: count.ok_or("--count is required")?,
-        mode: mode.ok_or("--mode is required")?,
-        comm: comm.ok_or("--comm is required")?,
-    })
+fn parse_comm(value: &str) -> Result<String, String> {
+    if value.is_empty() || value.len() > MAX_COMM || value.contains('\0') {
+        return Err(format!("needs 1 to {MAX_COMM} bytes and no NUL"));
+    }
+    Ok(value.to_owned())
 }
 
 /// Attaches what was being done to an I/O error, so a failing driver says where it failed.
@@ -178,7 +137,7 @@ impl<T> Context<T> for io::Result<T> {
 fn set_comm(comm: &str) -> Result<(), String> {
     let name = CString::new(comm).map_err(|e| format!("comm {comm:?}: {e}"))?;
     // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes from the pointer;
-    // `name` is a valid C string that outlives the call (parse_args capped it at 15 bytes).
+    // `name` is a valid C string that outlives the call (parse_comm capped it at 15 bytes).
     let rc = unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr(), 0, 0, 0) };
     if rc != 0 {
         return Err(format!(
@@ -315,30 +274,33 @@ fn run_client(
 }
 
 fn main() -> ExitCode {
-    let config = match parse_args(std::env::args().skip(1)) {
-        Ok(config) => config,
-        Err(e) => {
-            eprintln!("tcpdrive: {e}\n{USAGE}");
-            return ExitCode::from(2);
-        }
-    };
+    // A usage error prints the message and the usage to stderr and exits with status 2.
+    let cli = Cli::parse();
+    let Common { count, mode, comm } = cli.role.common();
     // Before any socket exists, so every transition carries the final comm.
-    if let Err(e) = set_comm(&config.comm) {
+    if let Err(e) = set_comm(comm) {
         eprintln!("tcpdrive: {e}");
         return ExitCode::FAILURE;
     }
-    let result = match config.role {
-        Role::Server { bind } => run_server(bind, config.count, config.mode),
+    let result = match cli.role {
+        Role::Server { bind, .. } => run_server(bind, *count, *mode),
         Role::Client {
             connect,
-            hold,
+            hold_ms,
             wait_stdin,
-        } => run_client(connect, config.count, config.mode, hold, wait_stdin),
+            ..
+        } => run_client(
+            connect,
+            *count,
+            *mode,
+            Duration::from_millis(hold_ms),
+            wait_stdin,
+        ),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("tcpdrive ({}): {e}", config.comm);
+            eprintln!("tcpdrive ({comm}): {e}");
             ExitCode::FAILURE
         }
     }
@@ -346,76 +308,174 @@ fn main() -> ExitCode {
 
 #[cfg(test)]
 mod tests {
+    use clap::CommandFactory;
+    use clap::error::ErrorKind;
+
     use super::*;
 
-    fn parse(args: &str) -> Result<Config, String> {
-        parse_args(args.split_whitespace().map(String::from))
+    fn parse(args: &str) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("tcpdrive").chain(args.split_whitespace()))
+    }
+
+    /// Parses `args`, which must be refused as a usage error (exit status 2), and says how.
+    fn refused(args: &str) -> ErrorKind {
+        let err = parse(args).expect_err(args);
+        assert_eq!(err.exit_code(), 2, "{args:?} is a usage error: {err}");
+        err.kind()
+    }
+
+    #[test]
+    fn command_is_well_formed() {
+        Cli::command().debug_assert();
     }
 
     #[test]
     fn server_v6() {
-        let config = parse("server --bind [::1]:0 --count 3 --mode abort --comm tws-x").unwrap();
+        let cli = parse("server --bind [::1]:0 --count 3 --mode abort --comm tws-x").unwrap();
         assert_eq!(
-            config,
-            Config {
-                role: Role::Server {
-                    bind: "[::1]:0".parse().unwrap()
+            cli.role,
+            Role::Server {
+                bind: "[::1]:0".parse().unwrap(),
+                common: Common {
+                    count: 3,
+                    mode: Mode::Abort,
+                    comm: "tws-x".into(),
                 },
-                count: 3,
-                mode: Mode::Abort,
-                comm: "tws-x".into(),
             }
         );
     }
 
     #[test]
     fn client_defaults_and_flags() {
-        let config = parse("client --connect 127.0.0.1:80 --count 1 --mode leak --comm c").unwrap();
+        let cli = parse("client --connect 127.0.0.1:80 --count 1 --mode leak --comm c").unwrap();
         assert_eq!(
-            config.role,
+            cli.role,
             Role::Client {
                 connect: "127.0.0.1:80".parse().unwrap(),
-                hold: Duration::from_millis(1000),
+                common: Common {
+                    count: 1,
+                    mode: Mode::Leak,
+                    comm: "c".into(),
+                },
+                hold_ms: 1000,
                 wait_stdin: false,
             }
         );
-        let config = parse(
+        let cli = parse(
             "client --wait-stdin --connect 127.0.0.1:80 --hold-ms 5 --count 2 --mode server-first --comm c",
         )
         .unwrap();
         assert_eq!(
-            config.role,
+            cli.role,
             Role::Client {
                 connect: "127.0.0.1:80".parse().unwrap(),
-                hold: Duration::from_millis(5),
+                common: Common {
+                    count: 2,
+                    mode: Mode::ServerFirst,
+                    comm: "c".into(),
+                },
+                hold_ms: 5,
                 wait_stdin: true,
             }
         );
-        assert_eq!(config.mode, Mode::ServerFirst);
+    }
+
+    #[test]
+    fn mode_spellings() {
+        for (word, mode) in [
+            ("client-first", Mode::ClientFirst),
+            ("server-first", Mode::ServerFirst),
+            ("abort", Mode::Abort),
+            ("leak", Mode::Leak),
+        ] {
+            let cli = parse(&format!(
+                "server --bind 127.0.0.1:0 --count 1 --mode {word} --comm s"
+            ))
+            .unwrap();
+            assert_eq!(cli.role.common().mode, mode, "{word}");
+        }
+    }
+
+    #[test]
+    fn a_repeated_flag_keeps_the_last_value() {
+        let cli =
+            parse("server --bind 127.0.0.1:0 --count 1 --count 7 --mode leak --comm s").unwrap();
+        assert_eq!(cli.role.common().count, 7);
     }
 
     #[test]
     fn rejects_bad_input() {
         let ok = "--count 1 --mode client-first --comm c";
-        // Role-specific flags on the wrong role.
-        assert!(parse(&format!("server --bind 127.0.0.1:0 --hold-ms 1 {ok}")).is_err());
-        assert!(parse(&format!("server --bind 127.0.0.1:0 --wait-stdin {ok}")).is_err());
-        assert!(parse(&format!("client --bind 127.0.0.1:0 {ok}")).is_err());
-        // Missing or malformed values.
-        assert!(parse(&format!("client {ok}")).is_err());
-        assert!(parse("client --connect 127.0.0.1:1 --mode abort --comm c").is_err());
-        assert!(parse("client --connect 127.0.0.1:1 --count 0 --mode abort --comm c").is_err());
-        assert!(parse("client --connect 127.0.0.1 --count 1 --mode abort --comm c").is_err());
-        assert!(parse("client --connect 127.0.0.1:1 --count 1 --mode nope --comm c").is_err());
-        assert!(parse("client --connect 127.0.0.1:1 --count 1 --mode abort --comm").is_err());
-        assert!(parse("").is_err());
-        assert!(parse(&format!("proxy {ok}")).is_err());
+        for (args, kind) in [
+            // Role-specific flags on the wrong role.
+            (
+                format!("server --bind 127.0.0.1:0 --hold-ms 1 {ok}"),
+                ErrorKind::UnknownArgument,
+            ),
+            (
+                format!("server --bind 127.0.0.1:0 --wait-stdin {ok}"),
+                ErrorKind::UnknownArgument,
+            ),
+            (
+                format!("client --bind 127.0.0.1:0 {ok}"),
+                ErrorKind::UnknownArgument,
+            ),
+            // Missing or malformed values.
+            (format!("client {ok}"), ErrorKind::MissingRequiredArgument),
+            (
+                "client --connect 127.0.0.1:1 --mode abort --comm c".into(),
+                ErrorKind::MissingRequiredArgument,
+            ),
+            (
+                "client --connect 127.0.0.1:1 --count 0 --mode abort --comm c".into(),
+                ErrorKind::ValueValidation,
+            ),
+            (
+                "client --connect 127.0.0.1 --count 1 --mode abort --comm c".into(),
+                ErrorKind::ValueValidation,
+            ),
+            (
+                "client --connect 127.0.0.1:1 --count 1 --mode nope --comm c".into(),
+                ErrorKind::InvalidValue,
+            ),
+            (
+                "client --connect 127.0.0.1:1 --count 1 --mode abort --comm".into(),
+                ErrorKind::InvalidValue,
+            ),
+            (
+                "client --connect 127.0.0.1:1 --count 1 --mode abort --comm c --hold-ms -1".into(),
+                ErrorKind::UnknownArgument,
+            ),
+            (
+                String::new(),
+                ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand,
+            ),
+            (format!("proxy {ok}"), ErrorKind::InvalidSubcommand),
+        ] {
+            assert_eq!(refused(&args), kind, "{args:?}");
+        }
     }
 
     #[test]
     fn comm_length_limit() {
         let base = "server --bind 127.0.0.1:0 --count 1 --mode leak --comm";
         assert!(parse(&format!("{base} {}", "a".repeat(15))).is_ok());
-        assert!(parse(&format!("{base} {}", "a".repeat(16))).is_err());
+        assert_eq!(
+            refused(&format!("{base} {}", "a".repeat(16))),
+            ErrorKind::ValueValidation
+        );
+        let nul = Cli::try_parse_from([
+            "tcpdrive",
+            "server",
+            "--bind",
+            "127.0.0.1:0",
+            "--count",
+            "1",
+            "--mode",
+            "leak",
+            "--comm",
+            "a\0b",
+        ]);
+        assert_eq!(nul.unwrap_err().kind(), ErrorKind::ValueValidation);
     }
 }
