@@ -11,7 +11,7 @@
 
 use std::{fs, io, net::SocketAddr, num::NonZeroI32};
 
-use anyhow::{Context as _, anyhow, bail};
+use anyhow::{Context as _, bail};
 use netlink_packet_core::{
     DoneBuffer, ErrorBuffer, NLM_F_DUMP, NLM_F_REQUEST, NLMSG_ALIGNTO, NLMSG_DONE, NLMSG_ERROR,
     NetlinkBuffer, NetlinkHeader, NetlinkMessage, Parseable as _,
@@ -88,11 +88,11 @@ pub struct SockDiag {
 
 impl SockDiag {
     pub fn open() -> anyhow::Result<Self> {
-        let mut socket = Socket::new(NETLINK_SOCK_DIAG)
-            .map_err(|e| anyhow!("sock_diag: cannot open a netlink socket: {e}"))?;
+        let mut socket =
+            Socket::new(NETLINK_SOCK_DIAG).context("sock_diag: cannot open a netlink socket")?;
         socket
             .bind_auto()
-            .map_err(|e| anyhow!("sock_diag: cannot bind the netlink socket: {e}"))?;
+            .context("sock_diag: cannot bind the netlink socket")?;
         Ok(Self {
             socket,
             buf: vec![0; RECV_BUF],
@@ -125,14 +125,14 @@ impl SockDiag {
         let kernel = netlink_sys::SocketAddr::new(0, 0);
         self.socket
             .send_to(&request, &kernel, 0)
-            .map_err(|e| anyhow!("sock_diag dump failed: {e}"))?;
+            .context("sock_diag dump failed")?;
         loop {
             // MSG_TRUNC makes recv() return the datagram's real length, so a truncated one is
             // detected instead of parsed as if whole.
             let n = match self.socket.recv(&mut &mut self.buf[..], libc::MSG_TRUNC) {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => bail!("sock_diag dump failed: {e}"),
+                Err(e) => return Err(e).context("sock_diag dump failed"),
             };
             let Some(datagram) = self.buf.get(..n) else {
                 bail!(
@@ -222,7 +222,7 @@ fn parse_datagram(
                     if let Ok(done) = DoneBuffer::new_checked(msg.payload())
                         && done.code() < 0
                     {
-                        bail!("sock_diag dump failed: {}", errno(done.code()));
+                        return Err(errno(done.code())).context("sock_diag dump failed");
                     }
                     return Ok(Progress::Done);
                 }
@@ -230,7 +230,7 @@ fn parse_datagram(
                     Ok(error) => {
                         // A zero code is an ACK, which a dump does not ask for.
                         if let Some(code) = error.code().map(NonZeroI32::get) {
-                            bail!("sock_diag dump failed: {}", errno(code));
+                            return Err(errno(code)).context("sock_diag dump failed");
                         }
                     }
                     Err(_) => bail!("sock_diag dump failed: truncated NLMSG_ERROR"),
@@ -397,6 +397,12 @@ mod tests {
         assert_eq!(parse_sockstat("TCP: inuse -1 orphan 0 tw 2 alloc 7"), None);
         assert_eq!(parse_sockstat("\u{0}\u{ff}TCP:"), None);
         assert_eq!(parse_sockstat("garbage\n\n"), None);
+    }
+
+    #[test]
+    fn sockstat_reads_this_kernel() {
+        // Every kernel with TCP has the line, in every network namespace.
+        sockstat().expect("/proc/thread-self/net/sockstat has a TCP line");
     }
 
     #[test]
@@ -606,25 +612,30 @@ mod tests {
         let mut err = (-libc::EPERM).to_ne_bytes().to_vec();
         err.extend_from_slice(&[0; 16]); // the offending request's header
         d.extend(nlmsg(NLMSG_ERROR, 1, &err));
-        let e = parse(&d).0.unwrap_err().to_string();
+        let e = format!("{:#}", parse(&d).0.unwrap_err());
         assert!(
             e.starts_with("sock_diag dump failed: Operation not permitted"),
             "{e}"
         );
 
-        let e = parse(&nlmsg(NLMSG_ERROR, 1, &[0xff]))
-            .0
-            .unwrap_err()
-            .to_string();
+        let e = format!(
+            "{:#}",
+            parse(&nlmsg(NLMSG_ERROR, 1, &[0xff])).0.unwrap_err()
+        );
         assert_eq!(e, "sock_diag dump failed: truncated NLMSG_ERROR");
 
         let e = parse(&nlmsg(NLMSG_DONE, 1, &(-libc::ENOMEM).to_ne_bytes()))
             .0
             .unwrap_err();
         assert!(
-            e.to_string()
-                .starts_with("sock_diag dump failed: Cannot allocate memory"),
-            "{e}"
+            format!("{e:#}").starts_with("sock_diag dump failed: Cannot allocate memory"),
+            "{e:#}"
+        );
+        // The kernel's errno stays in the chain, not only in the text.
+        assert_eq!(
+            e.downcast_ref::<io::Error>()
+                .and_then(io::Error::raw_os_error),
+            Some(libc::ENOMEM)
         );
     }
 

@@ -6,10 +6,10 @@
 
 use std::{io, path::Path};
 
-use anyhow::{Context as _, anyhow, bail};
+use anyhow::{Context as _, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
+    maps::{HashMap as BpfHashMap, Map, MapData, PerCpuArray, RingBuf},
     programs::{ProgramError, TracePoint},
 };
 use tokio::io::{Interest, unix::AsyncFd};
@@ -101,7 +101,7 @@ impl Tracer {
             .override_global(globals::FILTERS, &filters, true)
             .override_global("AYA_LOG_LEVEL", &log_level, false)
             .load(EBPF_OBJECT)
-            .map_err(|e| anyhow!("loading the eBPF object failed: {e}"))?;
+            .context("loading the eBPF object failed")?;
 
         if opts.verbose {
             start_kernel_logger(&mut ebpf);
@@ -122,7 +122,7 @@ impl Tracer {
             }
             let prog: &mut TracePoint = ebpf
                 .program_mut(prog_name)
-                .ok_or_else(|| anyhow!("program {prog_name} missing from the eBPF object"))?
+                .with_context(|| format!("program {prog_name} missing from the eBPF object"))?
                 .try_into()
                 .with_context(|| format!("program {prog_name}"))?;
             prog.load()
@@ -131,18 +131,14 @@ impl Tracer {
                 .with_context(|| format!("attaching to tracepoint {category}:{tp}"))?;
         }
 
-        let ring = RingBuf::try_from(
-            ebpf.take_map(maps::EVENTS)
-                .ok_or_else(|| anyhow!("map {} missing", maps::EVENTS))?,
-        )?;
+        let ring = RingBuf::try_from(take_map(&mut ebpf, maps::EVENTS)?)
+            .with_context(|| format!("map {}", maps::EVENTS))?;
         // SAFETY: the RingBuf owns its map's file descriptor, which stays open and unchanged
         // until the RingBuf (and so the AsyncFd that owns it) is dropped.
         let ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
-            .map_err(|e| anyhow!("registering the ring buffer with tokio: {e}"))?;
-        let stats = PerCpuArray::try_from(
-            ebpf.take_map(maps::STATS)
-                .ok_or_else(|| anyhow!("map {} missing", maps::STATS))?,
-        )?;
+            .context("registering the ring buffer with tokio")?;
+        let stats = PerCpuArray::try_from(take_map(&mut ebpf, maps::STATS)?)
+            .with_context(|| format!("map {}", maps::STATS))?;
         Ok(Self {
             _ebpf: ebpf,
             ring,
@@ -221,10 +217,9 @@ fn undecodable_event(count: &mut u64, e: &DecodeError) {
 /// Tells the kernel program who owns the listeners that existed before it was attached, so their
 /// accepted connections are attributed from the first packet on.
 fn seed_listeners(ebpf: &mut Ebpf) -> anyhow::Result<usize> {
-    let mut map: BpfHashMap<_, u16, ListenerEntry> = BpfHashMap::try_from(
-        ebpf.map_mut(maps::LISTENERS)
-            .ok_or_else(|| anyhow!("map {} missing", maps::LISTENERS))?,
-    )?;
+    let mut map: BpfHashMap<_, u16, ListenerEntry> =
+        BpfHashMap::try_from(map_mut(ebpf, maps::LISTENERS)?)
+            .with_context(|| format!("map {}", maps::LISTENERS))?;
     let listeners = procnet::existing_listeners();
     for (port, owner) in &listeners {
         // skaddr 0: /proc hides kernel addresses; the kernel side matches the owner instead.
@@ -240,20 +235,18 @@ fn seed_listeners(ebpf: &mut Ebpf) -> anyhow::Result<usize> {
 
 fn fill_filters(ebpf: &mut Ebpf, opts: &Options) -> anyhow::Result<()> {
     if !opts.pids.is_empty() {
-        let mut map: BpfHashMap<_, u32, u8> = BpfHashMap::try_from(
-            ebpf.map_mut(maps::PID_FILTER)
-                .ok_or_else(|| anyhow!("map {} missing", maps::PID_FILTER))?,
-        )?;
+        let mut map: BpfHashMap<_, u32, u8> =
+            BpfHashMap::try_from(map_mut(ebpf, maps::PID_FILTER)?)
+                .with_context(|| format!("map {}", maps::PID_FILTER))?;
         for &pid in &opts.pids {
             map.insert(pid, 1, 0)
                 .with_context(|| format!("adding pid {pid} to the filter"))?;
         }
     }
     if !opts.ports.is_empty() {
-        let mut map: BpfHashMap<_, u16, u8> = BpfHashMap::try_from(
-            ebpf.map_mut(maps::PORT_FILTER)
-                .ok_or_else(|| anyhow!("map {} missing", maps::PORT_FILTER))?,
-        )?;
+        let mut map: BpfHashMap<_, u16, u8> =
+            BpfHashMap::try_from(map_mut(ebpf, maps::PORT_FILTER)?)
+                .with_context(|| format!("map {}", maps::PORT_FILTER))?;
         for &port in &opts.ports {
             map.insert(port, 1, 0)
                 .with_context(|| format!("adding port {port} to the filter"))?;
@@ -262,27 +255,47 @@ fn fill_filters(ebpf: &mut Ebpf, opts: &Options) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A refused program in one line, with the verifier's last lines when asked for (`-v`).
+/// A map the object must have, taken out of it.
+fn take_map(ebpf: &mut Ebpf, name: &str) -> anyhow::Result<Map> {
+    ebpf.take_map(name)
+        .with_context(|| format!("map {name} missing from the eBPF object"))
+}
+
+/// A map the object must have, borrowed.
+fn map_mut<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut Map> {
+    ebpf.map_mut(name)
+        .with_context(|| format!("map {name} missing from the eBPF object"))
+}
+
+/// A refused program in one line with the kernel's answer as its cause, and the verifier's last
+/// lines after it when asked for (`-v`).
 fn load_error(prog: &str, e: ProgramError, verbose: bool) -> anyhow::Error {
     match e {
         ProgramError::LoadError {
             io_error,
             verifier_log,
-        } => {
-            if verbose {
-                let log = verifier_log.to_string();
-                let lines: Vec<&str> = log.lines().collect();
-                let tail = lines[lines.len().saturating_sub(20)..].join("\n");
-                anyhow!(
-                    "the kernel refused BPF program {prog}: {io_error}; verifier's last lines:\n{tail}"
-                )
-            } else {
-                anyhow!(
-                    "the kernel refused BPF program {prog}: {io_error} (run with -v for the verifier's log)"
-                )
-            }
-        }
+        } => refused(prog, io_error, &verifier_log.to_string(), verbose),
         other => anyhow::Error::new(other).context(format!("loading BPF program {prog}")),
+    }
+}
+
+/// [`load_error`] for a program the kernel refused with `io_error` and the verifier's `log`.
+fn refused(prog: &str, io_error: io::Error, log: &str, verbose: bool) -> anyhow::Error {
+    if verbose {
+        let lines: Vec<&str> = log.lines().collect();
+        let tail = lines
+            .get(lines.len().saturating_sub(20)..)
+            .unwrap_or_default()
+            .join("\n");
+        // `{e:#}` prints the chain outermost first: the refused program, the kernel's errno (kept
+        // as the io::Error itself), then the verifier's last lines.
+        anyhow::Error::msg(format!("verifier's last lines:\n{tail}"))
+            .context(io_error)
+            .context(format!("the kernel refused BPF program {prog}"))
+    } else {
+        anyhow::Error::new(io_error).context(format!(
+            "the kernel refused BPF program {prog} (run with -v for the verifier's log)"
+        ))
     }
 }
 
@@ -309,5 +322,53 @@ fn start_kernel_logger(ebpf: &mut Ebpf) {
         }
         // The program has no log statements compiled in: nothing to forward.
         Err(e) => log::debug!("kernel log messages unavailable: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn eacces() -> io::Error {
+        io::Error::from_raw_os_error(libc::EACCES)
+    }
+
+    #[test]
+    fn a_refused_program_is_one_line_with_the_kernel_answer() {
+        let e = refused("set_state", eacces(), "0: R1=ctx\ninvalid access", false);
+        assert_eq!(
+            format!("{e:#}"),
+            "the kernel refused BPF program set_state (run with -v for the verifier's log): \
+             Permission denied (os error 13)"
+        );
+        assert_eq!(
+            e.downcast_ref::<io::Error>()
+                .and_then(io::Error::raw_os_error),
+            Some(libc::EACCES)
+        );
+    }
+
+    #[test]
+    fn verbose_shows_the_verifier_last_lines() {
+        let log: Vec<String> = (0..30).map(|i| format!("line {i}")).collect();
+        let e = refused("set_state", eacces(), &log.join("\n"), true);
+        let text = format!("{e:#}");
+        assert!(
+            text.starts_with(
+                "the kernel refused BPF program set_state: Permission denied (os error 13): \
+                 verifier's last lines:\nline 10\n"
+            ),
+            "{text}"
+        );
+        assert!(text.ends_with("line 29"), "{text}");
+        assert!(!text.contains("line 9\n"), "{text}");
+        assert_eq!(
+            e.downcast_ref::<io::Error>()
+                .and_then(io::Error::raw_os_error),
+            Some(libc::EACCES)
+        );
+        // A short log is shown whole.
+        let e = refused("set_state", eacces(), "only line", true);
+        assert!(format!("{e:#}").ends_with("last lines:\nonly line"));
     }
 }
