@@ -11,6 +11,8 @@ use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
 };
 
+use jiff::Timestamp;
+
 pub mod snapshot;
 
 use crate::{
@@ -542,7 +544,7 @@ impl Model {
     pub fn snapshot(
         &mut self,
         now_ns: u64,
-        time: String,
+        time: Timestamp,
         outside: Outside,
         exists: &dyn Fn(u32) -> bool,
     ) -> Snapshot {
@@ -830,7 +832,7 @@ mod tests {
     }
 
     fn snap(m: &mut Model, now: u64) -> Snapshot {
-        m.snapshot(now, String::new(), Outside::default(), &|_| true)
+        m.snapshot(now, Timestamp::UNIX_EPOCH, Outside::default(), &|_| true)
     }
 
     fn proc(s: &Snapshot, pid: u32) -> &ProcessRow {
@@ -1247,16 +1249,16 @@ mod tests {
                 .0,
         );
         let dead = |pid: u32| pid != CLIENT;
-        let s = m.snapshot(5 * S, String::new(), Outside::default(), &dead);
+        let s = m.snapshot(5 * S, Timestamp::UNIX_EPOCH, Outside::default(), &dead);
         assert_eq!(s.processes.len(), 2, "idle for only 4 s");
-        let s = m.snapshot(20 * S, String::new(), Outside::default(), &dead);
+        let s = m.snapshot(20 * S, Timestamp::UNIX_EPOCH, Outside::default(), &dead);
         assert_eq!(
             s.processes.iter().map(|p| p.pid).collect::<Vec<_>>(),
             vec![SERVER],
             "the exited one aged out"
         );
         assert_eq!(s.processes[0].peers.len(), 1, "peer idle for 19 s stays");
-        let s = m.snapshot(70 * S, String::new(), Outside::default(), &dead);
+        let s = m.snapshot(70 * S, Timestamp::UNIX_EPOCH, Outside::default(), &dead);
         assert!(
             s.processes[0].peers.is_empty(),
             "idle peer aged out after a minute"
@@ -1281,9 +1283,10 @@ mod tests {
     #[test]
     fn outside_counters_pass_through() {
         let mut m = Model::new(0, Limits::default());
+        let t = Timestamp::from_second(1_795_564_800).expect("time");
         let s = m.snapshot(
             S,
-            "t".into(),
+            t,
             Outside {
                 lost_events: 5,
                 timewait_kernel: Some(9),
@@ -1291,8 +1294,8 @@ mod tests {
             &|_| true,
         );
         assert_eq!(
-            (s.lost_events, s.totals.timewait_kernel, s.time.as_str()),
-            (5, Some(9), "t")
+            (s.lost_events, s.totals.timewait_kernel, s.time),
+            (5, Some(9), t)
         );
         assert_eq!(s.uptime_s, 1.0);
     }

@@ -1,13 +1,18 @@
 //! What the leaderboard shows at one instant: plain data built by `crate::model`, rendered by the
 //! JSON and table printers and the terminal UI. Field names are the JSON schema (`twtrace --json`).
 
-use serde::Serialize;
+use std::fmt;
+
+use jiff::Timestamp;
+use serde::{Serialize, Serializer};
 
 /// One refresh of the leaderboard.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Snapshot {
-    /// RFC 3339 UTC time of the snapshot.
-    pub time: String,
+    /// When the snapshot was taken; written in RFC 3339 UTC with whole seconds. The default,
+    /// the Unix epoch, marks the placeholder a view shows before the first snapshot.
+    #[serde(serialize_with = "whole_seconds")]
+    pub time: Timestamp,
     /// Seconds covered by the `*_per_s` rates.
     pub interval_s: f64,
     /// Seconds since twtrace started.
@@ -79,5 +84,39 @@ pub struct PeerRow {
     pub established_now: u64,
 }
 
+/// Writes a time as snapshots do, in the JSON and the table: RFC 3339 in UTC with whole
+/// seconds, the fraction cut off ("2026-11-25T16:00:00Z").
+pub fn whole_seconds<S: Serializer>(time: &Timestamp, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(&WholeSeconds(*time))
+}
+
+/// A time shown as RFC 3339 in UTC with whole seconds, the fraction cut off.
+#[derive(Clone, Copy, Debug)]
+pub struct WholeSeconds(pub Timestamp);
+
+impl fmt::Display for WholeSeconds {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Precision 0 truncates (as humantime's `format_rfc3339_seconds` did).
+        write!(f, "{:.0}", self.0)
+    }
+}
+
 /// The comm shown for sockets that predate twtrace and have no known owner.
 pub const BEFORE_START: &str = "(before start)";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_are_written_with_whole_seconds() {
+        let t: Timestamp = "2026-11-25T16:00:00.999999Z".parse().expect("time");
+        assert_eq!(WholeSeconds(t).to_string(), "2026-11-25T16:00:00Z");
+        let snap = Snapshot {
+            time: t,
+            ..Snapshot::default()
+        };
+        let v = serde_json::to_value(&snap).expect("json");
+        assert_eq!(v["time"], "2026-11-25T16:00:00Z");
+    }
+}

@@ -6,7 +6,7 @@ use std::{
 };
 
 use super::Sink;
-use crate::model::snapshot::Snapshot;
+use crate::model::snapshot::{Snapshot, WholeSeconds};
 
 /// How snapshots are printed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -59,7 +59,7 @@ pub fn print_table(out: &mut impl Write, snap: &Snapshot, top: usize) -> io::Res
     writeln!(
         out,
         "{}  TIME_WAIT now {} (kernel {})  CLOSE_WAIT {}  ESTABLISHED {}  TIME_WAIT/s {:.1}  lost {}  unattributed {}",
-        snap.time,
+        WholeSeconds(snap.time),
         t.timewait_now,
         kernel,
         t.close_wait_now,
@@ -131,7 +131,7 @@ mod tests {
 
     fn sample() -> Snapshot {
         Snapshot {
-            time: "2026-11-25T16:00:00Z".into(),
+            time: "2026-11-25T16:00:00Z".parse().expect("time"),
             interval_s: 1.0,
             uptime_s: 10.0,
             lost_events: 0,
@@ -169,6 +169,11 @@ mod tests {
         let lines: Vec<&str> = text.lines().collect();
         assert!(
             lines[0].contains("TIME_WAIT now 5 (kernel 6)"),
+            "{}",
+            lines[0]
+        );
+        assert!(
+            lines[0].starts_with("2026-11-25T16:00:00Z  TIME_WAIT"),
             "{}",
             lines[0]
         );

@@ -98,7 +98,7 @@ pub(super) fn demo_snapshot() -> Snapshot {
         vec![peer("10.0.3.17", 5432, 0, 3_120, 0, 0)],
     );
     Snapshot {
-        time: "2025-06-01T03:14:15.926Z".to_owned(),
+        time: "2025-06-01T03:14:15.926Z".parse().expect("time"),
         interval_s: 1.0,
         uptime_s: 3_725.0,
         lost_events: 0,
@@ -218,6 +218,7 @@ fn empty_snapshot_shows_header_and_waiting_message() {
     assert!(has(&buf, "twtrace — pid 4242"), "{}", screen(&buf));
     assert!(has(&buf, "TIME_WAIT now 0 kernel n/a"), "{}", screen(&buf));
     assert!(has(&buf, "No TCP activity yet"), "{}", screen(&buf));
+    assert!(!has(&buf, " UTC"), "no time before the first snapshot");
     // Every view copes with nothing.
     for keys in ["\t", "\t\t\n", "/x\n"] {
         let mut app = app_with(Snapshot::default());

@@ -8,6 +8,7 @@
 use std::borrow::Cow;
 use std::fmt::Write as _;
 
+use jiff::Timestamp;
 use ratatui::Frame;
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::style::{Color, Modifier, Style, Stylize as _};
@@ -87,14 +88,13 @@ fn render_header(frame: &mut Frame, area: Rect, app: &App, snap: &Snapshot) {
     }
     items.push(item("unattributed", snap.unattributed_events.to_string()));
     items.push(item("up", duration(snap.uptime_s)));
-    if !snap.time.is_empty() {
-        // RFC 3339: the time of day is what changes; the date is noise on a live screen.
-        let time = snap
-            .time
-            .split_once('T')
-            .map(|(_, t)| t.get(..8).unwrap_or(t))
-            .unwrap_or(&snap.time);
-        items.push(item("at", format!("{time} UTC")));
+    // The placeholder before the first snapshot has no time (the epoch).
+    if snap.time != Timestamp::UNIX_EPOCH {
+        // The time of day is what changes; the date is noise on a live screen.
+        items.push(item(
+            "at",
+            format!("{} UTC", snap.time.strftime("%H:%M:%S")),
+        ));
     }
     flow(frame, area, &items);
 }
