@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 
 use super::{End, Sink};
 use crate::{
-    model::snapshot::{Snapshot, whole_seconds},
+    model::snapshot::{PeerKey, Snapshot, whole_seconds},
     recording::Header,
     stream::Tally,
 };
@@ -270,11 +270,10 @@ fn text_report(
     let mut peers: BTreeMap<String, PeerSum> = BTreeMap::new();
     for p in &snap.processes {
         for r in &p.peers {
-            let label = match r.lport {
-                Some(lport) => format!("{} -> :{lport}", r.raddr),
-                None if r.raddr == "other" => format!("other (pid {})", p.pid),
-                None if r.raddr.contains(':') => format!("[{}]:{}", r.raddr, r.rport),
-                None => format!("{}:{}", r.raddr, r.rport),
+            // The capped rest is one process's: it stays apart from the others'.
+            let label = match r.peer {
+                PeerKey::Other => format!("other (pid {})", p.pid),
+                peer => peer.to_string(),
             };
             let e = peers.entry(label).or_default();
             e.tw_entered += r.timewait_entered;

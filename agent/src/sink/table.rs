@@ -83,11 +83,10 @@ pub fn print_table(out: &mut impl Write, snap: &Snapshot, top: usize) -> io::Res
         "RESETS"
     )?;
     for p in snap.processes.iter().take(top) {
-        let peer = p.peers.first().map_or_else(String::new, |r| match r.lport {
-            Some(lport) => format!("{} -> :{lport}", r.raddr),
-            None if r.raddr == "other" => "other".to_owned(),
-            None => format!("{}:{}", bracket(&r.raddr), r.rport),
-        });
+        let peer = p
+            .peers
+            .first()
+            .map_or_else(String::new, |r| r.peer.to_string());
         let comm: String = p.comm.chars().take(16).collect();
         writeln!(
             out,
@@ -115,19 +114,10 @@ pub fn print_table(out: &mut impl Write, snap: &Snapshot, top: usize) -> io::Res
     out.flush()
 }
 
-/// IPv6 addresses get brackets before a port.
-fn bracket(addr: &str) -> String {
-    if addr.contains(':') {
-        format!("[{addr}]")
-    } else {
-        addr.to_owned()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::snapshot::{PeerRow, ProcessRow, Totals};
+    use crate::model::snapshot::{PeerKey, PeerRow, ProcessRow, Totals};
 
     fn sample() -> Snapshot {
         Snapshot {
@@ -151,10 +141,11 @@ mod tests {
                 timewait_per_s: 3.0,
                 timewait_now: 5,
                 peers: vec![PeerRow {
-                    raddr: "::1".into(),
-                    rport: 443,
                     timewait_entered: 9,
-                    ..PeerRow::default()
+                    ..PeerRow::new(PeerKey::Out {
+                        raddr: "::1".parse().expect("addr"),
+                        rport: 443,
+                    })
                 }],
                 ..ProcessRow::default()
             }],

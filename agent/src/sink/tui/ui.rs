@@ -15,7 +15,7 @@ use ratatui::style::{Color, Modifier, Style, Stylize as _};
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Borders, Cell, Clear, Paragraph, Row, Sparkline, Table};
 
-use super::app::{App, PeerCol, PeerGroup, ProcCol, View, write_peer_label};
+use super::app::{App, PeerCol, PeerGroup, ProcCol, View};
 use super::input::HELP;
 use crate::model::snapshot::{BEFORE_START, PeerRow, ProcessRow, Snapshot};
 
@@ -313,14 +313,14 @@ fn label_width(r: &PeerRow) -> u16 {
         }
     }
     let mut n = Count(0);
-    let _ = write_peer_label(&mut n, r);
+    let _ = write!(n, "{:#}", r.peer);
     u16::try_from(n.0).unwrap_or(u16::MAX)
 }
 
 fn peer_label(r: &PeerRow) -> String {
     let mut s = String::with_capacity(24);
     // Writing to a String cannot fail.
-    let _ = write_peer_label(&mut s, r);
+    let _ = write!(s, "{:#}", r.peer);
     s
 }
 
