@@ -293,7 +293,7 @@ impl<'a> Core<'a> {
             lost_events: self.tally.kernel.lost,
             timewait_kernel: self.timewait_kernel,
         };
-        let time = humantime::format_rfc3339_seconds(self.clock.to_system_time(now_ns)).to_string();
+        let time = jiff::Timestamp::try_from(self.clock.to_system_time(now_ns))?;
         let processes = &self.processes;
         let snap = Arc::new(model.snapshot(now_ns, time, outside, &|pid| processes.exists(pid)));
         self.last_snapshot_ns = Some(now_ns);

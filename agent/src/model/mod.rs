@@ -6,10 +6,13 @@
 //! (the kernel's own count), a per-process peer cap, and ageing of dead processes and idle peers.
 
 use std::{
+    cmp::Reverse,
     collections::{HashMap, HashSet},
     hash::{Hash as _, Hasher as _},
-    net::{IpAddr, Ipv4Addr, SocketAddr},
+    net::SocketAddr,
 };
+
+use jiff::Timestamp;
 
 pub mod snapshot;
 
@@ -17,7 +20,7 @@ use crate::{
     event::{Attribution, Comm, Transition},
     state::TcpState,
 };
-use snapshot::{BEFORE_START, PeerRow, ProcessRow, Snapshot, Totals};
+use snapshot::{BEFORE_START, PeerKey, PeerRow, ProcessRow, Snapshot, Totals};
 
 /// Timer-wheel lateness assumed before any is measured: a 60 s timer lands in a bucket of 64
 /// jiffies (256 ms at HZ=250, kernel/time/timer.c) and fires up to two buckets late; measured
@@ -66,38 +69,6 @@ impl Default for Limits {
             peer_idle_ns: 60_000_000_000,
             process_idle_ns: 10_000_000_000,
             timewait_len_ns: 60_000_000_000,
-        }
-    }
-}
-
-/// Where a connection goes: outgoing ones by remote address and port, accepted ones by the
-/// client's address and the local listening port.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum PeerKey {
-    Out {
-        raddr: IpAddr,
-        rport: u16,
-    },
-    In {
-        raddr: IpAddr,
-        lport: u16,
-    },
-    /// Everything beyond the per-process cap.
-    Other,
-}
-
-impl PeerKey {
-    fn of(accepted: bool, local: SocketAddr, remote: SocketAddr) -> Self {
-        if accepted {
-            Self::In {
-                raddr: remote.ip(),
-                lport: local.port(),
-            }
-        } else {
-            Self::Out {
-                raddr: remote.ip(),
-                rport: remote.port(),
-            }
         }
     }
 }
@@ -542,7 +513,7 @@ impl Model {
     pub fn snapshot(
         &mut self,
         now_ns: u64,
-        time: String,
+        time: Timestamp,
         outside: Outside,
         exists: &dyn Fn(u32) -> bool,
     ) -> Snapshot {
@@ -662,29 +633,38 @@ fn row(pid: u32, p: &Proc, before_start_tw: &HashMap<PeerKey, u64>) -> Option<Pr
     let mut peers: Vec<PeerRow> = p
         .peers
         .iter()
-        .map(|(key, peer)| peer_row(key, peer.tw_entered, peer.tw_now, peer.cw_now, peer.est_now))
+        .map(|(&peer, c)| PeerRow {
+            peer,
+            timewait_entered: c.tw_entered,
+            timewait_now: c.tw_now,
+            close_wait_now: c.cw_now,
+            established_now: c.est_now,
+        })
         .collect();
     let mut tw_now = p.tw_now;
     if pid == 0 {
         for (key, &n) in before_start_tw {
             tw_now += n;
-            match peers.iter_mut().find(|r| same_key(r, key)) {
+            match peers.iter_mut().find(|r| r.peer == *key) {
                 Some(r) => r.timewait_now += n,
-                None => peers.push(peer_row(key, 0, n, 0, 0)),
+                None => peers.push(PeerRow {
+                    timewait_now: n,
+                    ..PeerRow::new(*key)
+                }),
             }
         }
         if tw_now + p.cw_now + p.est_now + p.tw_entered + p.opens + p.closes == 0 {
             return None;
         }
     }
-    peers.sort_by(|a, b| {
-        b.timewait_entered
-            .cmp(&a.timewait_entered)
-            .then(b.timewait_now.cmp(&a.timewait_now))
-            .then(b.close_wait_now.cmp(&a.close_wait_now))
-            .then(b.established_now.cmp(&a.established_now))
-            .then(a.raddr.cmp(&b.raddr))
-            .then(a.rport.cmp(&b.rport))
+    peers.sort_by_cached_key(|r| {
+        (
+            Reverse(r.timewait_entered),
+            Reverse(r.timewait_now),
+            Reverse(r.close_wait_now),
+            Reverse(r.established_now),
+            r.peer.text_order(),
+        )
     });
     Some(ProcessRow {
         pid,
@@ -706,35 +686,6 @@ fn row(pid: u32, p: &Proc, before_start_tw: &HashMap<PeerKey, u64>) -> Option<Pr
         timewait_history: p.history.clone(),
         peers,
     })
-}
-
-fn peer_row(key: &PeerKey, tw_entered: u64, tw_now: u64, cw_now: u64, est_now: u64) -> PeerRow {
-    let (raddr, rport, lport) = match *key {
-        PeerKey::Out { raddr, rport } => (raddr.to_string(), rport, None),
-        PeerKey::In { raddr, lport } => (raddr.to_string(), 0, Some(lport)),
-        PeerKey::Other => ("other".to_owned(), 0, None),
-    };
-    PeerRow {
-        raddr,
-        rport,
-        lport,
-        timewait_entered: tw_entered,
-        timewait_now: tw_now,
-        close_wait_now: cw_now,
-        established_now: est_now,
-    }
-}
-
-fn same_key(r: &PeerRow, key: &PeerKey) -> bool {
-    let (raddr, rport, lport) = match *key {
-        PeerKey::Out { raddr, rport } => (raddr, rport, None),
-        PeerKey::In { raddr, lport } => (raddr, 0, Some(lport)),
-        PeerKey::Other => (IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0, None),
-    };
-    !matches!(key, PeerKey::Other)
-        && r.raddr == raddr.to_string()
-        && r.rport == rport
-        && r.lport == lport
 }
 
 #[cfg(test)]
@@ -830,7 +781,7 @@ mod tests {
     }
 
     fn snap(m: &mut Model, now: u64) -> Snapshot {
-        m.snapshot(now, String::new(), Outside::default(), &|_| true)
+        m.snapshot(now, Timestamp::UNIX_EPOCH, Outside::default(), &|_| true)
     }
 
     fn proc(s: &Snapshot, pid: u32) -> &ProcessRow {
@@ -866,9 +817,10 @@ mod tests {
         assert_eq!(
             c.peers[0],
             PeerRow {
-                raddr: "127.0.0.1".into(),
-                rport: 8080,
-                lport: None,
+                peer: PeerKey::Out {
+                    raddr: addr("127.0.0.1:0").ip(),
+                    rport: 8080
+                },
                 timewait_entered: 3,
                 timewait_now: 3,
                 close_wait_now: 0,
@@ -887,7 +839,10 @@ mod tests {
         );
         // Accepted connections are grouped per client address and listening port.
         assert_eq!(srv.peers.len(), 1);
-        assert_eq!((srv.peers[0].rport, srv.peers[0].lport), (0, Some(8080)));
+        assert_eq!(
+            (srv.peers[0].peer.rport(), srv.peers[0].peer.lport()),
+            (0, Some(8080))
+        );
         assert_eq!(s.totals.timewait_now, 3);
         assert_eq!(s.totals.timewait_entered, 3);
         assert_eq!(s.processes[0].pid, CLIENT, "sorted by TIME_WAIT rate");
@@ -938,7 +893,11 @@ mod tests {
         assert_eq!(proc(&s, SERVER).established_now, 0);
         let w = proc(&s, worker);
         assert_eq!((w.timewait_entered, w.timewait_now), (1, 1));
-        assert_eq!(w.peers[0].lport, Some(8080), "still an accepted connection");
+        assert_eq!(
+            w.peers[0].peer.lport(),
+            Some(8080),
+            "still an accepted connection"
+        );
     }
 
     #[test]
@@ -1012,9 +971,9 @@ mod tests {
         let before = proc(&s, 0);
         assert_eq!(before.comm, BEFORE_START);
         assert_eq!((before.timewait_now, before.timewait_entered), (3, 0));
-        assert_eq!(before.peers[0].raddr, "10.0.0.2");
+        assert_eq!(before.peers[0].peer.raddr(), Some(addr("10.0.0.2:0").ip()));
         assert_eq!(
-            (before.peers[0].rport, before.peers[0].timewait_now),
+            (before.peers[0].peer.rport(), before.peers[0].timewait_now),
             (443, 2)
         );
         assert_eq!(s.totals.timewait_now, 4, "owned plus before start");
@@ -1218,7 +1177,7 @@ mod tests {
         let other = c
             .peers
             .iter()
-            .find(|p| p.raddr == "other")
+            .find(|p| p.peer == PeerKey::Other)
             .expect("other bucket");
         assert_eq!((other.timewait_entered, other.timewait_now), (2, 2));
         assert_eq!(c.peers.iter().map(|p| p.timewait_now).sum::<u64>(), 4);
@@ -1247,16 +1206,16 @@ mod tests {
                 .0,
         );
         let dead = |pid: u32| pid != CLIENT;
-        let s = m.snapshot(5 * S, String::new(), Outside::default(), &dead);
+        let s = m.snapshot(5 * S, Timestamp::UNIX_EPOCH, Outside::default(), &dead);
         assert_eq!(s.processes.len(), 2, "idle for only 4 s");
-        let s = m.snapshot(20 * S, String::new(), Outside::default(), &dead);
+        let s = m.snapshot(20 * S, Timestamp::UNIX_EPOCH, Outside::default(), &dead);
         assert_eq!(
             s.processes.iter().map(|p| p.pid).collect::<Vec<_>>(),
             vec![SERVER],
             "the exited one aged out"
         );
         assert_eq!(s.processes[0].peers.len(), 1, "peer idle for 19 s stays");
-        let s = m.snapshot(70 * S, String::new(), Outside::default(), &dead);
+        let s = m.snapshot(70 * S, Timestamp::UNIX_EPOCH, Outside::default(), &dead);
         assert!(
             s.processes[0].peers.is_empty(),
             "idle peer aged out after a minute"
@@ -1281,9 +1240,10 @@ mod tests {
     #[test]
     fn outside_counters_pass_through() {
         let mut m = Model::new(0, Limits::default());
+        let t = Timestamp::from_second(1_795_564_800).expect("time");
         let s = m.snapshot(
             S,
-            "t".into(),
+            t,
             Outside {
                 lost_events: 5,
                 timewait_kernel: Some(9),
@@ -1291,8 +1251,8 @@ mod tests {
             &|_| true,
         );
         assert_eq!(
-            (s.lost_events, s.totals.timewait_kernel, s.time.as_str()),
-            (5, Some(9), "t")
+            (s.lost_events, s.totals.timewait_kernel, s.time),
+            (5, Some(9), t)
         );
         assert_eq!(s.uptime_s, 1.0);
     }

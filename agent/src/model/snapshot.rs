@@ -1,13 +1,21 @@
 //! What the leaderboard shows at one instant: plain data built by `crate::model`, rendered by the
 //! JSON and table printers and the terminal UI. Field names are the JSON schema (`twtrace --json`).
 
-use serde::Serialize;
+use std::{
+    fmt,
+    net::{IpAddr, SocketAddr},
+};
+
+use jiff::Timestamp;
+use serde::{Serialize, Serializer, ser::SerializeStruct as _};
 
 /// One refresh of the leaderboard.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Snapshot {
-    /// RFC 3339 UTC time of the snapshot.
-    pub time: String,
+    /// When the snapshot was taken; written in RFC 3339 UTC with whole seconds. The default,
+    /// the Unix epoch, marks the placeholder a view shows before the first snapshot.
+    #[serde(serialize_with = "whole_seconds")]
+    pub time: Timestamp,
     /// Seconds covered by the `*_per_s` rates.
     pub interval_s: f64,
     /// Seconds since twtrace started.
@@ -59,25 +67,281 @@ pub struct ProcessRow {
     /// sparkline). Not in the JSON: the rates above carry the same information per interval.
     #[serde(skip)]
     pub timewait_history: Vec<u64>,
-    /// Sorted like the processes; capped, with the rest summed in a peer whose `raddr` is "other".
+    /// Sorted like the processes; capped, with the rest summed in [`PeerKey::Other`].
     pub peers: Vec<PeerRow>,
 }
 
-/// Where a process's connections go. Outgoing connections are keyed by the remote address and
-/// port; accepted ones by the client's address and the local (listening) port, with `rport` 0,
-/// because a client's ephemeral port says nothing.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+/// One peer of a process and its connections. In the JSON the peer is spelt out in place:
+/// `{"raddr": ..., "rport": ..., ["lport": ...,] "timewait_entered": ...}` (see [`PeerKey`]).
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct PeerRow {
-    pub raddr: String,
-    pub rport: u16,
-    /// The local listening port, for connections the process accepted.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub lport: Option<u16>,
+    #[serde(flatten)]
+    pub peer: PeerKey,
     pub timewait_entered: u64,
     pub timewait_now: u64,
     pub close_wait_now: u64,
     pub established_now: u64,
 }
 
+impl PeerRow {
+    /// `peer` with no connections counted.
+    pub fn new(peer: PeerKey) -> Self {
+        Self {
+            peer,
+            timewait_entered: 0,
+            timewait_now: 0,
+            close_wait_now: 0,
+            established_now: 0,
+        }
+    }
+}
+
+/// Where a process's connections go.
+///
+/// In the JSON: `raddr` (the address, or "other"), `rport` (0 unless outgoing) and, for
+/// accepted connections only, `lport`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum PeerKey {
+    /// Outgoing connections, by remote address and port.
+    Out { raddr: IpAddr, rport: u16 },
+    /// Accepted connections, by the client's address and the local (listening) port: a
+    /// client's ephemeral port says nothing.
+    In { raddr: IpAddr, lport: u16 },
+    /// Everything beyond the model's per-process cap, summed.
+    Other,
+}
+
+impl PeerKey {
+    /// The key of a connection between `local` and `remote`, accepted or outgoing.
+    pub fn of(accepted: bool, local: SocketAddr, remote: SocketAddr) -> Self {
+        if accepted {
+            Self::In {
+                raddr: remote.ip(),
+                lport: local.port(),
+            }
+        } else {
+            Self::Out {
+                raddr: remote.ip(),
+                rport: remote.port(),
+            }
+        }
+    }
+
+    /// The remote address; none for [`PeerKey::Other`].
+    pub fn raddr(&self) -> Option<IpAddr> {
+        match *self {
+            Self::Out { raddr, .. } | Self::In { raddr, .. } => Some(raddr),
+            Self::Other => None,
+        }
+    }
+
+    /// The remote port of an outgoing connection, else 0 (as in the JSON).
+    pub fn rport(&self) -> u16 {
+        match *self {
+            Self::Out { rport, .. } => rport,
+            Self::In { .. } | Self::Other => 0,
+        }
+    }
+
+    /// The listening port of an accepted connection.
+    pub fn lport(&self) -> Option<u16> {
+        match *self {
+            Self::In { lport, .. } => Some(lport),
+            Self::Out { .. } | Self::Other => None,
+        }
+    }
+
+    /// The order of peers with equal counts, in the JSON and the terminal view's groups: by the
+    /// JSON's `raddr` as text ("10.0.0.10" before "10.0.0.9", "other" after any address), then
+    /// `rport`, then `lport`.
+    pub fn text_order(&self) -> (String, u16, Option<u16>) {
+        (Raddr(self.raddr()).to_string(), self.rport(), self.lport())
+    }
+}
+
+/// How people read a peer: `10.0.0.5:5432` and `[2001:db8::7]:443` for outgoing connections,
+/// `10.0.0.9 -> :80` for accepted ones, `other` for the capped rest. The alternate form (`{:#}`)
+/// is the terminal view's, narrower: `10.0.0.9→:80` and `(other peers)`.
+impl fmt::Display for PeerKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (*self, f.alternate()) {
+            (Self::Out { raddr, rport }, _) => write!(f, "{}", SocketAddr::new(raddr, rport)),
+            (Self::In { raddr, lport }, false) => write!(f, "{raddr} -> :{lport}"),
+            (Self::In { raddr, lport }, true) => write!(f, "{raddr}→:{lport}"),
+            (Self::Other, false) => f.write_str("other"),
+            (Self::Other, true) => f.write_str("(other peers)"),
+        }
+    }
+}
+
+impl Serialize for PeerKey {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let lport = self.lport();
+        let mut st = s.serialize_struct("PeerKey", 2 + usize::from(lport.is_some()))?;
+        st.serialize_field("raddr", &Raddr(self.raddr()))?;
+        st.serialize_field("rport", &self.rport())?;
+        if let Some(lport) = lport {
+            st.serialize_field("lport", &lport)?;
+        }
+        st.end()
+    }
+}
+
+/// The JSON's `raddr`: the address, or "other" for the capped rest.
+struct Raddr(Option<IpAddr>);
+
+impl fmt::Display for Raddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(addr) => fmt::Display::fmt(&addr, f),
+            None => f.write_str("other"),
+        }
+    }
+}
+
+impl Serialize for Raddr {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// Writes a time as snapshots do, in the JSON and the table: RFC 3339 in UTC with whole
+/// seconds, the fraction cut off ("2026-11-25T16:00:00Z").
+pub fn whole_seconds<S: Serializer>(time: &Timestamp, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(&WholeSeconds(*time))
+}
+
+/// A time shown as RFC 3339 in UTC with whole seconds, the fraction cut off.
+#[derive(Clone, Copy, Debug)]
+pub struct WholeSeconds(pub Timestamp);
+
+impl fmt::Display for WholeSeconds {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Precision 0 truncates (as humantime's `format_rfc3339_seconds` did).
+        write!(f, "{:.0}", self.0)
+    }
+}
+
 /// The comm shown for sockets that predate twtrace and have no known owner.
 pub const BEFORE_START: &str = "(before start)";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn json(peer: PeerKey) -> String {
+        let row = PeerRow {
+            timewait_entered: 3,
+            ..PeerRow::new(peer)
+        };
+        serde_json::to_string(&row).expect("json")
+    }
+
+    #[test]
+    fn peers_are_spelt_out_in_the_json() {
+        let v4: IpAddr = "10.0.0.9".parse().expect("addr");
+        let v6: IpAddr = "2001:db8::7".parse().expect("addr");
+        let counts =
+            r#""timewait_entered":3,"timewait_now":0,"close_wait_now":0,"established_now":0}"#;
+        for (peer, want) in [
+            (
+                PeerKey::Out {
+                    raddr: v4,
+                    rport: 443,
+                },
+                r#"{"raddr":"10.0.0.9","rport":443,"#,
+            ),
+            (
+                PeerKey::Out {
+                    raddr: v6,
+                    rport: 443,
+                },
+                r#"{"raddr":"2001:db8::7","rport":443,"#,
+            ),
+            (
+                PeerKey::In {
+                    raddr: v4,
+                    lport: 8080,
+                },
+                r#"{"raddr":"10.0.0.9","rport":0,"lport":8080,"#,
+            ),
+            (PeerKey::Other, r#"{"raddr":"other","rport":0,"#),
+        ] {
+            assert_eq!(json(peer), format!("{want}{counts}"), "{peer:?}");
+        }
+    }
+
+    #[test]
+    fn peer_labels() {
+        let v4: IpAddr = "10.0.0.9".parse().expect("addr");
+        let v6: IpAddr = "::1".parse().expect("addr");
+        for (peer, plain, narrow) in [
+            (
+                PeerKey::Out {
+                    raddr: v4,
+                    rport: 80,
+                },
+                "10.0.0.9:80",
+                "10.0.0.9:80",
+            ),
+            (
+                PeerKey::Out {
+                    raddr: v6,
+                    rport: 443,
+                },
+                "[::1]:443",
+                "[::1]:443",
+            ),
+            (
+                PeerKey::In {
+                    raddr: v6,
+                    lport: 80,
+                },
+                "::1 -> :80",
+                "::1→:80",
+            ),
+            (PeerKey::Other, "other", "(other peers)"),
+        ] {
+            assert_eq!(peer.to_string(), plain);
+            assert_eq!(format!("{peer:#}"), narrow);
+        }
+    }
+
+    #[test]
+    fn equal_peers_are_ordered_by_address_text() {
+        let out = |a: &str, rport| PeerKey::Out {
+            raddr: a.parse().expect("addr"),
+            rport,
+        };
+        let mut keys = [
+            PeerKey::Other,
+            out("10.0.0.9", 80),
+            out("fe80::1", 22),
+            out("10.0.0.10", 81),
+            out("10.0.0.10", 80),
+        ];
+        keys.sort_by_cached_key(PeerKey::text_order);
+        assert_eq!(
+            keys,
+            [
+                out("10.0.0.10", 80),
+                out("10.0.0.10", 81),
+                out("10.0.0.9", 80),
+                out("fe80::1", 22),
+                PeerKey::Other
+            ]
+        );
+    }
+
+    #[test]
+    fn times_are_written_with_whole_seconds() {
+        let t: Timestamp = "2026-11-25T16:00:00.999999Z".parse().expect("time");
+        assert_eq!(WholeSeconds(t).to_string(), "2026-11-25T16:00:00Z");
+        let snap = Snapshot {
+            time: t,
+            ..Snapshot::default()
+        };
+        let v = serde_json::to_value(&snap).expect("json");
+        assert_eq!(v["time"], "2026-11-25T16:00:00Z");
+    }
+}

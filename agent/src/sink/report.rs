@@ -8,16 +8,23 @@ use std::{
     sync::Arc,
 };
 
+use jiff::Timestamp;
 use serde::Serialize;
 use serde_json::{Value, json};
 
 use super::{End, Sink};
-use crate::{model::snapshot::Snapshot, recording::Header, stream::Tally};
+use crate::{
+    model::snapshot::{PeerKey, Snapshot, whole_seconds},
+    recording::Header,
+    stream::Tally,
+};
 
 /// One second of the timeline.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct TimelinePoint {
-    pub time: String,
+    /// Written as snapshots write theirs.
+    #[serde(serialize_with = "whole_seconds")]
+    pub time: Timestamp,
     pub timewait_per_s: f64,
     pub timewait_now: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -62,7 +69,7 @@ impl<W: Write> Sink for Report<W> {
 
     fn snapshot(&mut self, snap: &Arc<Snapshot>) -> anyhow::Result<()> {
         self.timeline.push(TimelinePoint {
-            time: snap.time.clone(),
+            time: snap.time,
             timewait_per_s: snap.totals.timewait_per_s,
             timewait_now: snap.totals.timewait_now,
             timewait_kernel: snap.totals.timewait_kernel,
@@ -72,14 +79,8 @@ impl<W: Write> Sink for Report<W> {
 
     fn end(&mut self, end: &End) -> anyhow::Result<()> {
         self.problems.clone_from(&end.problems);
-        let snap = end
-            .snapshot
-            .as_deref()
-            .cloned()
-            .unwrap_or_else(|| Snapshot {
-                time: self.header.start_time.clone(),
-                ..Snapshot::default()
-            });
+        let empty = Snapshot::default();
+        let snap = end.snapshot.as_deref().unwrap_or(&empty);
         let run = Run {
             tally: &end.tally,
             first_ns: end.first_ns,
@@ -88,12 +89,18 @@ impl<W: Write> Sink for Report<W> {
         };
         match self.style {
             Style::Json => {
-                let v = json_report(&self.header, &run, &snap, &self.problems);
+                let mut v = json_report(&self.header, &run, snap, &self.problems);
+                // No snapshot at all: an empty leaderboard, timed at the recording's start.
+                if end.snapshot.is_none()
+                    && let Some(obj) = v.as_object_mut()
+                {
+                    obj.insert("time".into(), self.header.start_time.clone().into());
+                }
                 serde_json::to_writer(&mut self.out, &v)?;
                 writeln!(self.out)?;
             }
             Style::Text { top } => {
-                text_report(&mut self.out, &self.path, &self.header, &run, &snap, top)?;
+                text_report(&mut self.out, &self.path, &self.header, &run, snap, top)?;
             }
         }
         self.out.flush()?;
@@ -263,11 +270,10 @@ fn text_report(
     let mut peers: BTreeMap<String, PeerSum> = BTreeMap::new();
     for p in &snap.processes {
         for r in &p.peers {
-            let label = match r.lport {
-                Some(lport) => format!("{} -> :{lport}", r.raddr),
-                None if r.raddr == "other" => format!("other (pid {})", p.pid),
-                None if r.raddr.contains(':') => format!("[{}]:{}", r.raddr, r.rport),
-                None => format!("{}:{}", r.raddr, r.rport),
+            // The capped rest is one process's: it stays apart from the others'.
+            let label = match r.peer {
+                PeerKey::Other => format!("other (pid {})", p.pid),
+                peer => peer.to_string(),
             };
             let e = peers.entry(label).or_default();
             e.tw_entered += r.timewait_entered;
@@ -316,12 +322,12 @@ fn timeline_chart(out: &mut impl Write, points: &[TimelinePoint]) -> io::Result<
         return writeln!(out, "  (no recorded seconds)");
     }
     let per_row = points.len().div_ceil(ROWS);
-    let rows: Vec<(&str, f64, u64)> = points
+    let rows: Vec<(Timestamp, f64, u64)> = points
         .chunks(per_row)
         .map(|c| {
             let rate = c.iter().map(|p| p.timewait_per_s).sum::<f64>() / c.len() as f64;
             let now = c.last().map_or(0, |p| p.timewait_now);
-            (c[0].time.as_str(), rate, now)
+            (c[0].time, rate, now)
         })
         .collect();
     let peak = rows.iter().map(|r| r.1).fold(0.0, f64::max);
@@ -334,13 +340,77 @@ fn timeline_chart(out: &mut impl Write, points: &[TimelinePoint]) -> io::Result<
         } else {
             0
         };
-        let clock = time.get(11..19).unwrap_or(time);
         writeln!(
             out,
-            "  {clock} {:>9.1}/s {:<50} now {now}",
+            "  {} {:>9.1}/s {:<50} now {now}",
+            time.strftime("%H:%M:%S"),
             rate,
             "#".repeat(len)
         )?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::recording::tests::header;
+
+    fn end(snapshot: Option<Arc<Snapshot>>) -> End {
+        End {
+            mono_ns: 0,
+            first_ns: None,
+            last_ns: None,
+            tally: Tally::default(),
+            snapshot,
+            problems: Vec::new(),
+        }
+    }
+
+    fn at(time: &str, per_s: f64) -> Arc<Snapshot> {
+        let mut snap = Snapshot {
+            time: time.parse().expect("time"),
+            ..Snapshot::default()
+        };
+        snap.totals.timewait_per_s = per_s;
+        Arc::new(snap)
+    }
+
+    fn report(style: Style, snaps: &[Arc<Snapshot>]) -> String {
+        let mut r = Report::new(Vec::new(), style, Path::new("x.twr"), header());
+        for s in snaps {
+            r.snapshot(s).expect("snapshot");
+        }
+        r.end(&end(snaps.last().cloned())).expect("end");
+        String::from_utf8(r.out).expect("utf8")
+    }
+
+    #[test]
+    fn times_are_whole_seconds_and_the_chart_shows_the_time_of_day() {
+        let snaps = [
+            at("2026-11-25T16:00:01.5Z", 2.0),
+            at("2026-11-25T16:00:02.999Z", 4.0),
+        ];
+        let v: Value = serde_json::from_str(&report(Style::Json, &snaps)).expect("json");
+        assert_eq!(v["time"], "2026-11-25T16:00:02Z");
+        assert_eq!(v["timeline"][0]["time"], "2026-11-25T16:00:01Z");
+        assert_eq!(v["timeline"][1]["time"], "2026-11-25T16:00:02Z");
+        let text = report(Style::Text { top: 10 }, &snaps);
+        let chart: Vec<&str> = text
+            .lines()
+            .skip_while(|l| *l != "TIME_WAIT entered per second")
+            .skip(1)
+            .collect();
+        assert!(chart[0].starts_with("  16:00:01       2.0/s #"), "{text}");
+        assert!(chart[1].starts_with("  16:00:02       4.0/s #"), "{text}");
+    }
+
+    #[test]
+    fn without_a_snapshot_the_time_is_the_recordings_start() {
+        let mut r = Report::new(Vec::new(), Style::Json, Path::new("x.twr"), header());
+        r.end(&end(None)).expect("end");
+        let v: Value = serde_json::from_slice(&r.out).expect("json");
+        assert_eq!(v["time"], "2026-11-25T16:00:00.000000Z");
+        assert_eq!(v["processes"], json!([]));
+    }
 }

@@ -6,7 +6,7 @@ use std::{
 };
 
 use super::Sink;
-use crate::model::snapshot::Snapshot;
+use crate::model::snapshot::{Snapshot, WholeSeconds};
 
 /// How snapshots are printed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -59,7 +59,7 @@ pub fn print_table(out: &mut impl Write, snap: &Snapshot, top: usize) -> io::Res
     writeln!(
         out,
         "{}  TIME_WAIT now {} (kernel {})  CLOSE_WAIT {}  ESTABLISHED {}  TIME_WAIT/s {:.1}  lost {}  unattributed {}",
-        snap.time,
+        WholeSeconds(snap.time),
         t.timewait_now,
         kernel,
         t.close_wait_now,
@@ -83,11 +83,10 @@ pub fn print_table(out: &mut impl Write, snap: &Snapshot, top: usize) -> io::Res
         "RESETS"
     )?;
     for p in snap.processes.iter().take(top) {
-        let peer = p.peers.first().map_or_else(String::new, |r| match r.lport {
-            Some(lport) => format!("{} -> :{lport}", r.raddr),
-            None if r.raddr == "other" => "other".to_owned(),
-            None => format!("{}:{}", bracket(&r.raddr), r.rport),
-        });
+        let peer = p
+            .peers
+            .first()
+            .map_or_else(String::new, |r| r.peer.to_string());
         let comm: String = p.comm.chars().take(16).collect();
         writeln!(
             out,
@@ -115,23 +114,14 @@ pub fn print_table(out: &mut impl Write, snap: &Snapshot, top: usize) -> io::Res
     out.flush()
 }
 
-/// IPv6 addresses get brackets before a port.
-fn bracket(addr: &str) -> String {
-    if addr.contains(':') {
-        format!("[{addr}]")
-    } else {
-        addr.to_owned()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::snapshot::{PeerRow, ProcessRow, Totals};
+    use crate::model::snapshot::{PeerKey, PeerRow, ProcessRow, Totals};
 
     fn sample() -> Snapshot {
         Snapshot {
-            time: "2026-11-25T16:00:00Z".into(),
+            time: "2026-11-25T16:00:00Z".parse().expect("time"),
             interval_s: 1.0,
             uptime_s: 10.0,
             lost_events: 0,
@@ -151,10 +141,11 @@ mod tests {
                 timewait_per_s: 3.0,
                 timewait_now: 5,
                 peers: vec![PeerRow {
-                    raddr: "::1".into(),
-                    rport: 443,
                     timewait_entered: 9,
-                    ..PeerRow::default()
+                    ..PeerRow::new(PeerKey::Out {
+                        raddr: "::1".parse().expect("addr"),
+                        rport: 443,
+                    })
                 }],
                 ..ProcessRow::default()
             }],
@@ -169,6 +160,11 @@ mod tests {
         let lines: Vec<&str> = text.lines().collect();
         assert!(
             lines[0].contains("TIME_WAIT now 5 (kernel 6)"),
+            "{}",
+            lines[0]
+        );
+        assert!(
+            lines[0].starts_with("2026-11-25T16:00:00Z  TIME_WAIT"),
             "{}",
             lines[0]
         );

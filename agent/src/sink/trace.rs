@@ -6,6 +6,7 @@ use std::{
     net::IpAddr,
 };
 
+use jiff::Timestamp;
 use serde::Serialize;
 
 use super::{End, Sink};
@@ -89,10 +90,14 @@ impl<W: Write> Printer<W> {
         self.out
     }
 
+    fn wall_time(&self, t: &Transition) -> io::Result<Timestamp> {
+        Timestamp::try_from(self.clock.to_system_time(t.mono_ns)).map_err(io::Error::other)
+    }
+
     fn json(&mut self, t: &Transition) -> io::Result<()> {
         let line = JsonLine {
-            time: humantime::format_rfc3339_micros(self.clock.to_system_time(t.mono_ns))
-                .to_string(),
+            // RFC 3339 in UTC to the microsecond, the rest cut off.
+            time: format!("{:.6}", self.wall_time(t)?),
             pid: t.pid,
             comm: t.comm.to_str(),
             family: t.family.name(),
@@ -121,10 +126,9 @@ impl<W: Write> Printer<W> {
                 "TIME(UTC)", "PID", "COMM", "LOCAL -> REMOTE", "OLD -> NEW"
             )?;
         }
-        let stamp =
-            humantime::format_rfc3339_micros(self.clock.to_system_time(t.mono_ns)).to_string();
-        // "2026-11-25T16:40:01.123456Z" -> "16:40:01.123456": the date is noise in a live stream.
-        let time = stamp.get(11..26).unwrap_or(&stamp);
+        // The time of day in UTC to the microsecond (15 characters, the column's width): the
+        // date is noise in a live stream.
+        let time = self.wall_time(t)?.strftime("%H:%M:%S%.6f");
         let pid = if t.pid == 0 {
             "?".to_owned()
         } else {
@@ -144,7 +148,7 @@ impl<W: Write> Printer<W> {
         }
         writeln!(
             self.out,
-            "{time:<15} {pid:>7} {comm:<15} {peers:<45} {states:<25} {by}"
+            "{time} {pid:>7} {comm:<15} {peers:<45} {states:<25} {by}"
         )
     }
 }
@@ -205,7 +209,11 @@ mod tests {
 
     fn render(format: Format, events: &[twtrace_ebpf::Event]) -> String {
         // 2026-11-25T00:00:00Z at monotonic zero.
-        let clock = WallClock::with_offset(1_795_564_800_000_000_000);
+        render_at(1_795_564_800_000_000_000, format, events)
+    }
+
+    fn render_at(epoch_ns: i128, format: Format, events: &[twtrace_ebpf::Event]) -> String {
+        let clock = WallClock::with_offset(epoch_ns);
         let mut p = Printer::new(Vec::new(), format, clock);
         for ev in events {
             p.print(&from_wire(ev).expect("valid"));
@@ -265,6 +273,19 @@ mod tests {
         assert!(lines[1].contains("CLOSE -> SYN_SENT"));
         assert!(lines[2].contains("      ? -"), "{}", lines[2]);
         assert!(lines[2].ends_with("unknown"));
+    }
+
+    #[test]
+    fn times_are_cut_to_the_microsecond() {
+        // 999.9996 ms past the second: cut, not rounded up to the next second.
+        let epoch_ns = 1_795_564_800_999_999_600;
+        let ev = wire(tcp_state::CLOSE, tcp_state::SYN_SENT);
+        let v: serde_json::Value =
+            serde_json::from_str(render_at(epoch_ns, Format::Json, &[ev]).trim()).expect("json");
+        assert_eq!(v["time"], "2026-11-25T00:00:05.999999Z");
+        let text = render_at(epoch_ns, Format::Text, &[ev]);
+        let line = text.lines().nth(1).expect("line");
+        assert!(line.starts_with("00:00:05.999999    4242 curl"), "{line}");
     }
 
     #[test]

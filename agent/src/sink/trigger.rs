@@ -5,29 +5,168 @@ use std::{fmt, str::FromStr};
 
 use crate::model::snapshot::{ProcessRow, Snapshot};
 
-/// The fields a trigger can test: the snapshot's totals, or (with a qualifier) a process row's.
-const TOTAL_FIELDS: &[&str] = &[
-    "timewait_now",
-    "timewait_kernel",
-    "close_wait_now",
-    "established_now",
-    "timewait_entered",
-    "timewait_per_s",
-    "lost_events",
-    "unattributed_events",
-];
-const PROCESS_FIELDS: &[&str] = &[
-    "timewait_entered",
-    "timewait_per_s",
-    "timewait_now",
-    "close_wait_now",
-    "established_now",
-    "opens",
-    "opens_per_s",
-    "closes",
-    "closes_per_s",
-    "resets",
-];
+/// A field of the snapshot's totals (a trigger without a qualifier).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TotalField {
+    TimewaitNow,
+    TimewaitKernel,
+    CloseWaitNow,
+    EstablishedNow,
+    TimewaitEntered,
+    TimewaitPerS,
+    LostEvents,
+    UnattributedEvents,
+}
+
+impl TotalField {
+    /// In the order the error message lists them.
+    pub const ALL: [Self; 8] = [
+        Self::TimewaitNow,
+        Self::TimewaitKernel,
+        Self::CloseWaitNow,
+        Self::EstablishedNow,
+        Self::TimewaitEntered,
+        Self::TimewaitPerS,
+        Self::LostEvents,
+        Self::UnattributedEvents,
+    ];
+
+    /// As written in a trigger, and in the JSON.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::TimewaitNow => "timewait_now",
+            Self::TimewaitKernel => "timewait_kernel",
+            Self::CloseWaitNow => "close_wait_now",
+            Self::EstablishedNow => "established_now",
+            Self::TimewaitEntered => "timewait_entered",
+            Self::TimewaitPerS => "timewait_per_s",
+            Self::LostEvents => "lost_events",
+            Self::UnattributedEvents => "unattributed_events",
+        }
+    }
+
+    /// The field's value in `snap` (0 for an unknown kernel count).
+    pub fn value(self, snap: &Snapshot) -> f64 {
+        let t = &snap.totals;
+        match self {
+            Self::TimewaitNow => t.timewait_now as f64,
+            Self::TimewaitKernel => t.timewait_kernel.unwrap_or(0) as f64,
+            Self::CloseWaitNow => t.close_wait_now as f64,
+            Self::EstablishedNow => t.established_now as f64,
+            Self::TimewaitEntered => t.timewait_entered as f64,
+            Self::TimewaitPerS => t.timewait_per_s,
+            Self::LostEvents => snap.lost_events as f64,
+            Self::UnattributedEvents => snap.unattributed_events as f64,
+        }
+    }
+}
+
+/// A field of a process row (a trigger with a `[pid=N]` or `[comm=NAME]` qualifier).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProcessField {
+    TimewaitEntered,
+    TimewaitPerS,
+    TimewaitNow,
+    CloseWaitNow,
+    EstablishedNow,
+    Opens,
+    OpensPerS,
+    Closes,
+    ClosesPerS,
+    Resets,
+}
+
+impl ProcessField {
+    /// In the order the error message lists them.
+    pub const ALL: [Self; 10] = [
+        Self::TimewaitEntered,
+        Self::TimewaitPerS,
+        Self::TimewaitNow,
+        Self::CloseWaitNow,
+        Self::EstablishedNow,
+        Self::Opens,
+        Self::OpensPerS,
+        Self::Closes,
+        Self::ClosesPerS,
+        Self::Resets,
+    ];
+
+    /// As written in a trigger, and in the JSON.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::TimewaitEntered => "timewait_entered",
+            Self::TimewaitPerS => "timewait_per_s",
+            Self::TimewaitNow => "timewait_now",
+            Self::CloseWaitNow => "close_wait_now",
+            Self::EstablishedNow => "established_now",
+            Self::Opens => "opens",
+            Self::OpensPerS => "opens_per_s",
+            Self::Closes => "closes",
+            Self::ClosesPerS => "closes_per_s",
+            Self::Resets => "resets",
+        }
+    }
+
+    pub fn value(self, p: &ProcessRow) -> f64 {
+        match self {
+            Self::TimewaitEntered => p.timewait_entered as f64,
+            Self::TimewaitPerS => p.timewait_per_s,
+            Self::TimewaitNow => p.timewait_now as f64,
+            Self::CloseWaitNow => p.close_wait_now as f64,
+            Self::EstablishedNow => p.established_now as f64,
+            Self::Opens => p.opens as f64,
+            Self::OpensPerS => p.opens_per_s,
+            Self::Closes => p.closes as f64,
+            Self::ClosesPerS => p.closes_per_s,
+            Self::Resets => p.resets as f64,
+        }
+    }
+}
+
+/// A name that is not one of the fields.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UnknownField;
+
+impl FromStr for TotalField {
+    type Err = UnknownField;
+
+    fn from_str(s: &str) -> Result<Self, UnknownField> {
+        Self::ALL
+            .into_iter()
+            .find(|f| f.name() == s)
+            .ok_or(UnknownField)
+    }
+}
+
+impl FromStr for ProcessField {
+    type Err = UnknownField;
+
+    fn from_str(s: &str) -> Result<Self, UnknownField> {
+        Self::ALL
+            .into_iter()
+            .find(|f| f.name() == s)
+            .ok_or(UnknownField)
+    }
+}
+
+impl fmt::Display for TotalField {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl fmt::Display for ProcessField {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// What a trigger tests: a total, or a field of the processes it names, summed.
+#[derive(Clone, Debug, PartialEq)]
+enum Subject {
+    Total(TotalField),
+    Process(ProcessField, Who),
+}
 
 #[derive(Clone, Debug, PartialEq)]
 enum Who {
@@ -47,8 +186,7 @@ enum Op {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Trigger {
     text: String,
-    field: String,
-    who: Option<Who>,
+    subject: Subject,
     op: Op,
     threshold: f64,
 }
@@ -74,8 +212,10 @@ impl FromStr for Trigger {
             .ok()
             .filter(|v: &f64| v.is_finite())
             .ok_or_else(|| format!("`{s}`: `{rhs}` is not a number"))?;
-        let (field, who) = match lhs.split_once('[') {
-            None => (lhs.as_str(), None),
+        let subject = match lhs.split_once('[') {
+            None => Subject::Total(lhs.parse().map_err(|UnknownField| {
+                unknown(s, &lhs, "fields", &TotalField::ALL.map(TotalField::name))
+            })?),
             Some((field, q)) => {
                 let q = q
                     .strip_suffix(']')
@@ -88,61 +228,46 @@ impl FromStr for Trigger {
                     Some(("comm", comm)) if !comm.is_empty() => Who::Comm(comm.to_owned()),
                     _ => return Err(format!("`{s}`: the qualifier is pid=N or comm=NAME")),
                 };
-                (field, Some(who))
+                let field = field.parse().map_err(|UnknownField| {
+                    unknown(
+                        s,
+                        field,
+                        "process fields",
+                        &ProcessField::ALL.map(ProcessField::name),
+                    )
+                })?;
+                Subject::Process(field, who)
             }
         };
-        let known = if who.is_some() {
-            PROCESS_FIELDS
-        } else {
-            TOTAL_FIELDS
-        };
-        if !known.contains(&field) {
-            return Err(format!(
-                "`{s}`: unknown field `{field}`; {} are {}",
-                if who.is_some() {
-                    "process fields"
-                } else {
-                    "fields"
-                },
-                known.join(", ")
-            ));
-        }
         Ok(Self {
             text,
-            field: field.to_owned(),
-            who,
+            subject,
             op,
             threshold,
         })
     }
 }
 
+fn unknown(trigger: &str, field: &str, kind: &str, known: &[&str]) -> String {
+    format!(
+        "`{trigger}`: unknown field `{field}`; {kind} are {}",
+        known.join(", ")
+    )
+}
+
 impl Trigger {
     /// The tested value in `snap` (0 for a process that is not there).
     pub fn value(&self, snap: &Snapshot) -> f64 {
-        match &self.who {
-            None => {
-                let t = &snap.totals;
-                match self.field.as_str() {
-                    "timewait_now" => t.timewait_now as f64,
-                    "timewait_kernel" => t.timewait_kernel.unwrap_or(0) as f64,
-                    "close_wait_now" => t.close_wait_now as f64,
-                    "established_now" => t.established_now as f64,
-                    "timewait_entered" => t.timewait_entered as f64,
-                    "timewait_per_s" => t.timewait_per_s,
-                    "lost_events" => snap.lost_events as f64,
-                    "unattributed_events" => snap.unattributed_events as f64,
-                    _ => 0.0,
-                }
-            }
-            Some(who) => snap
+        match &self.subject {
+            Subject::Total(field) => field.value(snap),
+            Subject::Process(field, who) => snap
                 .processes
                 .iter()
                 .filter(|p| match who {
                     Who::Pid(pid) => p.pid == *pid,
                     Who::Comm(comm) => p.comm == *comm,
                 })
-                .map(|p| process_field(p, &self.field))
+                .map(|p| field.value(p))
                 .sum(),
         }
     }
@@ -155,22 +280,6 @@ impl Trigger {
             Op::Lt => v < self.threshold,
             Op::Le => v <= self.threshold,
         }
-    }
-}
-
-fn process_field(p: &ProcessRow, field: &str) -> f64 {
-    match field {
-        "timewait_entered" => p.timewait_entered as f64,
-        "timewait_per_s" => p.timewait_per_s,
-        "timewait_now" => p.timewait_now as f64,
-        "close_wait_now" => p.close_wait_now as f64,
-        "established_now" => p.established_now as f64,
-        "opens" => p.opens as f64,
-        "opens_per_s" => p.opens_per_s,
-        "closes" => p.closes as f64,
-        "closes_per_s" => p.closes_per_s,
-        "resets" => p.resets as f64,
-        _ => 0.0,
     }
 }
 
@@ -243,5 +352,72 @@ mod tests {
             let e = s.parse::<Trigger>().expect_err(s);
             assert!(e.contains(want), "{s}: {e}");
         }
+    }
+
+    #[test]
+    fn unknown_fields_list_the_known_ones() {
+        assert_eq!(
+            "bogus>1".parse::<Trigger>(),
+            Err(
+                "`bogus>1`: unknown field `bogus`; fields are timewait_now, timewait_kernel, \
+                 close_wait_now, established_now, timewait_entered, timewait_per_s, lost_events, \
+                 unattributed_events"
+                    .to_owned()
+            )
+        );
+        assert_eq!(
+            "timewait_kernel[comm=x]>1".parse::<Trigger>(),
+            Err(
+                "`timewait_kernel[comm=x]>1`: unknown field `timewait_kernel`; process fields are \
+                 timewait_entered, timewait_per_s, timewait_now, close_wait_now, established_now, \
+                 opens, opens_per_s, closes, closes_per_s, resets"
+                    .to_owned()
+            )
+        );
+    }
+
+    #[test]
+    fn every_field_is_read_from_its_own_place() {
+        // Every field a different value: a trigger reads its field and no other.
+        let s = Snapshot {
+            lost_events: 7,
+            unattributed_events: 8,
+            totals: Totals {
+                timewait_now: 1,
+                timewait_kernel: Some(2),
+                close_wait_now: 3,
+                established_now: 4,
+                timewait_entered: 5,
+                timewait_per_s: 6.5,
+            },
+            processes: vec![ProcessRow {
+                pid: 9,
+                timewait_entered: 11,
+                timewait_per_s: 12.5,
+                timewait_now: 13,
+                close_wait_now: 14,
+                established_now: 15,
+                opens: 16,
+                opens_per_s: 17.5,
+                closes: 18,
+                closes_per_s: 19.5,
+                resets: 20,
+                ..ProcessRow::default()
+            }],
+            ..Snapshot::default()
+        };
+        let totals: Vec<f64> = TotalField::ALL
+            .iter()
+            .map(|f| t(&format!("{f}>0")).value(&s))
+            .collect();
+        assert_eq!(totals, [1.0, 2.0, 3.0, 4.0, 5.0, 6.5, 7.0, 8.0]);
+        let process: Vec<f64> = ProcessField::ALL
+            .iter()
+            .map(|f| t(&format!("{f}[pid=9]>0")).value(&s))
+            .collect();
+        assert_eq!(
+            process,
+            [11.0, 12.5, 13.0, 14.0, 15.0, 16.0, 17.5, 18.0, 19.5, 20.0]
+        );
     }
 }

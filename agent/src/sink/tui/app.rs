@@ -7,16 +7,12 @@
 //! so drawing a frame only reads them.
 
 use std::cell::Cell;
-use std::cmp::Ordering;
-use std::fmt;
-use std::net::IpAddr;
+use std::cmp::{Ordering, Reverse};
+use std::fmt::Write as _;
 use std::ops::Range;
 use std::sync::Arc;
 
-use crate::model::snapshot::{PeerRow, ProcessRow, Snapshot};
-
-/// The `raddr` of the peer row that sums a process's peers beyond the model's cap.
-pub const OTHER_PEERS: &str = "other";
+use crate::model::snapshot::{PeerKey, PeerRow, ProcessRow, Snapshot};
 
 /// What the body of the screen shows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -263,8 +259,8 @@ pub struct App {
 #[derive(Default)]
 struct Anchor {
     pid: Option<u32>,
-    peer: Option<(String, u16, Option<u16>)>,
-    drill_peer: Option<(String, u16, Option<u16>)>,
+    peer: Option<PeerKey>,
+    drill_peer: Option<PeerKey>,
 }
 
 impl App {
@@ -604,7 +600,7 @@ impl App {
     /// What is selected now, by identity, in the shown snapshot.
     fn anchor(&self) -> Anchor {
         let snap = self.shown();
-        let key = |r: &PeerRow| (r.raddr.clone(), r.rport, r.lport);
+        let key = |r: &PeerRow| r.peer;
         Anchor {
             pid: self
                 .process_rows
@@ -711,24 +707,23 @@ impl App {
             .pid
             .and_then(|pid| self.process_rows.iter().position(|&i| procs[i].pid == pid));
         self.selected[PROCS] = settle(self.selected[PROCS], pos, self.process_rows.len());
-        let pos = anchor.peer.as_ref().and_then(|k| {
+        let pos = anchor.peer.and_then(|k| {
             self.peer_rows.iter().position(|&g| {
                 let (p, r) = self.groups[g].rep;
-                same_key(&procs[p].peers[r], k)
+                procs[p].peers[r].peer == k
             })
         });
         self.selected[PEERS] = settle(self.selected[PEERS], pos, self.peer_rows.len());
-        let pos = anchor.drill_peer.as_ref().and_then(|k| {
+        let pos = anchor.drill_peer.and_then(|k| {
             let p = &procs[self.drill_process?];
-            self.drill_rows
-                .iter()
-                .position(|&r| same_key(&p.peers[r], k))
+            self.drill_rows.iter().position(|&r| p.peers[r].peer == k)
         });
         self.selected[DRILL] = settle(self.selected[DRILL], pos, self.drill_rows.len());
     }
 }
 
-/// Groups every process's peer rows by (raddr, rport, lport), into reused buffers.
+/// Groups every process's peer rows by peer, into reused buffers; the groups in the order of
+/// [`PeerKey::text_order`].
 fn build_groups(snap: &Snapshot, members: &mut Vec<(usize, usize)>, groups: &mut Vec<PeerGroup>) {
     let procs = &snap.processes;
     members.clear();
@@ -737,12 +732,13 @@ fn build_groups(snap: &Snapshot, members: &mut Vec<(usize, usize)>, groups: &mut
     }
     let peer = |&(p, r): &(usize, usize)| &procs[p].peers[r];
     // Stable: among equal contributions the model's process order stays.
-    members.sort_by(|a, b| {
-        let (pa, pb) = (peer(a), peer(b));
-        (pa.raddr.as_str(), pa.rport, pa.lport)
-            .cmp(&(pb.raddr.as_str(), pb.rport, pb.lport))
-            .then_with(|| pb.timewait_entered.cmp(&pa.timewait_entered))
-            .then_with(|| pb.established_now.cmp(&pa.established_now))
+    members.sort_by_cached_key(|m| {
+        let r = peer(m);
+        (
+            r.peer.text_order(),
+            Reverse(r.timewait_entered),
+            Reverse(r.established_now),
+        )
     });
     groups.clear();
     let mut start = 0;
@@ -751,9 +747,7 @@ fn build_groups(snap: &Snapshot, members: &mut Vec<(usize, usize)>, groups: &mut
         let mut end = start + 1;
         while end < members.len() {
             let next = peer(&members[end]);
-            if (next.raddr.as_str(), next.rport, next.lport)
-                != (first.raddr.as_str(), first.rport, first.lport)
-            {
+            if next.peer != first.peer {
                 break;
             }
             end += 1;
@@ -798,13 +792,15 @@ impl Matcher<'_> {
 
     fn peer(&self, r: &PeerRow, scratch: &mut String) -> bool {
         match self.number {
-            Some(n) => {
-                (r.rport != 0 && u32::from(r.rport) == n) || r.lport.map(u32::from) == Some(n)
-            }
+            Some(n) => match r.peer {
+                PeerKey::Out { rport, .. } => rport != 0 && u32::from(rport) == n,
+                PeerKey::In { lport, .. } => u32::from(lport) == n,
+                PeerKey::Other => false,
+            },
             None => {
                 scratch.clear();
-                // Writing to a String cannot fail.
-                let _ = write_peer_label(scratch, r);
+                // The label as shown. Writing to a String cannot fail.
+                let _ = write!(scratch, "{:#}", r.peer);
                 contains_ci(scratch, self.lower)
             }
         }
@@ -821,38 +817,23 @@ fn contains_ci(haystack: &str, needle: &str) -> bool {
     n.is_empty() || h.windows(n.len()).any(|w| w.eq_ignore_ascii_case(n))
 }
 
-/// How a peer is shown: `addr:port` for outgoing connections, `addr→:lport` for accepted ones
-/// (the client's port says nothing), `[v6]:port`, and the capped rest as "(other peers)".
-pub fn write_peer_label(out: &mut impl fmt::Write, r: &PeerRow) -> fmt::Result {
-    let addr = r.raddr.as_str();
-    if addr == OTHER_PEERS {
-        out.write_str("(other peers)")
-    } else if let Some(lport) = r.lport {
-        write!(out, "{addr}→:{lport}")
-    } else if addr.contains(':') {
-        write!(out, "[{addr}]:{}", r.rport)
-    } else {
-        write!(out, "{addr}:{}", r.rport)
-    }
-}
-
 fn directed(o: Ordering, descending: bool) -> Ordering {
     if descending { o.reverse() } else { o }
 }
 
 /// The capped rest goes last whatever the sort: the top rows should name peers one can act on.
 fn other_last(a: &PeerRow, b: &PeerRow) -> Ordering {
-    (a.raddr == OTHER_PEERS).cmp(&(b.raddr == OTHER_PEERS))
+    let other = |r: &PeerRow| r.peer == PeerKey::Other;
+    other(a).cmp(&other(b))
 }
 
 /// Addresses in numeric order (10.0.0.9 before 10.0.0.10), then ports.
 fn peer_order(a: &PeerRow, b: &PeerRow) -> Ordering {
-    let addr = |r: &PeerRow| r.raddr.parse::<IpAddr>().ok();
-    addr(a)
-        .cmp(&addr(b))
-        .then_with(|| a.raddr.cmp(&b.raddr))
-        .then_with(|| a.lport.cmp(&b.lport))
-        .then_with(|| a.rport.cmp(&b.rport))
+    let (a, b) = (a.peer, b.peer);
+    a.raddr()
+        .cmp(&b.raddr())
+        .then_with(|| a.lport().cmp(&b.lport()))
+        .then_with(|| a.rport().cmp(&b.rport()))
 }
 
 fn peer_cmp(col: PeerCol, a: &PeerRow, b: &PeerRow) -> Ordering {
@@ -864,10 +845,6 @@ fn peer_cmp(col: PeerCol, a: &PeerRow, b: &PeerRow) -> Ordering {
         PeerCol::EstNow => a.established_now.cmp(&b.established_now),
         PeerCol::Processes => Ordering::Equal,
     }
-}
-
-fn same_key(r: &PeerRow, key: &(String, u16, Option<u16>)) -> bool {
-    r.raddr == key.0 && r.rport == key.1 && r.lport == key.2
 }
 
 /// The selection after a refresh: on the anchored row if found, else the old index clamped.

@@ -10,15 +10,20 @@ use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 use ratatui::style::Color;
 
 use super::*;
-use crate::model::snapshot::{BEFORE_START, PeerRow, ProcessRow, Snapshot, Totals};
+use crate::model::snapshot::{BEFORE_START, PeerKey, PeerRow, ProcessRow, Snapshot, Totals};
 
 // ---- builders ----------------------------------------------------------------------------
 
-fn peer(raddr: &str, rport: u16, tw: u64, tw_now: u64, cw: u64, est: u64) -> PeerRow {
-    PeerRow {
-        raddr: raddr.to_owned(),
+fn out(raddr: &str, rport: u16) -> PeerKey {
+    PeerKey::Out {
+        raddr: raddr.parse().expect("address"),
         rport,
-        lport: None,
+    }
+}
+
+fn counts(peer: PeerKey, tw: u64, tw_now: u64, cw: u64, est: u64) -> PeerRow {
+    PeerRow {
+        peer,
         timewait_entered: tw,
         timewait_now: tw_now,
         close_wait_now: cw,
@@ -26,11 +31,16 @@ fn peer(raddr: &str, rport: u16, tw: u64, tw_now: u64, cw: u64, est: u64) -> Pee
     }
 }
 
+fn peer(raddr: &str, rport: u16, tw: u64, tw_now: u64, cw: u64, est: u64) -> PeerRow {
+    counts(out(raddr, rport), tw, tw_now, cw, est)
+}
+
 fn accepted(raddr: &str, lport: u16, tw: u64, est: u64) -> PeerRow {
-    PeerRow {
-        lport: Some(lport),
-        ..peer(raddr, 0, tw, 0, 0, est)
-    }
+    let peer = PeerKey::In {
+        raddr: raddr.parse().expect("address"),
+        lport,
+    };
+    counts(peer, tw, 0, 0, est)
 }
 
 fn process(pid: u32, comm: &str, tw_per_s: f64, tw: u64, peers: Vec<PeerRow>) -> ProcessRow {
@@ -87,7 +97,7 @@ pub(super) fn demo_snapshot() -> Snapshot {
                 close_wait_now: 212,
                 ..peer("10.0.3.17", 5432, 350, 2, 212, 3)
             },
-            peer(crate::sink::tui::app::OTHER_PEERS, 0, 0, 0, 5, 40),
+            counts(PeerKey::Other, 0, 0, 5, 40),
         ],
     );
     let before = process(
@@ -98,7 +108,7 @@ pub(super) fn demo_snapshot() -> Snapshot {
         vec![peer("10.0.3.17", 5432, 0, 3_120, 0, 0)],
     );
     Snapshot {
-        time: "2025-06-01T03:14:15.926Z".to_owned(),
+        time: "2025-06-01T03:14:15.926Z".parse().expect("time"),
         interval_s: 1.0,
         uptime_s: 3_725.0,
         lost_events: 0,
@@ -218,6 +228,7 @@ fn empty_snapshot_shows_header_and_waiting_message() {
     assert!(has(&buf, "twtrace — pid 4242"), "{}", screen(&buf));
     assert!(has(&buf, "TIME_WAIT now 0 kernel n/a"), "{}", screen(&buf));
     assert!(has(&buf, "No TCP activity yet"), "{}", screen(&buf));
+    assert!(!has(&buf, " UTC"), "no time before the first snapshot");
     // Every view copes with nothing.
     for keys in ["\t", "\t\t\n", "/x\n"] {
         let mut app = app_with(Snapshot::default());
@@ -416,7 +427,7 @@ fn peer_view_groups_and_sums_across_processes() {
         .iter()
         .find(|g| {
             app.group_peer(snap, g)
-                .is_some_and(|r| r.raddr == "10.0.3.17" && r.rport == 5432)
+                .is_some_and(|r| r.peer == out("10.0.3.17", 5432))
         })
         .expect("group");
     assert_eq!(g.process_count(), 3);
@@ -658,7 +669,7 @@ fn drill_down_and_back() {
     assert_eq!(app.drill_sort(), (PeerCol::TwTotal, false));
     let p = &app.snapshot().processes[app.drill_process().expect("drilled")];
     let last = *app.drill_rows().last().expect("rows");
-    assert_eq!(p.peers[last].raddr, crate::sink::tui::app::OTHER_PEERS);
+    assert_eq!(p.peers[last].peer, PeerKey::Other);
     // Esc goes back, not out; the list keeps its selection.
     assert_eq!(handle(&mut app, key(KeyCode::Esc)), Flow::Continue);
     assert_eq!(app.view(), View::Processes);

@@ -8,13 +8,14 @@
 use std::borrow::Cow;
 use std::fmt::Write as _;
 
+use jiff::Timestamp;
 use ratatui::Frame;
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::style::{Color, Modifier, Style, Stylize as _};
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Borders, Cell, Clear, Paragraph, Row, Sparkline, Table};
 
-use super::app::{App, PeerCol, PeerGroup, ProcCol, View, write_peer_label};
+use super::app::{App, PeerCol, PeerGroup, ProcCol, View};
 use super::input::HELP;
 use crate::model::snapshot::{BEFORE_START, PeerRow, ProcessRow, Snapshot};
 
@@ -87,14 +88,13 @@ fn render_header(frame: &mut Frame, area: Rect, app: &App, snap: &Snapshot) {
     }
     items.push(item("unattributed", snap.unattributed_events.to_string()));
     items.push(item("up", duration(snap.uptime_s)));
-    if !snap.time.is_empty() {
-        // RFC 3339: the time of day is what changes; the date is noise on a live screen.
-        let time = snap
-            .time
-            .split_once('T')
-            .map(|(_, t)| t.get(..8).unwrap_or(t))
-            .unwrap_or(&snap.time);
-        items.push(item("at", format!("{time} UTC")));
+    // The placeholder before the first snapshot has no time (the epoch).
+    if snap.time != Timestamp::UNIX_EPOCH {
+        // The time of day is what changes; the date is noise on a live screen.
+        items.push(item(
+            "at",
+            format!("{} UTC", snap.time.strftime("%H:%M:%S")),
+        ));
     }
     flow(frame, area, &items);
 }
@@ -313,14 +313,14 @@ fn label_width(r: &PeerRow) -> u16 {
         }
     }
     let mut n = Count(0);
-    let _ = write_peer_label(&mut n, r);
+    let _ = write!(n, "{:#}", r.peer);
     u16::try_from(n.0).unwrap_or(u16::MAX)
 }
 
 fn peer_label(r: &PeerRow) -> String {
     let mut s = String::with_capacity(24);
     // Writing to a String cannot fail.
-    let _ = write_peer_label(&mut s, r);
+    let _ = write!(s, "{:#}", r.peer);
     s
 }
 
