@@ -7,11 +7,11 @@
 //! so drawing a frame only reads them.
 
 use std::cell::Cell;
-use std::cmp::{Ordering, Reverse};
-use std::fmt::Write as _;
-use std::ops::Range;
+use std::cmp::Ordering;
 use std::sync::Arc;
 
+pub use super::rows::PeerGroup;
+use super::rows::{Matcher, build_groups, directed, other_last, peer_order, settle};
 use crate::model::snapshot::{PeerKey, PeerRow, ProcessRow, Snapshot};
 
 /// What the body of the screen shows.
@@ -147,26 +147,6 @@ impl PeerCol {
 pub struct Sort {
     pub column: usize,
     pub descending: bool,
-}
-
-/// One peer across all processes: the sums of its rows and the processes behind it.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct PeerGroup {
-    /// One of its rows, (process index, peer index) into the snapshot: it names the peer.
-    rep: (usize, usize),
-    pub timewait_entered: u64,
-    pub timewait_now: u64,
-    pub close_wait_now: u64,
-    pub established_now: u64,
-    /// Into [`App::members`]: the rows of the processes behind it, biggest TIME_WAIT total first.
-    members: Range<usize>,
-}
-
-impl PeerGroup {
-    /// How many processes talk to this peer.
-    pub fn process_count(&self) -> usize {
-        self.members.len()
-    }
 }
 
 /// What a key asks for; [`App::apply`] carries it out.
@@ -722,120 +702,6 @@ impl App {
     }
 }
 
-/// Groups every process's peer rows by peer, into reused buffers; the groups in the order of
-/// [`PeerKey::text_order`].
-fn build_groups(snap: &Snapshot, members: &mut Vec<(usize, usize)>, groups: &mut Vec<PeerGroup>) {
-    let procs = &snap.processes;
-    members.clear();
-    for (p, proc_row) in procs.iter().enumerate() {
-        members.extend((0..proc_row.peers.len()).map(|r| (p, r)));
-    }
-    let peer = |&(p, r): &(usize, usize)| &procs[p].peers[r];
-    // Stable: among equal contributions the model's process order stays.
-    members.sort_by_cached_key(|m| {
-        let r = peer(m);
-        (
-            r.peer.text_order(),
-            Reverse(r.timewait_entered),
-            Reverse(r.established_now),
-        )
-    });
-    groups.clear();
-    let mut start = 0;
-    while start < members.len() {
-        let first = peer(&members[start]);
-        let mut end = start + 1;
-        while end < members.len() {
-            let next = peer(&members[end]);
-            if next.peer != first.peer {
-                break;
-            }
-            end += 1;
-        }
-        let mut g = PeerGroup {
-            rep: members[start],
-            members: start..end,
-            ..PeerGroup::default()
-        };
-        for m in &members[start..end] {
-            let r = peer(m);
-            g.timewait_entered += r.timewait_entered;
-            g.timewait_now += r.timewait_now;
-            g.close_wait_now += r.close_wait_now;
-            g.established_now += r.established_now;
-        }
-        groups.push(g);
-        start = end;
-    }
-}
-
-/// What the filter text matches. Text matches a comm or a peer label ("10.0.0.5:5432",
-/// "→:80") as a case-insensitive substring; a number matches a pid or a port exactly, because
-/// "80" as a substring would also pick pid 1802 and port 8080.
-struct Matcher<'a> {
-    lower: &'a str,
-    number: Option<u32>,
-}
-
-impl Matcher<'_> {
-    fn is_empty(&self) -> bool {
-        self.lower.is_empty()
-    }
-
-    /// The process itself (not its peers) matches.
-    fn owner(&self, p: &ProcessRow) -> bool {
-        match self.number {
-            Some(n) => p.pid == n,
-            None => contains_ci(&p.comm, self.lower),
-        }
-    }
-
-    fn peer(&self, r: &PeerRow, scratch: &mut String) -> bool {
-        match self.number {
-            Some(n) => match r.peer {
-                PeerKey::Out { rport, .. } => rport != 0 && u32::from(rport) == n,
-                PeerKey::In { lport, .. } => u32::from(lport) == n,
-                PeerKey::Other => false,
-            },
-            None => {
-                scratch.clear();
-                // The label as shown. Writing to a String cannot fail.
-                let _ = write!(scratch, "{:#}", r.peer);
-                contains_ci(scratch, self.lower)
-            }
-        }
-    }
-
-    fn process(&self, p: &ProcessRow, scratch: &mut String) -> bool {
-        self.is_empty() || self.owner(p) || p.peers.iter().any(|r| self.peer(r, scratch))
-    }
-}
-
-/// `needle` is already ASCII-lowercased.
-fn contains_ci(haystack: &str, needle: &str) -> bool {
-    let (h, n) = (haystack.as_bytes(), needle.as_bytes());
-    n.is_empty() || h.windows(n.len()).any(|w| w.eq_ignore_ascii_case(n))
-}
-
-fn directed(o: Ordering, descending: bool) -> Ordering {
-    if descending { o.reverse() } else { o }
-}
-
-/// The capped rest goes last whatever the sort: the top rows should name peers one can act on.
-fn other_last(a: &PeerRow, b: &PeerRow) -> Ordering {
-    let other = |r: &PeerRow| r.peer == PeerKey::Other;
-    other(a).cmp(&other(b))
-}
-
-/// Addresses in numeric order (10.0.0.9 before 10.0.0.10), then ports.
-fn peer_order(a: &PeerRow, b: &PeerRow) -> Ordering {
-    let (a, b) = (a.peer, b.peer);
-    a.raddr()
-        .cmp(&b.raddr())
-        .then_with(|| a.lport().cmp(&b.lport()))
-        .then_with(|| a.rport().cmp(&b.rport()))
-}
-
 fn peer_cmp(col: PeerCol, a: &PeerRow, b: &PeerRow) -> Ordering {
     match col {
         PeerCol::Peer => peer_order(a, b),
@@ -845,9 +711,4 @@ fn peer_cmp(col: PeerCol, a: &PeerRow, b: &PeerRow) -> Ordering {
         PeerCol::EstNow => a.established_now.cmp(&b.established_now),
         PeerCol::Processes => Ordering::Equal,
     }
-}
-
-/// The selection after a refresh: on the anchored row if found, else the old index clamped.
-fn settle(old: usize, found: Option<usize>, len: usize) -> usize {
-    found.unwrap_or(old).min(len.saturating_sub(1))
 }

@@ -8,6 +8,7 @@
 
 mod app;
 mod input;
+mod rows;
 #[cfg(test)]
 mod tests;
 mod ui;
