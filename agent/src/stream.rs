@@ -55,28 +55,6 @@ pub struct Stats {
     pub timewait_kernel: Option<u64>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Record {
-    Event(Transition),
-    Kernel(KernelTruth),
-    Stats(Stats),
-    /// Written when recording stops cleanly: a recording without it was cut short.
-    End {
-        mono_ns: u64,
-    },
-}
-
-impl Record {
-    pub fn mono_ns(&self) -> u64 {
-        match self {
-            Self::Event(t) => t.mono_ns,
-            Self::Kernel(k) => k.dump_ns,
-            Self::Stats(s) => s.mono_ns,
-            Self::End { mono_ns } => *mono_ns,
-        }
-    }
-}
-
 /// Counters kept by the kernel program, summed over CPUs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct KernelStats {

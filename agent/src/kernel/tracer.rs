@@ -150,42 +150,21 @@ impl Tracer {
 
     /// Waits for events, then hands every one available to `f`. Returns how many it handled.
     /// Batching per wake-up keeps the per-event cost low at 100,000+ events/s.
-    pub async fn next_batch(&mut self, mut f: impl FnMut(&Transition)) -> io::Result<usize> {
+    pub async fn next_batch(&mut self, f: impl FnMut(&Transition)) -> io::Result<usize> {
         // The kernel side wakes the agent only every 64 events per CPU (see `wakeup_flag` in
         // agent-ebpf/src/main.rs); the timeout collects the rest of a quiet period.
         let Ok(guard) = tokio::time::timeout(POLL, self.ring.readable_mut()).await else {
             return Ok(self.drain(f));
         };
         let mut guard = guard?;
-        let ring = guard.get_inner_mut();
-        let mut n = 0;
-        while let Some(item) = ring.next() {
-            match event::decode(&item) {
-                Ok(t) => {
-                    f(&t);
-                    n += 1;
-                }
-                Err(e) => undecodable_event(&mut self.undecodable, &e),
-            }
-        }
+        let n = hand_over(guard.get_inner_mut(), &mut self.undecodable, f);
         guard.clear_ready();
         Ok(n)
     }
 
     /// Hands every event already in the ring buffer to `f` without waiting (for shutdown).
-    pub fn drain(&mut self, mut f: impl FnMut(&Transition)) -> usize {
-        let ring = self.ring.get_mut();
-        let mut n = 0;
-        while let Some(item) = ring.next() {
-            match event::decode(&item) {
-                Ok(t) => {
-                    f(&t);
-                    n += 1;
-                }
-                Err(e) => undecodable_event(&mut self.undecodable, &e),
-            }
-        }
-        n
+    pub fn drain(&mut self, f: impl FnMut(&Transition)) -> usize {
+        hand_over(self.ring.get_mut(), &mut self.undecodable, f)
     }
 
     pub fn stats(&self) -> KernelStats {
@@ -204,6 +183,25 @@ impl Tracer {
             filtered: get(stat::FILTERED),
         }
     }
+}
+
+/// Decodes every event in `ring` and hands it to `f`; counts what does not decode.
+fn hand_over(
+    ring: &mut RingBuf<MapData>,
+    undecodable: &mut u64,
+    mut f: impl FnMut(&Transition),
+) -> usize {
+    let mut n = 0;
+    while let Some(item) = ring.next() {
+        match event::decode(&item) {
+            Ok(t) => {
+                f(&t);
+                n += 1;
+            }
+            Err(e) => undecodable_event(undecodable, &e),
+        }
+    }
+    n
 }
 
 fn undecodable_event(count: &mut u64, e: &DecodeError) {
