@@ -136,7 +136,7 @@ impl<'a> Core<'a> {
         clock: WallClock,
         start_ns: u64,
     ) -> Self {
-        let wants_model = sinks.iter().any(|s| s.wants_snapshots());
+        let wants_model = sinks.iter().any(|s| s.wants_model());
         Self {
             sinks,
             processes,
@@ -536,6 +536,9 @@ pub async fn run<S: Source>(
 }
 
 fn warn(lines: Vec<String>, defer: bool, deferred: &mut Vec<String>) {
+    if lines.is_empty() {
+        return;
+    }
     if defer {
         deferred.extend(lines);
         return;
@@ -806,6 +809,69 @@ mod tests {
         assert_eq!((both.pids, both.ports), (vec![2], vec![80]));
         let none = Selection::default().and(&asked);
         assert_eq!(none.pids, vec![2, 3]);
+    }
+
+    /// Keeps the kernel dumps it is handed; wants the model but no snapshots, as a recorder.
+    #[derive(Clone, Default)]
+    struct Dumps(Rc<RefCell<Vec<KernelTruth>>>);
+
+    impl Sink for Dumps {
+        fn wants_model(&self) -> bool {
+            true
+        }
+        fn kernel(&mut self, k: &KernelTruth) -> anyhow::Result<()> {
+            self.0.borrow_mut().push(k.clone());
+            Ok(())
+        }
+    }
+
+    /// Answers every question with one process, and counts the questions.
+    struct OneOwner(Rc<RefCell<Vec<u64>>>);
+
+    impl Processes for OneOwner {
+        fn owners(&mut self, _t: &KernelTruth, inodes: &[u64]) -> HashMap<u64, (u32, Comm)> {
+            self.0.borrow_mut().extend_from_slice(inodes);
+            inodes
+                .iter()
+                .map(|&i| (i, (77, Comm::from("holder"))))
+                .collect()
+        }
+        fn exists(&self, _pid: u32) -> bool {
+            true
+        }
+    }
+
+    #[test]
+    fn a_recorder_gets_the_owners_the_model_asked_for_without_any_snapshot() {
+        let dumps = Dumps::default();
+        let asked = Rc::new(RefCell::new(Vec::new()));
+        let mut c = Core::new(
+            vec![Box::new(dumps.clone())],
+            Box::new(OneOwner(Rc::clone(&asked))),
+            Selection::default(),
+            Cadence::default(),
+            header().clock(),
+            0,
+        );
+        let socket = crate::model::KernelSocket {
+            state: TcpState::CloseWait,
+            local: "127.0.0.1:5000".parse().expect("addr"),
+            remote: "127.0.0.1:6000".parse().expect("addr"),
+            cookie: 1,
+            inode: 4242,
+            timewait: false,
+            expires_ns: 0,
+        };
+        c.item(Item::Kernel(KernelTruth {
+            dump_ns: S,
+            sockets: vec![socket],
+            owners: Vec::new(),
+            timewait_kernel: None,
+        }));
+        assert_eq!(*asked.borrow(), vec![4242]);
+        let seen = dumps.0.borrow();
+        assert_eq!(seen.len(), 1);
+        assert_eq!(seen[0].owners, vec![(4242, 77, Comm::from("holder"))]);
     }
 
     proptest! {

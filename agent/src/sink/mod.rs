@@ -46,6 +46,13 @@ pub trait Sink {
         false
     }
 
+    /// Whether this sink needs the model even without snapshots: a recorder needs the owners
+    /// the model asks /proc for at each kernel dump, so a replay can attribute the sockets that
+    /// existed before the start.
+    fn wants_model(&self) -> bool {
+        self.wants_snapshots()
+    }
+
     fn event(&mut self, _t: &Transition) -> anyhow::Result<()> {
         Ok(())
     }

@@ -58,6 +58,10 @@ impl FileRecorder {
 }
 
 impl Sink for FileRecorder {
+    fn wants_model(&self) -> bool {
+        true
+    }
+
     fn event(&mut self, t: &Transition) -> anyhow::Result<()> {
         if self.failed {
             return Ok(());
@@ -193,6 +197,10 @@ impl FlightRecorder {
 impl Sink for FlightRecorder {
     fn wants_snapshots(&self) -> bool {
         !self.triggers.is_empty()
+    }
+
+    fn wants_model(&self) -> bool {
+        true
     }
 
     fn event(&mut self, t: &Transition) -> anyhow::Result<()> {
