@@ -24,6 +24,11 @@ pub enum Attribution {
     Listener,
     /// No owner-made transition was seen (the socket predates twtrace).
     Unknown,
+    /// The owner the kernel program remembers has exited (or its pid now belongs to another
+    /// process): the socket was re-resolved from /proc to the process holding it now (a fork
+    /// child, or a process it was passed to with SCM_RIGHTS). Set by the agent, never by the
+    /// kernel.
+    Inherited,
 }
 
 impl Attribution {
@@ -32,6 +37,7 @@ impl Attribution {
             Self::Owner => "owner",
             Self::Listener => "listener",
             Self::Unknown => "unknown",
+            Self::Inherited => "inherited",
         }
     }
 }

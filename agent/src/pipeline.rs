@@ -4,6 +4,7 @@
 //! a recording of it replays.
 
 use std::{
+    cell::RefCell,
     collections::HashMap,
     io::{self, Write as _},
     sync::Arc,
@@ -207,11 +208,21 @@ impl<'a> Core<'a> {
         if t.attribution == Attribution::Unknown {
             self.tally.unattributed += 1;
         }
-        if let Some(model) = self.model.as_mut() {
-            model.apply(t);
-        }
+        let inherited = self.model.as_mut().and_then(|m| m.apply(t));
+        // The owner the views show: a socket whose owner exited goes to whoever holds it now.
+        let shown = inherited.map(|(pid, comm)| Transition {
+            pid,
+            comm,
+            attribution: Attribution::Inherited,
+            ..*t
+        });
         self.since_snapshot += 1;
         for sink in &mut self.sinks {
+            // Recorders keep what the kernel said; a replay derives the same rewrite again.
+            let t = match &shown {
+                Some(shown) if !sink.raw_events() => shown,
+                _ => t,
+            };
             sink.event(t)?;
         }
         Ok(())
@@ -224,14 +235,15 @@ impl<'a> Core<'a> {
                 .retain(|s| ports.contains(&s.local.port()) || ports.contains(&s.remote.port()));
         }
         if let Some(model) = self.model.as_mut() {
-            // The model asks only about sockets it has no owner for; what it is told is kept
-            // with the dump, so a replay of it gets the same answers.
-            let processes = &mut self.processes;
+            // The model asks only about sockets it has no owner for, or whose owner exited;
+            // what it is told is kept with the dump, so a replay of it gets the same answers.
+            // Both questions go to the same answerer, one after the other.
+            let processes = RefCell::new(&mut self.processes);
             let mut found: Vec<(u64, u32, Comm)> = Vec::new();
             let selection = &self.selection;
             let truth = &k;
             let mut owners = |inodes: &[u64]| -> HashMap<u64, (u32, Comm)> {
-                let answer = processes.owners(truth, inodes);
+                let answer = processes.borrow_mut().owners(truth, inodes);
                 found.extend(
                     answer
                         .iter()
@@ -239,9 +251,14 @@ impl<'a> Core<'a> {
                 );
                 answer
             };
-            model.reconcile(&k.sockets, k.dump_ns, &mut owners, &|pid| {
-                selection.pid(pid)
-            });
+            let mut status = |pid: u32| processes.borrow_mut().status(pid);
+            model.reconcile(
+                &k.sockets,
+                k.dump_ns,
+                &mut owners,
+                &|pid| selection.pid(pid),
+                &mut status,
+            );
             found.sort_unstable_by_key(|&(inode, _, _)| inode);
             k.owners = found;
         }

@@ -137,7 +137,8 @@ async fn trace(args: TraceArgs, verbose: bool) -> anyhow::Result<()> {
     let opts = options(&args.filter, verbose);
     let cadence = live::Cadence {
         stats: Duration::from_secs(1),
-        reconcile: None,
+        // The kernel's table tells which sockets an exited owner left to another process.
+        reconcile: Some(Duration::from_secs(2)),
         duration: None,
     };
     let mut source = start_live(&opts, cadence, true)?;

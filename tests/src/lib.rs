@@ -416,7 +416,7 @@ impl Event {
         if !["ipv4", "ipv6"].contains(&self.family.as_str()) {
             bad.push(format!("family {:?}", self.family));
         }
-        if !["owner", "listener", "unknown"].contains(&self.attribution.as_str()) {
+        if !["owner", "listener", "unknown", "inherited"].contains(&self.attribution.as_str()) {
             bad.push(format!("attribution {:?}", self.attribution));
         }
         if let Some(reset) = &self.reset

@@ -121,6 +121,15 @@ pub fn socket_holders(wanted: &HashSet<u64>) -> HashMap<u64, Vec<u32>> {
     holders
 }
 
+/// When `pid` started (clock ticks after boot), or None when it does not exist: with the pid,
+/// it names one process even after the pid is reused.
+pub fn start_time(pid: u32) -> Option<u64> {
+    let process = Process::new(i32::try_from(pid).ok()?).ok()?;
+    let stat = process.stat().ok()?;
+    // A zombie has exited: it holds no file descriptors any more, only its exit status.
+    (stat.state != 'Z').then_some(stat.starttime)
+}
+
 /// A process's owner record (pid, comm, cgroup id) read from /proc. What cannot be read (the
 /// process exited) stays empty: no comm, cgroup id 0.
 pub fn owner_of(pid: u32, cgroup_root: Option<&Path>) -> Owner {

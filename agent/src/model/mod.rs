@@ -83,6 +83,9 @@ struct Sock {
     tuple: Tuple,
     /// Monotonic ns of the last event or of the kernel dump that confirmed it.
     seen_ns: u64,
+    /// The owner the kernel program still names for it, when that process has exited (or its
+    /// pid was reused) and `pid` is the process found holding the socket now.
+    inherited_from: Option<u32>,
 }
 
 /// A TIME_WAIT socket twtrace attributed.
@@ -163,6 +166,15 @@ pub struct KernelSocket {
 /// Finds the processes holding socket inodes: inode -> (pid, comm).
 pub type OwnerLookup<'a> = dyn FnMut(&[u64]) -> HashMap<u64, (u32, Comm)> + 'a;
 
+/// What became of a process the model counts sockets for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProcStatus {
+    Alive,
+    Exited,
+    /// The pid belongs to another process now (another start time).
+    Reused,
+}
+
 /// Counters the model does not derive itself (from the tracer and /proc).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Outside {
@@ -184,6 +196,9 @@ pub struct Model {
     /// reconciliation in case the kernel re-armed their timer (a FIN reaching an orphaned
     /// FIN_WAIT2 timewait socket starts its 60 s again).
     aged: HashMap<Tuple, TwSock>,
+    /// Rows of processes whose pid was reused by another process: kept apart, so the new
+    /// process never merges with the old one, until they age out.
+    retired: Vec<(u32, Proc)>,
     /// TIME_WAIT sockets in the kernel's table whose owner twtrace never saw, with peers.
     /// (deadline from the kernel's timer, peer).
     before_start_tw: Vec<(u64, PeerKey)>,
@@ -207,6 +222,7 @@ impl Model {
             seeded: HashMap::new(),
             timewait: HashMap::new(),
             aged: HashMap::new(),
+            retired: Vec::new(),
             before_start_tw: Vec::new(),
             tw_slack_ns: TW_SLACK_INITIAL_NS,
             unattributed_events: 0,
@@ -217,14 +233,15 @@ impl Model {
         }
     }
 
-    /// Applies one transition.
-    pub fn apply(&mut self, t: &Transition) {
+    /// Applies one transition. Returns the owner it is shown with when that is not the one
+    /// the kernel program named: the process that inherited the socket from an exited owner.
+    pub fn apply(&mut self, t: &Transition) -> Option<(u32, Comm)> {
         if t.attribution == Attribution::Unknown {
             self.unattributed_events += 1;
         }
         // Listening sockets are not connections.
         if (t.old == TcpState::Listen && t.new != TcpState::SynRecv) || t.new == TcpState::Listen {
-            return;
+            return None;
         }
         let tracked = self.socks.remove(&t.skaddr);
         // A socket can be in the kernel's table before its first events are read (the dump
@@ -236,8 +253,13 @@ impl Model {
         let previous = tracked.or(seeded);
         // A socket found in the kernel's table keeps the owner /proc gave it when the kernel
         // side has none.
+        // An inherited socket keeps its new owner while the kernel still names the exited one;
+        // a transition its new owner makes itself (its close) teaches the kernel the same pid.
+        let inherited_from = previous
+            .and_then(|s| s.inherited_from)
+            .filter(|&old| old == t.pid);
         let pid = match previous {
-            Some(s) if t.pid == 0 => s.pid,
+            Some(s) if t.pid == 0 || inherited_from.is_some() => s.pid,
             _ => t.pid,
         };
         // A new connection on a 4-tuple in TIME_WAIT means the kernel killed that timewait
@@ -258,9 +280,10 @@ impl Model {
         };
         let cap = self.limits.max_peers_per_process;
         let proc = self.procs.entry(pid).or_default();
-        if t.pid != 0 {
+        if t.pid != 0 && pid == t.pid {
             proc.comm = t.comm;
         }
+        let shown = inherited_from.map(|_| (pid, proc.comm));
         proc.last_ns = proc.last_ns.max(t.mono_ns);
         // The ephemeral port is 0 at CLOSE -> SYN_SENT, but the peer is known from the start.
         let peer = proc.intern_peer(PeerKey::of(accepted, t.local, t.remote), cap);
@@ -308,11 +331,13 @@ impl Model {
                     peer,
                     tuple: tuple(t.local, t.remote),
                     seen_ns: t.mono_ns,
+                    inherited_from,
                 };
                 self.count(&sock);
                 self.socks.insert(t.skaddr, sock);
             }
         }
+        shown
     }
 
     /// Adds a socket's gauges to its process and peer (the peer was interned by the caller).
@@ -367,6 +392,7 @@ impl Model {
         dump_ns: u64,
         owner_of_inode: &mut OwnerLookup<'_>,
         keep: &dyn Fn(u32) -> bool,
+        status: &mut dyn FnMut(u32) -> ProcStatus,
     ) {
         let listening: HashSet<u16> = kernel
             .iter()
@@ -468,17 +494,55 @@ impl Model {
                 self.uncount(&s);
             }
         }
+        // Owners that exited or whose pid went to another process: the sockets they held are
+        // asked about again, since the kernel program still names the old owner (a fork child
+        // or a process the socket was passed to holds it now).
+        let statuses: HashMap<u32, ProcStatus> = self
+            .procs
+            .keys()
+            .filter(|&&pid| pid != 0)
+            .map(|&pid| (pid, status(pid)))
+            .filter(|&(_, st)| st != ProcStatus::Alive)
+            .collect();
+        let stale: Vec<u64> = self
+            .socks
+            .values()
+            .chain(self.seeded.values())
+            .filter(|s| statuses.contains_key(&s.pid))
+            .filter_map(|s| kernel_full.get(&s.tuple).map(|k| k.inode))
+            .collect();
         let known: HashSet<Tuple> = self.socks.values().map(|s| s.tuple).collect();
         let new: Vec<&KernelSocket> = kernel_full
             .iter()
             .filter(|(key, _)| !known.contains(key) && !self.seeded.contains_key(key))
             .map(|(_, k)| *k)
             .collect();
-        if new.is_empty() {
-            return;
-        }
-        let inodes: Vec<u64> = new.iter().map(|k| k.inode).filter(|&i| i != 0).collect();
+        // Asked even with no question: a recording answers with what was found live, which
+        // is how a replay learns which sockets changed hands.
+        let mut inodes: Vec<u64> = new.iter().map(|k| k.inode).filter(|&i| i != 0).collect();
+        inodes.extend(stale);
         let owners = owner_of_inode(&inodes);
+        self.adopt(&owners, &kernel_full, &listening);
+        self.seed(&new, &owners, dump_ns, &listening, keep);
+        for (pid, st) in statuses {
+            if st == ProcStatus::Reused
+                && let Some(p) = self.procs.remove(&pid)
+            {
+                self.retired.push((pid, p));
+            }
+        }
+    }
+
+    /// Sockets the kernel has and twtrace never saw (from before the start), with the owners
+    /// /proc gave them.
+    fn seed(
+        &mut self,
+        new: &[&KernelSocket],
+        owners: &HashMap<u64, (u32, Comm)>,
+        dump_ns: u64,
+        listening: &HashSet<u16>,
+        keep: &dyn Fn(u32) -> bool,
+    ) {
         for k in new {
             let (pid, comm) = owners
                 .get(&k.inode)
@@ -502,9 +566,60 @@ impl Model {
                 peer,
                 tuple: tuple(k.local, k.remote),
                 seen_ns: dump_ns,
+                inherited_from: None,
             };
             self.count(&sock);
             self.seeded.insert(tuple(k.local, k.remote), sock);
+        }
+    }
+
+    /// Moves every tracked socket that /proc says another process holds to that process. The
+    /// model asks only about sockets of exited owners (and unknown ones), so live this is the
+    /// inheritance; replayed, the recorded answers lead to the same moves.
+    fn adopt(
+        &mut self,
+        owners: &HashMap<u64, (u32, Comm)>,
+        kernel_full: &HashMap<Tuple, &KernelSocket>,
+        listening: &HashSet<u16>,
+    ) {
+        let holder = |s: &Sock| -> Option<(u32, Comm, &KernelSocket)> {
+            let k = kernel_full.get(&s.tuple)?;
+            let &(pid, comm) = owners.get(&k.inode)?;
+            (pid != 0 && pid != s.pid).then_some((pid, comm, *k))
+        };
+        let moved: Vec<(Option<u64>, Sock, u32, Comm, PeerKey)> = self
+            .socks
+            .iter()
+            .map(|(&skaddr, s)| (Some(skaddr), s))
+            .chain(self.seeded.values().map(|s| (None, s)))
+            .filter_map(|(skaddr, s)| {
+                let (pid, comm, k) = holder(s)?;
+                let key = match s.peer {
+                    PeerKey::Other => {
+                        PeerKey::of(listening.contains(&k.local.port()), k.local, k.remote)
+                    }
+                    key => key,
+                };
+                Some((skaddr, *s, pid, comm, key))
+            })
+            .collect();
+        let cap = self.limits.max_peers_per_process;
+        for (skaddr, old, pid, comm, key) in moved {
+            self.uncount(&old);
+            let proc = self.procs.entry(pid).or_default();
+            proc.comm = comm;
+            let peer = proc.intern_peer(key, cap);
+            let sock = Sock {
+                pid,
+                peer,
+                inherited_from: old.inherited_from.or((old.pid != 0).then_some(old.pid)),
+                ..old
+            };
+            self.count(&sock);
+            match skaddr {
+                Some(skaddr) => self.socks.insert(skaddr, sock),
+                None => self.seeded.insert(sock.tuple, sock),
+            };
         }
     }
 
@@ -565,6 +680,9 @@ impl Model {
                 || now_ns.saturating_sub(p.last_ns) < limits.process_idle_ns
                 || exists(pid)
         });
+        self.retired.retain(|(_, p)| {
+            p.alive() || now_ns.saturating_sub(p.last_ns) < limits.process_idle_ns
+        });
 
         self.before_start_tw
             .retain(|&(deadline, _)| now_ns < deadline.saturating_add(slack));
@@ -575,7 +693,16 @@ impl Model {
         let mut processes: Vec<ProcessRow> = self
             .procs
             .iter()
-            .filter_map(|(&pid, p)| row(pid, p, &before_start))
+            .filter_map(|(&pid, p)| {
+                let mut r = row(pid, p, &before_start)?;
+                r.exited = pid != 0 && !exists(pid);
+                Some(r)
+            })
+            .chain(self.retired.iter().filter_map(|(pid, p)| {
+                let mut r = row(*pid, p, &before_start)?;
+                r.exited = true;
+                Some(r)
+            }))
             .collect();
         if !self.procs.contains_key(&0)
             && let Some(r) = row(0, &Proc::default(), &before_start)
@@ -668,6 +795,7 @@ fn row(pid: u32, p: &Proc, before_start_tw: &HashMap<PeerKey, u64>) -> Option<Pr
     });
     Some(ProcessRow {
         pid,
+        exited: false,
         comm: if pid == 0 {
             BEFORE_START.to_owned()
         } else {
@@ -691,6 +819,10 @@ fn row(pid: u32, p: &Proc, before_start_tw: &HashMap<PeerKey, u64>) -> Option<Pr
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn alive(_pid: u32) -> ProcStatus {
+        ProcStatus::Alive
+    }
     use crate::event::{Family, Reset};
 
     const S: u64 = 1_000_000_000;
@@ -940,6 +1072,7 @@ mod tests {
             2 * S,
             &mut no_owners,
             &|_| true,
+            &mut alive,
         );
         let s = snap(&mut m, 3 * S);
         let c = proc(&s, CLIENT);
@@ -952,7 +1085,7 @@ mod tests {
     fn time_wait_entered_after_the_dump_is_not_pruned() {
         let mut m = Model::new(0, Limits::default());
         client_first(&mut m, 0, 5 * S);
-        m.reconcile(&[], 4 * S, &mut no_owners, &|_| true);
+        m.reconcile(&[], 4 * S, &mut no_owners, &|_| true, &mut alive);
         assert_eq!(proc(&snap(&mut m, 6 * S), CLIENT).timewait_now, 1);
     }
 
@@ -966,7 +1099,7 @@ mod tests {
             kernel_tw(8, "10.0.0.1:5556", "10.0.0.2:443"),
             kernel_tw(9, "10.0.0.1:5557", "10.0.0.3:80"),
         ];
-        m.reconcile(&kernel, 2 * S, &mut no_owners, &|_| true);
+        m.reconcile(&kernel, 2 * S, &mut no_owners, &|_| true, &mut alive);
         let s = snap(&mut m, 3 * S);
         let before = proc(&s, 0);
         assert_eq!(before.comm, BEFORE_START);
@@ -1012,6 +1145,7 @@ mod tests {
                 HashMap::from([(77, (CLIENT, Comm::from("leaky")))])
             },
             &|_| true,
+            &mut alive,
         );
         assert_eq!(asked, vec![77]);
         let s = snap(&mut m, 2 * S);
@@ -1021,8 +1155,12 @@ mod tests {
         m.reconcile(
             &kernel,
             3 * S,
-            &mut |_: &[u64]| panic!("no lookup expected"),
+            &mut |inodes: &[u64]| {
+                assert!(inodes.is_empty(), "no lookup expected: {inodes:?}");
+                HashMap::new()
+            },
             &|_| true,
+            &mut alive,
         );
         assert_eq!(proc(&snap(&mut m, 4 * S), CLIENT).close_wait_now, 1);
         // Its first event (unknown owner in the kernel) keeps the owner /proc gave.
@@ -1031,8 +1169,14 @@ mod tests {
         assert_eq!(proc(&s, CLIENT).close_wait_now, 0);
         assert_eq!(s.totals.close_wait_now, 0);
         // Gone from the kernel without an event: dropped at the next reconciliation.
-        m.reconcile(&kernel, 7 * S, &mut |_: &[u64]| HashMap::new(), &|_| true);
-        m.reconcile(&[], 8 * S, &mut no_owners, &|_| true);
+        m.reconcile(
+            &kernel,
+            7 * S,
+            &mut |_: &[u64]| HashMap::new(),
+            &|_| true,
+            &mut alive,
+        );
+        m.reconcile(&[], 8 * S, &mut no_owners, &|_| true, &mut alive);
         assert_eq!(snap(&mut m, 9 * S).totals.close_wait_now, 0);
     }
 
@@ -1059,6 +1203,7 @@ mod tests {
             2 * S,
             &mut |_: &[u64]| HashMap::from([(5, (CLIENT, Comm::from("client")))]),
             &|_| true,
+            &mut alive,
         );
         m.apply(
             &Ev::new(CLIENT, 1, SynSent, Established, cl, srv)
@@ -1115,6 +1260,7 @@ mod tests {
             62 * S,
             &mut no_owners,
             &|_| true,
+            &mut alive,
         );
         let s = snap(&mut m, 63 * S);
         assert_eq!(proc(&s, CLIENT).timewait_now, 1);
@@ -1131,7 +1277,7 @@ mod tests {
         // Both due 61 s; at 62 s the kernel still has one, overdue: it runs 1 s late.
         let mut late = kernel_tw(1, "127.0.0.1:40001", "127.0.0.1:8080");
         late.expires_ns = 0;
-        m.reconcile(&[late], 62 * S, &mut no_owners, &|_| true);
+        m.reconcile(&[late], 62 * S, &mut no_owners, &|_| true, &mut alive);
         assert_eq!(snap(&mut m, 62 * S).totals.timewait_now, 1);
         // The next ones wait that long too: a socket due at 100 s is still counted at 100.9 s.
         let (cl, srv) = ("127.0.0.1:40009", "127.0.0.1:8080");
@@ -1150,7 +1296,7 @@ mod tests {
         let mut m = Model::new(0, Limits::default());
         let (cl, srv) = ("127.0.0.1:40000", "127.0.0.1:8080");
         m.apply(&Ev::new(CLIENT, 1, SynSent, Established, cl, srv).at(S).0);
-        m.reconcile(&[], 2 * S, &mut no_owners, &|_| true);
+        m.reconcile(&[], 2 * S, &mut no_owners, &|_| true, &mut alive);
         assert_eq!(proc(&snap(&mut m, 3 * S), CLIENT).established_now, 0);
     }
 
@@ -1255,5 +1401,120 @@ mod tests {
             (5, Some(9), t)
         );
         assert_eq!(s.uptime_s, 1.0);
+    }
+
+    /// A CLOSE_WAIT leaker's socket at the reconcile: the kernel's view of one socket.
+    fn full(state: TcpState, local: &str, remote: &str, inode: u64) -> KernelSocket {
+        KernelSocket {
+            state,
+            local: addr(local),
+            remote: addr(remote),
+            cookie: 1,
+            inode,
+            timewait: false,
+            expires_ns: 0,
+        }
+    }
+
+    const CHILD: u32 = 11;
+
+    #[test]
+    fn a_socket_whose_owner_exited_goes_to_the_process_holding_it() {
+        let mut m = Model::new(0, Limits::default());
+        let (cl, srv) = ("127.0.0.1:40000", "127.0.0.1:8080");
+        // The client connects, then forks a child that keeps the socket, and exits.
+        m.apply(&Ev::new(CLIENT, 1, Close, SynSent, "127.0.0.1:0", srv).0);
+        assert_eq!(
+            m.apply(&Ev::new(CLIENT, 1, SynSent, Established, cl, srv).0),
+            None
+        );
+        let kernel = [full(Established, cl, srv, 77)];
+        let mut asked = Vec::new();
+        m.reconcile(
+            &kernel,
+            S,
+            &mut |inodes: &[u64]| {
+                asked.extend_from_slice(inodes);
+                HashMap::from([(77, (CHILD, Comm::from("child")))])
+            },
+            &|_| true,
+            &mut |pid| {
+                if pid == CLIENT {
+                    ProcStatus::Exited
+                } else {
+                    ProcStatus::Alive
+                }
+            },
+        );
+        assert_eq!(
+            asked,
+            vec![77],
+            "only the exited owner's socket is asked about"
+        );
+        let s = m.snapshot(2 * S, Timestamp::UNIX_EPOCH, Outside::default(), &|pid| {
+            pid != CLIENT
+        });
+        assert_eq!(proc(&s, CHILD).established_now, 1);
+        assert_eq!(proc(&s, CHILD).comm, "child");
+        let gone = proc(&s, CLIENT);
+        assert_eq!((gone.established_now, gone.exited), (0, true));
+        assert!(!proc(&s, CHILD).exited);
+
+        // The peer closes: the kernel still names the exited client; it is shown as the child.
+        let shown = m.apply(&Ev::new(CLIENT, 1, Established, CloseWait, cl, srv).0);
+        assert_eq!(shown, Some((CHILD, Comm::from("child"))));
+        let s = snap(&mut m, 3 * S);
+        assert_eq!(proc(&s, CHILD).close_wait_now, 1);
+        assert_eq!(proc(&s, CLIENT).close_wait_now, 0);
+        // The child closes it itself: the kernel learns the child, nothing is rewritten.
+        assert_eq!(
+            m.apply(&Ev::new(CHILD, 1, CloseWait, LastAck, cl, srv).0),
+            None
+        );
+        let s = snap(&mut m, 4 * S);
+        assert_eq!(proc(&s, CHILD).close_wait_now, 0);
+    }
+
+    #[test]
+    fn a_reused_pid_never_merges_with_the_process_that_had_it() {
+        let mut m = Model::new(0, Limits::default());
+        client_first(&mut m, 0, S);
+        m.reconcile(&[], 2 * S, &mut no_owners, &|_| true, &mut |pid| {
+            if pid == CLIENT {
+                ProcStatus::Reused
+            } else {
+                ProcStatus::Alive
+            }
+        });
+        client_first(&mut m, 1, 3 * S);
+        let s = snap(&mut m, 4 * S);
+        let rows: Vec<(u64, bool)> = s
+            .processes
+            .iter()
+            .filter(|p| p.pid == CLIENT)
+            .map(|p| (p.timewait_entered, p.exited))
+            .collect();
+        assert_eq!(rows.len(), 2, "{rows:?}");
+        assert!(rows.contains(&(1, true)), "the old process, marked");
+        assert!(rows.contains(&(1, false)), "the new one, apart");
+    }
+
+    #[test]
+    fn a_replay_moves_the_same_sockets_from_the_recorded_answers_alone() {
+        // Replayed, nothing is known about processes (all alive): the recorded answer for a
+        // tracked socket is what moves it.
+        let mut m = Model::new(0, Limits::default());
+        let (cl, srv) = ("127.0.0.1:40000", "127.0.0.1:8080");
+        m.apply(&Ev::new(CLIENT, 1, Close, SynSent, "127.0.0.1:0", srv).0);
+        m.apply(&Ev::new(CLIENT, 1, SynSent, Established, cl, srv).0);
+        m.reconcile(
+            &[full(Established, cl, srv, 77)],
+            S,
+            &mut |_: &[u64]| HashMap::from([(77, (CHILD, Comm::from("child")))]),
+            &|_| true,
+            &mut alive,
+        );
+        let shown = m.apply(&Ev::new(CLIENT, 1, Established, CloseWait, cl, srv).0);
+        assert_eq!(shown, Some((CHILD, Comm::from("child"))));
     }
 }

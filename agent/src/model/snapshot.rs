@@ -48,6 +48,9 @@ pub struct Totals {
 pub struct ProcessRow {
     pub pid: u32,
     pub comm: String,
+    /// The process has exited (or its pid now belongs to another process): its row stays until
+    /// its sockets are gone and it has been idle a while, as the counts it made still matter.
+    pub exited: bool,
     /// Since start.
     pub timewait_entered: u64,
     /// In the last interval.

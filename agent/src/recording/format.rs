@@ -159,6 +159,9 @@ pub fn encode_event(out: &mut BytesMut, t: &Transition) {
         Attribution::Owner => 0,
         Attribution::Listener => 1,
         Attribution::Unknown => 2,
+        // Recorders store events as the kernel sent them, so this is not written today; it is
+        // decoded all the same, so a file that has it reads.
+        Attribution::Inherited => 3,
     });
     out.put_u32_le(t.current_pid);
     out.put_u8(match t.family {
@@ -419,6 +422,7 @@ fn decode_event(b: &mut &[u8]) -> Result<Transition, RecordError> {
         0 => Attribution::Owner,
         1 => Attribution::Listener,
         2 => Attribution::Unknown,
+        3 => Attribution::Inherited,
         other => return Err(bad("attribution", other)),
     };
     let current_pid = get_u32(b)?;

@@ -53,6 +53,13 @@ pub trait Sink {
         self.wants_snapshots()
     }
 
+    /// Whether this sink wants events as the kernel sent them rather than as shown (with an
+    /// exited owner's sockets given to the process holding them now): recorders do, so the
+    /// recording stays what the kernel said and a replay derives the same answer again.
+    fn raw_events(&self) -> bool {
+        false
+    }
+
     fn event(&mut self, _t: &Transition) -> anyhow::Result<()> {
         Ok(())
     }

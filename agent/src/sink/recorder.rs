@@ -62,6 +62,10 @@ impl Sink for FileRecorder {
         true
     }
 
+    fn raw_events(&self) -> bool {
+        true
+    }
+
     fn event(&mut self, t: &Transition) -> anyhow::Result<()> {
         if self.failed {
             return Ok(());
@@ -200,6 +204,10 @@ impl Sink for FlightRecorder {
     }
 
     fn wants_model(&self) -> bool {
+        true
+    }
+
+    fn raw_events(&self) -> bool {
         true
     }
 

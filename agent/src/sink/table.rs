@@ -90,7 +90,7 @@ pub fn print_table(out: &mut impl Write, snap: &Snapshot, top: usize) -> io::Res
         let comm: String = p.comm.chars().take(16).collect();
         writeln!(
             out,
-            "{:>7} {:<16} {:>8.1} {:>9} {:>7} {:>7} {:>7} {:>7.1} {:>8.1} {:>6}  {peer}",
+            "{:>7} {:<16} {:>8.1} {:>9} {:>7} {:>7} {:>7} {:>7.1} {:>8.1} {:>6}  {exited}{peer}",
             p.pid,
             comm,
             p.timewait_per_s,
@@ -100,7 +100,9 @@ pub fn print_table(out: &mut impl Write, snap: &Snapshot, top: usize) -> io::Res
             p.established_now,
             p.opens_per_s,
             p.closes_per_s,
-            p.resets
+            p.resets,
+            // Before the peer, which is the free-length last column.
+            exited = if p.exited { "[exited] " } else { "" },
         )?;
     }
     if snap.processes.len() > top {

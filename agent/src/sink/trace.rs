@@ -172,6 +172,12 @@ impl<W: Write> TraceSink<W> {
 }
 
 impl<W: Write> Sink for TraceSink<W> {
+    /// The model knows which sockets an exited owner left to another process, so the trace
+    /// can name the process that holds them now (`attribution: inherited`).
+    fn wants_model(&self) -> bool {
+        true
+    }
+
     fn event(&mut self, t: &Transition) -> anyhow::Result<()> {
         self.printer.print(t);
         Ok(())

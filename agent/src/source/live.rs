@@ -20,7 +20,7 @@ use crate::{
         sockdiag::{self, DiagSocket, SockDiag},
         tracer::{Options, Tracer},
     },
-    model::KernelSocket,
+    model::{KernelSocket, ProcStatus},
     state::TcpState,
     stream::{Flow, Item, KernelTruth, Stats},
 };
@@ -225,12 +225,16 @@ impl Source for Live {
 /// The model's questions answered from /proc, as `ss -p` does.
 pub struct ProcFs {
     cgroup_root: Option<PathBuf>,
+    /// Each pid's start time (clock ticks after boot) when first asked about: a pid that
+    /// shows another start time later belongs to another process.
+    started: HashMap<u32, u64>,
 }
 
 impl ProcFs {
     pub fn new() -> Self {
         Self {
             cgroup_root: procnet::cgroup2_mount(),
+            started: HashMap::new(),
         }
     }
 }
@@ -243,6 +247,10 @@ impl Default for ProcFs {
 
 impl Processes for ProcFs {
     fn owners(&mut self, _truth: &KernelTruth, inodes: &[u64]) -> HashMap<u64, (u32, Comm)> {
+        if inodes.is_empty() {
+            // Walking every process's fds costs; nothing to find.
+            return HashMap::new();
+        }
         let wanted: HashSet<u64> = inodes.iter().copied().collect();
         procnet::socket_holders(&wanted)
             .into_iter()
@@ -256,5 +264,18 @@ impl Processes for ProcFs {
 
     fn exists(&self, pid: u32) -> bool {
         Path::new(&format!("/proc/{pid}")).exists()
+    }
+
+    fn status(&mut self, pid: u32) -> ProcStatus {
+        // The first answer is remembered from the first question on: a pid reused between the
+        // socket's first event and that question (at most one reconcile interval) is missed.
+        let Some(now) = procnet::start_time(pid) else {
+            self.started.remove(&pid);
+            return ProcStatus::Exited;
+        };
+        match self.started.insert(pid, now) {
+            Some(then) if then != now => ProcStatus::Reused,
+            _ => ProcStatus::Alive,
+        }
     }
 }

@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use crate::{
     clock::WallClock,
     event::Comm,
+    model::ProcStatus,
     stream::{Flow, Item, KernelTruth},
 };
 
@@ -62,21 +63,26 @@ pub trait Processes {
 
     /// Whether `pid` still runs (exited processes age out of the leaderboard).
     fn exists(&self, pid: u32) -> bool;
+
+    /// Whether the process first seen with `pid` still runs: asked at every kernel dump for the
+    /// processes the model counts sockets for.
+    fn status(&mut self, _pid: u32) -> ProcStatus {
+        ProcStatus::Alive
+    }
 }
 
 /// The owners a recording holds: found by the recorder when it made each dump.
 pub struct Recorded;
 
 impl Processes for Recorded {
-    fn owners(&mut self, truth: &KernelTruth, inodes: &[u64]) -> HashMap<u64, (u32, Comm)> {
-        let known: HashMap<u64, (u32, Comm)> = truth
+    /// Every recorded answer, asked for or not: the live model asked about the sockets of
+    /// exited owners, which a replay cannot tell apart, so the answers themselves say which
+    /// sockets changed hands.
+    fn owners(&mut self, truth: &KernelTruth, _inodes: &[u64]) -> HashMap<u64, (u32, Comm)> {
+        truth
             .owners
             .iter()
             .map(|&(inode, pid, comm)| (inode, (pid, comm)))
-            .collect();
-        inodes
-            .iter()
-            .filter_map(|i| known.get(i).map(|&o| (*i, o)))
             .collect()
     }
 

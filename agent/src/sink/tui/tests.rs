@@ -47,6 +47,7 @@ fn process(pid: u32, comm: &str, tw_per_s: f64, tw: u64, peers: Vec<PeerRow>) ->
     ProcessRow {
         pid,
         comm: comm.to_owned(),
+        exited: false,
         timewait_entered: tw,
         timewait_per_s: tw_per_s,
         timewait_now: peers.iter().map(|p| p.timewait_now).sum(),

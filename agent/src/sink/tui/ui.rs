@@ -413,7 +413,10 @@ fn render_processes(frame: &mut Frame, area: Rect, app: &App, snap: &Snapshot) {
                     .filter(|&c| w[c] > 0)
                     .map(|c| process_cell(p, c, w[c])),
             );
-            row_style(row, n == selected, p.pid == 0 && p.comm == BEFORE_START)
+            let row = row_style(row, n == selected, p.pid == 0 && p.comm == BEFORE_START);
+            // An exited process keeps its row while its counts matter; dimmed, and its name
+            // says so.
+            if p.exited { row.dim() } else { row }
         });
     let t = Table::new(body, constraints(&w))
         .header(header_row(&cols, &w, sorted, descending))
@@ -437,6 +440,7 @@ fn process_cell(p: &ProcessRow, c: usize, width: u16) -> Cell<'_> {
     match c {
         0 if p.pid == 0 => Cell::from(Line::from("-").right_aligned()),
         0 => num(u64::from(p.pid)),
+        1 if p.exited => Cell::from(fit(&format!("{} (exited)", p.comm), width).into_owned()),
         1 => Cell::from(fit(&p.comm, width)),
         2 => rate(p.timewait_per_s),
         3 => num(p.timewait_entered),
