@@ -307,7 +307,7 @@ impl<'a> Core<'a> {
             return Ok(());
         };
         let outside = Outside {
-            lost_events: self.tally.kernel.lost,
+            lost_events: self.tally.kernel.lost_total(),
             timewait_kernel: self.timewait_kernel,
         };
         let time = jiff::Timestamp::try_from(self.clock.to_system_time(now_ns))?;

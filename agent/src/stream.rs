@@ -70,6 +70,9 @@ pub struct KernelStats {
     pub listener_miss: u64,
     /// Events dropped by the in-kernel filters.
     pub filtered: u64,
+    /// Tracepoint hits the kernel skipped because another BPF program was running on that CPU
+    /// (the programs' `recursion_misses`): events lost before the program ran.
+    pub skipped: u64,
 }
 
 impl KernelStats {
@@ -82,7 +85,14 @@ impl KernelStats {
             unattributed: self.unattributed.saturating_sub(base.unattributed),
             listener_miss: self.listener_miss.saturating_sub(base.listener_miss),
             filtered: self.filtered.saturating_sub(base.filtered),
+            skipped: self.skipped.saturating_sub(base.skipped),
         }
+    }
+
+    /// Every event that never reached twtrace: the ring buffer was full, or the kernel skipped
+    /// the program.
+    pub fn lost_total(&self) -> u64 {
+        self.lost.saturating_add(self.skipped)
     }
 }
 
@@ -103,9 +113,15 @@ impl Tally {
     pub fn summary(&self) -> String {
         let mut s = format!(
             "twtrace: {} events, {} lost, {} unattributed",
-            self.received, self.kernel.lost, self.unattributed
+            self.received,
+            self.kernel.lost_total(),
+            self.unattributed
         );
         let extras = [
+            (
+                self.kernel.skipped,
+                "of the lost skipped by the kernel (another BPF program was running on that CPU)",
+            ),
             (self.kernel.table_full, "not tracked (socket table full)"),
             (
                 self.kernel.listener_miss,
@@ -142,6 +158,7 @@ mod tests {
                 lost: 3,
                 table_full: 4,
                 listener_miss: 5,
+                skipped: 7,
                 ..KernelStats::default()
             },
             undecodable: 6,
@@ -149,7 +166,8 @@ mod tests {
         };
         assert_eq!(
             bad.summary(),
-            "twtrace: 10 events, 3 lost, 2 unattributed, 4 not tracked (socket table full), \
+            "twtrace: 10 events, 10 lost, 2 unattributed, 7 of the lost skipped by the kernel \
+             (another BPF program was running on that CPU), 4 not tracked (socket table full), \
              5 accepted sockets with no known listener, 6 undecodable"
         );
     }

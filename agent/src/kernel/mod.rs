@@ -4,6 +4,7 @@
 
 pub mod privilege;
 pub mod procnet;
+pub mod progstats;
 pub mod sockdiag;
 pub mod tracefs;
 pub mod tracer;

@@ -4,7 +4,7 @@
 //! Start-up is split into checks that explain themselves (privileges, tracefs, tracepoint
 //! layouts), loading (where the verifier may refuse), and attaching.
 
-use std::{io, path::Path};
+use std::{io, os::fd::AsFd as _, path::Path};
 
 use anyhow::{Context as _, bail};
 use aya::{
@@ -15,7 +15,7 @@ use aya::{
 use tokio::io::{Interest, unix::AsyncFd};
 use twtrace_ebpf::{ListenerEntry, globals, maps, programs, stat};
 
-use super::{privilege, procnet, tracefs};
+use super::{privilege, procnet, progstats, tracefs};
 use crate::{
     event::{self, DecodeError, Transition},
     stream::KernelStats,
@@ -56,6 +56,8 @@ pub struct Tracer {
     pub notices: Vec<Notice>,
     /// Records that failed to decode (a kernel/agent mismatch); counted, never silent.
     pub undecodable: u64,
+    /// The programs that are attached, by name.
+    attached: Vec<&'static str>,
 }
 
 impl Tracer {
@@ -116,6 +118,7 @@ impl Tracer {
             (programs::RECEIVE_RESET, "tcp", "tcp_receive_reset"),
             (programs::SEND_RESET, "tcp", "tcp_send_reset"),
         ];
+        let mut attached = Vec::new();
         for (prog_name, category, tp) in hooks {
             if degraded.iter().any(|(l, _)| l.name == tp) {
                 continue;
@@ -129,6 +132,7 @@ impl Tracer {
                 .map_err(|e| load_error(prog_name, e, opts.verbose))?;
             prog.attach(category, tp)
                 .with_context(|| format!("attaching to tracepoint {category}:{tp}"))?;
+            attached.push(prog_name);
         }
 
         let ring = RingBuf::try_from(take_map(&mut ebpf, maps::EVENTS)?)
@@ -145,6 +149,7 @@ impl Tracer {
             stats,
             notices,
             undecodable: 0,
+            attached,
         })
     }
 
@@ -181,7 +186,22 @@ impl Tracer {
             unattributed: get(stat::UNATTRIBUTED),
             listener_miss: get(stat::LISTENER_MISS),
             filtered: get(stat::FILTERED),
+            skipped: self.skipped(),
         }
+    }
+
+    /// The attached programs' `recursion_misses`, summed. Freshly loaded, they start at 0.
+    /// A program whose counter cannot be read adds nothing, and says so once in the debug log.
+    fn skipped(&self) -> u64 {
+        self.attached
+            .iter()
+            .filter_map(|name| {
+                let fd = self._ebpf.program(name)?.fd().ok()?;
+                progstats::recursion_misses(fd.as_fd())
+                    .inspect_err(|e| log::debug!("recursion_misses of {name}: {e}"))
+                    .ok()
+            })
+            .sum()
     }
 }
 

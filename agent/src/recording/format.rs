@@ -232,6 +232,9 @@ pub fn encode_stats(out: &mut BytesMut, s: &Stats) {
         out.put_u64_le(v);
     }
     put_opt(out, s.timewait_kernel);
+    // Added after version 1 was out: at the end, where a reader of the first release of
+    // version 1 ignores it (it reads a record's fields and skips the rest of its length).
+    out.put_u64_le(k.skipped);
     end_record(out, at);
 }
 
@@ -531,11 +534,15 @@ fn decode_stats(b: &mut &[u8]) -> Result<Stats, RecordError> {
         unattributed: get_u64(b)?,
         listener_miss: get_u64(b)?,
         filtered: get_u64(b)?,
+        skipped: 0,
     };
+    let timewait_kernel = get_opt(b)?;
+    // Absent in recordings made before it was added.
+    let skipped = if b.remaining() >= 8 { get_u64(b)? } else { 0 };
     Ok(Stats {
         mono_ns,
-        kernel,
-        timewait_kernel: get_opt(b)?,
+        kernel: KernelStats { skipped, ..kernel },
+        timewait_kernel,
     })
 }
 

@@ -97,6 +97,7 @@ pub(crate) fn stats() -> Stats {
             unattributed: 4,
             listener_miss: 5,
             filtered: 6,
+            skipped: 7,
         },
         timewait_kernel: None,
     }
@@ -166,6 +167,27 @@ fn kernel_truth_and_stats_round_trip() {
     );
     let s = Item::Stats(stats());
     assert_eq!(round_trip(&s), s);
+}
+
+#[test]
+fn a_stats_record_from_before_the_skipped_counter_reads_as_zero_skipped() {
+    let mut buf = BytesMut::new();
+    encode(&mut buf, &Item::Stats(stats()));
+    // The same record as the first release of version 1 wrote it: without the last 8 bytes.
+    let len = u32::from_le_bytes(buf[1..5].try_into().expect("4 bytes")) - 8;
+    let mut old = vec![buf[0]];
+    old.extend_from_slice(&len.to_le_bytes());
+    old.extend_from_slice(&buf[5..buf.len() - 8]);
+    let mut out = Vec::new();
+    decode_items(&old, &mut out).expect("decodes");
+    let want = Stats {
+        kernel: KernelStats {
+            skipped: 0,
+            ..stats().kernel
+        },
+        ..stats()
+    };
+    assert_eq!(out, vec![Item::Stats(want)]);
 }
 
 #[test]
@@ -525,7 +547,7 @@ pub(crate) fn arb_record() -> impl Strategy<Value = Item> {
     prop_oneof![
         8 => arb_event().prop_map(Item::Event),
         1 => arb_kernel().prop_map(Item::Kernel),
-        1 => (any::<u64>(), any::<[u64; 6]>(), any::<Option<u64>>()).prop_map(|(mono_ns, k, tw)| {
+        1 => (any::<u64>(), any::<[u64; 7]>(), any::<Option<u64>>()).prop_map(|(mono_ns, k, tw)| {
             Item::Stats(Stats {
                 mono_ns,
                 kernel: KernelStats {
@@ -535,6 +557,7 @@ pub(crate) fn arb_record() -> impl Strategy<Value = Item> {
                     unattributed: k[3],
                     listener_miss: k[4],
                     filtered: k[5],
+                    skipped: k[6],
                 },
                 timewait_kernel: tw,
             })

@@ -94,7 +94,7 @@ impl Sink for FileRecorder {
             "twtrace: recording: {} events written, {}, {} lost",
             self.writer.events_written(),
             human_size(self.writer.bytes_written()),
-            tally.kernel.lost
+            tally.kernel.lost_total()
         ));
         Ok(())
     }
@@ -234,7 +234,7 @@ impl Sink for FlightRecorder {
             "twtrace: flight recorder: {} events, {}, {} lost",
             self.ring.events,
             ring::describe(bytes, span),
-            tally.kernel.lost
+            tally.kernel.lost_total()
         );
         if let Some(p) = self.ring.capturing() {
             line.push_str(&format!("; capturing to {}", p.display()));

@@ -159,6 +159,7 @@ pub struct TraceSink<W: Write> {
     /// Announce losses as they happen (live), not only in the summary.
     announce_losses: bool,
     lost_shown: u64,
+    skipped_shown: u64,
 }
 
 impl<W: Write> TraceSink<W> {
@@ -167,6 +168,7 @@ impl<W: Write> TraceSink<W> {
             printer,
             announce_losses,
             lost_shown: 0,
+            skipped_shown: 0,
         }
     }
 }
@@ -184,14 +186,25 @@ impl<W: Write> Sink for TraceSink<W> {
     }
 
     fn stats(&mut self, _s: &Stats, tally: &Tally) -> anyhow::Result<()> {
-        let lost = tally.kernel.lost;
-        if self.announce_losses && lost > self.lost_shown {
+        let (lost, skipped) = (tally.kernel.lost, tally.kernel.skipped);
+        if !self.announce_losses {
+            return Ok(());
+        }
+        // stderr may be closed; the summary says it again.
+        if lost > self.lost_shown {
             self.lost_shown = lost;
-            // stderr may be closed; the summary says it again.
             let _ = writeln!(
                 io::stderr(),
                 "twtrace: {lost} events lost so far (ring buffer full: the output cannot keep up; \
                  narrow with --pid/--port or write to a file)"
+            );
+        }
+        if skipped > self.skipped_shown {
+            self.skipped_shown = skipped;
+            let _ = writeln!(
+                io::stderr(),
+                "twtrace: {skipped} events skipped by the kernel so far (another BPF program was \
+                 running on that CPU when they happened)"
             );
         }
         Ok(())
