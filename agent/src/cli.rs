@@ -95,7 +95,8 @@ pub struct RecordArgs {
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub duration: Option<std::time::Duration>,
 
-    /// Stop before the file grows beyond this size (e.g. 500M, 2G).
+    /// Stop before the file grows beyond this size (e.g. 500M, 2G). At least the header and the
+    /// end mark must fit (usually under 1K): a smaller size is refused before the file is created.
     #[arg(long, value_name = "SIZE", value_parser = parse_size, conflicts_with = "ring")]
     pub max_size: Option<u64>,
 
@@ -124,7 +125,8 @@ pub struct RecordArgs {
     #[arg(long, value_name = "DURATION", default_value = "1m", value_parser = parse_duration, requires = "ring")]
     pub after: std::time::Duration,
 
-    /// Overwrite FILE if it exists.
+    /// Replace FILE if it exists: it becomes a new file owned by you, mode 0600. A symbolic
+    /// link is replaced, never written through.
     #[arg(long)]
     pub force: bool,
 }

@@ -13,7 +13,10 @@ use crate::{
     cli::{Cli, Command, Export, FilterArgs, LiveArgs, RecordArgs, ReportArgs, TraceArgs, When},
     kernel::tracer::Options,
     pipeline::{self, Cadence, Core, Outcome, Selection, Signals, Stopped},
-    recording::{Filters, Header, Writer, header_now, human_size, writer::create_file},
+    recording::{
+        Filters, Header, Writer, header_now, human_size,
+        writer::{CaptureDir, create_file, smallest_limit},
+    },
     sink::{
         Sink, View,
         recorder::{FileRecorder, FlightRecorder},
@@ -283,8 +286,30 @@ fn file_recorder<'p>(
             ports: opts.ports.clone(),
         },
     );
-    let file = create_file(path, force)?;
-    let writer = Writer::new(file, &header, max_size)
+    if let Some(max) = max_size {
+        let least = smallest_limit(&header);
+        if max < least {
+            // The header holds the command line, so the suggestion leaves room for a longer
+            // --max-size value in it.
+            anyhow::bail!(
+                "--max-size {} is too small: this recording's header and end mark alone take {}; \
+                 use --max-size {}K or more",
+                human_size(max),
+                human_size(least),
+                (least + 64).div_ceil(1024)
+            );
+        }
+    }
+    let created = create_file(path, force)?;
+    if let Some(target) = &created.replaced_link {
+        say(&format!(
+            "twtrace: {} was a symbolic link (to {}); replaced it with a new file, its target \
+             is untouched",
+            path.display(),
+            target.display()
+        ));
+    }
+    let writer = Writer::new(created.file, &header, max_size)
         .with_context(|| format!("writing {}", path.display()))?;
     Ok((FileRecorder::new(writer, path, max_size, progress), path))
 }
@@ -321,14 +346,8 @@ async fn record(args: RecordArgs, verbose: bool) -> anyhow::Result<()> {
             source
         }
         Some(span) => {
-            if path.exists() && !path.is_dir() {
-                anyhow::bail!(
-                    "{} is not a directory: with --ring, -o names the directory for captures",
-                    path.display()
-                );
-            }
-            std::fs::create_dir_all(path)
-                .with_context(|| format!("creating {}", path.display()))?;
+            // Opened before the tracer starts: a bad directory costs no attach.
+            let dir = CaptureDir::open(path)?;
             let header = header_now(
                 std::env::args().collect(),
                 Filters {
@@ -337,7 +356,7 @@ async fn record(args: RecordArgs, verbose: bool) -> anyhow::Result<()> {
                 },
             );
             let ring = Ring::new(
-                path,
+                dir,
                 header,
                 u64::try_from(span.as_nanos()).unwrap_or(u64::MAX),
                 usize::try_from(args.ring_max).unwrap_or(usize::MAX),

@@ -13,7 +13,7 @@ use bytes::Bytes;
 
 use crate::{
     event::Transition,
-    recording::{Encoder, Header, format::encode_header, human_size, writer::create_file},
+    recording::{Encoder, Header, format::encode_header, human_size, writer::CaptureDir},
     stream::{KernelTruth, Stats},
 };
 
@@ -34,7 +34,7 @@ pub struct Ring {
     keep_ns: u64,
     max_bytes: usize,
     after_ns: u64,
-    dir: PathBuf,
+    dir: CaptureDir,
     header: Header,
     capture: Option<Capture>,
     /// A capture that failed, for the caller to report.
@@ -50,7 +50,13 @@ pub struct Finished {
 }
 
 impl Ring {
-    pub fn new(dir: &Path, header: Header, keep_ns: u64, max_bytes: usize, after_ns: u64) -> Self {
+    pub fn new(
+        dir: CaptureDir,
+        header: Header,
+        keep_ns: u64,
+        max_bytes: usize,
+        after_ns: u64,
+    ) -> Self {
         Self {
             enc: Encoder::new(),
             chunks: VecDeque::new(),
@@ -58,7 +64,7 @@ impl Ring {
             keep_ns,
             max_bytes,
             after_ns,
-            dir: dir.to_owned(),
+            dir,
             header,
             capture: None,
             failed: None,
@@ -200,6 +206,8 @@ impl Ring {
         }))
     }
 
+    /// A new capture file: created in the directory opened at start (never through a link,
+    /// never over an existing name), mode 0600.
     fn new_file(&self) -> anyhow::Result<(File, PathBuf)> {
         let stamp = humantime::format_rfc3339_seconds(SystemTime::now())
             .to_string()
@@ -210,14 +218,21 @@ impl Ring {
             } else {
                 format!("twtrace-{stamp}-{n}.twr")
             };
-            let path = self.dir.join(name);
-            match create_file(&path, false) {
+            let path = self.dir.path().join(&name);
+            match self.dir.create_new(&name) {
                 Ok(f) => return Ok((f, path)),
-                Err(_) if path.exists() => continue,
-                Err(e) => return Err(e),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(e) => {
+                    return Err(
+                        anyhow::Error::new(e).context(format!("creating {}", path.display()))
+                    );
+                }
             }
         }
-        anyhow::bail!("cannot find a free file name in {}", self.dir.display())
+        anyhow::bail!(
+            "cannot find a free file name in {}",
+            self.dir.path().display()
+        )
     }
 }
 
@@ -250,7 +265,8 @@ mod tests {
         std::fs::create_dir_all(&dir).expect("mkdir");
         let sec = 1_000_000_000u64;
         // 10 s of ring, 2 s after a trigger.
-        let mut ring = Ring::new(&dir, header(), 10 * sec, 1 << 30, 2 * sec);
+        let open = || CaptureDir::open(&dir).expect("open");
+        let mut ring = Ring::new(open(), header(), 10 * sec, 1 << 30, 2 * sec);
         for s in 0..30u64 {
             let now = s * sec;
             ring.event(&event(s), now).expect("ring");
@@ -275,6 +291,10 @@ mod tests {
             .expect("after 2 s");
         assert_eq!(done.path, path);
         assert!(ring.capturing().is_none());
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(&path).expect("capture").permissions(),
+        );
+        assert_eq!(mode & 0o777, 0o600);
         let bytes = std::fs::read(&path).expect("capture");
         let (records, problems) = read_all(&bytes).expect("reads");
         assert!(problems.is_empty(), "{problems:?}");
@@ -289,8 +309,17 @@ mod tests {
                 .is_some_and(|n| n.contains("test"))
         );
 
-        // A capture that cannot be created is an error for the caller; the ring goes on.
-        let mut lost = Ring::new(&dir.join("missing"), header(), 10 * sec, 1 << 30, sec);
+        // A capture that cannot be created (its directory was removed) is an error for the
+        // caller; the ring goes on.
+        let gone = dir.join("gone");
+        let mut lost = Ring::new(
+            CaptureDir::open(&gone).expect("open"),
+            header(),
+            10 * sec,
+            1 << 30,
+            sec,
+        );
+        std::fs::remove_dir(&gone).expect("rmdir");
         lost.event(&event(1), sec).expect("ring");
         assert!(lost.trigger("test", sec).is_err());
         assert!(lost.capturing().is_none());
@@ -298,7 +327,7 @@ mod tests {
         lost.flush(2 * sec).expect("ring");
 
         // The byte bound wins over the span.
-        let mut small = Ring::new(&dir, header(), 1000 * sec, 300, sec);
+        let mut small = Ring::new(open(), header(), 1000 * sec, 300, sec);
         for s in 0..20u64 {
             small.event(&event(s), s).expect("ring");
             small.flush(s).expect("ring");
