@@ -235,7 +235,8 @@ pub struct LiveArgs {
     #[arg(long, value_name = "FILE", conflicts_with = "from")]
     pub record: Option<std::path::PathBuf>,
 
-    /// With --record: overwrite FILE if it exists.
+    /// With --record: replace FILE if it exists, as `record --force` does (a new 0600 file; a
+    /// symbolic link is replaced, never written through).
     #[arg(long, requires = "record")]
     pub force: bool,
 
