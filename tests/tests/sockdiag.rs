@@ -87,14 +87,14 @@ fn unspecified(ip: IpAddr) -> IpAddr {
 /// A connection whose client closed first: the client socket is left in TIME_WAIT. Returns the
 /// client's local address and, when asked to generate it before the close, its cookie.
 fn time_wait_connection(listener: &TcpListener, cookie_first: bool) -> (SocketAddr, Option<u64>) {
-    let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-    let (mut server, _) = listener.accept().unwrap();
-    let local = client.local_addr().unwrap();
+    let client = TcpStream::connect(listener.local_addr().expect("loopback socket")).expect("loopback socket");
+    let (mut server, _) = listener.accept().expect("loopback socket");
+    let local = client.local_addr().expect("loopback socket");
     let cookie = cookie_first.then(|| so_cookie(&client));
     drop(client);
     // Reading EOF proves the client's FIN arrived before the server closes.
     let mut rest = Vec::new();
-    server.read_to_end(&mut rest).unwrap();
+    server.read_to_end(&mut rest).expect("loopback socket");
     drop(server);
     (local, cookie)
 }
@@ -105,26 +105,26 @@ fn dump_sees_loopback_sockets() {
     if skip_unless_root(TEST) {
         return;
     }
-    let l4 = TcpListener::bind("127.0.0.1:0").unwrap();
-    let l6 = TcpListener::bind("[::1]:0").unwrap();
-    let (a4, a6) = (l4.local_addr().unwrap(), l6.local_addr().unwrap());
-    let c4 = TcpStream::connect(a4).unwrap();
-    let (s4, _) = l4.accept().unwrap();
-    let c6 = TcpStream::connect(a6).unwrap();
-    let (s6, _) = l6.accept().unwrap();
+    let l4 = TcpListener::bind("127.0.0.1:0").expect("loopback socket");
+    let l6 = TcpListener::bind("[::1]:0").expect("loopback socket");
+    let (a4, a6) = (l4.local_addr().expect("loopback socket"), l6.local_addr().expect("loopback socket"));
+    let c4 = TcpStream::connect(a4).expect("loopback socket");
+    let (s4, _) = l4.accept().expect("loopback socket");
+    let c6 = TcpStream::connect(a6).expect("loopback socket");
+    let (s6, _) = l6.accept().expect("loopback socket");
     let (tw_local, _) = time_wait_connection(&l4, false);
     let (tw2_local, tw2_cookie) = time_wait_connection(&l6, true);
     // An orphaned FIN_WAIT2 socket: the client closes, the server never does.
-    let fw2_client = TcpStream::connect(a6).unwrap();
-    let (_fw2_server, _) = l6.accept().unwrap();
-    let fw2_local = fw2_client.local_addr().unwrap();
+    let fw2_client = TcpStream::connect(a6).expect("loopback socket");
+    let (_fw2_server, _) = l6.accept().expect("loopback socket");
+    let fw2_local = fw2_client.local_addr().expect("loopback socket");
     drop(fw2_client);
 
     // The ACKs and FINs that move the two clients on are processed in softirq, which may run a
     // little after close() returns (FIN_WAIT1 was seen here): wait for them rather than flake.
     let deadline = Instant::now() + Duration::from_secs(2);
     let dump = loop {
-        let dump = dump_tcp().unwrap();
+        let dump = dump_tcp().expect("loopback socket");
         let tw_seen = [tw_local, tw2_local]
             .iter()
             .all(|&local| dump.iter().any(|s| s.local == local && s.timewait));
@@ -149,7 +149,7 @@ fn dump_sees_loopback_sockets() {
     }
 
     for (client, server, family) in [(&c4, &s4, Family::Ipv4), (&c6, &s6, Family::Ipv6)] {
-        let (cl, sl) = (client.local_addr().unwrap(), server.local_addr().unwrap());
+        let (cl, sl) = (client.local_addr().expect("loopback socket"), server.local_addr().expect("loopback socket"));
         for (stream, local, remote) in [(client, cl, sl), (server, sl, cl)] {
             let s = find(&dump, local, remote);
             assert_eq!(
@@ -247,10 +247,10 @@ impl Drop for NetNsGuard {
 /// net.ipv4.tcp_fin_timeout of the calling thread's namespace.
 fn fin_timeout() -> u64 {
     std::fs::read_to_string("/proc/sys/net/ipv4/tcp_fin_timeout")
-        .unwrap()
+        .expect("loopback socket")
         .trim()
         .parse()
-        .unwrap()
+        .expect("loopback socket")
 }
 
 /// The dump's timewait sockets are exactly what /proc/net/sockstat counts as `tw`: both
@@ -262,14 +262,14 @@ fn timewait_count_matches_sockstat() {
         return;
     }
     let _netns = NetNsGuard::new();
-    let l4 = TcpListener::bind("127.0.0.1:0").unwrap();
-    let l6 = TcpListener::bind("[::1]:0").unwrap();
+    let l4 = TcpListener::bind("127.0.0.1:0").expect("loopback socket");
+    let l6 = TcpListener::bind("[::1]:0").expect("loopback socket");
     for _ in 0..3 {
         time_wait_connection(&l4, false);
         time_wait_connection(&l6, false);
     }
-    let fw2_client = TcpStream::connect(l4.local_addr().unwrap()).unwrap();
-    let (_fw2_server, _) = l4.accept().unwrap();
+    let fw2_client = TcpStream::connect(l4.local_addr().expect("loopback socket")).expect("loopback socket");
+    let (_fw2_server, _) = l4.accept().expect("loopback socket");
     drop(fw2_client);
     // See dump_sees_loopback_sockets for why the orphan may or may not be a timewait socket.
     let expected = 6 + u64::from(fin_timeout() <= 60);
@@ -278,9 +278,9 @@ fn timewait_count_matches_sockstat() {
     // before and after the dump and no socket of the dump is still on its way (FIN_WAIT1,
     // LAST_ACK, CLOSING, or a full FIN_WAIT2 about to turn timewait).
     for attempt in 1..=100 {
-        let before = sockstat().unwrap();
-        let dump = dump_tcp().unwrap();
-        let after = sockstat().unwrap();
+        let before = sockstat().expect("loopback socket");
+        let dump = dump_tcp().expect("loopback socket");
+        let after = sockstat().expect("loopback socket");
         let moving = dump
             .iter()
             .any(|s| matches!(s.state, 4 | 9 | 11) || (s.state == FIN_WAIT2 && !s.timewait));
@@ -328,13 +328,13 @@ fn dump_time_with_30k_timewait() {
     // new connection, killing the timewait socket: 2 x 15,000 left only ~29,100. 4 x 7,500 stays
     // within the even ports.
     let listeners: Vec<TcpListener> = (0..LISTENERS)
-        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("loopback socket"))
         .collect();
     let start = Instant::now();
     for listener in &listeners {
         for _ in 0..PER_LISTENER {
-            let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-            let (server, _) = listener.accept().unwrap();
+            let client = TcpStream::connect(listener.local_addr().expect("loopback socket")).expect("loopback socket");
+            let (server, _) = listener.accept().expect("loopback socket");
             drop(client);
             // Wait for the client's FIN (EOF) before closing, so the client is the one left in
             // TIME_WAIT; shutdown + read is cheaper than read_to_end's buffer.
@@ -347,7 +347,7 @@ fn dump_time_with_30k_timewait() {
         "{TEST}: made {} connections in {:?}, sockstat {:?}",
         LISTENERS * PER_LISTENER,
         start.elapsed(),
-        sockstat().unwrap()
+        sockstat().expect("loopback socket")
     );
 
     let report = |what: &str, mut times: Vec<Duration>, dump: &[DiagSocket]| {
@@ -368,16 +368,16 @@ fn dump_time_with_30k_timewait() {
     let times = (0..20)
         .map(|_| {
             let t = Instant::now();
-            last = dump_tcp().unwrap();
+            last = dump_tcp().expect("loopback socket");
             t.elapsed()
         })
         .collect();
     report("dump_tcp()", times, &last);
-    let mut kept = SockDiag::open().unwrap();
+    let mut kept = SockDiag::open().expect("loopback socket");
     let times = (0..20)
         .map(|_| {
             let t = Instant::now();
-            kept.dump_tcp_into(&mut last).unwrap();
+            kept.dump_tcp_into(&mut last).expect("loopback socket");
             t.elapsed()
         })
         .collect();
