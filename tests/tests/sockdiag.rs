@@ -87,7 +87,8 @@ fn unspecified(ip: IpAddr) -> IpAddr {
 /// A connection whose client closed first: the client socket is left in TIME_WAIT. Returns the
 /// client's local address and, when asked to generate it before the close, its cookie.
 fn time_wait_connection(listener: &TcpListener, cookie_first: bool) -> (SocketAddr, Option<u64>) {
-    let client = TcpStream::connect(listener.local_addr().expect("loopback socket")).expect("loopback socket");
+    let client = TcpStream::connect(listener.local_addr().expect("loopback socket"))
+        .expect("loopback socket");
     let (mut server, _) = listener.accept().expect("loopback socket");
     let local = client.local_addr().expect("loopback socket");
     let cookie = cookie_first.then(|| so_cookie(&client));
@@ -107,7 +108,10 @@ fn dump_sees_loopback_sockets() {
     }
     let l4 = TcpListener::bind("127.0.0.1:0").expect("loopback socket");
     let l6 = TcpListener::bind("[::1]:0").expect("loopback socket");
-    let (a4, a6) = (l4.local_addr().expect("loopback socket"), l6.local_addr().expect("loopback socket"));
+    let (a4, a6) = (
+        l4.local_addr().expect("loopback socket"),
+        l6.local_addr().expect("loopback socket"),
+    );
     let c4 = TcpStream::connect(a4).expect("loopback socket");
     let (s4, _) = l4.accept().expect("loopback socket");
     let c6 = TcpStream::connect(a6).expect("loopback socket");
@@ -149,7 +153,10 @@ fn dump_sees_loopback_sockets() {
     }
 
     for (client, server, family) in [(&c4, &s4, Family::Ipv4), (&c6, &s6, Family::Ipv6)] {
-        let (cl, sl) = (client.local_addr().expect("loopback socket"), server.local_addr().expect("loopback socket"));
+        let (cl, sl) = (
+            client.local_addr().expect("loopback socket"),
+            server.local_addr().expect("loopback socket"),
+        );
         for (stream, local, remote) in [(client, cl, sl), (server, sl, cl)] {
             let s = find(&dump, local, remote);
             assert_eq!(
@@ -268,7 +275,8 @@ fn timewait_count_matches_sockstat() {
         time_wait_connection(&l4, false);
         time_wait_connection(&l6, false);
     }
-    let fw2_client = TcpStream::connect(l4.local_addr().expect("loopback socket")).expect("loopback socket");
+    let fw2_client =
+        TcpStream::connect(l4.local_addr().expect("loopback socket")).expect("loopback socket");
     let (_fw2_server, _) = l4.accept().expect("loopback socket");
     drop(fw2_client);
     // See dump_sees_loopback_sockets for why the orphan may or may not be a timewait socket.
@@ -333,7 +341,8 @@ fn dump_time_with_30k_timewait() {
     let start = Instant::now();
     for listener in &listeners {
         for _ in 0..PER_LISTENER {
-            let client = TcpStream::connect(listener.local_addr().expect("loopback socket")).expect("loopback socket");
+            let client = TcpStream::connect(listener.local_addr().expect("loopback socket"))
+                .expect("loopback socket");
             let (server, _) = listener.accept().expect("loopback socket");
             drop(client);
             // Wait for the client's FIN (EOF) before closing, so the client is the one left in
