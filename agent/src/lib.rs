@@ -24,3 +24,4 @@ pub mod sink;
 pub mod source;
 pub mod state;
 pub mod stream;
+pub mod text;

@@ -1,7 +1,24 @@
-use std::process::ExitCode;
+use std::{
+    io::{self, Write as _},
+    process::ExitCode,
+};
 
 use clap::Parser as _;
-use twtrace::cli::Cli;
+use twtrace::{cli::Cli, text::escape};
+
+/// Says why twtrace failed, on stderr. Not `eprintln!`, which panics when stderr cannot be
+/// written (a closed pipe, a full disk): the exit code says it failed in any case. Each line is
+/// escaped, since errors quote paths and what recordings hold, but an error of several lines
+/// (the verifier's log with -v) keeps its lines.
+fn fail(message: &str) -> ExitCode {
+    let mut err = io::stderr().lock();
+    for line in message.lines() {
+        if writeln!(err, "{}", escape(line)).is_err() {
+            break;
+        }
+    }
+    ExitCode::FAILURE
+}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -10,6 +27,8 @@ fn main() -> ExitCode {
         1 => log::LevelFilter::Debug,
         _ => log::LevelFilter::Trace,
     };
+    // env_logger drops the result of each write, so -v with a stderr that fails cannot panic
+    // either (tests/tests/output.rs runs `trace -v` and `record -v` that way).
     env_logger::Builder::new()
         .filter_level(level)
         .format_target(false)
@@ -22,17 +41,11 @@ fn main() -> ExitCode {
         .build()
     {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("twtrace: starting the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(e) => return fail(&format!("twtrace: starting the async runtime: {e}")),
     };
     match runtime.block_on(twtrace::run::run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            // One line: the error with its causes, no backtrace.
-            eprintln!("twtrace: {e:#}");
-            ExitCode::FAILURE
-        }
+        // One line: the error with its causes, no backtrace.
+        Err(e) => fail(&format!("twtrace: {e:#}")),
     }
 }

@@ -31,6 +31,7 @@ use crate::{
         live::{self, Live, ProcFs},
         recording::{Recording, Window},
     },
+    text::escape,
 };
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -89,9 +90,10 @@ fn start_live(opts: &Options, cadence: live::Cadence, announce: bool) -> anyhow:
     Ok(source)
 }
 
-/// A line on stderr; a closed stderr must not stop the command.
+/// A line on stderr; a closed or full stderr must not stop the command. Escaped, since lines
+/// quote paths and what a recording's header says (its host name may be anything).
 fn say(line: &str) {
-    let _ = writeln!(io::stderr(), "{line}");
+    let _ = writeln!(io::stderr(), "{}", escape(line));
 }
 
 /// The end of every command: the summary, why it stopped, and its error.

@@ -2,6 +2,7 @@
 //! and a per-second TIME_WAIT timeline. A sink like any other, fed by the recording's replay.
 
 use std::{
+    borrow::Cow,
     collections::BTreeMap,
     io::{self, Write},
     path::{Path, PathBuf},
@@ -17,6 +18,7 @@ use crate::{
     model::snapshot::{PeerKey, Snapshot, whole_seconds},
     recording::Header,
     stream::Tally,
+    text::{escape, write_json},
 };
 
 /// One second of the timeline.
@@ -96,7 +98,7 @@ impl<W: Write> Sink for Report<W> {
                 {
                     obj.insert("time".into(), self.header.start_time.clone().into());
                 }
-                serde_json::to_writer(&mut self.out, &v)?;
+                write_json(&mut self.out, &v)?;
                 writeln!(self.out)?;
             }
             Style::Text { top } => {
@@ -179,19 +181,35 @@ fn text_report(
     top: usize,
 ) -> io::Result<()> {
     let (start, end, secs) = span(header, replay);
-    writeln!(out, "twtrace recording {}", path.display())?;
+    // Everything from the header is whatever the file says, and the file may come from anyone:
+    // escaped, like the names below (the span falls back on the header's start time).
+    writeln!(
+        out,
+        "twtrace recording {}",
+        escape(&path.display().to_string())
+    )?;
     writeln!(
         out,
         "  host      {}, kernel {} (twtrace {}, format {})",
-        header.hostname, header.kernel, header.twtrace, header.version
+        escape(&header.hostname),
+        escape(&header.kernel),
+        escape(&header.twtrace),
+        header.version
     )?;
-    writeln!(out, "  span      {start} .. {end} ({secs:.1} s)")?;
+    writeln!(
+        out,
+        "  span      {} .. {} ({secs:.1} s)",
+        escape(&start),
+        escape(&end)
+    )?;
     if let Some(note) = &header.note {
-        writeln!(out, "  note      {note}")?;
+        writeln!(out, "  note      {}", escape(note))?;
     }
-    writeln!(out, "  command   {}", header.command_line.join(" "))?;
+    // Each argument escaped on its own: an argument holding a newline stays on the line.
+    let command: Vec<Cow<'_, str>> = header.command_line.iter().map(|a| escape(a)).collect();
+    writeln!(out, "  command   {}", command.join(" "))?;
     for (k, v) in &header.sysctls {
-        writeln!(out, "  sysctl    {k} = {v}")?;
+        writeln!(out, "  sysctl    {} = {}", escape(k), escape(v))?;
     }
     writeln!(
         out,
@@ -234,7 +252,8 @@ fn text_report(
             .then(a.pid.cmp(&b.pid))
     });
     for p in procs.iter().take(top) {
-        let comm: String = p.comm.chars().take(16).collect();
+        // Escaped before it is cut to the column, so the width counts what is printed.
+        let comm: String = escape(&p.comm).chars().take(16).collect();
         writeln!(
             out,
             "{:>7} {:<16} {:>10} {:>7} {:>11} {:>7} {:>7} {:>7} {:>6}",
@@ -262,7 +281,7 @@ fn text_report(
         let list: Vec<String> = cw
             .iter()
             .take(top)
-            .map(|p| format!("{} {} ({})", p.pid, p.comm, p.close_wait_now))
+            .map(|p| format!("{} {} ({})", p.pid, escape(&p.comm), p.close_wait_now))
             .collect();
         writeln!(out, "CLOSE_WAIT at the end: {}", list.join(", "))?;
     }
@@ -280,7 +299,7 @@ fn text_report(
             e.tw_now += r.timewait_now;
             e.cw_now += r.close_wait_now;
             e.est_now += r.established_now;
-            e.procs.push(format!("{} {}", p.pid, p.comm));
+            e.procs.push(format!("{} {}", p.pid, escape(&p.comm)));
         }
     }
     let mut peers: Vec<_> = peers.into_iter().collect();
@@ -403,6 +422,90 @@ mod tests {
             .collect();
         assert!(chart[0].starts_with("  16:00:01       2.0/s #"), "{text}");
         assert!(chart[1].starts_with("  16:00:02       4.0/s #"), "{text}");
+    }
+
+    const HOSTILE: &str = "\x1b[2J\x1b[H\nFAKE\r";
+
+    #[test]
+    fn text_escapes_everything_the_file_and_the_processes_named() {
+        use crate::model::snapshot::{PeerRow, ProcessRow};
+        let mut h = header();
+        h.hostname = HOSTILE.into();
+        h.kernel = "6.18\x07".into();
+        h.twtrace = "0.1\u{9b}".into();
+        h.start_time = "2026\r".into();
+        h.note = Some("note\nFAKE".into());
+        h.command_line = vec!["twtrace".into(), "-o".into(), "a\nb".into()];
+        h.sysctls = vec![("k\x1b".into(), "v\x7f".into())];
+        let row = ProcessRow {
+            pid: 42,
+            comm: HOSTILE.into(),
+            timewait_entered: 3,
+            close_wait_now: 1,
+            peers: vec![PeerRow {
+                timewait_entered: 3,
+                ..PeerRow::new(PeerKey::Out {
+                    raddr: "10.0.0.1".parse().expect("addr"),
+                    rport: 80,
+                })
+            }],
+            ..ProcessRow::default()
+        };
+        let snap = Arc::new(Snapshot {
+            processes: vec![row],
+            ..Snapshot::default()
+        });
+        let mut r = Report::new(
+            Vec::new(),
+            Style::Text { top: 10 },
+            Path::new("x\ty.twr"),
+            h,
+        );
+        r.end(&end(Some(snap))).expect("end");
+        let text = String::from_utf8(r.out).expect("utf8");
+        assert!(
+            !text.contains(|c: char| c.is_control() && c != '\n'),
+            "{text:?}"
+        );
+        let esc = r"\x1b[2J\x1b[H\nFAKE\r";
+        for want in [
+            r"twtrace recording x\ty.twr".to_owned(),
+            format!(r"  host      {esc}, kernel 6.18\x07 (twtrace 0.1\u{{9b}}, format 1)"),
+            r"  span      2026\r .. 2026\r (0.0 s)".to_owned(),
+            r"  note      note\nFAKE".to_owned(),
+            r"  command   twtrace -o a\nb".to_owned(),
+            r"  sysctl    k\x1b = v\x7f".to_owned(),
+            format!(r"CLOSE_WAIT at the end: 42 {esc} (1)"),
+        ] {
+            assert!(
+                text.lines().any(|l| l == want),
+                "no line {want:?} in:\n{text}"
+            );
+        }
+        // In the process table, cut to the column like any long name.
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with(r"     42 \x1b[2J\x1b[H\nF          3 ")),
+            "{text}"
+        );
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with("10.0.0.1:80") && l.ends_with(&format!("  42 {esc}"))),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn json_keeps_hostile_names_exact() {
+        let hostile = format!("{HOSTILE}\u{9b}");
+        let mut h = header();
+        h.hostname.clone_from(&hostile);
+        let mut r = Report::new(Vec::new(), Style::Json, Path::new("x.twr"), h);
+        r.end(&end(None)).expect("end");
+        let text = String::from_utf8(r.out).expect("utf8");
+        assert!(!text.trim_end().contains(char::is_control), "{text:?}");
+        let v: Value = serde_json::from_str(&text).expect("json");
+        assert_eq!(v["host"]["hostname"], hostile.as_str());
     }
 
     #[test]

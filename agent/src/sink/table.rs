@@ -6,7 +6,10 @@ use std::{
 };
 
 use super::Sink;
-use crate::model::snapshot::{Snapshot, WholeSeconds};
+use crate::{
+    model::snapshot::{Snapshot, WholeSeconds},
+    text::{escape, write_json},
+};
 
 /// How snapshots are printed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -45,7 +48,7 @@ impl<W: Write> Sink for SnapshotPrinter<W> {
 }
 
 fn print_json(out: &mut impl Write, snap: &Snapshot) -> io::Result<()> {
-    serde_json::to_writer(&mut *out, snap)?;
+    write_json(&mut *out, snap)?;
     out.write_all(b"\n")?;
     out.flush()
 }
@@ -87,7 +90,8 @@ pub fn print_table(out: &mut impl Write, snap: &Snapshot, top: usize) -> io::Res
             .peers
             .first()
             .map_or_else(String::new, |r| r.peer.to_string());
-        let comm: String = p.comm.chars().take(16).collect();
+        // Escaped before it is cut to the column, so the width counts what is printed.
+        let comm: String = escape(&p.comm).chars().take(16).collect();
         writeln!(
             out,
             "{:>7} {:<16} {:>8.1} {:>9} {:>7} {:>7} {:>7} {:>7.1} {:>8.1} {:>6}  {exited}{peer}",
@@ -194,6 +198,49 @@ mod tests {
                 .expect("utf8")
                 .contains("(1 more processes")
         );
+    }
+
+    #[test]
+    fn table_escapes_a_hostile_name_within_its_column() {
+        let mut snap = sample();
+        snap.processes[0].comm = "\x1b[2J\x1b[H\nFAKE\r".into();
+        let mut out = Vec::new();
+        print_table(&mut out, &snap, 20).expect("print");
+        let text = String::from_utf8(out).expect("utf8");
+        assert!(
+            !text.contains(|c: char| c.is_control() && c != '\n'),
+            "{text:?}"
+        );
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 4, "{text:?}");
+        // Cut to the column's 16 characters like any long name: the numbers stay aligned.
+        assert!(
+            lines[2].starts_with(r"     42 \x1b[2J\x1b[H\nF      3.0 "),
+            "{}",
+            lines[2]
+        );
+        assert_eq!(lines[2].len(), sample_row_len(), "{}", lines[2]);
+
+        // JSON: exact, and still no raw control character (C1 included).
+        snap.processes[0].comm = "\u{9b}2J\x1b\n".into();
+        let mut out = Vec::new();
+        print_json(&mut out, &snap).expect("print");
+        let text = String::from_utf8(out).expect("utf8");
+        assert!(!text.trim_end().contains(char::is_control), "{text:?}");
+        let v: serde_json::Value = serde_json::from_str(&text).expect("json");
+        assert_eq!(v["processes"][0]["comm"], "\u{9b}2J\x1b\n");
+    }
+
+    /// The length of the row of [`sample`], whose name fills its column.
+    fn sample_row_len() -> usize {
+        let mut out = Vec::new();
+        print_table(&mut out, &sample(), 20).expect("print");
+        String::from_utf8(out)
+            .expect("utf8")
+            .lines()
+            .nth(2)
+            .expect("row")
+            .len()
     }
 
     #[test]

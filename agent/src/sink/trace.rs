@@ -14,6 +14,7 @@ use crate::{
     clock::WallClock,
     event::Transition,
     stream::{Stats, Tally},
+    text::{escape, write_json},
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -113,7 +114,7 @@ impl<W: Write> Printer<W> {
             current_pid: t.current_pid,
             cgroup_id: t.cgroup_id,
         };
-        serde_json::to_writer(&mut self.out, &line)?;
+        write_json(&mut self.out, &line)?;
         self.out.write_all(b"\n")
     }
 
@@ -134,10 +135,13 @@ impl<W: Write> Printer<W> {
         } else {
             t.pid.to_string()
         };
+        // Names are the processes' own choice: escaped, so none can move the cursor or fake a
+        // line (an escaped name may be wider than its column; the row then shifts, all of it).
+        let name = t.comm.to_str();
         let comm = if t.pid == 0 {
             Cow::Borrowed("-")
         } else {
-            t.comm.to_str()
+            escape(&name)
         };
         let peers = format!("{} -> {}", t.local, t.remote);
         let states = format!("{} -> {}", t.old, t.new);
@@ -305,6 +309,47 @@ mod tests {
         let text = render_at(epoch_ns, Format::Text, &[ev]);
         let line = text.lines().nth(1).expect("line");
         assert!(line.starts_with("00:00:05.999999    4242 curl"), "{line}");
+    }
+
+    /// What a process can name itself (15 bytes at most): clear the screen, home the cursor,
+    /// start a line of its own; then the 8-bit CSI (UTF-8) and a backslash.
+    const HOSTILE: &[u8] = b"\x1b[2J\x1b[H\nFAK\r\xc2\x9b\\";
+
+    fn hostile() -> twtrace_ebpf::Event {
+        let mut ev = wire(tcp_state::CLOSE, tcp_state::SYN_SENT);
+        ev.owner.comm = [0; 16];
+        ev.owner.comm[..HOSTILE.len()].copy_from_slice(HOSTILE);
+        ev
+    }
+
+    #[test]
+    fn text_escapes_a_hostile_name_and_keeps_one_line_per_event() {
+        let out = render(Format::Text, &[hostile(), hostile()]);
+        assert!(
+            !out.trim_end_matches('\n')
+                .contains(|c: char| c.is_control() && c != '\n'),
+            "{out:?}"
+        );
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.len(), 3, "{out:?}");
+        for line in &lines[1..] {
+            assert!(
+                line.contains(
+                    r"4242 \x1b[2J\x1b[H\nFAK\r\u{9b}\\ 127.0.0.1:51000 -> 10.1.2.3:8080"
+                ),
+                "{line}"
+            );
+            assert!(line.ends_with("owner"), "{line}");
+        }
+    }
+
+    #[test]
+    fn json_keeps_a_hostile_name_exact() {
+        let out = render(Format::Json, &[hostile()]);
+        assert_eq!(out.lines().count(), 1, "{out:?}");
+        assert!(!out.trim_end().contains(char::is_control), "{out:?}");
+        let v: serde_json::Value = serde_json::from_str(out.trim()).expect("json");
+        assert_eq!(v["comm"], "\x1b[2J\x1b[H\nFAK\r\u{9b}\\");
     }
 
     #[test]

@@ -4,6 +4,12 @@
 //! Only the rows that fit are turned into table rows, so 5,000 processes cost what 50 do.
 //! Narrow terminals drop the least useful columns first and shrink the text ones; nothing here
 //! may panic on a tiny terminal.
+//!
+//! Names (comms, and the title, which holds a recording's host name) are drawn [`escape`]d:
+//! ratatui drops control characters, which would leave a name that looks like another
+//! (`\x1b[2J` shown as `[2J`), and a newline would split a cell. Widths are measured on the
+//! escaped text, which is what is drawn. The filter is shown as typed: keys give no control
+//! characters, and it is matched against the names as they are.
 
 use std::borrow::Cow;
 use std::fmt::Write as _;
@@ -17,7 +23,10 @@ use ratatui::widgets::{Block, Borders, Cell, Clear, Paragraph, Row, Sparkline, T
 
 use super::app::{App, PeerCol, PeerGroup, ProcCol, View};
 use super::input::HELP;
-use crate::model::snapshot::{BEFORE_START, PeerRow, ProcessRow, Snapshot};
+use crate::{
+    model::snapshot::{BEFORE_START, PeerRow, ProcessRow, Snapshot},
+    text::escape,
+};
 
 /// Spaces between header items.
 const GAP: u16 = 2;
@@ -54,7 +63,7 @@ pub fn render(frame: &mut Frame, app: &App, snap: &Snapshot) {
 fn render_header(frame: &mut Frame, area: Rect, app: &App, snap: &Snapshot) {
     let t = &snap.totals;
     let mut items: Vec<Line> = Vec::with_capacity(12);
-    items.push(Line::from(Span::from(app.title()).bold()));
+    items.push(Line::from(Span::from(escape(app.title())).bold()));
     if app.is_paused() {
         items.push(Line::from(" PAUSED ".black().on_yellow().bold()));
     }
@@ -256,8 +265,8 @@ fn widths<const N: usize>(cols: &[Col; N], avail: u16, sorted: usize) -> [u16; N
 }
 
 /// The width text needs, between a column's minimum and `cap`.
-fn text_width<'a>(texts: impl Iterator<Item = &'a str>, min: u16, cap: u16) -> u16 {
-    let widest = texts.map(|t| t.chars().count()).max().unwrap_or(0);
+fn text_width<S: AsRef<str>>(texts: impl Iterator<Item = S>, min: u16, cap: u16) -> u16 {
+    let widest = texts.map(|t| t.as_ref().chars().count()).max().unwrap_or(0);
     u16::try_from(widest).unwrap_or(u16::MAX).clamp(min, cap)
 }
 
@@ -301,6 +310,14 @@ fn fit(s: &str, width: u16) -> Cow<'_, str> {
         out.push('…');
     }
     Cow::Owned(out)
+}
+
+/// A name [`escape`]d, then [`fit`] to `width` cells.
+fn fit_name(s: &str, width: u16) -> Cow<'_, str> {
+    match escape(s) {
+        Cow::Borrowed(b) => fit(b, width),
+        Cow::Owned(o) => Cow::Owned(fit(&o, width).into_owned()),
+    }
 }
 
 /// Cells a peer label takes, without building it.
@@ -398,7 +415,7 @@ fn render_processes(frame: &mut Frame, area: Rect, app: &App, snap: &Snapshot) {
             .filter_map(|&i| snap.processes.get(i))
     };
     let mut cols = PROCESS_COLS;
-    cols[1].width = text_width(window().map(|p| p.comm.as_str()), cols[1].min, MAX_COMM);
+    cols[1].width = text_width(window().map(|p| escape(&p.comm)), cols[1].min, MAX_COMM);
     let w = widths(&cols, table.width, sorted);
     let selected = app.selected();
     let body = rows
@@ -440,8 +457,10 @@ fn process_cell(p: &ProcessRow, c: usize, width: u16) -> Cell<'_> {
     match c {
         0 if p.pid == 0 => Cell::from(Line::from("-").right_aligned()),
         0 => num(u64::from(p.pid)),
-        1 if p.exited => Cell::from(fit(&format!("{} (exited)", p.comm), width).into_owned()),
-        1 => Cell::from(fit(&p.comm, width)),
+        1 if p.exited => {
+            Cell::from(fit(&format!("{} (exited)", escape(&p.comm)), width).into_owned())
+        }
+        1 => Cell::from(fit_name(&p.comm, width)),
         2 => rate(p.timewait_per_s),
         3 => num(p.timewait_entered),
         4 => num(p.timewait_now),
@@ -547,9 +566,9 @@ fn process_list(app: &App, snap: &Snapshot, g: &PeerGroup, width: u16) -> String
             item.push_str(", ");
         }
         if p.pid == 0 {
-            item.push_str(&p.comm);
+            item.push_str(&escape(&p.comm));
         } else {
-            let _ = write!(item, "{} {}", p.comm, p.pid);
+            let _ = write!(item, "{} {}", escape(&p.comm), p.pid);
         }
         let rest = total.saturating_sub(n + 1);
         // Room for " +N" when processes remain after this one.
@@ -598,12 +617,12 @@ fn render_drill(frame: &mut Frame, area: Rect, app: &App, snap: &Snapshot, pid: 
 
     let title = if p.pid == 0 {
         Line::from(vec![
-            Span::from(p.comm.as_str()).bold().magenta(),
+            Span::from(escape(&p.comm)).bold().magenta(),
             Span::from(" sockets older than twtrace, owner unknown").dim(),
         ])
     } else {
         Line::from(vec![
-            Span::from(p.comm.as_str()).bold(),
+            Span::from(escape(&p.comm)).bold(),
             Span::from(format!(" pid {}", p.pid)),
         ])
     };
@@ -648,7 +667,7 @@ fn render_drill(frame: &mut Frame, area: Rect, app: &App, snap: &Snapshot, pid: 
     let rows = app.drill_rows();
     let (sort_col, descending) = app.drill_sort();
     let (cap, table) = split_caption(rest);
-    let mut line = format!("Peers of {}", p.comm);
+    let mut line = format!("Peers of {}", escape(&p.comm));
     let _ = write!(
         line,
         "  {} of {}  sort {}",
@@ -795,4 +814,91 @@ fn render_help(frame: &mut Frame, area: Rect) {
         Paragraph::new(lines).block(Block::bordered().title(" keys (? or Esc closes) ")),
         popup,
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use ratatui::Terminal;
+    use ratatui::backend::TestBackend;
+    use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+
+    use super::*;
+    use crate::model::snapshot::PeerKey;
+    use crate::sink::tui::handle;
+
+    const HOSTILE: &str = "\x1b[2J\x1b[H\nFAKE\r";
+
+    /// Every cell of the screen, one string per line.
+    fn draw(app: &App, width: u16, height: u16) -> Vec<String> {
+        let mut terminal = Terminal::new(TestBackend::new(width, height)).expect("test backend");
+        terminal
+            .draw(|f| render(f, app, app.snapshot()))
+            .expect("draw");
+        let buf = terminal.backend().buffer();
+        (0..height)
+            .map(|y| (0..width).map(|x| buf[(x, y)].symbol()).collect())
+            .collect()
+    }
+
+    fn hostile_app() -> App {
+        let row = ProcessRow {
+            pid: 42,
+            comm: HOSTILE.into(),
+            timewait_entered: 3,
+            peers: vec![PeerRow {
+                timewait_entered: 3,
+                ..PeerRow::new(PeerKey::Out {
+                    raddr: "10.0.0.1".parse().expect("addr"),
+                    rport: 80,
+                })
+            }],
+            ..ProcessRow::default()
+        };
+        let snap = Snapshot {
+            processes: vec![row],
+            ..Snapshot::default()
+        };
+        App::new(
+            format!("twtrace replay of x.twr ({HOSTILE})"),
+            Arc::new(snap),
+        )
+    }
+
+    fn press(app: &mut App, code: KeyCode) {
+        handle(app, KeyEvent::new(code, KeyModifiers::NONE));
+    }
+
+    /// The processes, the peers and the drill-down each show the name escaped, never a control
+    /// character nor what ratatui leaves of the name when it drops them.
+    #[test]
+    fn hostile_names_are_drawn_escaped_in_every_view() {
+        let esc = r"\x1b[2J\x1b[H\nFAKE\r";
+        let mut app = hostile_app();
+        let mut screens = Vec::new();
+        screens.push(("processes", draw(&app, 160, 12)));
+        press(&mut app, KeyCode::Tab);
+        screens.push(("peers", draw(&app, 160, 12)));
+        press(&mut app, KeyCode::Tab);
+        press(&mut app, KeyCode::Enter);
+        screens.push(("drill-down", draw(&app, 160, 20)));
+        for (view, lines) in &screens {
+            let screen = lines.join("\n");
+            assert!(
+                !lines.iter().any(|l| l.contains(char::is_control)),
+                "{view}:\n{screen}"
+            );
+            // The title.
+            assert!(lines[0].contains(&format!("({esc})")), "{view}:\n{screen}");
+            // Never the name with its control characters dropped.
+            assert!(!screen.contains("[2J[H"), "{view}:\n{screen}");
+        }
+        let has = |view: usize, needle: &str| screens[view].1.iter().any(|l| l.contains(needle));
+        // The COMM column is 15 cells at most: cut with an ellipsis, like any long name.
+        assert!(has(0, r"     42 \x1b[2J\x1b[H\… "), "{:#?}", screens[0].1);
+        assert!(has(1, &format!("{esc} 42")), "{:#?}", screens[1].1);
+        assert!(has(2, &format!("{esc} pid 42")), "{:#?}", screens[2].1);
+        assert!(has(2, &format!("Peers of {esc}")), "{:#?}", screens[2].1);
+    }
 }

@@ -1,0 +1,500 @@
+//! Output that other users control, and output that cannot be written: processes named with
+//! terminal escapes (tcpdrive's `--comm` sets any name through `prctl(PR_SET_NAME)`) are shown
+//! escaped by every text output and exactly by the JSON ones; a stderr that is full, closed or
+//! whose reader left never makes twtrace panic; SIGHUP stops a recorder as cleanly as SIGTERM.
+//! Run as root with `cargo xtask test`; without root every test prints `SKIPPED`.
+
+use std::{
+    io::{BufRead as _, BufReader},
+    net::{TcpListener, TcpStream},
+    path::Path,
+    process::{Command, ExitStatus, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+use twtrace_tests::{
+    Attached, ChildGuard, Mode, READY_TIMEOUT, SETTLE, STOP_TIMEOUT, Stopped, Traffic, Twtrace,
+    live::counter,
+    record::{Recording, TempDir, twtrace_output},
+    skip_unless_root, twtrace_bin,
+};
+
+fn driver() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_tcpdrive"))
+}
+
+/// Clears the screen, homes the cursor and starts a line of its own: 13 bytes, a valid comm.
+const CLIENT: &str = "\x1b[2J\x1b[H\nFAKE\r";
+/// As twtrace shows it.
+const CLIENT_SHOWN: &str = r"\x1b[2J\x1b[H\nFAKE\r";
+/// [`CLIENT_SHOWN`] cut to the 16 characters of the table's and the report's COMM column.
+const CLIENT_COLUMN: &str = r"\x1b[2J\x1b[H\nF";
+/// DEL, the 8-bit CSI (a C1 control, UTF-8 encoded) and a backslash.
+const SERVER: &str = "s\x7f\u{9b}\\";
+const SERVER_SHOWN: &str = r"s\x7f\u{9b}\\";
+
+/// `n` connections between a server and a client with the hostile names.
+fn traffic(mode: Mode, n: usize) -> Traffic<'static> {
+    Traffic::new(driver(), mode, n, SERVER, CLIENT)
+}
+
+fn port_args(port: u16, more: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = more.iter().map(|&a| a.to_owned()).collect();
+    args.extend(["--port".to_owned(), port.to_string()]);
+    args
+}
+
+/// Panics with the offending lines if any line holds a control character: a raw ESC, CR or a
+/// C1 control, or a tab, reached the output. (Lines were split at LF, so a raw LF inside a row
+/// shows as a row that does not parse; the callers check that.)
+fn assert_no_controls(what: &str, lines: &[String]) {
+    let bad: Vec<&String> = lines
+        .iter()
+        .filter(|l| l.contains(char::is_control))
+        .collect();
+    assert!(bad.is_empty(), "{what}: control characters in {bad:#?}");
+}
+
+fn lines_of(bytes: &[u8]) -> Vec<String> {
+    String::from_utf8_lossy(bytes)
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// A `trace` text row: `HH:MM:SS.ffffff PID COMM ...`; its pid (0 for `?`, unattributed), or
+/// None for anything else.
+fn row_pid(line: &str) -> Option<u32> {
+    let b = line.as_bytes();
+    let time = b.len() > 16
+        && b[2] == b':'
+        && b[5] == b':'
+        && b[8] == b'.'
+        && b[..15]
+            .iter()
+            .enumerate()
+            .all(|(i, c)| [2, 5, 8].contains(&i) || c.is_ascii_digit())
+        && b[15] == b' ';
+    if !time {
+        return None;
+    }
+    match line[16..].split_whitespace().next()? {
+        "?" => Some(0),
+        pid => pid.parse().ok(),
+    }
+}
+
+/// `trace` text and `trace --json` watch the same connections: one text row per JSON event,
+/// each on one line, with the names escaped; the JSON has them exactly.
+#[test]
+fn trace_text_escapes_names_and_json_keeps_them() {
+    const TEST: &str = "output trace_text_escapes_names_and_json_keeps_them";
+    if skip_unless_root(TEST) {
+        return;
+    }
+    const N: usize = 10;
+    let (mut peers, (text, json)) = traffic(Mode::ClientFirst, N).start(|port| {
+        let mut args = vec!["trace".to_owned()];
+        args.extend(port_args(port, &[]));
+        (
+            Attached::start(&args),
+            Twtrace::start(&port_args(port, &[])),
+        )
+    });
+    peers.wait();
+    let (client, server) = (peers.client.pid(), peers.server.pid());
+    let Stopped {
+        stdout,
+        stderr,
+        status,
+    } = text.stop_after(SETTLE);
+    let trace = json.stop();
+    trace.summary();
+    assert!(status.success(), "trace (text): {status}; {stderr:#?}");
+
+    // JSON: the exact names.
+    let by = |pid: u32| trace.events.iter().filter(move |e| e.pid == pid);
+    assert!(by(client).count() >= 5 * N, "{:#?}", trace.stderr);
+    assert!(by(client).all(|e| e.comm == CLIENT));
+    assert!(by(server).all(|e| e.comm == SERVER));
+    assert!(
+        trace
+            .events
+            .iter()
+            .all(|e| !e.raw.contains(char::is_control))
+    );
+
+    // Text: a header, then one parsable row per JSON event.
+    assert_no_controls("trace text", &stdout);
+    assert!(stdout[0].starts_with("TIME(UTC)"), "{stdout:#?}");
+    let rows = &stdout[1..];
+    let strays: Vec<&String> = rows.iter().filter(|l| row_pid(l).is_none()).collect();
+    assert!(strays.is_empty(), "lines that are not rows: {strays:#?}");
+    assert_eq!(rows.len(), trace.events.len(), "{stdout:#?}");
+    for (pid, shown) in [(client, CLIENT_SHOWN), (server, SERVER_SHOWN)] {
+        let mine: Vec<&String> = rows.iter().filter(|l| row_pid(l) == Some(pid)).collect();
+        assert_eq!(mine.len(), by(pid).count(), "rows of pid {pid}");
+        let named = format!(" {pid} {shown} ");
+        assert!(
+            mine.iter().all(|l| l.contains(&named)),
+            "rows of pid {pid} without `{named}`: {mine:#?}"
+        );
+    }
+    eprintln!("[{TEST}] e.g. {}", rows[0]);
+}
+
+/// The piped leaderboard (`--once`): the client's row shows its name escaped and cut to the
+/// column, the numbers after it where they belong, and no line holds a control character.
+#[test]
+fn once_table_escapes_names() {
+    const TEST: &str = "output once_table_escapes_names";
+    if skip_unless_root(TEST) {
+        return;
+    }
+    const N: usize = 5;
+    // Leak mode: the client keeps its sockets (CLOSE_WAIT) while the snapshot is taken.
+    let (mut peers, board) = traffic(Mode::Leak, N)
+        .hold_ms(4000)
+        .start(|port| Attached::start(&port_args(port, &["--once", "--interval", "2"])));
+    let client = peers.client.pid();
+    // `--once` exits by itself after one snapshot; the SIGTERM then finds it gone.
+    let Stopped {
+        stdout,
+        stderr,
+        status,
+    } = board.stop_after(Duration::from_secs(3));
+    peers.wait();
+    assert!(status.success(), "{status}; {stderr:#?}");
+    eprintln!("[{TEST}] table:\n{}", stdout.join("\n"));
+    assert_no_controls("--once table", &stdout);
+    assert!(stdout[0].contains("  TIME_WAIT now "), "{stdout:#?}");
+    assert!(
+        stdout[1].trim_start().starts_with("PID COMM"),
+        "{stdout:#?}"
+    );
+    // Every row starts with a pid: a raw LF in a name would start a line of its own.
+    let rows: Vec<&String> = stdout[2..].iter().take_while(|l| !l.is_empty()).collect();
+    for row in &rows {
+        assert!(
+            row.get(..7)
+                .is_some_and(|p| p.trim_start().parse::<u32>().is_ok()),
+            "not a row: {row:?} in {stdout:#?}"
+        );
+    }
+    // PID, COMM (16), TW/s, TW_TOTAL, TW_NOW, then CW_NOW: the client leaks N sockets.
+    let want = format!("{client:>7} {CLIENT_COLUMN:<16} ");
+    let row = rows
+        .iter()
+        .find(|r| r.starts_with(&want))
+        .unwrap_or_else(|| panic!("no row starting {want:?} in {stdout:#?}"));
+    let numbers: Vec<&str> = row[want.len()..].split_whitespace().collect();
+    assert_eq!(numbers.get(3), Some(&N.to_string().as_str()), "{row}");
+}
+
+/// A recording of traffic between processes with hostile names: `report` (text) shows them
+/// escaped everywhere, `report --json` and `--export jsonl` exactly, and `trace --from` prints
+/// one escaped row per exported event.
+#[test]
+fn a_recording_shows_names_escaped() {
+    const TEST: &str = "output a_recording_shows_names_escaped";
+    if skip_unless_root(TEST) {
+        return;
+    }
+    const N: usize = 20;
+    let dir = TempDir::new("output-rec");
+    let file = dir.join("hostile.twr");
+    let (mut peers, recording) =
+        traffic(Mode::ClientFirst, N).start(|port| Recording::start(&file, &port_args(port, &[])));
+    peers.wait();
+    thread::sleep(SETTLE);
+    let recorded = recording.stop(libc::SIGINT);
+    assert!(recorded.status.success(), "{:?}", recorded.stderr);
+    let (client, server) = (peers.client.pid(), peers.server.pid());
+    let path = file.to_str().expect("utf-8 path");
+
+    let out = twtrace_output(&["report", path, "--json"], false);
+    assert!(out.status.success());
+    let report: Value = serde_json::from_slice(&out.stdout).expect("report JSON");
+    let comm = |pid: u32| {
+        report["processes"]
+            .as_array()
+            .and_then(|ps| ps.iter().find(|p| p["pid"] == pid))
+            .map(|p| p["comm"].clone())
+    };
+    assert_eq!(comm(client), Some(Value::from(CLIENT)));
+    assert_eq!(comm(server), Some(Value::from(SERVER)));
+    assert_eq!(counter(&report, client, "timewait_entered"), N as u64);
+
+    let out = twtrace_output(&["report", path], false);
+    assert!(out.status.success());
+    let text = lines_of(&out.stdout);
+    eprintln!("[{TEST}] report:\n{}", text.join("\n"));
+    assert_no_controls("report", &text);
+    // The process table: PID, COMM cut to 16, TW_ENTERED.
+    for (pid, column, tw) in [(client, CLIENT_COLUMN, N), (server, SERVER_SHOWN, 0)] {
+        let want = format!("{pid:>7} {column:<16} {tw:>10} ");
+        assert!(
+            text.iter().any(|l| l.starts_with(&want)),
+            "no report row starting {want:?}"
+        );
+    }
+    // The peers table names the processes in full.
+    let peer = format!("127.0.0.1:{} ", peers.port());
+    assert!(
+        text.iter()
+            .any(|l| l.starts_with(&peer) && l.contains(&format!("{client} {CLIENT_SHOWN}"))),
+        "no peer row for {peer} naming the client"
+    );
+
+    // `trace --from` against the exported events.
+    let out = twtrace_output(&["report", path, "--export", "jsonl"], false);
+    assert!(out.status.success());
+    let events: Vec<Value> = lines_of(&out.stdout)
+        .iter()
+        .map(|l| serde_json::from_str(l).expect("exported event"))
+        .collect();
+    let out = twtrace_output(&["trace", "--from", path], false);
+    assert!(out.status.success());
+    let rows = lines_of(&out.stdout);
+    assert_no_controls("trace --from", &rows);
+    assert_eq!(
+        rows.len(),
+        events.len() + 1,
+        "a header and one row per event"
+    );
+    for (pid, name, shown) in [
+        (client, CLIENT, CLIENT_SHOWN),
+        (server, SERVER, SERVER_SHOWN),
+    ] {
+        let exported: Vec<&Value> = events.iter().filter(|e| e["pid"] == pid).collect();
+        assert!(!exported.is_empty());
+        assert!(exported.iter().all(|e| e["comm"] == name));
+        let named = format!(" {pid} {shown} ");
+        let shown_rows = rows[1..].iter().filter(|l| row_pid(l) == Some(pid));
+        assert!(shown_rows.clone().all(|l| l.contains(&named)));
+        assert_eq!(shown_rows.count(), exported.len(), "rows of pid {pid}");
+    }
+}
+
+/// A terminal closed under a recorder (SIGHUP) stops it like SIGTERM: exit 0, its summary, and
+/// a file with its end mark (the report names no problem, in particular not a killed recorder).
+#[test]
+fn sighup_stops_record_cleanly() {
+    const TEST: &str = "output sighup_stops_record_cleanly";
+    if skip_unless_root(TEST) {
+        return;
+    }
+    const N: usize = 30;
+    let dir = TempDir::new("output-hup");
+    let file = dir.join("hup.twr");
+    let traffic = Traffic::new(driver(), Mode::ClientFirst, N, "tws-hup", "twc-hup");
+    let (mut peers, recording) =
+        traffic.start(|port| Recording::start(&file, &port_args(port, &[])));
+    peers.wait();
+    thread::sleep(SETTLE);
+    let recorded = recording.stop(libc::SIGHUP);
+    assert!(
+        recorded.status.success(),
+        "{}: {:?}",
+        recorded.status,
+        recorded.stderr
+    );
+    assert!(
+        recorded
+            .stderr
+            .iter()
+            .any(|l| l.starts_with("twtrace: ") && l.contains(" events, 0 lost, ")),
+        "summary line: {:?}",
+        recorded.stderr
+    );
+    let path = file.to_str().expect("utf-8 path");
+    let out = twtrace_output(&["report", path, "--json"], false);
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("end mark"), "{stderr}");
+    let report: Value = serde_json::from_slice(&out.stdout).expect("report JSON");
+    assert_eq!(report["host"]["problems"], Value::Array(Vec::new()));
+    assert_eq!(
+        counter(&report, peers.client.pid(), "timewait_entered"),
+        N as u64
+    );
+}
+
+/// `record --duration 2s` with stderr on a full device (with and without -v, whose debug lines
+/// also go there): exit 0 and a complete recording.
+#[test]
+fn record_with_a_full_stderr_completes() {
+    const TEST: &str = "output record_with_a_full_stderr_completes";
+    if skip_unless_root(TEST) {
+        return;
+    }
+    let dir = TempDir::new("output-full");
+    // A port nobody uses: the recording has no business with the machine's other traffic.
+    let unused = Poker::new();
+    for (n, verbose) in [(0, &[][..]), (1, &["-v"][..])] {
+        let file = dir.join(&format!("full{n}.twr"));
+        let mut cmd = Command::new(twtrace_bin());
+        cmd.arg("record")
+            .args(verbose)
+            .args(["--duration", "2s", "--port"])
+            .arg(unused.port.to_string())
+            .arg("-o")
+            .arg(&file)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(dev_full());
+        let mut guard = ChildGuard::spawn("twtrace record 2>/dev/full", &mut cmd);
+        let status = guard.wait_timeout(READY_TIMEOUT + STOP_TIMEOUT);
+        assert_eq!(status.code(), Some(0), "{verbose:?}: {status}");
+        let path = file.to_str().expect("utf-8 path");
+        let out = twtrace_output(&["report", path, "--json"], false);
+        assert!(out.status.success(), "{verbose:?}");
+        let report: Value = serde_json::from_slice(&out.stdout).expect("report JSON");
+        assert_eq!(report["host"]["problems"], Value::Array(Vec::new()));
+        assert!(report["host"]["duration_s"].as_f64().is_some());
+    }
+}
+
+fn dev_full() -> std::fs::File {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .expect("open /dev/full")
+}
+
+/// A loopback listener of the test's own, and connections to it: events for a `--port`
+/// tracer whose stderr cannot say when it is ready, until its stdout shows them.
+struct Poker {
+    listener: TcpListener,
+    port: u16,
+}
+
+impl Poker {
+    fn new() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        Self { listener, port }
+    }
+
+    /// One connection, accepted and closed.
+    fn poke(&self) {
+        let c = TcpStream::connect(("127.0.0.1", self.port)).expect("connect");
+        let (s, _) = self.listener.accept().expect("accept");
+        drop(c);
+        drop(s);
+    }
+}
+
+/// Makes connections until `done` says so or `timeout` passes.
+fn poke_until(poker: &Poker, timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        poker.poke();
+        if done() {
+            return true;
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    false
+}
+
+/// How a tracer ended: it must not have panicked (101) or died of a signal.
+fn assert_clean_exit(what: &str, status: ExitStatus) {
+    assert!(
+        matches!(status.code(), Some(0 | 1)),
+        "{what}: exited with {status}, want 0 or 1"
+    );
+}
+
+/// `trace` whose stderr fails, on a full device or as a pipe whose reader left, with -v: it
+/// traces (the events reach stdout), stops on SIGTERM with exit 0, and prints no panic.
+#[test]
+fn trace_with_a_failing_stderr_does_not_panic() {
+    const TEST: &str = "output trace_with_a_failing_stderr_does_not_panic";
+    if skip_unless_root(TEST) {
+        return;
+    }
+    for broken in ["/dev/full", "a pipe without reader"] {
+        let poker = Poker::new();
+        let mut cmd = Command::new(twtrace_bin());
+        cmd.args(["trace", "-v", "--json", "--port"])
+            .arg(poker.port.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped());
+        if broken == "/dev/full" {
+            cmd.stderr(dev_full());
+        } else {
+            let (reader, writer) = std::io::pipe().expect("pipe");
+            drop(reader);
+            cmd.stderr(writer);
+        }
+        let mut guard = ChildGuard::spawn(&format!("twtrace 2>{broken}"), &mut cmd);
+        let stdout = guard.child_mut().stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let reader = thread::spawn(move || {
+            let mut all = String::new();
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(());
+                all.push_str(&line);
+                all.push('\n');
+            }
+            all
+        });
+        let traced = poke_until(&poker, READY_TIMEOUT, || rx.try_recv().is_ok());
+        guard.signal(libc::SIGTERM);
+        let status = guard.wait_timeout(STOP_TIMEOUT);
+        let stdout = reader.join().expect("reader thread");
+        assert!(traced, "2>{broken}: no event on stdout; stdout: {stdout}");
+        assert!(!stdout.contains("panicked"), "2>{broken}: {stdout}");
+        assert_eq!(status.code(), Some(0), "2>{broken}: {status}");
+        eprintln!(
+            "[{TEST}] 2>{broken}: {} lines, {status}",
+            stdout.lines().count()
+        );
+    }
+}
+
+/// `twtrace trace --port P 2>&1 | head -2`: stdout and stderr share a pipe whose reader leaves
+/// after two lines; twtrace ends at its next write, cleanly, whatever it was writing.
+#[test]
+fn trace_into_head_ends_cleanly() {
+    const TEST: &str = "output trace_into_head_ends_cleanly";
+    if skip_unless_root(TEST) {
+        return;
+    }
+    let poker = Poker::new();
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    let mut cmd = Command::new(twtrace_bin());
+    cmd.args(["trace", "--port"])
+        .arg(poker.port.to_string())
+        .stdin(Stdio::null())
+        .stdout(writer.try_clone().expect("dup pipe"))
+        .stderr(writer);
+    let mut guard = ChildGuard::spawn("twtrace 2>&1 | head -2", &mut cmd);
+    // Our copies of the write end are gone with `cmd`: EOF comes when twtrace exits.
+    drop(cmd);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let head = thread::spawn(move || {
+        let mut lines = BufReader::new(reader).lines().map_while(Result::ok);
+        let got: Vec<String> = lines.by_ref().take(2).collect();
+        let _ = tx.send(());
+        // Leaving closes the read end, as head does.
+        got
+    });
+    assert!(
+        poke_until(&poker, READY_TIMEOUT, || rx.try_recv().is_ok()),
+        "twtrace printed no two lines"
+    );
+    let head = head.join().expect("head thread");
+    eprintln!("[{TEST}] head -2: {head:#?}");
+    assert_eq!(head.len(), 2, "{head:#?}");
+    // It must now stop at its next write, to stdout (events) or stderr.
+    let exited = poke_until(&poker, STOP_TIMEOUT, || {
+        guard.child_mut().try_wait().ok().flatten().is_some()
+    });
+    assert!(exited, "twtrace kept running with nobody reading");
+    let status = guard.wait_timeout(STOP_TIMEOUT);
+    assert_clean_exit("2>&1 | head -2", status);
+}
