@@ -516,13 +516,30 @@ impl Attached {
     /// Starts `twtrace <args>` and returns once it prints a stderr line starting with
     /// `twtrace: tracing`.
     pub fn start(args: &[String]) -> Self {
-        let bin = twtrace_bin();
-        let mut cmd = Command::new(&bin);
+        Self::start_via(&[], &twtrace_bin(), args)
+    }
+
+    /// [`Attached::start`] for `<prefix...> <bin> <args>`: another binary, run through a
+    /// command such as `setpriv` that execs it (so the pid is twtrace's).
+    pub fn start_via(prefix: &[String], bin: &Path, args: &[String]) -> Self {
+        let mut cmd = match prefix.split_first() {
+            Some((program, rest)) => {
+                let mut cmd = Command::new(program);
+                cmd.args(rest).arg(bin);
+                cmd
+            }
+            None => Command::new(bin),
+        };
         cmd.args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        eprintln!("starting {} {}", bin.display(), args.join(" "));
+        eprintln!(
+            "starting {}{} {}",
+            prefix.iter().map(|p| format!("{p} ")).collect::<String>(),
+            bin.display(),
+            args.join(" ")
+        );
         let mut guard = ChildGuard::spawn("twtrace", &mut cmd);
         let stdout = guard.child_mut().stdout.take().expect("piped stdout");
         let stderr = guard.child_mut().stderr.take().expect("piped stderr");
@@ -584,6 +601,13 @@ impl Twtrace {
         let mut all = vec!["trace".to_owned(), "--json".to_owned()];
         all.extend_from_slice(args);
         Self(Attached::start(&all))
+    }
+
+    /// [`Twtrace::start`] for `bin` run through `prefix` (see [`Attached::start_via`]).
+    pub fn start_via(prefix: &[String], bin: &Path, args: &[String]) -> Self {
+        let mut all = vec!["trace".to_owned(), "--json".to_owned()];
+        all.extend_from_slice(args);
+        Self(Attached::start_via(prefix, bin, &all))
     }
 
     pub fn pid(&self) -> u32 {

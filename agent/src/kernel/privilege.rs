@@ -1,61 +1,151 @@
-//! Checking privileges up front, so a missing one is one clear line instead of an EPERM from
-//! deep inside the loader.
+//! Checking capabilities up front, so a missing one is one clear line naming it (or a notice
+//! saying what works less well) instead of an EPERM from deep inside the loader or a silently
+//! empty /proc read.
+//!
+//! What each capability is for (docs/privileges.md has the evidence, measured on Linux 6.18):
+//! - CAP_BPF: create maps, load BTF and programs (`bpf()`).
+//! - CAP_PERFMON: load tracing programs and open tracepoint perf events on every CPU
+//!   (`perf_event_paranoid` is 2 here).
+//! - CAP_DAC_READ_SEARCH: read tracefs (mode 0700, files 0440, owner root) for the tracepoint
+//!   ids and formats, and list other users' `/proc/<pid>/fd` (mode 0500).
+//! - CAP_SYS_PTRACE: read the links in other users' `/proc/<pid>/fd` (a ptrace access check), to
+//!   find the processes holding sockets that existed before the start.
+//! - CAP_SYS_ADMIN: only to mount tracefs when it is not mounted; it also stands in for CAP_BPF
+//!   and CAP_PERFMON (and is all there is on kernels before 5.8).
+//!
+//! sock_diag dumps, /proc/net/tcp and /proc/net/sockstat need none: they list every socket of the
+//! network namespace to anyone.
 
 use procfs::process::Process;
 
-const CAP_SYS_ADMIN: u32 = 21;
-const CAP_PERFMON: u32 = 38;
-const CAP_BPF: u32 = 39;
-
-/// The capabilities a tracer needs and the process lacks, by name. Root normally has them all.
-/// CAP_BPF loads programs and creates maps; CAP_PERFMON attaches to tracepoints and reads kernel
-/// addresses. CAP_SYS_ADMIN covers both on kernels before 5.8 and lets twtrace mount tracefs.
-pub fn missing_caps() -> Vec<&'static str> {
-    match effective_caps() {
-        Some(caps) => missing_from(caps),
-        // Unknown: let the kernel decide, and report its answer.
-        None => Vec::new(),
-    }
+/// A capability twtrace uses, with its number from linux/capability.h.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cap {
+    DacOverride = 1,
+    DacReadSearch = 2,
+    SysPtrace = 19,
+    SysAdmin = 21,
+    Perfmon = 38,
+    Bpf = 39,
 }
 
-/// This process's effective capability set: `CapEff` of /proc/self/status, one bit per
-/// capability number. `None` when /proc cannot tell.
-fn effective_caps() -> Option<u64> {
-    match Process::myself().and_then(|p| p.status()) {
-        Ok(status) => Some(status.capeff),
-        Err(e) => {
-            log::debug!("capabilities unknown, /proc/self/status not read: {e}");
-            None
+impl Cap {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::DacOverride => "CAP_DAC_OVERRIDE",
+            Self::DacReadSearch => "CAP_DAC_READ_SEARCH",
+            Self::SysPtrace => "CAP_SYS_PTRACE",
+            Self::SysAdmin => "CAP_SYS_ADMIN",
+            Self::Perfmon => "CAP_PERFMON",
+            Self::Bpf => "CAP_BPF",
         }
     }
 }
 
-fn missing_from(caps: u64) -> Vec<&'static str> {
-    let has = |bit: u32| caps & (1u64 << bit) != 0;
-    if has(CAP_SYS_ADMIN) {
-        return Vec::new();
+/// The least set that gives full function when tracefs is already mounted.
+pub const LEAST: [Cap; 4] = [Cap::Bpf, Cap::Perfmon, Cap::DacReadSearch, Cap::SysPtrace];
+
+/// An effective capability set, one bit per capability number (`CapEff` of /proc/self/status).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Caps(pub u64);
+
+impl Caps {
+    /// This process's effective set; `None` when /proc cannot tell, and then the kernel decides
+    /// and twtrace reports its answer.
+    pub fn current() -> Option<Self> {
+        match Process::myself().and_then(|p| p.status()) {
+            Ok(status) => Some(Self(status.capeff)),
+            Err(e) => {
+                log::debug!("capabilities unknown, /proc/self/status not read: {e}");
+                None
+            }
+        }
     }
-    let mut missing = Vec::new();
-    if !has(CAP_BPF) {
-        missing.push("CAP_BPF");
+
+    pub fn has(self, cap: Cap) -> bool {
+        self.0 & (1u64 << cap as u32) != 0
     }
-    if !has(CAP_PERFMON) {
-        missing.push("CAP_PERFMON");
+
+    /// What loading and attaching the program needs and this set lacks. The kernel accepts
+    /// CAP_SYS_ADMIN for either (`bpf_capable()`, `perfmon_capable()`).
+    pub fn missing_to_trace(self) -> Vec<Cap> {
+        if self.has(Cap::SysAdmin) {
+            return Vec::new();
+        }
+        [Cap::Bpf, Cap::Perfmon]
+            .into_iter()
+            .filter(|&c| !self.has(c))
+            .collect()
     }
-    missing
+
+    /// Whether file permissions are no obstacle to reading (CAP_DAC_OVERRIDE includes it).
+    pub fn reads_anything(self) -> bool {
+        self.has(Cap::DacReadSearch) || self.has(Cap::DacOverride)
+    }
+
+    /// What reading the fd links of other users' processes needs and this set lacks: listing
+    /// `/proc/<pid>/fd` (mode 0500, owned by the process's user) is a permission check, reading
+    /// its links a ptrace access check.
+    pub fn missing_for_other_fds(self) -> Vec<Cap> {
+        let mut missing = Vec::new();
+        if !self.reads_anything() {
+            missing.push(Cap::DacReadSearch);
+        }
+        if !self.has(Cap::SysPtrace) {
+            missing.push(Cap::SysPtrace);
+        }
+        missing
+    }
+
+    /// Things that work less well with this set, one notice each (without the `twtrace: `).
+    pub fn degradations(self) -> Vec<String> {
+        let missing = self.missing_for_other_fds();
+        if missing.is_empty() {
+            return Vec::new();
+        }
+        vec![format!(
+            "without {} twtrace cannot read /proc/<pid>/fd of other users' processes (nor of \
+             processes with capabilities it lacks), so listeners already open at the start are \
+             not learnt (the connections they accept show as pid 0 `unknown`) and sockets that \
+             existed before the start are counted under `(before start)`; everything else works",
+            names(&missing, "and"),
+        )]
+    }
 }
 
-/// The error line for missing capabilities.
-pub fn explain(missing: &[&str]) -> String {
+/// `A`, `A and B`, `A, B and C`.
+pub fn names(caps: &[Cap], conjunction: &str) -> String {
+    match caps {
+        [] => String::new(),
+        [one] => one.name().to_owned(),
+        [init @ .., last] => format!(
+            "{} {conjunction} {}",
+            init.iter().map(|c| c.name()).collect::<Vec<_>>().join(", "),
+            last.name()
+        ),
+    }
+}
+
+/// The error line for capabilities missing to load and attach the program.
+pub fn explain(missing: &[Cap]) -> String {
     format!(
-        "needs root, or the capabilities CAP_BPF and CAP_PERFMON (missing: {}); run it with sudo",
-        missing.join(", ")
+        "needs root, or the capabilities CAP_BPF and CAP_PERFMON to load its eBPF program and \
+         attach it to tracepoints (missing: {}; full function also needs CAP_DAC_READ_SEARCH and \
+         CAP_SYS_PTRACE); run it with sudo",
+        names(missing, "and")
     )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn set(caps: &[Cap]) -> Caps {
+        Caps(caps.iter().fold(0, |bits, &c| bits | 1 << c as u32))
+    }
+
+    /// Every capability this kernel knows (0..=40), as root has them.
+    const ALL: Caps = Caps((1 << 41) - 1);
 
     #[test]
     fn reads_its_own_cap_eff() {
@@ -65,24 +155,101 @@ mod tests {
             .find_map(|l| l.strip_prefix("CapEff:"))
             .expect("a CapEff line");
         let expected = u64::from_str_radix(hex.trim(), 16).expect("hex");
-        assert_eq!(effective_caps(), Some(expected));
-        assert_eq!(missing_caps(), missing_from(expected));
+        assert_eq!(Caps::current(), Some(Caps(expected)));
     }
 
     #[test]
-    fn root_and_sys_admin_need_nothing_more() {
-        assert!(missing_from(0x1ff_ffff_ffff).is_empty());
-        assert!(missing_from(1 << CAP_SYS_ADMIN).is_empty());
+    fn numbers_are_the_kernel_ones() {
+        // CapEff of `setpriv --inh-caps=+bpf,+perfmon --ambient-caps=+bpf,+perfmon`.
+        assert_eq!(set(&[Cap::Bpf, Cap::Perfmon]), Caps(0xc0_0000_0000));
+        // ... of +dac_read_search,+sys_ptrace.
+        assert_eq!(set(&[Cap::DacReadSearch, Cap::SysPtrace]), Caps(0x8_0004));
+        assert_eq!(set(&[Cap::SysAdmin, Cap::DacOverride]), Caps(0x20_0002));
     }
 
     #[test]
-    fn names_exactly_what_is_missing() {
-        assert_eq!(missing_from(0), vec!["CAP_BPF", "CAP_PERFMON"]);
-        assert_eq!(missing_from(1 << CAP_BPF), vec!["CAP_PERFMON"]);
+    fn root_and_sys_admin_can_trace() {
+        assert!(ALL.missing_to_trace().is_empty());
+        assert!(set(&[Cap::SysAdmin]).missing_to_trace().is_empty());
+    }
+
+    #[test]
+    fn names_exactly_what_tracing_lacks() {
+        assert_eq!(Caps(0).missing_to_trace(), vec![Cap::Bpf, Cap::Perfmon]);
+        assert_eq!(set(&[Cap::Bpf]).missing_to_trace(), vec![Cap::Perfmon]);
+        assert_eq!(set(&[Cap::Perfmon]).missing_to_trace(), vec![Cap::Bpf]);
+        assert!(set(&[Cap::Bpf, Cap::Perfmon]).missing_to_trace().is_empty());
+        // The file-reading ones do not stand in for either.
         assert_eq!(
-            missing_from((1 << CAP_BPF) | (1 << CAP_PERFMON)),
-            Vec::<&str>::new()
+            set(&[Cap::DacReadSearch, Cap::SysPtrace, Cap::DacOverride]).missing_to_trace(),
+            vec![Cap::Bpf, Cap::Perfmon]
         );
-        assert!(explain(&["CAP_BPF"]).contains("missing: CAP_BPF"));
+        let line = explain(&[Cap::Perfmon]);
+        assert!(line.contains("(missing: CAP_PERFMON;"), "{line}");
+        let line = explain(&[Cap::Bpf, Cap::Perfmon]);
+        assert!(
+            line.contains("(missing: CAP_BPF and CAP_PERFMON;"),
+            "{line}"
+        );
+    }
+
+    #[test]
+    fn other_processes_fds_need_dac_read_search_and_sys_ptrace() {
+        assert!(ALL.missing_for_other_fds().is_empty());
+        assert!(set(&LEAST).missing_for_other_fds().is_empty());
+        assert_eq!(
+            set(&[Cap::Bpf, Cap::Perfmon, Cap::DacReadSearch]).missing_for_other_fds(),
+            vec![Cap::SysPtrace]
+        );
+        assert_eq!(
+            set(&[Cap::SysPtrace]).missing_for_other_fds(),
+            vec![Cap::DacReadSearch]
+        );
+        assert!(
+            set(&[Cap::DacOverride, Cap::SysPtrace])
+                .missing_for_other_fds()
+                .is_empty()
+        );
+        assert_eq!(
+            Caps(0).missing_for_other_fds(),
+            vec![Cap::DacReadSearch, Cap::SysPtrace]
+        );
+        // CAP_SYS_ADMIN stands in for CAP_BPF and CAP_PERFMON, not for these.
+        assert_eq!(
+            set(&[Cap::SysAdmin]).missing_for_other_fds(),
+            vec![Cap::DacReadSearch, Cap::SysPtrace]
+        );
+    }
+
+    #[test]
+    fn the_least_set_degrades_nothing_and_one_less_says_what() {
+        assert!(set(&LEAST).degradations().is_empty());
+        assert!(ALL.degradations().is_empty());
+        let notices = set(&[Cap::Bpf, Cap::Perfmon, Cap::DacReadSearch]).degradations();
+        assert_eq!(notices.len(), 1, "{notices:?}");
+        let notice = &notices[0];
+        assert!(notice.starts_with("without CAP_SYS_PTRACE twtrace cannot read /proc/<pid>/fd"));
+        assert!(notice.contains("pid 0 `unknown`"), "{notice}");
+        assert!(notice.contains("`(before start)`"), "{notice}");
+        assert!(!notice.contains("DAC"), "{notice}");
+        let notices = set(&[Cap::SysAdmin]).degradations();
+        assert!(
+            notices[0].starts_with("without CAP_DAC_READ_SEARCH and CAP_SYS_PTRACE twtrace"),
+            "{notices:?}"
+        );
+    }
+
+    #[test]
+    fn lists_read_naturally() {
+        assert_eq!(names(&[], "and"), "");
+        assert_eq!(names(&[Cap::Bpf], "and"), "CAP_BPF");
+        assert_eq!(
+            names(&[Cap::Bpf, Cap::Perfmon], "or"),
+            "CAP_BPF or CAP_PERFMON"
+        );
+        assert_eq!(
+            names(&LEAST, "and"),
+            "CAP_BPF, CAP_PERFMON, CAP_DAC_READ_SEARCH and CAP_SYS_PTRACE"
+        );
     }
 }

@@ -14,6 +14,7 @@ use std::{
 };
 
 use procfs::{
+    ProcError,
     net::{TcpNetEntry, TcpState},
     process::{FDTarget, Process, all_processes},
 };
@@ -102,21 +103,40 @@ pub fn socket_holders(wanted: &HashSet<u64>) -> HashMap<u64, Vec<u32>> {
             return holders;
         }
     };
+    // Processes whose fds this one may not read (other users' without CAP_DAC_READ_SEARCH and
+    // CAP_SYS_PTRACE): the notice at start-up says what that costs; -v says how many.
+    let mut refused = 0usize;
     // Each `Process` holds its /proc/<pid> directory open: one at a time, dropped after its fds.
     for process in procs.flatten() {
         let Ok(pid) = u32::try_from(process.pid) else {
             continue;
         };
-        let Ok(fds) = process.fd() else {
-            continue;
+        let fds = match process.fd() {
+            Ok(fds) => fds,
+            Err(e) => {
+                refused += usize::from(matches!(e, ProcError::PermissionDenied(_)));
+                continue;
+            }
         };
-        for fd in fds.flatten() {
-            if let FDTarget::Socket(inode) = fd.target
-                && wanted.contains(&inode)
-            {
-                holders.entry(inode).or_default().push(pid);
+        let mut denied = false;
+        for fd in fds {
+            match fd {
+                Ok(fd) => {
+                    if let FDTarget::Socket(inode) = fd.target
+                        && wanted.contains(&inode)
+                    {
+                        holders.entry(inode).or_default().push(pid);
+                    }
+                }
+                Err(ProcError::PermissionDenied(_)) => denied = true,
+                // Closed meanwhile.
+                Err(_) => {}
             }
         }
+        refused += usize::from(denied);
+    }
+    if refused > 0 {
+        log::debug!("the fds of {refused} processes could not be read (permission denied)");
     }
     holders
 }

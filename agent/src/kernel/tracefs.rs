@@ -1,15 +1,20 @@
 //! tracefs: making sure it is mounted (it is not on a fresh machine of this kind, and aya finds
-//! tracepoint ids through it), and checking that the tracepoints still have the field layout the
-//! kernel program was compiled for.
+//! tracepoint ids through it) and readable (it is mode 0700, owner root), and checking that the
+//! tracepoints still have the field layout the kernel program was compiled for. "Not mounted"
+//! and "mounted but unreadable" are told apart, each naming the capability that is missing.
 
 use std::{
     ffi::CString,
     fs, io,
+    os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
 };
 
 use anyhow::{Context as _, bail};
+use procfs::process::Process;
 use twtrace_ebpf::offsets;
+
+use super::privilege::{Cap, Caps};
 
 pub const DEFAULT_ROOT: &str = "/sys/kernel/tracing";
 
@@ -162,9 +167,31 @@ pub fn check_layouts(root: &Path) -> anyhow::Result<Vec<(&'static Layout, String
     Ok(degraded)
 }
 
-/// Whether tracefs is mounted at `root` (the directory exists but is empty when it is not).
+/// Whether tracefs is mounted at `root`. This process's mountinfo says so even when the
+/// directory is unreadable (mode 0700 without CAP_DAC_READ_SEARCH), which a look inside cannot
+/// tell from an empty mount point.
 pub fn is_mounted(root: &Path) -> bool {
-    root.join("events").is_dir()
+    match Process::myself().and_then(|p| p.mountinfo()) {
+        Ok(mounts) => tracefs_in(
+            mounts
+                .iter()
+                .map(|m| (m.fs_type.as_str(), m.mount_point.as_path())),
+            root,
+        ),
+        Err(e) => {
+            log::debug!("mountinfo not read ({e}); looking into {}", root.display());
+            // The mount point alone is an empty directory: `events` is not found there. Any
+            // other answer (it is there, or it may not be looked at) means something is mounted.
+            !matches!(fs::metadata(root.join("events")), Err(e) if e.kind() == io::ErrorKind::NotFound)
+        }
+    }
+}
+
+/// Whether one of `mounts` (file system type, mount point) is tracefs at `root`.
+fn tracefs_in<'a>(mounts: impl IntoIterator<Item = (&'a str, &'a Path)>, root: &Path) -> bool {
+    mounts
+        .into_iter()
+        .any(|(fs_type, point)| fs_type == "tracefs" && point == root)
 }
 
 /// Mounts tracefs at `root` if it is not mounted. Returns true when it mounted it.
@@ -187,19 +214,77 @@ pub fn ensure_mounted(root: &Path) -> anyhow::Result<bool> {
     };
     if rc != 0 {
         let err = io::Error::last_os_error();
-        bail!(
-            "tracefs is not mounted at {} and mounting it failed ({err}); run: mount -t tracefs tracefs {}",
-            root.display(),
-            root.display()
-        );
-    }
-    if !is_mounted(root) {
-        bail!(
-            "mounted tracefs at {} but it has no events directory",
-            root.display()
-        );
+        // This process's capabilities only shape the error line.
+        bail!(mount_failed(root, &err, Caps::current()));
     }
     Ok(true)
+}
+
+/// The error line for a failed mount: the missing capability when that is why.
+fn mount_failed(root: &Path, err: &io::Error, caps: Option<Caps>) -> String {
+    let lacks_sys_admin = caps.is_some_and(|c| !c.has(Cap::SysAdmin));
+    let why = if err.raw_os_error() == Some(libc::EPERM) && lacks_sys_admin {
+        "mounting it needs CAP_SYS_ADMIN (or root), which this process lacks".to_owned()
+    } else {
+        format!("mounting it failed ({err})")
+    };
+    format!(
+        "tracefs is not mounted at {root} and {why}; mount it once as root: mount -t tracefs \
+         tracefs {root}",
+        root = root.display()
+    )
+}
+
+/// Checks that this process may read what aya and the layout check read in a mounted tracefs:
+/// the listing of `root` and a tracepoint's `id` file (tracefs makes its root mode 0700 and its
+/// files 0440, owner root). A refusal is one line naming the path, its mode and owner, and the
+/// capability that would allow it; anything else is left to the layout check, which says more.
+pub fn check_readable(root: &Path, caps: Option<Caps>) -> anyhow::Result<()> {
+    let id = format_path(root, &LAYOUTS[0]).with_file_name("id");
+    let refused = match fs::read_dir(root) {
+        Err(e) => Some((root, e)),
+        Ok(_) => fs::read(&id).err().map(|e| (id.as_path(), e)),
+    };
+    match refused {
+        Some((path, e)) if e.kind() == io::ErrorKind::PermissionDenied => {
+            let meta = fs::metadata(path).ok();
+            bail!(unreadable(
+                root,
+                path,
+                meta.as_ref().map(|m| (m.mode() & 0o7777, m.uid())),
+                &e,
+                caps
+            ))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The error line for a mounted tracefs this process may not read. `mode_owner` is the
+/// refused path's permission bits and owner uid, when they could be read.
+fn unreadable(
+    root: &Path,
+    path: &Path,
+    mode_owner: Option<(u32, u32)>,
+    err: &io::Error,
+    caps: Option<Caps>,
+) -> String {
+    let what = match mode_owner {
+        Some((mode, 0)) => format!("{} is mode {mode:04o}, owned by root", path.display()),
+        Some((mode, uid)) => format!("{} is mode {mode:04o}, owned by uid {uid}", path.display()),
+        None => path.display().to_string(),
+    };
+    let fix = if caps.is_some_and(Caps::reads_anything) {
+        // File permissions do not stop this process, so something else does (a security module).
+        "this process has CAP_DAC_READ_SEARCH, so it is not the file permissions that refuse it"
+    } else {
+        "reading the tracepoint ids and formats there needs CAP_DAC_READ_SEARCH (or running as \
+         root)"
+    };
+    format!(
+        "tracefs is mounted at {}, but this process may not read it: {what} ({err}); {fix}",
+        root.display()
+    )
 }
 
 #[cfg(test)]
@@ -281,6 +366,127 @@ print fmt: \"family=%s protocol=%s ...\"
     fn garbage_parses_to_nothing() {
         assert!(parse_format("").is_empty());
         assert!(parse_format("field:;offset:x;size:;\n\u{0}\u{ff}").is_empty());
+    }
+
+    /// Lines of a mountinfo as this kernel prints them (tracefs mounted, debugfs not).
+    const MOUNTINFO: &str = "22 27 0:21 / /proc rw,relatime - proc proc rw
+23 27 0:22 / /sys rw,relatime - sysfs sysfs rw
+42 23 0:13 / /sys/kernel/tracing rw,relatime - tracefs tracefs rw
+43 23 0:14 / /sys/kernel/debug/tracing rw,relatime - sysfs none rw
+";
+
+    fn mountinfo(text: &str) -> procfs::process::MountInfos {
+        use procfs::FromRead as _;
+        procfs::process::MountInfos::from_read(text.as_bytes()).expect("mountinfo sample")
+    }
+
+    fn has_tracefs(text: &str, root: &str) -> bool {
+        let mounts = mountinfo(text);
+        tracefs_in(
+            mounts
+                .iter()
+                .map(|m| (m.fs_type.as_str(), m.mount_point.as_path())),
+            Path::new(root),
+        )
+    }
+
+    #[test]
+    fn mountinfo_tells_where_tracefs_is() {
+        assert!(has_tracefs(MOUNTINFO, DEFAULT_ROOT));
+        // Another file system at a path is not tracefs; another path is not the root asked for.
+        assert!(!has_tracefs(MOUNTINFO, "/sys/kernel/debug/tracing"));
+        assert!(!has_tracefs(MOUNTINFO, "/sys/kernel"));
+        let without: String = MOUNTINFO
+            .lines()
+            .filter(|l| !l.contains("tracefs"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        assert!(!has_tracefs(&without, DEFAULT_ROOT));
+    }
+
+    #[test]
+    fn is_mounted_agrees_with_proc_mounts() {
+        let mounts = fs::read_to_string("/proc/self/mounts").expect("mounts");
+        let expected = mounts.lines().any(|l| {
+            let cols: Vec<&str> = l.split_whitespace().collect();
+            cols.get(1) == Some(&DEFAULT_ROOT) && cols.get(2) == Some(&"tracefs")
+        });
+        assert_eq!(is_mounted(Path::new(DEFAULT_ROOT)), expected);
+        let dir = std::env::temp_dir();
+        assert!(!is_mounted(&dir), "{} is no tracefs", dir.display());
+    }
+
+    #[test]
+    fn a_refused_mount_names_cap_sys_admin_only_when_it_is_missing() {
+        let root = Path::new(DEFAULT_ROOT);
+        let eperm = io::Error::from_raw_os_error(libc::EPERM);
+        let without = Caps(1 << Cap::Bpf as u32 | 1 << Cap::Perfmon as u32);
+        assert_eq!(
+            mount_failed(root, &eperm, Some(without)),
+            "tracefs is not mounted at /sys/kernel/tracing and mounting it needs CAP_SYS_ADMIN (or \
+             root), which this process lacks; mount it once as root: mount -t tracefs tracefs \
+             /sys/kernel/tracing"
+        );
+        // With CAP_SYS_ADMIN (or when unknown) the kernel's answer is all there is to say.
+        let with = Caps(1 << Cap::SysAdmin as u32);
+        for caps in [Some(with), None] {
+            let line = mount_failed(root, &eperm, caps);
+            assert!(
+                line.contains("and mounting it failed (Operation not permitted (os error 1));"),
+                "{line}"
+            );
+        }
+        let enodev = io::Error::from_raw_os_error(libc::ENODEV);
+        let line = mount_failed(root, &enodev, Some(without));
+        assert!(
+            line.contains("mounting it failed (No such device"),
+            "{line}"
+        );
+    }
+
+    #[test]
+    fn an_unreadable_tracefs_names_its_mode_and_cap_dac_read_search() {
+        let root = Path::new(DEFAULT_ROOT);
+        let eacces = io::Error::from_raw_os_error(libc::EACCES);
+        let bpf_perfmon = Caps(1 << Cap::Bpf as u32 | 1 << Cap::Perfmon as u32);
+        let line = unreadable(root, root, Some((0o700, 0)), &eacces, Some(bpf_perfmon));
+        assert_eq!(
+            line,
+            "tracefs is mounted at /sys/kernel/tracing, but this process may not read it: \
+             /sys/kernel/tracing is mode 0700, owned by root (Permission denied (os error 13)); \
+             reading the tracepoint ids and formats there needs CAP_DAC_READ_SEARCH (or running \
+             as root)"
+        );
+        assert!(!line.contains("not mounted"));
+        let id = format_path(root, &LAYOUTS[0]).with_file_name("id");
+        let line = unreadable(root, &id, Some((0o440, 1000)), &eacces, None);
+        assert!(
+            line.contains("inet_sock_set_state/id is mode 0440, owned by uid 1000"),
+            "{line}"
+        );
+        assert!(line.contains("needs CAP_DAC_READ_SEARCH"), "{line}");
+        let line = unreadable(
+            root,
+            root,
+            None,
+            &eacces,
+            Some(Caps(1 << Cap::DacReadSearch as u32)),
+        );
+        assert!(
+            line.contains("may not read it: /sys/kernel/tracing (Permission denied"),
+            "{line}"
+        );
+        assert!(line.contains("not the file permissions"), "{line}");
+    }
+
+    #[test]
+    fn a_readable_or_missing_tracefs_is_no_refusal() {
+        // Root reads anything; a directory without the id file is for the layout check to report.
+        let dir = std::env::temp_dir().join(format!("twtrace-tracefs-{}", std::process::id()));
+        fs::create_dir_all(&dir).expect("temp dir");
+        let result = check_readable(&dir, None);
+        fs::remove_dir(&dir).expect("remove temp dir");
+        result.expect("an empty readable directory is no refusal");
     }
 
     #[test]

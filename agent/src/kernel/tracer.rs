@@ -52,7 +52,8 @@ pub struct Tracer {
     _ebpf: Ebpf,
     ring: AsyncFd<RingBuf<MapData>>,
     stats: PerCpuArray<MapData, u64>,
-    /// Things the user should know about this run (mounted tracefs, missing optional hooks).
+    /// Things the user should know about this run (mounted tracefs, missing optional hooks,
+    /// capabilities whose absence makes attribution less complete).
     pub notices: Vec<Notice>,
     /// Records that failed to decode (a kernel/agent mismatch); counted, never silent.
     pub undecodable: u64,
@@ -69,7 +70,9 @@ impl Tracer {
                  time); build it with `cargo xtask build`"
             );
         }
-        let missing = privilege::missing_caps();
+        // Unknown capabilities (no /proc) check nothing up front: the kernel's answers say it.
+        let caps = privilege::Caps::current();
+        let missing = caps.map_or_else(Vec::new, privilege::Caps::missing_to_trace);
         if !missing.is_empty() {
             bail!(privilege::explain(&missing));
         }
@@ -81,6 +84,7 @@ impl Tracer {
                 root.display()
             ));
         }
+        tracefs::check_readable(root, caps)?;
         let degraded = tracefs::check_layouts(root)?;
         for (layout, why) in &degraded {
             notices.push(format!(
@@ -88,6 +92,9 @@ impl Tracer {
                 layout.category, layout.name
             ));
         }
+        // Said once, at start-up: what /proc will not tell this process (see `seed_listeners`
+        // and the live source's owners of sockets from before the start).
+        notices.extend(caps.map_or_else(Vec::new, privilege::Caps::degradations));
 
         // Lets the kernel program skip its log writes entirely unless asked for them.
         let log_level: u8 = if opts.verbose { 0xff } else { 0 };
