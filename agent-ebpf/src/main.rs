@@ -24,7 +24,7 @@ use twtrace_ebpf::{
     SockEntry, flags, globals, how, offsets, stat, tcp_state,
 };
 
-/// Sized by the agent at load time (`RING_BYTES` in agent/src/tracer.rs); this is a fallback.
+/// Sized by the agent at load time (`RING_BYTES` in agent/src/kernel/tracer.rs); this is a fallback.
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
 
@@ -114,7 +114,7 @@ fn emit(ev: &Event) {
 /// Wakes the agent once every `WAKEUP_EVERY` events per CPU instead of whenever it has caught
 /// up: at 100,000+ events/s each wake-up (epoll, the runtime, a drain) costs more than the events
 /// it delivers. The agent also drains on a short timer, so a quiet socket's event waits at most
-/// that long (`POLL` in agent/src/tracer.rs).
+/// that long (`POLL` in agent/src/kernel/tracer.rs).
 #[inline(always)]
 fn wakeup_flag() -> u64 {
     const WAKEUP_EVERY: u64 = 64;
