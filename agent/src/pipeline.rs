@@ -562,8 +562,9 @@ fn warn(lines: Vec<String>, defer: bool, deferred: &mut Vec<String>) {
     }
     let mut err = io::stderr().lock();
     for line in lines {
-        // A closed stderr must not stop the stream.
-        let _ = writeln!(err, "twtrace: {line}");
+        // A closed stderr must not stop the stream. The line names a file someone else may
+        // have named.
+        let _ = writeln!(err, "twtrace: {}", crate::text::escape(&line));
     }
 }
 

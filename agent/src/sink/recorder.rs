@@ -298,6 +298,7 @@ impl Progress {
         if !self.enabled {
             return;
         }
+        let line = crate::text::escape(line);
         let mut err = io::stderr().lock();
         let _ = if self.tty {
             write!(err, "\r{line}\x1b[K")
@@ -311,8 +312,9 @@ impl Progress {
     /// A line of its own, also on a terminal (below the progress line).
     fn line(&mut self, text: &str) {
         self.end();
-        // stderr may be closed: the recording itself matters more than the message.
-        let _ = writeln!(io::stderr(), "{text}");
+        // stderr may be closed: the recording itself matters more than the message. The text
+        // holds paths and trigger words a user gave.
+        let _ = writeln!(io::stderr(), "{}", crate::text::escape(text));
     }
 
     fn end(&mut self) {
