@@ -8,6 +8,7 @@
 
 mod app;
 mod input;
+mod layout;
 mod rows;
 #[cfg(test)]
 mod tests;

@@ -11,20 +11,20 @@
 //! escaped text, which is what is drawn. The filter is shown as typed: keys give no control
 //! characters, and it is matched against the names as they are.
 
-use std::borrow::Cow;
 use std::fmt::Write as _;
 
 use jiff::Timestamp;
 use ratatui::Frame;
 use ratatui::layout::{Constraint, Layout, Rect};
-use ratatui::style::{Color, Modifier, Style, Stylize as _};
+use ratatui::style::{Color, Style, Stylize as _};
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Borders, Cell, Clear, Paragraph, Row, Sparkline, Table};
 
 use super::app::{App, PeerCol, PeerGroup, ProcCol, View};
 use super::input::HELP;
+use super::layout::*;
 use crate::{
-    model::snapshot::{BEFORE_START, PeerRow, ProcessRow, Snapshot},
+    model::snapshot::{BEFORE_START, ProcessRow, Snapshot},
     text::escape,
 };
 
@@ -154,225 +154,6 @@ fn duration(secs: f64) -> String {
     } else {
         format!("{s}s")
     }
-}
-
-// ---- column layout -----------------------------------------------------------------------
-
-/// A table column: preferred and minimum width, and its rank when space runs out (0 = kept
-/// longest). A `fill` column takes what is left.
-#[derive(Clone, Copy)]
-struct Col {
-    title: &'static str,
-    width: u16,
-    min: u16,
-    prio: u8,
-    right: bool,
-    fill: bool,
-}
-
-const fn col(title: &'static str, width: u16, prio: u8) -> Col {
-    Col {
-        title,
-        width,
-        min: width,
-        prio,
-        right: true,
-        fill: false,
-    }
-}
-
-const fn text_col(title: &'static str, width: u16, min: u16, prio: u8, fill: bool) -> Col {
-    Col {
-        title,
-        width,
-        min,
-        prio,
-        right: false,
-        fill,
-    }
-}
-
-// Linux comms are at most 15 bytes (TASK_COMM_LEN 16 with the NUL, include/linux/sched.h).
-const MAX_COMM: u16 = 15;
-/// "[ffff:...:ffff]:65535".
-const MAX_PEER: u16 = 47;
-
-/// Display order; the first ten are `ProcCol::ALL`, then TOP PEER. Text columns get their
-/// preferred width from what they show.
-const PROCESS_COLS: [Col; 11] = [
-    col("PID", 7, 2),
-    text_col("COMM", MAX_COMM, 6, 1, false),
-    col("TW/s", 8, 0),
-    col("TW TOTAL", 9, 5),
-    col("TW NOW", 7, 3),
-    col("CW NOW", 7, 4),
-    col("EST NOW", 8, 6),
-    col("OPEN/s", 8, 9),
-    col("CLOSE/s", 8, 10),
-    col("RESETS", 7, 8),
-    text_col("TOP PEER", 24, 12, 7, true),
-];
-
-/// Display order, as `PeerCol::ALL`; the drill-down uses the first five.
-const PEER_COLS: [Col; 6] = [
-    text_col("PEER", MAX_PEER, 10, 0, false),
-    col("TW TOTAL", 9, 1),
-    col("TW NOW", 7, 2),
-    col("CW NOW", 7, 3),
-    col("EST NOW", 8, 5),
-    text_col("PROCESSES", 30, 10, 4, true),
-];
-
-/// Width of each column in `avail` cells (0: left out). Columns are placed in order of
-/// importance, each at its preferred width if that fits, else at its minimum; what is left
-/// then widens the shrunk ones, and the rest goes to the fill column. The sorted column is
-/// ranked right after the most important one, so the reason for the order stays in view.
-fn widths<const N: usize>(cols: &[Col; N], avail: u16, sorted: usize) -> [u16; N] {
-    let mut order: [usize; N] = std::array::from_fn(|i| i);
-    order.sort_by_key(|&i| {
-        if i == sorted {
-            (cols[i].prio.min(1), 0)
-        } else {
-            (cols[i].prio, 1)
-        }
-    });
-    let mut w = [0u16; N];
-    let mut used: u16 = 0;
-    for &i in &order {
-        let sep = u16::from(used > 0);
-        let c = &cols[i];
-        let want = if c.fill { c.min } else { c.width.max(c.min) };
-        for width in [want, c.min] {
-            if used.saturating_add(sep).saturating_add(width) <= avail {
-                w[i] = width;
-                used += sep + width;
-                break;
-            }
-        }
-    }
-    let mut extra = avail.saturating_sub(used);
-    for &i in &order {
-        if w[i] > 0 && !cols[i].fill {
-            let grow = cols[i].width.saturating_sub(w[i]).min(extra);
-            w[i] += grow;
-            extra -= grow;
-        }
-    }
-    if let Some(&i) = order.iter().find(|&&i| w[i] > 0 && cols[i].fill) {
-        w[i] += extra;
-    }
-    w
-}
-
-/// The width text needs, between a column's minimum and `cap`.
-fn text_width<S: AsRef<str>>(texts: impl Iterator<Item = S>, min: u16, cap: u16) -> u16 {
-    let widest = texts.map(|t| t.as_ref().chars().count()).max().unwrap_or(0);
-    u16::try_from(widest).unwrap_or(u16::MAX).clamp(min, cap)
-}
-
-fn header_row<'a>(cols: &'a [Col], w: &[u16], sorted: usize, descending: bool) -> Row<'a> {
-    let cells = cols.iter().zip(w).enumerate().filter(|(_, (_, w))| **w > 0);
-    Row::new(cells.map(|(i, (c, _))| {
-        let mut line = Line::from(c.title);
-        if i == sorted {
-            line.spans
-                .push(Span::from(if descending { "▼" } else { "▲" }));
-            line = line.fg(Color::Yellow);
-        }
-        if c.right {
-            line = line.right_aligned();
-        }
-        Cell::from(line)
-    }))
-    .style(Style::new().add_modifier(Modifier::BOLD | Modifier::UNDERLINED))
-}
-
-fn constraints(w: &[u16]) -> impl Iterator<Item = Constraint> + '_ {
-    w.iter().filter(|&&w| w > 0).map(|&w| Constraint::Length(w))
-}
-
-fn num(v: u64) -> Cell<'static> {
-    Cell::from(Line::from(v.to_string()).right_aligned())
-}
-
-fn rate(v: f64) -> Cell<'static> {
-    Cell::from(Line::from(format!("{v:.1}")).right_aligned())
-}
-
-/// `s` cut to `width` cells with an ellipsis; borrowed when it fits.
-fn fit(s: &str, width: u16) -> Cow<'_, str> {
-    let width = usize::from(width);
-    if s.chars().count() <= width {
-        return Cow::Borrowed(s);
-    }
-    let mut out: String = s.chars().take(width.saturating_sub(1)).collect();
-    if width > 0 {
-        out.push('…');
-    }
-    Cow::Owned(out)
-}
-
-/// A name [`escape`]d, then [`fit`] to `width` cells.
-fn fit_name(s: &str, width: u16) -> Cow<'_, str> {
-    match escape(s) {
-        Cow::Borrowed(b) => fit(b, width),
-        Cow::Owned(o) => Cow::Owned(fit(&o, width).into_owned()),
-    }
-}
-
-/// Cells a peer label takes, without building it.
-fn label_width(r: &PeerRow) -> u16 {
-    struct Count(usize);
-    impl std::fmt::Write for Count {
-        fn write_str(&mut self, s: &str) -> std::fmt::Result {
-            self.0 += s.chars().count();
-            Ok(())
-        }
-    }
-    let mut n = Count(0);
-    let _ = write!(n, "{:#}", r.peer);
-    u16::try_from(n.0).unwrap_or(u16::MAX)
-}
-
-fn peer_label(r: &PeerRow) -> String {
-    let mut s = String::with_capacity(24);
-    // Writing to a String cannot fail.
-    let _ = write!(s, "{:#}", r.peer);
-    s
-}
-
-/// The caption over a table: which list, how many rows, sort and filter.
-fn caption(frame: &mut Frame, area: Rect, app: &App, shown: usize, total: usize, sort: &str) {
-    let tab = |name: &'static str, on: bool| {
-        let s = Span::from(name);
-        if on { s.reversed().bold() } else { s.dim() }
-    };
-    let view = app.view();
-    let mut spans = vec![
-        tab(" Processes ", view == View::Processes),
-        Span::from(" "),
-        tab(" Peers ", view == View::Peers),
-        Span::from(format!("  {shown} of {total}  sort {sort}")).dim(),
-    ];
-    if !app.filter().is_empty() {
-        spans.push(Span::from("  filter ").dim());
-        spans.push(Span::from(app.filter()).yellow());
-    }
-    frame.render_widget(Line::from(spans), area);
-}
-
-fn message(frame: &mut Frame, area: Rect, text: String) {
-    frame.render_widget(Paragraph::new(text).dim(), area);
-}
-
-/// Splits a body into a caption line and the table under it.
-fn split_caption(area: Rect) -> (Rect, Rect) {
-    let [cap, table] = Layout::vertical([Constraint::Length(1), Constraint::Fill(1)]).areas(area);
-    (cap, table)
-}
-
-fn sort_name(title: &str, descending: bool) -> String {
-    format!("{title} {}", if descending { "▼" } else { "▲" })
 }
 
 // ---- processes ---------------------------------------------------------------------------
@@ -506,38 +287,62 @@ fn render_peers(frame: &mut Frame, area: Rect, app: &App, snap: &Snapshot) {
         .iter()
         .position(|&c| c == sort_col)
         .unwrap_or(0);
-    let visible = usize::from(table.height.saturating_sub(1));
+    peer_table(
+        frame,
+        table,
+        app,
+        PEER_COLS,
+        (sorted, descending),
+        rows,
+        |g| app.groups().get(g),
+        |g| app.group_peer(snap, g).map_or(0, label_width),
+        |g, c, width| group_cell(app, snap, g, c, width),
+    );
+}
+
+/// A table whose first column is a peer label sized to the labels on screen; `get` resolves a
+/// row index, `label` measures a row's label, `cell` draws column `c` of a row.
+#[allow(clippy::too_many_arguments)]
+fn peer_table<T, const N: usize>(
+    frame: &mut Frame,
+    area: Rect,
+    app: &App,
+    mut cols: [Col; N],
+    (sorted, descending): (usize, bool),
+    rows: &[usize],
+    get: impl Fn(usize) -> Option<T>,
+    label: impl Fn(T) -> u16,
+    cell: impl Fn(T, usize, u16) -> Cell<'static>,
+) where
+    T: Copy,
+{
+    let visible = usize::from(area.height.saturating_sub(1));
     let offset = app.scroll_offset(visible);
-    let mut cols = PEER_COLS;
     cols[0].width = rows
         .iter()
         .skip(offset)
         .take(visible)
-        .filter_map(|&g| app.group_peer(snap, app.groups().get(g)?))
-        .map(label_width)
+        .filter_map(|&i| get(i))
+        .map(&label)
         .max()
         .unwrap_or(0)
         .clamp(cols[0].min, MAX_PEER);
-    let w = widths(&cols, table.width, sorted);
+    let w = widths(&cols, area.width, sorted);
     let selected = app.selected();
     let body = rows
         .iter()
         .enumerate()
         .skip(offset)
         .take(visible)
-        .filter_map(|(n, &g)| Some((n, app.groups().get(g)?)))
-        .map(|(n, g)| {
-            let row = Row::new(
-                (0..cols.len())
-                    .filter(|&c| w[c] > 0)
-                    .map(|c| group_cell(app, snap, g, c, w[c])),
-            );
+        .filter_map(|(n, &i)| Some((n, get(i)?)))
+        .map(|(n, t)| {
+            let row = Row::new((0..N).filter(|&c| w[c] > 0).map(|c| cell(t, c, w[c])));
             row_style(row, n == selected, false)
         });
     let t = Table::new(body, constraints(&w))
         .header(header_row(&cols, &w, sorted, descending))
         .column_spacing(1);
-    frame.render_widget(t, table);
+    frame.render_widget(t, area);
 }
 
 fn group_cell(app: &App, snap: &Snapshot, g: &PeerGroup, c: usize, width: u16) -> Cell<'static> {
@@ -692,40 +497,24 @@ fn render_drill(frame: &mut Frame, area: Rect, app: &App, snap: &Snapshot, pid: 
         .iter()
         .position(|&c| c == sort_col)
         .unwrap_or(0);
-    let visible = usize::from(table.height.saturating_sub(1));
-    let offset = app.scroll_offset(visible);
-    let mut cols: [Col; PeerCol::DRILL.len()] = std::array::from_fn(|i| PEER_COLS[i]);
-    cols[0].width = rows
-        .iter()
-        .skip(offset)
-        .take(visible)
-        .filter_map(|&r| p.peers.get(r))
-        .map(label_width)
-        .max()
-        .unwrap_or(0)
-        .clamp(cols[0].min, MAX_PEER);
-    let w = widths(&cols, table.width, sorted);
-    let selected = app.selected();
-    let body = rows
-        .iter()
-        .enumerate()
-        .skip(offset)
-        .take(visible)
-        .filter_map(|(n, &r)| Some((n, p.peers.get(r)?)))
-        .map(|(n, r)| {
-            let row = Row::new((0..cols.len()).filter(|&c| w[c] > 0).map(|c| match c {
-                0 => Cell::from(fit(&peer_label(r), w[c]).into_owned()),
-                1 => num(r.timewait_entered),
-                2 => num(r.timewait_now),
-                3 => num(r.close_wait_now),
-                _ => num(r.established_now),
-            }));
-            row_style(row, n == selected, false)
-        });
-    let t = Table::new(body, constraints(&w))
-        .header(header_row(&cols, &w, sorted, descending))
-        .column_spacing(1);
-    frame.render_widget(t, table);
+    let cols: [Col; PeerCol::DRILL.len()] = std::array::from_fn(|i| PEER_COLS[i]);
+    peer_table(
+        frame,
+        table,
+        app,
+        cols,
+        (sorted, descending),
+        rows,
+        |r| p.peers.get(r),
+        label_width,
+        |r, c, width| match c {
+            0 => Cell::from(fit(&peer_label(r), width).into_owned()),
+            1 => num(r.timewait_entered),
+            2 => num(r.timewait_now),
+            3 => num(r.close_wait_now),
+            _ => num(r.established_now),
+        },
+    );
 }
 
 // ---- footer and help ---------------------------------------------------------------------
@@ -825,7 +614,7 @@ mod tests {
     use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 
     use super::*;
-    use crate::model::snapshot::PeerKey;
+    use crate::model::snapshot::{PeerKey, PeerRow};
     use crate::sink::tui::handle;
 
     const HOSTILE: &str = "\x1b[2J\x1b[H\nFAKE\r";
