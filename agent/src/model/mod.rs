@@ -14,6 +14,7 @@ use std::{
 
 use jiff::Timestamp;
 
+mod owners;
 pub mod snapshot;
 
 use crate::{
@@ -530,96 +531,6 @@ impl Model {
             {
                 self.retired.push((pid, p));
             }
-        }
-    }
-
-    /// Sockets the kernel has and twtrace never saw (from before the start), with the owners
-    /// /proc gave them.
-    fn seed(
-        &mut self,
-        new: &[&KernelSocket],
-        owners: &HashMap<u64, (u32, Comm)>,
-        dump_ns: u64,
-        listening: &HashSet<u16>,
-        keep: &dyn Fn(u32) -> bool,
-    ) {
-        for k in new {
-            let (pid, comm) = owners
-                .get(&k.inode)
-                .copied()
-                .unwrap_or((0, Comm::default()));
-            if !keep(pid) {
-                continue;
-            }
-            let proc = self.procs.entry(pid).or_default();
-            if pid != 0 {
-                proc.comm = comm;
-            }
-            let cap = self.limits.max_peers_per_process;
-            let peer = proc.intern_peer(
-                PeerKey::of(listening.contains(&k.local.port()), k.local, k.remote),
-                cap,
-            );
-            let sock = Sock {
-                pid,
-                state: k.state,
-                peer,
-                tuple: tuple(k.local, k.remote),
-                seen_ns: dump_ns,
-                inherited_from: None,
-            };
-            self.count(&sock);
-            self.seeded.insert(tuple(k.local, k.remote), sock);
-        }
-    }
-
-    /// Moves every tracked socket that /proc says another process holds to that process. The
-    /// model asks only about sockets of exited owners (and unknown ones), so live this is the
-    /// inheritance; replayed, the recorded answers lead to the same moves.
-    fn adopt(
-        &mut self,
-        owners: &HashMap<u64, (u32, Comm)>,
-        kernel_full: &HashMap<Tuple, &KernelSocket>,
-        listening: &HashSet<u16>,
-    ) {
-        let holder = |s: &Sock| -> Option<(u32, Comm, &KernelSocket)> {
-            let k = kernel_full.get(&s.tuple)?;
-            let &(pid, comm) = owners.get(&k.inode)?;
-            (pid != 0 && pid != s.pid).then_some((pid, comm, *k))
-        };
-        let moved: Vec<(Option<u64>, Sock, u32, Comm, PeerKey)> = self
-            .socks
-            .iter()
-            .map(|(&skaddr, s)| (Some(skaddr), s))
-            .chain(self.seeded.values().map(|s| (None, s)))
-            .filter_map(|(skaddr, s)| {
-                let (pid, comm, k) = holder(s)?;
-                let key = match s.peer {
-                    PeerKey::Other => {
-                        PeerKey::of(listening.contains(&k.local.port()), k.local, k.remote)
-                    }
-                    key => key,
-                };
-                Some((skaddr, *s, pid, comm, key))
-            })
-            .collect();
-        let cap = self.limits.max_peers_per_process;
-        for (skaddr, old, pid, comm, key) in moved {
-            self.uncount(&old);
-            let proc = self.procs.entry(pid).or_default();
-            proc.comm = comm;
-            let peer = proc.intern_peer(key, cap);
-            let sock = Sock {
-                pid,
-                peer,
-                inherited_from: old.inherited_from.or((old.pid != 0).then_some(old.pid)),
-                ..old
-            };
-            self.count(&sock);
-            match skaddr {
-                Some(skaddr) => self.socks.insert(skaddr, sock),
-                None => self.seeded.insert(sock.tuple, sock),
-            };
         }
     }
 
