@@ -27,7 +27,6 @@ the kernel happened to run when a packet arrived (what tcpstates and bpftrace pr
     version,
     about = "Which process, talking to which peer, is churning or leaking TCP connections right now",
     after_help = EXAMPLES,
-    args_conflicts_with_subcommands = true
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -40,6 +39,44 @@ pub struct Cli {
     /// Show debug messages, the kernel program's log and, on load errors, the verifier's log.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
+}
+
+impl Cli {
+    /// Parses the command line, or exits with clap's message (status 2).
+    pub fn parse_checked() -> Self {
+        Self::try_parse_checked(std::env::args_os()).unwrap_or_else(|e| e.exit())
+    }
+
+    /// The leaderboard's options (the ones given without a command) make no sense with a
+    /// command and are refused, but `-v` is everybody's and may stand before the command.
+    /// (clap's `args_conflicts_with_subcommands` would refuse `twtrace -v trace` too.)
+    pub fn try_parse_checked<I, T>(args: I) -> Result<Self, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        use clap::{CommandFactory as _, FromArgMatches as _, parser::ValueSource};
+        let mut command = Self::command();
+        let matches = command.try_get_matches_from_mut(args)?;
+        if let Some((name, _)) = matches.subcommand() {
+            let misplaced = command
+                .get_arguments()
+                .filter(|a| !a.is_global_set())
+                .map(|a| a.get_id().as_str())
+                .find(|id| matches.value_source(id) == Some(ValueSource::CommandLine));
+            if let Some(id) = misplaced {
+                return Err(command.error(
+                    clap::error::ErrorKind::ArgumentConflict,
+                    format!(
+                        "--{} is an option of the leaderboard (no command); `{name}` cannot be \
+                         used with it (put the command first: twtrace {name} --{0} ...)",
+                        id.replace('_', "-")
+                    ),
+                ));
+            }
+        }
+        Self::from_arg_matches(&matches)
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -335,7 +372,7 @@ mod tests {
     use super::*;
 
     fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
-        Cli::try_parse_from(std::iter::once("twtrace").chain(args.iter().copied()))
+        Cli::try_parse_checked(std::iter::once("twtrace").chain(args.iter().copied()))
     }
 
     #[test]
@@ -386,6 +423,12 @@ mod tests {
             parse(&["--pid", "1", "trace"]).is_err(),
             "top-level flags conflict with a command"
         );
+        assert!(parse(&["--json", "report", "f.twr"]).is_err());
+        assert!(parse(&["--interval", "2", "record", "-o", "x"]).is_err());
+        let v = parse(&["-v", "record", "-o", "x"]).expect("-v before a command");
+        assert_eq!(v.verbose, 1);
+        assert!(matches!(v.command, Some(Command::Record(_))));
+        assert_eq!(parse(&["trace", "-vv"]).map(|c| c.verbose).ok(), Some(2));
         assert!(parse(&["frobnicate"]).is_err());
         assert!(parse(&["--interval", "0"]).is_err());
         assert!(parse(&["--interval", "x"]).is_err());

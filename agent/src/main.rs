@@ -3,7 +3,6 @@ use std::{
     process::ExitCode,
 };
 
-use clap::Parser as _;
 use twtrace::{cli::Cli, text::escape};
 
 /// Says why twtrace failed, on stderr. Not `eprintln!`, which panics when stderr cannot be
@@ -21,7 +20,7 @@ fn fail(message: &str) -> ExitCode {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::parse_checked();
     let level = match cli.verbose {
         0 => log::LevelFilter::Warn,
         1 => log::LevelFilter::Debug,
