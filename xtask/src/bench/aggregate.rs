@@ -6,8 +6,9 @@ use std::collections::BTreeMap;
 use super::{
     calibrate::Calibration,
     children::STOP_TIMEOUT,
-    measure::{Outcome, Sample, TracerSample},
+    measure::{Exactness, Outcome, Sample, TracerSample},
     mode::Mode,
+    report::fmt_int,
 };
 
 /// Minimum, median and maximum of a set of measurements.
@@ -49,7 +50,8 @@ pub struct Row {
 #[derive(Clone, Debug, PartialEq)]
 pub enum RowResult {
     Unavailable(String),
-    Measured(Stats),
+    /// Boxed: the statistics are much larger than the reason.
+    Measured(Box<Stats>),
 }
 
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -66,8 +68,17 @@ pub struct Stats {
     pub cpu_us_per_event: Option<Spread>,
     pub startup_cpu_secs: Option<Spread>,
     pub peak_rss_kib: Option<u64>,
+    /// The leaderboard's per-pid TIME_WAIT counts against the generators' connections.
+    pub exactness: Option<ExactnessStats>,
     /// Problems worth a note under the table.
     pub notes: Vec<String>,
+}
+
+/// Generators compared over all rounds, and how many of them the leaderboard got wrong.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ExactnessStats {
+    pub checked: usize,
+    pub mismatched: usize,
 }
 
 impl Row {
@@ -116,17 +127,22 @@ impl Row {
         stats.ratio = Spread::of(&ratios);
         let tracers: Vec<(u64, &TracerSample)> = measured
             .iter()
-            .filter_map(|(_, s)| Some((s.connections, s.tracer.as_ref()?)))
+            .filter_map(|(_, s)| {
+                Some((
+                    cal.expected(s.connections, s.generators),
+                    s.tracer.as_ref()?,
+                ))
+            })
             .collect();
         if !tracers.is_empty() {
-            stats.expected = tracers.iter().map(|&(c, _)| cal.expected(c)).sum();
+            stats.expected = tracers.iter().map(|&(e, _)| e).sum();
             stats.received = tracers.iter().map(|(_, t)| t.received).sum();
             stats.lost = tracers.iter().map(|(_, t)| t.lost).sum();
             let per_event: Vec<f64> = tracers
                 .iter()
-                .filter_map(|&(c, t)| {
+                .filter_map(|&(expected, t)| {
                     // Per event received; when the tracer did not say, per event expected.
-                    let events = t.received.unwrap_or_else(|| cal.expected(c));
+                    let events = t.received.unwrap_or(expected);
                     (events > 0).then_some(t.cpu_secs? * 1e6 / events as f64)
                 })
                 .collect();
@@ -143,6 +159,31 @@ impl Row {
                      expected count there"
                         .to_owned(),
                 );
+            }
+            let checks: Vec<(usize, &Exactness)> = measured
+                .iter()
+                .filter_map(|&(round, s)| Some((round, s.tracer.as_ref()?.exactness.as_ref()?)))
+                .collect();
+            if !checks.is_empty() {
+                stats.exactness = Some(ExactnessStats {
+                    checked: checks.iter().map(|(_, e)| e.checked).sum(),
+                    mismatched: checks.iter().map(|(_, e)| e.mismatches.len()).sum(),
+                });
+                for (round, check) in checks {
+                    for m in &check.mismatches {
+                        let counted = m.timewait_entered.map_or_else(
+                            || "has no row for it".to_owned(),
+                            |n| format!("says {} TIME_WAIT entered", fmt_int(n)),
+                        );
+                        stats.notes.push(format!(
+                            "round {}: generator pid {} made {} connections, the final \
+                             snapshot {counted}",
+                            round + 1,
+                            m.pid,
+                            fmt_int(m.connections)
+                        ));
+                    }
+                }
             }
             let killed = tracers.iter().filter(|(_, t)| t.killed).count();
             if killed > 0 {
@@ -175,7 +216,7 @@ impl Row {
         }
         Self {
             mode,
-            result: RowResult::Measured(stats),
+            result: RowResult::Measured(Box::new(stats)),
         }
     }
 }
@@ -244,5 +285,113 @@ mod tests {
             Row::aggregate(Mode::Leaderboard, &results, &cal).result,
             RowResult::Unavailable("rejected --interval".to_owned())
         );
+    }
+
+    #[test]
+    fn peak_rows_count_every_listener_and_the_exactness_check() {
+        use crate::bench::measure::{Exactness, Mismatch};
+        let cal = Calibration {
+            connections: 300,
+            connection_lines: 3000,
+            listener_lines: 2,
+        };
+        let peak = |connections: u64, exactness: Exactness| {
+            Outcome::Measured(Sample {
+                rate: 30_000.0,
+                connections,
+                generators: 4,
+                tracer: Some(TracerSample {
+                    received: Some(connections * 10),
+                    lost: Some(0),
+                    exactness: Some(exactness),
+                    ..TracerSample::default()
+                }),
+                ..Sample::default()
+            })
+        };
+        let mut results = BTreeMap::new();
+        results.insert(Mode::None, vec![reference(40_000.0), reference(40_000.0)]);
+        results.insert(
+            Mode::Leaderboard,
+            vec![
+                peak(
+                    1000,
+                    Exactness {
+                        checked: 4,
+                        mismatches: vec![],
+                    },
+                ),
+                peak(
+                    2000,
+                    Exactness {
+                        checked: 4,
+                        mismatches: vec![
+                            Mismatch {
+                                pid: 41,
+                                connections: 17_571,
+                                timewait_entered: Some(16_682),
+                            },
+                            Mismatch {
+                                pid: 42,
+                                connections: 500,
+                                timewait_entered: None,
+                            },
+                        ],
+                    },
+                ),
+            ],
+        );
+        let RowResult::Measured(stats) = Row::aggregate(Mode::Leaderboard, &results, &cal).result
+        else {
+            panic!("measured expected");
+        };
+        // 3000 connections x 10, plus 2 lines for each of 4 listeners in each of 2 rounds.
+        assert_eq!(stats.expected, 30_016);
+        assert_eq!(
+            stats.exactness,
+            Some(ExactnessStats {
+                checked: 8,
+                mismatched: 2
+            })
+        );
+        assert!(
+            stats.notes.contains(
+                &"round 2: generator pid 41 made 17,571 connections, the final snapshot says \
+              16,682 TIME_WAIT entered"
+                    .to_owned()
+            )
+        );
+        assert!(
+            stats.notes.contains(
+                &"round 2: generator pid 42 made 500 connections, the final snapshot has no row \
+              for it"
+                    .to_owned()
+            )
+        );
+        // The reference has no check.
+        let RowResult::Measured(reference) = Row::aggregate(Mode::None, &results, &cal).result
+        else {
+            panic!("measured expected");
+        };
+        assert_eq!(reference.exactness, None);
+    }
+
+    #[test]
+    fn exactness_compares_each_generator_with_its_pid() {
+        use crate::bench::{measure::Exactness, parse::GeneratorRun};
+        let run = |connections| GeneratorRun {
+            connections,
+            ..GeneratorRun::default()
+        };
+        let generators = [(10, run(5)), (11, run(7)), (12, run(9))];
+        let timewait: BTreeMap<u32, u64> = [(10, 5), (11, 6), (99, 9)].into();
+        let check = Exactness::check(&generators, &timewait);
+        assert_eq!(check.checked, 3);
+        let wrong: Vec<(u32, u64, Option<u64>)> = check
+            .mismatches
+            .iter()
+            .map(|m| (m.pid, m.connections, m.timewait_entered))
+            .collect();
+        assert_eq!(wrong, [(11, 7, Some(6)), (12, 9, None)]);
     }
 }

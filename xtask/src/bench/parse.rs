@@ -1,13 +1,14 @@
 //! Parsing what the generator and the tracers print: churn's result line, twtrace's summary line,
-//! and bpftrace's output and loss warnings.
+//! the leaderboard's JSON snapshots, and bpftrace's output and loss warnings.
 
 use std::{
+    collections::BTreeMap,
     fs::File,
     io::{BufRead as _, BufReader},
     path::Path,
 };
 
-use anyhow::{Context as _, Result};
+use anyhow::{Context as _, Result, bail};
 
 /// The generator's final line.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -72,6 +73,30 @@ impl Summary {
     }
 }
 
+/// `timewait_entered` per pid in the last snapshot of `twtrace --json` output (one JSON object
+/// per line; the last one is printed when it stops, so it holds every event it counted).
+pub fn timewait_by_pid(jsonl: &str) -> Result<BTreeMap<u32, u64>> {
+    let Some(last) = jsonl.lines().rev().find(|l| !l.trim().is_empty()) else {
+        bail!("no snapshot printed");
+    };
+    let snapshot: serde_json::Value =
+        serde_json::from_str(last).with_context(|| format!("not JSON: {last:.80?}"))?;
+    let processes = snapshot
+        .get("processes")
+        .and_then(serde_json::Value::as_array)
+        .context("no \"processes\" array in the last snapshot")?;
+    let mut counts = BTreeMap::new();
+    for process in processes {
+        let field = |name: &str| process.get(name).and_then(serde_json::Value::as_u64);
+        let (Some(pid), Some(entered)) = (field("pid"), field("timewait_entered")) else {
+            bail!("a process without pid or timewait_entered: {process}");
+        };
+        let pid = u32::try_from(pid).with_context(|| format!("pid {pid} out of range"))?;
+        *counts.entry(pid).or_default() += entered;
+    }
+    Ok(counts)
+}
+
 /// bpftrace's `Lost N events` warning (the perf buffer was full), anywhere in the line.
 pub fn bpftrace_lost(line: &str) -> Option<u64> {
     let (_, rest) = line.split_once("Lost ")?;
@@ -121,6 +146,37 @@ mod tests {
         assert_eq!(GeneratorRun::parse("connections=1 seconds=1"), None);
         assert_eq!(GeneratorRun::parse("1500 conns"), None);
         assert_eq!(GeneratorRun::parse(""), None);
+    }
+
+    #[test]
+    fn parses_a_real_generator_line() {
+        // `churn --clients 1 --servers 1 --duration 1`, captured on the bench machine.
+        let line = include_str!("testdata/churn-1c1s.out");
+        assert_eq!(
+            GeneratorRun::parse(line.trim_end()),
+            Some(GeneratorRun {
+                connections: 14_165,
+                rate: 14_118.0,
+                addr_unavailable: 0,
+                errors: 0,
+            })
+        );
+    }
+
+    #[test]
+    fn reads_timewait_per_pid_from_the_last_snapshot() {
+        // The final line of `twtrace --json --interval 1` while the generator above ran as pid
+        // 994: its 14,165 connections are 14,165 TIME_WAIT entries.
+        let last = include_str!("testdata/leaderboard-final.json");
+        let earlier = r#"{"processes":[{"pid":994,"timewait_entered":5}]}"#;
+        let text = format!("{earlier}\n{last}\n");
+        let counts = timewait_by_pid(&text).expect("parses");
+        assert_eq!(counts.get(&994), Some(&14_165));
+        assert_eq!(counts.get(&0), Some(&0));
+        assert_eq!(counts.len(), 2);
+        assert!(timewait_by_pid("").is_err());
+        assert!(timewait_by_pid("{\"processes\":[{\"pid\":1}]}").is_err());
+        assert!(timewait_by_pid("twtrace: 3 events").is_err());
     }
 
     #[test]
