@@ -65,6 +65,8 @@ pub struct Stats {
     pub expected: u64,
     pub received: Option<u64>,
     pub lost: Option<u64>,
+    /// Of the lost, skipped by the kernel; summed over the rounds that said.
+    pub skipped: u64,
     pub cpu_us_per_event: Option<Spread>,
     pub startup_cpu_secs: Option<Spread>,
     pub peak_rss_kib: Option<u64>,
@@ -138,6 +140,7 @@ impl Row {
             stats.expected = tracers.iter().map(|&(e, _)| e).sum();
             stats.received = tracers.iter().map(|(_, t)| t.received).sum();
             stats.lost = tracers.iter().map(|(_, t)| t.lost).sum();
+            stats.skipped = tracers.iter().filter_map(|(_, t)| t.skipped).sum();
             let per_event: Vec<f64> = tracers
                 .iter()
                 .filter_map(|&(expected, t)| {

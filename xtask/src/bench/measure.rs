@@ -206,6 +206,8 @@ pub struct TracerSample {
     pub received: Option<u64>,
     /// Events the tracer says it lost.
     pub lost: Option<u64>,
+    /// Of those, skipped by the kernel (another BPF program was running on that CPU).
+    pub skipped: Option<u64>,
     /// Anything else the summary line mentions (sockets not tracked, ...).
     pub summary_extra: String,
     /// utime+stime between attaching and just before the stop signal, in seconds.
@@ -366,6 +368,7 @@ fn measure_tracer(
         if let Some(summary) = stderr.seen.iter().rev().find_map(|l| Summary::parse(l)) {
             sample.received = Some(summary.events);
             sample.lost = Some(summary.lost);
+            sample.skipped = Some(summary.skipped);
             sample.summary_extra = summary.extra;
         }
     } else if let Some(output) = &spec.output {

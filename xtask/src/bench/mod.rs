@@ -160,6 +160,7 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     let netstat_before = read_tw_overflow();
     let load_at_start = load_average();
     let mut disturbances = Vec::new();
+    let mut measurements = 0;
     let started = SystemTime::now();
     let duration = Duration::from_secs(args.duration);
     let mut results: BTreeMap<(Load, Mode), Vec<Outcome>> = BTreeMap::new();
@@ -186,6 +187,7 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
                         &format!("round {round} {set}({})", mode.letter()),
                         &mut disturbances,
                     );
+                    measurements += 1;
                     measure(mode, load, &bins, &scratch, duration)?
                 };
                 if let (Mode::None, Outcome::Measured(sample)) = (mode, &outcome) {
@@ -205,6 +207,7 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         let kernel = match &bpftool {
             Some(Ok(bpftool)) => {
                 note_others("kernel cost", &mut disturbances);
+                measurements += 1;
                 eprintln!(
                     "bench: kernel cost: twtrace and an empty bpftrace program attached, \
                      {PEAK_GENERATORS} generators for {}s, BPF run-time statistics on",
@@ -247,6 +250,7 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         tw_overflow,
         load_at_start,
         disturbances,
+        measurements,
         peak,
     };
     let markdown = render(&report);

@@ -47,7 +47,11 @@ pub struct Summary {
     pub events: u64,
     pub lost: u64,
     unattributed: u64,
-    /// Whatever follows (e.g. `4 not tracked (socket table full)`), without the leading comma.
+    /// Of the lost, those the kernel skipped because another BPF program was running on that
+    /// CPU (the programs' recursion_misses): `N of the lost skipped by the kernel (...)`.
+    pub skipped: u64,
+    /// Whatever else follows (e.g. `4 not tracked (socket table full)`), without the leading
+    /// comma.
     pub extra: String,
 }
 
@@ -63,12 +67,24 @@ impl Summary {
         let events = number("events")?;
         let lost = number("lost")?;
         let unattributed = number("unattributed")?;
-        let extra = parts.next().unwrap_or_default().to_owned();
+        let mut skipped = 0;
+        let mut extra = Vec::new();
+        for part in parts.next().unwrap_or_default().split(", ") {
+            let counted = part
+                .split_once(" of the lost skipped by the kernel")
+                .and_then(|(n, _)| n.parse().ok());
+            match counted {
+                Some(n) => skipped = n,
+                None if !part.is_empty() => extra.push(part),
+                None => {}
+            }
+        }
         Some(Self {
             events,
             lost,
             unattributed,
-            extra,
+            skipped,
+            extra: extra.join(", "),
         })
     }
 }
@@ -187,6 +203,7 @@ mod tests {
                 events: 20,
                 lost: 0,
                 unattributed: 0,
+                skipped: 0,
                 extra: String::new(),
             })
         );
@@ -199,8 +216,36 @@ mod tests {
                 events: 10,
                 lost: 3,
                 unattributed: 2,
+                skipped: 0,
                 extra: "4 not tracked (socket table full), 6 undecodable".to_owned(),
             })
+        );
+        // As twtrace prints it (agent/src/stream.rs): the kernel's skips are a part of the lost.
+        assert_eq!(
+            Summary::parse(
+                "twtrace: 10 events, 10 lost, 2 unattributed, 7 of the lost skipped by the kernel \
+                 (another BPF program was running on that CPU), 4 not tracked (socket table \
+                 full), 5 accepted sockets with no known listener, 6 undecodable"
+            ),
+            Some(Summary {
+                events: 10,
+                lost: 10,
+                unattributed: 2,
+                skipped: 7,
+                extra: "4 not tracked (socket table full), 5 accepted sockets with no known \
+                        listener, 6 undecodable"
+                    .to_owned(),
+            })
+        );
+        // Captured in the bench run at peak (mode d).
+        let real = Summary::parse(
+            "twtrace: 1716361 events, 205897 lost, 0 unattributed, 630 of the lost skipped by \
+             the kernel (another BPF program was running on that CPU)",
+        )
+        .expect("parses");
+        assert_eq!(
+            (real.lost, real.skipped, real.extra.as_str()),
+            (205_897, 630, "")
         );
         // The running loss announcement and other messages are not the summary.
         for line in [

@@ -80,6 +80,8 @@ pub struct Report {
     pub load_at_start: Option<String>,
     /// Other tracers seen running before measurements.
     pub disturbances: Vec<String>,
+    /// Measurements made (tracers started, generators run), for the share disturbed.
+    pub measurements: usize,
     /// With `--peak`.
     pub peak: Option<Peak>,
 }
@@ -153,6 +155,20 @@ pub fn render(report: &Report) -> String {
             &format!("- Load average when the measurements began: {load}"),
         );
     }
+    if !report.disturbances.is_empty() {
+        push(
+            &mut md,
+            &format!(
+                "- **Noisy**: other tracers or compilers were running when {} of {} measurements \
+                 began (listed in the notes): the machine was shared, so compare a tracer with \
+                 the (a) of its own round rather than across runs. Someone else's twtrace or \
+                 bpftrace also runs its programs on every transition, and their tests' \
+                 connections count in a tracer's received and lost.",
+                report.disturbances.len(),
+                report.measurements
+            ),
+        );
+    }
     push(&mut md, "");
     let mut notes = table(&mut md, &report.rows, report.rounds, false);
     notes.extend(report.disturbances.iter().cloned());
@@ -197,8 +213,9 @@ pub fn render(report: &Report) -> String {
         "How to read it: *vs (a)* is the generator's rate under the tracer divided by its rate \
          with nothing attached in the same round. *Events expected* is connections × \
          transitions per connection (plus the generator's listener), summed over rounds; *received* and *lost* are the \
-         tracer's own counts (twtrace: its `N events, N lost` summary line; bpftrace: its output \
-         lines and `Lost N events` warnings). *Tracer CPU* is the tracer process's utime+stime \
+         tracer's own counts (twtrace: its `N events, N lost` summary line, where lost includes the \
+         events the kernel skipped because another BPF program was running on that CPU, shown \
+         in brackets; bpftrace: its output lines and `Lost N events` warnings). *Tracer CPU* is the tracer process's utime+stime \
          from attaching until just before the stop signal, per event received (µs per event = \
          s per million events); the eBPF program itself runs in the generator's context and \
          shows up as lost throughput instead. *Peak RSS* is VmHWM, the largest over rounds.",
@@ -286,11 +303,14 @@ fn table(md: &mut String, rows: &[Row], rounds: u32, exactness: bool) -> Vec<Str
                             fmt_int(r)
                         }
                     });
-                    (
-                        fmt_int(s.expected),
-                        received,
-                        s.lost.map_or("?".to_owned(), fmt_int),
-                    )
+                    let lost = s.lost.map_or("?".to_owned(), |lost| {
+                        if s.skipped > 0 {
+                            format!("{} (kernel skipped {})", fmt_int(lost), fmt_int(s.skipped))
+                        } else {
+                            fmt_int(lost)
+                        }
+                    });
+                    (fmt_int(s.expected), received, lost)
                 };
                 let cpu = s.cpu_us_per_event.map_or("–".to_owned(), |c| {
                     format!("{:.2} ({:.2}–{:.2})", c.median, c.min, c.max)
@@ -653,6 +673,7 @@ mod tests {
             disturbances: vec![
                 "round 1 (b): other tracers or compilers were running: pid 7 (twtrace)".to_owned(),
             ],
+            measurements: 3,
             peak: None,
         };
         let md = render(&report);
@@ -673,6 +694,9 @@ mod tests {
         assert!(md.contains("- (d) not available in this build"));
         assert!(md.contains("skipped 5 TIME_WAIT entries"));
         assert!(md.contains("- Load average when the measurements began: 0.50 0.40 0.30"));
+        assert!(md.contains(
+            "- **Noisy**: other tracers or compilers were running when 1 of 3 measurements began"
+        ));
         assert!(
             md.contains("- round 1 (b): other tracers or compilers were running: pid 7 (twtrace)")
         );
@@ -707,6 +731,7 @@ mod tests {
                 tracer: Some(TracerSample {
                     received: Some(700_000),
                     lost: Some(20_008),
+                    skipped: Some(8),
                     cpu_secs: Some(0.35),
                     peak_rss_kib: Some(70 * 1024),
                     exactness: Some(Exactness {
@@ -772,6 +797,7 @@ mod tests {
             tw_overflow: None,
             load_at_start: None,
             disturbances: vec![],
+            measurements: 3,
             peak: Some(Peak {
                 generators: 4,
                 rows: [Mode::None, Mode::Leaderboard]
@@ -783,6 +809,7 @@ mod tests {
         };
         let md = render(&report(&peak_results, Ok(kernel.clone())));
         assert!(md.contains("## Peak: 4 generators at once"));
+        assert!(!md.contains("**Noisy**"));
         assert!(md.contains(
             "| (a) | nothing attached | 48,000 (48,000–48,000) | 1 (reference) | – | – | – | – \
              | – | – |"
@@ -790,7 +817,8 @@ mod tests {
         // 72,000 x 10 + 4 listeners x 2.
         assert!(md.contains(
             "| (c) | leaderboard --json | 36,000 (36,000–36,000) | 0.750 (0.750–0.750) | 720,008 \
-             | 700,000 (97.2%) | 20,008 | 0.50 (0.50–0.50) | 70.0 MiB | **1 of 4 wrong** |"
+             | 700,000 (97.2%) | 20,008 (kernel skipped 8) | 0.50 (0.50–0.50) | 70.0 MiB \
+             | **1 of 4 wrong** |"
         ));
         assert!(md.contains(
             "- (c) round 1: generator pid 7 made 18,000 connections, the final snapshot says \
