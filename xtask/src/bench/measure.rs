@@ -15,7 +15,7 @@ use anyhow::{Context as _, Result, bail};
 
 use super::{
     children::{ChildGuard, Next, Scratch, StderrLines, dev_null, file_stdout},
-    host::{clock_ticks, read_cpu_ticks, read_vm_hwm},
+    host::{clock_ticks, read_cpu_ticks, read_tw_overflow, read_vm_hwm},
     mode::{BPFTRACE_PROGRAM, Mode},
     parse::{GeneratorRun, Summary, bpftrace_lost, count_bpftrace_output, timewait_by_pid},
 };
@@ -197,6 +197,9 @@ pub struct Sample {
     /// connect() calls that failed with EADDRNOTAVAIL, and other generator errors.
     pub addr_unavailable: u64,
     pub generator_errors: u64,
+    /// TIME_WAIT sockets the kernel did not make while the generators ran, its table being full
+    /// (TCPTimeWaitOverflow); connections are much cheaper then.
+    pub tw_overflow: Option<u64>,
     pub tracer: Option<TracerSample>,
 }
 
@@ -260,15 +263,35 @@ impl Exactness {
 }
 
 /// The generators' runs summed into one sample, without a tracer.
-fn generators_sample(runs: &[(u32, GeneratorRun)]) -> Sample {
+fn generators_sample(runs: &[(u32, GeneratorRun)], tw_overflow: Option<u64>) -> Sample {
     Sample {
         rate: runs.iter().map(|(_, r)| r.rate).sum(),
         connections: runs.iter().map(|(_, r)| r.connections).sum(),
         generators: runs.len(),
         addr_unavailable: runs.iter().map(|(_, r)| r.addr_unavailable).sum(),
         generator_errors: runs.iter().map(|(_, r)| r.errors).sum(),
+        tw_overflow,
         tracer: None,
     }
+}
+
+/// Each generator's pid and result line.
+pub type Runs = Vec<(u32, GeneratorRun)>;
+
+/// [`run_generators`], and how many TIME_WAIT sockets the kernel skipped meanwhile.
+fn run_observed(
+    bins: &Bins,
+    scratch: &Scratch,
+    load: Load,
+    duration: Duration,
+) -> Result<(Runs, Option<u64>)> {
+    let before = read_tw_overflow();
+    let runs = run_generators(bins, scratch, load, duration)?;
+    let overflow = match (before, read_tw_overflow()) {
+        (Some(before), Some(after)) => Some(after.saturating_sub(before)),
+        _ => None,
+    };
+    Ok((runs, overflow))
 }
 
 pub fn measure(
@@ -279,8 +302,8 @@ pub fn measure(
     duration: Duration,
 ) -> Result<Outcome> {
     let Some(spec) = tracer_spec(mode, load, bins, scratch)? else {
-        let runs = run_generators(bins, scratch, load, duration)?;
-        return Ok(Outcome::Measured(generators_sample(&runs)));
+        let (runs, overflow) = run_observed(bins, scratch, load, duration)?;
+        return Ok(Outcome::Measured(generators_sample(&runs, overflow)));
     };
     let result = measure_tracer(mode, load, spec, bins, scratch, duration);
     // The files are large and each measurement starts a new one.
@@ -330,7 +353,7 @@ fn measure_tracer(
     let pid = tracer.pid();
     let cpu_at_attach = read_cpu_ticks(pid);
 
-    let runs = run_generators(bins, scratch, load, duration)?;
+    let (runs, overflow) = run_observed(bins, scratch, load, duration)?;
     thread::sleep(DRAIN);
     // Read before the stop signal: afterwards the process is gone.
     let cpu_at_end = read_cpu_ticks(pid);
@@ -394,7 +417,7 @@ fn measure_tracer(
     }
     Ok(Outcome::Measured(Sample {
         tracer: Some(sample),
-        ..generators_sample(&runs)
+        ..generators_sample(&runs, overflow)
     }))
 }
 
@@ -515,7 +538,7 @@ pub fn run_generators(
     scratch: &Scratch,
     load: Load,
     duration: Duration,
-) -> Result<Vec<(u32, GeneratorRun)>> {
+) -> Result<Runs> {
     let secs = duration.as_secs().to_string();
     let args: Vec<&str> = load
         .generator_args()

@@ -370,10 +370,10 @@ fn render_peak(md: &mut String, report: &Report, peak: &Peak) {
         md,
         &format!(
             "- Workload: {} `churn` processes started together, each 1 client + 1 server thread \
-             on its own listener (127.0.0.1, a port the kernel picks), client closes first; \
-             measured in the same {} round(s) of {} s as the table above, interleaved with it. \
-             Rates are summed over the generators; events expected count one listener per \
-             generator.",
+             on its own listener (127.0.0.1, a port the kernel picks), client closes first; {} \
+             round(s) of {} s, modes interleaved within each round, after the rounds above and \
+             one unmeasured warm-up run. Rates are summed over the generators; events expected \
+             count one listener per generator.",
             peak.generators, report.rounds, report.duration_secs
         ),
     );
@@ -405,7 +405,18 @@ fn render_peak(md: &mut String, report: &Report, peak: &Peak) {
          generator reports (churn's `connections=N`) is one TIME_WAIT entered by its pid; the \
          leaderboard's final JSON snapshot (printed when it stops) must show exactly that \
          `timewait_entered` for each generator's pid. *Lost* is twtrace's own count, which \
-         includes events the kernel skipped (the programs' recursion_misses).",
+         includes events the kernel skipped (the programs' recursion_misses), in brackets.",
+    );
+    push(md, "");
+    push(
+        md,
+        "Why the rounds are not interleaved with the ones above: at this rate the kernel's \
+         TIME_WAIT table (net.ipv4.tcp_max_tw_buckets) fills within seconds and stays full for \
+         60 s (TIME_WAIT's length); while it is full the kernel makes no TIME_WAIT sockets \
+         (TCPTimeWaitOverflow), connections get much cheaper and any generator runs faster. \
+         The warm-up fills it, so every peak measurement starts full, as on any host that \
+         churns this fast with this limit; a single-generator measurement right after a peak \
+         one would not be comparable with the others.",
     );
     push(md, "");
     push(md, "## Kernel programs: cost per hit");
