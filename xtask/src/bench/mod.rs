@@ -50,7 +50,7 @@ use self::{
     bpftrace::{ensure_bpftool, ensure_bpftrace, tool_version},
     calibrate::calibrate,
     children::Scratch,
-    host::{Machine, load_average, other_tracers, read_tw_overflow},
+    host::{Machine, load_average, other_tracers},
     measure::{Bins, Load, Outcome, PEAK_GENERATORS, measure, run_generators},
     progcost::measure_kernel_cost,
     report::{
@@ -158,7 +158,6 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     } else {
         &[Load::Single]
     };
-    let netstat_before = read_tw_overflow();
     let load_at_start = load_average();
     let mut disturbances = Vec::new();
     let mut measurements = 0;
@@ -246,10 +245,6 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
             kernel,
         }
     });
-    let tw_overflow = match (netstat_before, read_tw_overflow()) {
-        (Some(before), Some(after)) => Some(after.saturating_sub(before)),
-        _ => None,
-    };
 
     let report = Report {
         machine: Machine::probe(),
@@ -261,7 +256,6 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         calibration,
         rows: rows_of(Load::Single, &modes, &results, &calibration),
         bpftrace_version: bins.bpftrace.as_deref().and_then(tool_version),
-        tw_overflow,
         load_at_start,
         disturbances,
         measurements,

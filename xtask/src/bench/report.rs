@@ -75,7 +75,6 @@ pub struct Report {
     pub calibration: Calibration,
     pub rows: Vec<Row>,
     pub bpftrace_version: Option<String>,
-    pub tw_overflow: Option<u64>,
     /// /proc/loadavg's 1, 5 and 15 minute figures when the measurements began.
     pub load_at_start: Option<String>,
     /// Other tracers seen running before measurements.
@@ -172,14 +171,6 @@ pub fn render(report: &Report) -> String {
     push(&mut md, "");
     let mut notes = table(&mut md, &report.rows, report.rounds, false);
     notes.extend(report.disturbances.iter().cloned());
-    if let Some(n) = report.tw_overflow.filter(|&n| n > 0) {
-        notes.push(format!(
-            "the kernel skipped {} TIME_WAIT entries during the bench \
-             (TCPTimeWaitOverflow: net.ipv4.tcp_max_tw_buckets reached); the transitions are \
-             the same either way",
-            fmt_int(n)
-        ));
-    }
     push(&mut md, "");
     if !notes.is_empty() {
         push(&mut md, "Notes:");
@@ -651,10 +642,11 @@ mod tests {
         };
         let mut results = BTreeMap::new();
         results.insert(Mode::None, vec![reference(14_000.0)]);
-        results.insert(
-            Mode::Trace,
-            vec![sample(13_720.0, 13_720, 137_200, 0, 0.0686)],
-        );
+        let mut trace = sample(13_720.0, 13_720, 137_200, 0, 0.0686);
+        if let Outcome::Measured(s) = &mut trace {
+            s.tw_overflow = Some(5);
+        }
+        results.insert(Mode::Trace, vec![trace]);
         results.insert(
             Mode::Record,
             vec![Outcome::Unavailable(
@@ -679,7 +671,6 @@ mod tests {
                 .map(|&m| Row::aggregate(m, &results, &cal))
                 .collect(),
             bpftrace_version: None,
-            tw_overflow: Some(5),
             load_at_start: Some("0.50 0.40 0.30".to_owned()),
             disturbances: vec![
                 "round 1 (b): other tracers or compilers were running: pid 7 (twtrace)".to_owned(),
@@ -703,7 +694,10 @@ mod tests {
         ));
         assert!(md.contains("| (d) | record -o FILE | not available | – | – | – | – | – | – |"));
         assert!(md.contains("- (d) not available in this build"));
-        assert!(md.contains("skipped 5 TIME_WAIT entries"));
+        assert!(md.contains(
+            "- (b) the kernel's TIME_WAIT table was full (net.ipv4.tcp_max_tw_buckets) in 1 of 1 \
+             rounds: it skipped 5 TIME_WAIT sockets"
+        ));
         assert!(md.contains("- Load average when the measurements began: 0.50 0.40 0.30"));
         assert!(md.contains(
             "- **Noisy**: other tracers or compilers were running when 1 of 3 measurements began"
@@ -805,7 +799,6 @@ mod tests {
             calibration: cal,
             rows: vec![],
             bpftrace_version: None,
-            tw_overflow: None,
             load_at_start: None,
             disturbances: vec![],
             measurements: 3,
@@ -832,8 +825,8 @@ mod tests {
              | **1 of 4 wrong** |"
         ));
         assert!(md.contains(
-            "- (c) round 1: generator pid 7 made 18,000 connections, the final snapshot says \
-             17,000 TIME_WAIT entered"
+            "- (c) round 1: connections vs the final snapshot's TIME_WAIT entered, per \
+             generator: pid 7 18,000 vs 17,000 (5.6% short)"
         ));
         assert!(md.contains("`4 × churn --clients 1 --servers 1 --duration 5, started together`"));
         assert!(md.contains("## Kernel programs: cost per hit"));
