@@ -6,8 +6,9 @@ use std::collections::BTreeMap;
 use super::{
     calibrate::Calibration,
     children::STOP_TIMEOUT,
-    measure::{Outcome, Sample, TracerSample},
+    measure::{Exactness, Outcome, Sample, TracerSample},
     mode::Mode,
+    report::fmt_int,
 };
 
 /// Minimum, median and maximum of a set of measurements.
@@ -49,7 +50,8 @@ pub struct Row {
 #[derive(Clone, Debug, PartialEq)]
 pub enum RowResult {
     Unavailable(String),
-    Measured(Stats),
+    /// Boxed: the statistics are much larger than the reason.
+    Measured(Box<Stats>),
 }
 
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -63,11 +65,22 @@ pub struct Stats {
     pub expected: u64,
     pub received: Option<u64>,
     pub lost: Option<u64>,
+    /// Of the lost, skipped by the kernel; summed over the rounds that said.
+    pub skipped: u64,
     pub cpu_us_per_event: Option<Spread>,
     pub startup_cpu_secs: Option<Spread>,
     pub peak_rss_kib: Option<u64>,
+    /// The leaderboard's per-pid TIME_WAIT counts against the generators' connections.
+    pub exactness: Option<ExactnessStats>,
     /// Problems worth a note under the table.
     pub notes: Vec<String>,
+}
+
+/// Generators compared over all rounds, and how many of them the leaderboard got wrong.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ExactnessStats {
+    pub checked: usize,
+    pub mismatched: usize,
 }
 
 impl Row {
@@ -116,17 +129,23 @@ impl Row {
         stats.ratio = Spread::of(&ratios);
         let tracers: Vec<(u64, &TracerSample)> = measured
             .iter()
-            .filter_map(|(_, s)| Some((s.connections, s.tracer.as_ref()?)))
+            .filter_map(|(_, s)| {
+                Some((
+                    cal.expected(s.connections, s.generators),
+                    s.tracer.as_ref()?,
+                ))
+            })
             .collect();
         if !tracers.is_empty() {
-            stats.expected = tracers.iter().map(|&(c, _)| cal.expected(c)).sum();
+            stats.expected = tracers.iter().map(|&(e, _)| e).sum();
             stats.received = tracers.iter().map(|(_, t)| t.received).sum();
             stats.lost = tracers.iter().map(|(_, t)| t.lost).sum();
+            stats.skipped = tracers.iter().filter_map(|(_, t)| t.skipped).sum();
             let per_event: Vec<f64> = tracers
                 .iter()
-                .filter_map(|&(c, t)| {
+                .filter_map(|&(expected, t)| {
                     // Per event received; when the tracer did not say, per event expected.
-                    let events = t.received.unwrap_or_else(|| cal.expected(c));
+                    let events = t.received.unwrap_or(expected);
                     (events > 0).then_some(t.cpu_secs? * 1e6 / events as f64)
                 })
                 .collect();
@@ -143,6 +162,51 @@ impl Row {
                      expected count there"
                         .to_owned(),
                 );
+            }
+            let checks: Vec<(usize, &Exactness)> = measured
+                .iter()
+                .filter_map(|&(round, s)| Some((round, s.tracer.as_ref()?.exactness.as_ref()?)))
+                .collect();
+            if !checks.is_empty() {
+                stats.exactness = Some(ExactnessStats {
+                    checked: checks.iter().map(|(_, e)| e.checked).sum(),
+                    mismatched: checks.iter().map(|(_, e)| e.mismatches.len()).sum(),
+                });
+                for (round, check) in checks {
+                    if check.mismatches.is_empty() {
+                        continue;
+                    }
+                    let each: Vec<String> = check
+                        .mismatches
+                        .iter()
+                        .map(|m| {
+                            let counted = m
+                                .timewait_entered
+                                .map_or_else(|| "no row".to_owned(), fmt_int);
+                            format!("pid {} {} vs {counted}", m.pid, fmt_int(m.connections))
+                        })
+                        .collect();
+                    let made: u64 = check.mismatches.iter().map(|m| m.connections).sum();
+                    let counted: u64 = check
+                        .mismatches
+                        .iter()
+                        .filter_map(|m| m.timewait_entered)
+                        .sum();
+                    let short = if made > 0 && counted <= made {
+                        format!(
+                            " ({:.1}% short)",
+                            (made - counted) as f64 * 100.0 / made as f64
+                        )
+                    } else {
+                        String::new()
+                    };
+                    stats.notes.push(format!(
+                        "round {}: connections vs the final snapshot's TIME_WAIT entered, per \
+                         generator: {}{short}",
+                        round + 1,
+                        each.join(", ")
+                    ));
+                }
             }
             let killed = tracers.iter().filter(|(_, t)| t.killed).count();
             if killed > 0 {
@@ -161,6 +225,21 @@ impl Row {
                 stats.notes.push(format!("summary also said: {extra}"));
             }
         }
+        let full: Vec<u64> = measured
+            .iter()
+            .filter_map(|(_, s)| s.tw_overflow)
+            .filter(|&n| n > 0)
+            .collect();
+        if !full.is_empty() {
+            stats.notes.push(format!(
+                "the kernel's TIME_WAIT table was full (net.ipv4.tcp_max_tw_buckets) in {} of {} \
+                 rounds: it skipped {} TIME_WAIT sockets (TCPTimeWaitOverflow; the transitions \
+                 are the same), which makes connections cheaper and the generator faster",
+                full.len(),
+                measured.len(),
+                fmt_int(full.iter().sum())
+            ));
+        }
         let unavailable: u64 = measured.iter().map(|(_, s)| s.addr_unavailable).sum();
         let errors: u64 = measured.iter().map(|(_, s)| s.generator_errors).sum();
         if unavailable > 0 || errors > 0 {
@@ -175,7 +254,7 @@ impl Row {
         }
         Self {
             mode,
-            result: RowResult::Measured(stats),
+            result: RowResult::Measured(Box::new(stats)),
         }
     }
 }
@@ -244,5 +323,120 @@ mod tests {
             Row::aggregate(Mode::Leaderboard, &results, &cal).result,
             RowResult::Unavailable("rejected --interval".to_owned())
         );
+    }
+
+    #[test]
+    fn peak_rows_count_every_listener_and_the_exactness_check() {
+        use crate::bench::measure::{Exactness, Mismatch};
+        let cal = Calibration {
+            connections: 300,
+            connection_lines: 3000,
+            listener_lines: 2,
+        };
+        let peak = |connections: u64, exactness: Exactness| {
+            Outcome::Measured(Sample {
+                rate: 30_000.0,
+                connections,
+                generators: 4,
+                tw_overflow: Some(connections / 2),
+                tracer: Some(TracerSample {
+                    received: Some(connections * 10),
+                    lost: Some(0),
+                    exactness: Some(exactness),
+                    ..TracerSample::default()
+                }),
+                ..Sample::default()
+            })
+        };
+        let mut results = BTreeMap::new();
+        results.insert(Mode::None, vec![reference(40_000.0), reference(40_000.0)]);
+        results.insert(
+            Mode::Leaderboard,
+            vec![
+                peak(
+                    1000,
+                    Exactness {
+                        checked: 4,
+                        mismatches: vec![],
+                    },
+                ),
+                peak(
+                    2000,
+                    Exactness {
+                        checked: 4,
+                        mismatches: vec![
+                            Mismatch {
+                                pid: 41,
+                                connections: 17_571,
+                                timewait_entered: Some(16_682),
+                            },
+                            Mismatch {
+                                pid: 42,
+                                connections: 500,
+                                timewait_entered: None,
+                            },
+                        ],
+                    },
+                ),
+            ],
+        );
+        let RowResult::Measured(stats) = Row::aggregate(Mode::Leaderboard, &results, &cal).result
+        else {
+            panic!("measured expected");
+        };
+        // 3000 connections x 10, plus 2 lines for each of 4 listeners in each of 2 rounds.
+        assert_eq!(stats.expected, 30_016);
+        assert_eq!(
+            stats.exactness,
+            Some(ExactnessStats {
+                checked: 8,
+                mismatched: 2
+            })
+        );
+        assert!(
+            stats.notes.contains(
+                &"round 2: connections vs the final snapshot's TIME_WAIT entered, per \
+                  generator: pid 41 17,571 vs 16,682, pid 42 500 vs no row (7.7% short)"
+                    .to_owned()
+            ),
+            "{:?}",
+            stats.notes
+        );
+        // Round 1 was exact: no note for it.
+        assert!(!stats.notes.iter().any(|n| n.starts_with("round 1")));
+        assert!(
+            stats.notes.contains(
+                &"the kernel's TIME_WAIT table was full (net.ipv4.tcp_max_tw_buckets) in 2 of 2 \
+              rounds: it skipped 1,500 TIME_WAIT sockets (TCPTimeWaitOverflow; the transitions \
+              are the same), which makes connections cheaper and the generator faster"
+                    .to_owned()
+            )
+        );
+        // The reference has no check, and here no overflow.
+        let RowResult::Measured(reference) = Row::aggregate(Mode::None, &results, &cal).result
+        else {
+            panic!("measured expected");
+        };
+        assert_eq!(reference.exactness, None);
+        assert!(reference.notes.is_empty(), "{:?}", reference.notes);
+    }
+
+    #[test]
+    fn exactness_compares_each_generator_with_its_pid() {
+        use crate::bench::{measure::Exactness, parse::GeneratorRun};
+        let run = |connections| GeneratorRun {
+            connections,
+            ..GeneratorRun::default()
+        };
+        let generators = [(10, run(5)), (11, run(7)), (12, run(9))];
+        let timewait: BTreeMap<u32, u64> = [(10, 5), (11, 6), (99, 9)].into();
+        let check = Exactness::check(&generators, &timewait);
+        assert_eq!(check.checked, 3);
+        let wrong: Vec<(u32, u64, Option<u64>)> = check
+            .mismatches
+            .iter()
+            .map(|m| (m.pid, m.connections, m.timewait_entered))
+            .collect();
+        assert_eq!(wrong, [(11, 7, Some(6)), (12, 9, None)]);
     }
 }

@@ -39,10 +39,11 @@ impl Calibration {
         self.connection_lines as f64 / self.connections as f64
     }
 
-    /// Events a run of `connections` should produce: each run of the generator also opens and
-    /// closes its own listener.
-    pub fn expected(&self, connections: u64) -> u64 {
-        (connections as f64 * self.per_connection()).round() as u64 + self.listener_lines
+    /// Events `generators` generator processes making `connections` in all should produce:
+    /// each one also opens and closes its own listener.
+    pub fn expected(&self, connections: u64, generators: usize) -> u64 {
+        (connections as f64 * self.per_connection()).round() as u64
+            + self.listener_lines * generators as u64
     }
 }
 
@@ -177,7 +178,9 @@ mod tests {
             listener_lines: 2,
         };
         assert_eq!(cal.per_connection(), 10.0);
-        assert_eq!(cal.expected(14_000), 140_002);
+        assert_eq!(cal.expected(14_000, 1), 140_002);
+        // Four generators, four listeners.
+        assert_eq!(cal.expected(32_000, 4), 320_008);
         assert_eq!(Calibration::default().per_connection(), 0.0);
     }
 }

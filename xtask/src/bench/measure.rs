@@ -2,6 +2,7 @@
 //! stop the tracer and collect what it and the kernel report.
 
 use std::{
+    collections::BTreeMap,
     fs::{self, File},
     io::Read as _,
     path::{Path, PathBuf},
@@ -14,9 +15,9 @@ use anyhow::{Context as _, Result, bail};
 
 use super::{
     children::{ChildGuard, Next, Scratch, StderrLines, dev_null, file_stdout},
-    host::{clock_ticks, read_cpu_ticks, read_vm_hwm},
+    host::{clock_ticks, read_cpu_ticks, read_tw_overflow, read_vm_hwm},
     mode::{BPFTRACE_PROGRAM, Mode},
-    parse::{GeneratorRun, Summary, bpftrace_lost, count_bpftrace_output},
+    parse::{GeneratorRun, Summary, bpftrace_lost, count_bpftrace_output, timewait_by_pid},
 };
 use crate::shell;
 
@@ -30,6 +31,46 @@ pub const SETTLE: Duration = Duration::from_millis(300);
 pub const DRAIN: Duration = Duration::from_secs(1);
 /// The generator gets this much longer than its own --duration before it counts as hung.
 const GENERATOR_SLACK: Duration = Duration::from_secs(60);
+
+/// Generator processes of the peak load.
+pub const PEAK_GENERATORS: usize = 4;
+
+/// How the connections are made: one generator with 2 client and 2 server threads (the
+/// default set), or [`PEAK_GENERATORS`] generators at once with 1 of each, every one on its own
+/// listener (port 0: the kernel picks a free one each).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Load {
+    Single,
+    Peak,
+}
+
+impl Load {
+    pub fn generators(self) -> usize {
+        match self {
+            Load::Single => 1,
+            Load::Peak => PEAK_GENERATORS,
+        }
+    }
+
+    /// churn's arguments besides --duration.
+    fn generator_args(self) -> &'static [&'static str] {
+        match self {
+            Load::Single => &[],
+            Load::Peak => &["--clients", "1", "--servers", "1"],
+        }
+    }
+
+    /// How the generators are run, for the results.
+    pub fn shown_generators(self, duration_secs: u64) -> String {
+        match self {
+            Load::Single => format!("churn --duration {duration_secs}"),
+            Load::Peak => format!(
+                "{PEAK_GENERATORS} × churn --clients 1 --servers 1 --duration {duration_secs}, \
+                 started together"
+            ),
+        }
+    }
+}
 
 pub struct Bins {
     pub twtrace: PathBuf,
@@ -47,20 +88,36 @@ struct TracerSpec {
     output: Option<PathBuf>,
     /// A file the tracer writes itself (the recording), removed after the measurement.
     written: Option<PathBuf>,
+    /// Where the leaderboard's JSON snapshots go when the bench checks them against the
+    /// generators' own counts.
+    snapshots: Option<PathBuf>,
 }
 
-fn tracer_spec(mode: Mode, bins: &Bins, scratch: &Scratch) -> Result<Option<TracerSpec>> {
+/// Scratch files a measurement may leave, removed after each one.
+const SCRATCH_FILES: [&str; 3] = ["record.out", "bpftrace.out", "leaderboard.jsonl"];
+
+fn tracer_spec(
+    mode: Mode,
+    load: Load,
+    bins: &Bins,
+    scratch: &Scratch,
+) -> Result<Option<TracerSpec>> {
     let spec = match mode {
         Mode::None => return Ok(None),
         Mode::Trace | Mode::Leaderboard | Mode::Record => {
             let mut cmd = Command::new(&bins.twtrace);
-            let mut written = None;
+            let (mut written, mut snapshots) = (None, None);
             match mode {
                 Mode::Trace => {
                     cmd.args(["trace", "--json"]);
                 }
                 Mode::Leaderboard => {
                     cmd.args(["--json", "--interval", "1"]);
+                    // At peak the final snapshot's per-pid counts are checked; one line per
+                    // second is nothing next to the events.
+                    if load == Load::Peak {
+                        snapshots = Some(scratch.file("leaderboard.jsonl"));
+                    }
                 }
                 _ => {
                     let file = scratch.file("record.out");
@@ -68,13 +125,17 @@ fn tracer_spec(mode: Mode, bins: &Bins, scratch: &Scratch) -> Result<Option<Trac
                     written = Some(file);
                 }
             }
-            cmd.stdout(dev_null()?);
+            match &snapshots {
+                Some(file) => cmd.stdout(file_stdout(file)?),
+                None => cmd.stdout(dev_null()?),
+            };
             TracerSpec {
                 name: "twtrace",
                 cmd,
                 attached: "twtrace: tracing",
                 output: None,
                 written,
+                snapshots,
             }
         }
         Mode::Bpftrace => {
@@ -92,6 +153,7 @@ fn tracer_spec(mode: Mode, bins: &Bins, scratch: &Scratch) -> Result<Option<Trac
                 attached: "Attaching ",
                 output: Some(output),
                 written: None,
+                snapshots: None,
             }
         }
     };
@@ -126,12 +188,18 @@ impl Outcome {
 
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Sample {
-    /// Generator connections per second.
+    /// Generator connections per second, summed over the generators.
     pub rate: f64,
+    /// Summed over the generators.
     pub connections: u64,
+    /// Generator processes (each opens and closes one listener).
+    pub generators: usize,
     /// connect() calls that failed with EADDRNOTAVAIL, and other generator errors.
     pub addr_unavailable: u64,
     pub generator_errors: u64,
+    /// TIME_WAIT sockets the kernel did not make while the generators ran, its table being full
+    /// (TCPTimeWaitOverflow); connections are much cheaper then.
+    pub tw_overflow: Option<u64>,
     pub tracer: Option<TracerSample>,
 }
 
@@ -141,6 +209,8 @@ pub struct TracerSample {
     pub received: Option<u64>,
     /// Events the tracer says it lost.
     pub lost: Option<u64>,
+    /// Of those, skipped by the kernel (another BPF program was running on that CPU).
+    pub skipped: Option<u64>,
     /// Anything else the summary line mentions (sockets not tracked, ...).
     pub summary_extra: String,
     /// utime+stime between attaching and just before the stop signal, in seconds.
@@ -151,26 +221,93 @@ pub struct TracerSample {
     pub peak_rss_kib: Option<u64>,
     /// Needed SIGKILL after SIGINT.
     pub killed: bool,
+    /// The leaderboard's final per-pid TIME_WAIT count against each generator's connections.
+    pub exactness: Option<Exactness>,
 }
 
-pub fn measure(mode: Mode, bins: &Bins, scratch: &Scratch, duration: Duration) -> Result<Outcome> {
-    let Some(spec) = tracer_spec(mode, bins, scratch)? else {
-        let run = run_generator(
-            bins,
-            scratch,
-            &["--duration", &duration.as_secs().to_string()],
-        )?;
-        return Ok(Outcome::Measured(Sample {
-            rate: run.rate,
-            connections: run.connections,
-            addr_unavailable: run.addr_unavailable,
-            generator_errors: run.errors,
-            tracer: None,
-        }));
+/// Client closes first, so each connection a generator made is one TIME_WAIT entered by its
+/// pid: the leaderboard's final `timewait_entered` of that pid must equal it.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Exactness {
+    /// Generators compared.
+    pub checked: usize,
+    pub mismatches: Vec<Mismatch>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Mismatch {
+    pub pid: u32,
+    pub connections: u64,
+    /// None: the pid is not in the final snapshot at all.
+    pub timewait_entered: Option<u64>,
+}
+
+impl Exactness {
+    pub fn check(generators: &[(u32, GeneratorRun)], timewait: &BTreeMap<u32, u64>) -> Self {
+        let mismatches = generators
+            .iter()
+            .filter_map(|&(pid, run)| {
+                let counted = timewait.get(&pid).copied();
+                (counted != Some(run.connections)).then_some(Mismatch {
+                    pid,
+                    connections: run.connections,
+                    timewait_entered: counted,
+                })
+            })
+            .collect();
+        Self {
+            checked: generators.len(),
+            mismatches,
+        }
+    }
+}
+
+/// The generators' runs summed into one sample, without a tracer.
+fn generators_sample(runs: &[(u32, GeneratorRun)], tw_overflow: Option<u64>) -> Sample {
+    Sample {
+        rate: runs.iter().map(|(_, r)| r.rate).sum(),
+        connections: runs.iter().map(|(_, r)| r.connections).sum(),
+        generators: runs.len(),
+        addr_unavailable: runs.iter().map(|(_, r)| r.addr_unavailable).sum(),
+        generator_errors: runs.iter().map(|(_, r)| r.errors).sum(),
+        tw_overflow,
+        tracer: None,
+    }
+}
+
+/// Each generator's pid and result line.
+pub type Runs = Vec<(u32, GeneratorRun)>;
+
+/// [`run_generators`], and how many TIME_WAIT sockets the kernel skipped meanwhile.
+fn run_observed(
+    bins: &Bins,
+    scratch: &Scratch,
+    load: Load,
+    duration: Duration,
+) -> Result<(Runs, Option<u64>)> {
+    let before = read_tw_overflow();
+    let runs = run_generators(bins, scratch, load, duration)?;
+    let overflow = match (before, read_tw_overflow()) {
+        (Some(before), Some(after)) => Some(after.saturating_sub(before)),
+        _ => None,
     };
-    let result = measure_tracer(mode, spec, bins, scratch, duration);
+    Ok((runs, overflow))
+}
+
+pub fn measure(
+    mode: Mode,
+    load: Load,
+    bins: &Bins,
+    scratch: &Scratch,
+    duration: Duration,
+) -> Result<Outcome> {
+    let Some(spec) = tracer_spec(mode, load, bins, scratch)? else {
+        let (runs, overflow) = run_observed(bins, scratch, load, duration)?;
+        return Ok(Outcome::Measured(generators_sample(&runs, overflow)));
+    };
+    let result = measure_tracer(mode, load, spec, bins, scratch, duration);
     // The files are large and each measurement starts a new one.
-    for name in ["record.out", "bpftrace.out"] {
+    for name in SCRATCH_FILES {
         let _ = fs::remove_file(scratch.file(name));
     }
     result
@@ -178,6 +315,7 @@ pub fn measure(mode: Mode, bins: &Bins, scratch: &Scratch, duration: Duration) -
 
 fn measure_tracer(
     mode: Mode,
+    load: Load,
     mut spec: TracerSpec,
     bins: &Bins,
     scratch: &Scratch,
@@ -215,11 +353,7 @@ fn measure_tracer(
     let pid = tracer.pid();
     let cpu_at_attach = read_cpu_ticks(pid);
 
-    let run = run_generator(
-        bins,
-        scratch,
-        &["--duration", &duration.as_secs().to_string()],
-    )?;
+    let (runs, overflow) = run_observed(bins, scratch, load, duration)?;
     thread::sleep(DRAIN);
     // Read before the stop signal: afterwards the process is gone.
     let cpu_at_end = read_cpu_ticks(pid);
@@ -257,6 +391,7 @@ fn measure_tracer(
         if let Some(summary) = stderr.seen.iter().rev().find_map(|l| Summary::parse(l)) {
             sample.received = Some(summary.events);
             sample.lost = Some(summary.lost);
+            sample.skipped = Some(summary.skipped);
             sample.summary_extra = summary.extra;
         }
     } else if let Some(output) = &spec.output {
@@ -265,15 +400,24 @@ fn measure_tracer(
         sample.received = Some(lines);
         sample.lost = Some(lost_in_output + lost_on_stderr);
     }
+    if let Some(snapshots) = &spec.snapshots {
+        let text = fs::read_to_string(snapshots)
+            .with_context(|| format!("reading {}", snapshots.display()))?;
+        match timewait_by_pid(&text) {
+            Ok(timewait) => sample.exactness = Some(Exactness::check(&runs, &timewait)),
+            Err(err) => {
+                return Ok(Outcome::Failed(format!(
+                    "its final JSON snapshot could not be read: {err:#}"
+                )));
+            }
+        }
+    }
     if let Some(written) = &spec.written {
         let _ = fs::remove_file(written);
     }
     Ok(Outcome::Measured(Sample {
-        rate: run.rate,
-        connections: run.connections,
-        addr_unavailable: run.addr_unavailable,
-        generator_errors: run.errors,
         tracer: Some(sample),
+        ..generators_sample(&runs, overflow)
     }))
 }
 
@@ -319,39 +463,95 @@ fn file_starts_with(path: &Path, prefix: &str) -> bool {
         .is_ok_and(|()| head == prefix.as_bytes())
 }
 
+/// A running `churn`, its stdout and stderr going to files.
+struct Generator {
+    child: ChildGuard,
+    shown: String,
+    out: PathBuf,
+    err: PathBuf,
+    /// How long it may take before it counts as hung.
+    limit: Duration,
+}
+
+impl Generator {
+    fn spawn(bins: &Bins, scratch: &Scratch, tag: &str, args: &[&str]) -> Result<Self> {
+        let out = scratch.file(&format!("{tag}.out"));
+        let err = scratch.file(&format!("{tag}.err"));
+        let mut cmd = Command::new(&bins.churn);
+        cmd.args(args)
+            .stdin(Stdio::null())
+            .stdout(file_stdout(&out)?)
+            .stderr(file_stdout(&err)?);
+        let shown = shell::display(&cmd);
+        let child = ChildGuard::spawn("churn", &mut cmd)?;
+        // The generator stops by itself; --duration or --count bound it, this only catches a
+        // hang.
+        let limit = args
+            .iter()
+            .position(|&a| a == "--duration")
+            .and_then(|i| args.get(i + 1))
+            .and_then(|secs| secs.parse::<f64>().ok())
+            .map_or(GENERATOR_SLACK, |secs| {
+                Duration::from_secs_f64(secs) + GENERATOR_SLACK
+            });
+        Ok(Self {
+            child,
+            shown,
+            out,
+            err,
+            limit,
+        })
+    }
+
+    /// Waits until `deadline` at the latest and returns its pid and result line.
+    fn finish(mut self, deadline: Instant) -> Result<(u32, GeneratorRun)> {
+        let shown = &self.shown;
+        let left = deadline.saturating_duration_since(Instant::now());
+        let Some(status) = self.child.wait_timeout(left)? else {
+            bail!("`{shown}` did not finish within {}s", self.limit.as_secs());
+        };
+        let stdout = fs::read_to_string(&self.out).unwrap_or_default();
+        let stderr = fs::read_to_string(&self.err).unwrap_or_default();
+        if !status.success() {
+            bail!("`{shown}` failed ({status}): {}", stderr.trim());
+        }
+        let line = stdout.lines().last().unwrap_or_default();
+        let run = GeneratorRun::parse(line).with_context(|| {
+            format!("`{shown}` printed no result line (stdout {stdout:?}, stderr {stderr:?})")
+        })?;
+        Ok((self.child.pid(), run))
+    }
+}
+
 /// Runs `churn` (2 client and 2 server threads, client closes first, unless `args` say
 /// otherwise) and returns its result line.
 pub fn run_generator(bins: &Bins, scratch: &Scratch, args: &[&str]) -> Result<GeneratorRun> {
-    let out_path = scratch.file("churn.out");
-    let err_path = scratch.file("churn.err");
-    let mut cmd = Command::new(&bins.churn);
-    cmd.args(args)
-        .stdin(Stdio::null())
-        .stdout(file_stdout(&out_path)?)
-        .stderr(file_stdout(&err_path)?);
-    let shown = shell::display(&cmd);
-    let mut child = ChildGuard::spawn("churn", &mut cmd)?;
-    // The generator stops by itself; --duration or --count bound it, this only catches a hang.
-    let limit = args
+    let generator = Generator::spawn(bins, scratch, "churn", args)?;
+    let deadline = Instant::now() + generator.limit;
+    Ok(generator.finish(deadline)?.1)
+}
+
+/// Runs the load's generators for `duration`, all started before any is awaited, and returns
+/// each one's pid and result line.
+pub fn run_generators(
+    bins: &Bins,
+    scratch: &Scratch,
+    load: Load,
+    duration: Duration,
+) -> Result<Runs> {
+    let secs = duration.as_secs().to_string();
+    let args: Vec<&str> = load
+        .generator_args()
         .iter()
-        .position(|&a| a == "--duration")
-        .and_then(|i| args.get(i + 1))
-        .and_then(|secs| secs.parse::<f64>().ok())
-        .map_or(GENERATOR_SLACK, |secs| {
-            Duration::from_secs_f64(secs) + GENERATOR_SLACK
-        });
-    let Some(status) = child.wait_timeout(limit)? else {
-        bail!("`{shown}` did not finish within {}s", limit.as_secs());
-    };
-    let stdout = fs::read_to_string(&out_path).unwrap_or_default();
-    let stderr = fs::read_to_string(&err_path).unwrap_or_default();
-    if !status.success() {
-        bail!("`{shown}` failed ({status}): {}", stderr.trim());
-    }
-    let line = stdout.lines().last().unwrap_or_default();
-    GeneratorRun::parse(line).with_context(|| {
-        format!("`{shown}` printed no result line (stdout {stdout:?}, stderr {stderr:?})")
-    })
+        .copied()
+        .chain(["--duration", secs.as_str()])
+        .collect();
+    // All spawned first: a failure to start one drops (kills) those already running.
+    let generators = (0..load.generators())
+        .map(|i| Generator::spawn(bins, scratch, &format!("churn-{i}"), &args))
+        .collect::<Result<Vec<_>>>()?;
+    let deadline = Instant::now() + duration + GENERATOR_SLACK;
+    generators.into_iter().map(|g| g.finish(deadline)).collect()
 }
 
 /// Outcomes for the aggregation and report tests.
@@ -363,6 +563,7 @@ pub mod fixtures {
         Outcome::Measured(Sample {
             rate,
             connections,
+            generators: 1,
             tracer: Some(TracerSample {
                 received: Some(received),
                 lost: Some(lost),
@@ -379,6 +580,7 @@ pub mod fixtures {
         Outcome::Measured(Sample {
             rate,
             connections: 1000,
+            generators: 1,
             ..Sample::default()
         })
     }

@@ -13,6 +13,12 @@
 //! event and its peak RSS. The result is a markdown document, printed on stdout and written to
 //! `bench/results.md`; progress goes to stderr.
 //!
+//! `--peak` adds the machine's highest churn: four generator processes at once (one client and
+//! one server thread each), the same modes interleaved in rounds of their own, the leaderboard's
+//! per-pid TIME_WAIT counts checked against each generator's connections, and then what each
+//! of twtrace's kernel programs costs per hit, next to an empty program on the same tracepoint
+//! (module `progcost`).
+//!
 //! Every child process runs under a guard that kills it when the bench fails or panics, and
 //! also gets PR_SET_PDEATHSIG, so not even a killed xtask leaves a tracer attached. All traffic
 //! stays on loopback.
@@ -25,6 +31,7 @@ mod host;
 mod measure;
 mod mode;
 mod parse;
+mod progcost;
 mod report;
 
 use std::{
@@ -40,13 +47,14 @@ use clap::Args;
 use self::mode::Mode;
 use self::{
     aggregate::Row,
-    bpftrace::{bpftrace_version, ensure_bpftrace},
+    bpftrace::{ensure_bpftool, ensure_bpftrace, tool_version},
     calibrate::calibrate,
     children::Scratch,
-    host::{Machine, load_average, other_tracers, read_tw_overflow},
-    measure::{Bins, Outcome, measure},
+    host::{Machine, load_average, other_tracers},
+    measure::{Bins, Load, Outcome, PEAK_GENERATORS, measure, run_generators},
+    progcost::measure_kernel_cost,
     report::{
-        Report, git_revision, progress_line, render, shown_invocation, utc_timestamp,
+        Peak, Report, git_revision, progress_line, render, shown_invocation, utc_timestamp,
         workspace_root,
     },
 };
@@ -69,9 +77,17 @@ pub struct BenchArgs {
     /// d = `twtrace record -o FILE`, e = bpftrace one-liner.
     #[arg(long, value_delimiter = ',', default_value = "a,b,c,d,e")]
     pub modes: Vec<Mode>,
-    /// Leave out bpftrace (mode e), and do not install it.
+    /// Leave out bpftrace (mode e, and the empty program of the kernel-cost floor), and do not
+    /// install it.
     #[arg(long)]
     pub no_bpftrace: bool,
+    /// Also measure the machine's highest churn: 4 generator processes at once (1 client + 1
+    /// server thread each), the same modes in rounds after the default ones, with the
+    /// leaderboard's per-pid
+    /// TIME_WAIT counts checked against each generator; then the kernel programs' cost per hit
+    /// (installs bpftool when missing).
+    #[arg(long)]
+    pub peak: bool,
     /// Where to write the markdown results; a relative path is relative to the workspace root.
     #[arg(long, value_name = "FILE", default_value = "bench/results.md")]
     pub out: PathBuf,
@@ -107,7 +123,8 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     // Installing is part of the bench (mode e compares with what people use instead), but a
     // machine without apt or network still gets the twtrace rows, with the reason in row e.
     let mut bpftrace_missing = None;
-    if modes.contains(&Mode::Bpftrace) {
+    // --peak needs it for the floor of the kernel-cost table, also when mode e is not measured.
+    if modes.contains(&Mode::Bpftrace) || (args.peak && !args.no_bpftrace) {
         match ensure_bpftrace() {
             Ok(path) => bins.bpftrace = Some(path),
             Err(err) => {
@@ -128,50 +145,106 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         calibration.listener_lines
     );
 
-    let netstat_before = read_tw_overflow();
+    // bpftool only reads counters: without it the peak table still comes, with the reason in
+    // place of the kernel-cost table.
+    let bpftool = if args.peak {
+        Some(ensure_bpftool().map_err(|err| format!("bpftool could not be installed: {err:#}")))
+    } else {
+        None
+    };
+
+    let loads: &[Load] = if args.peak {
+        &[Load::Single, Load::Peak]
+    } else {
+        &[Load::Single]
+    };
     let load_at_start = load_average();
     let mut disturbances = Vec::new();
+    let mut measurements = 0;
     let started = SystemTime::now();
     let duration = Duration::from_secs(args.duration);
-    let mut results: BTreeMap<Mode, Vec<Outcome>> = BTreeMap::new();
-    for round in 1..=args.rounds {
-        let mut reference = None;
-        for &mode in &modes {
-            let earlier = results.get(&mode).map(Vec::as_slice).unwrap_or_default();
-            let outcome = if let (Mode::Bpftrace, Some(why)) = (mode, &bpftrace_missing) {
-                Outcome::Unavailable(why.clone())
-            } else if let Some(why) = earlier.iter().find_map(Outcome::unavailable) {
-                // Not attaching is a property of the build, not of the round: do not wait for
-                // it again.
-                Outcome::Unavailable(why.to_owned())
-            } else {
-                let others = other_tracers();
-                if !others.is_empty() {
-                    let note = format!(
-                        "round {round} ({}): other tracers or compilers were running: {}",
-                        mode.letter(),
-                        others.join(", ")
-                    );
-                    eprintln!("bench: warning: {note}; the numbers are skewed");
-                    disturbances.push(note);
-                }
-                measure(mode, &bins, &scratch, duration)?
-            };
-            if let (Mode::None, Outcome::Measured(sample)) = (mode, &outcome) {
-                reference = Some(sample.rate);
-            }
+    let mut results: BTreeMap<(Load, Mode), Vec<Outcome>> = BTreeMap::new();
+    // One load's rounds after the other's, not interleaved: the peak fills the kernel's
+    // TIME_WAIT table (net.ipv4.tcp_max_tw_buckets), whose sockets live 60 s, and a generator
+    // runs several times faster while the table is full (the kernel then makes no TIME_WAIT
+    // sockets). Peak rounds right before single ones would hand some of those a full table.
+    for &load in loads {
+        if load == Load::Peak {
+            // So the first peak measurement starts with the table as full as the later ones,
+            // which each start right after a peak measurement.
             eprintln!(
-                "bench: round {round}/{} {}",
-                args.rounds,
-                progress_line(mode, &outcome, reference, &calibration)
+                "bench: peak warm-up: {}, not measured",
+                load.shown_generators(args.duration)
             );
-            results.entry(mode).or_default().push(outcome);
+            run_generators(&bins, &scratch, load, duration)?;
+        }
+        for round in 1..=args.rounds {
+            let mut reference = None;
+            for &mode in &modes {
+                let set = match load {
+                    Load::Single => String::new(),
+                    Load::Peak => "peak ".to_owned(),
+                };
+                let earlier = results
+                    .get(&(load, mode))
+                    .map(Vec::as_slice)
+                    .unwrap_or_default();
+                let outcome = if let (Mode::Bpftrace, Some(why)) = (mode, &bpftrace_missing) {
+                    Outcome::Unavailable(why.clone())
+                } else if let Some(why) = earlier.iter().find_map(Outcome::unavailable) {
+                    // Not attaching is a property of the build, not of the round: do not wait
+                    // for it again.
+                    Outcome::Unavailable(why.to_owned())
+                } else {
+                    note_others(
+                        &format!("round {round} {set}({})", mode.letter()),
+                        &mut disturbances,
+                    );
+                    measurements += 1;
+                    measure(mode, load, &bins, &scratch, duration)?
+                };
+                if let (Mode::None, Outcome::Measured(sample)) = (mode, &outcome) {
+                    reference = Some(sample.rate);
+                }
+                eprintln!(
+                    "bench: round {round}/{} {set}{}",
+                    args.rounds,
+                    progress_line(mode, &outcome, reference, &calibration)
+                );
+                results.entry((load, mode)).or_default().push(outcome);
+            }
         }
     }
-    let tw_overflow = match (netstat_before, read_tw_overflow()) {
-        (Some(before), Some(after)) => Some(after.saturating_sub(before)),
-        _ => None,
-    };
+
+    let peak = args.peak.then(|| {
+        let kernel = match &bpftool {
+            Some(Ok(bpftool)) => {
+                note_others("kernel cost", &mut disturbances);
+                measurements += 1;
+                eprintln!(
+                    "bench: kernel cost: twtrace and an empty bpftrace program attached, \
+                     {PEAK_GENERATORS} generators for {}s, BPF run-time statistics on",
+                    args.duration
+                );
+                let no_floor = bpftrace_missing
+                    .as_deref()
+                    .unwrap_or("bpftrace left out (--no-bpftrace)");
+                measure_kernel_cost(&bins, &scratch, bpftool, duration, no_floor)
+                    .map_err(|e| format!("{e:#}"))
+            }
+            Some(Err(why)) => Err(why.clone()),
+            None => Err("bpftool was not looked for".to_owned()),
+        };
+        match &kernel {
+            Ok(cost) => eprintln!("bench: kernel cost: {}", report::kernel_cost_line(cost)),
+            Err(why) => eprintln!("bench: kernel cost not measured: {why}"),
+        }
+        Peak {
+            generators: PEAK_GENERATORS,
+            rows: rows_of(Load::Peak, &modes, &results, &calibration),
+            kernel,
+        }
+    });
 
     let report = Report {
         machine: Machine::probe(),
@@ -181,14 +254,12 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         rounds: args.rounds,
         duration_secs: args.duration,
         calibration,
-        rows: modes
-            .iter()
-            .map(|&mode| Row::aggregate(mode, &results, &calibration))
-            .collect(),
-        bpftrace_version: bins.bpftrace.as_deref().and_then(bpftrace_version),
-        tw_overflow,
+        rows: rows_of(Load::Single, &modes, &results, &calibration),
+        bpftrace_version: bins.bpftrace.as_deref().and_then(tool_version),
         load_at_start,
         disturbances,
+        measurements,
+        peak,
     };
     let markdown = render(&report);
     print!("{markdown}");
@@ -199,6 +270,37 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     fs::write(&out, &markdown).with_context(|| format!("writing {}", out.display()))?;
     eprintln!("bench: results written to {}", out.display());
     Ok(())
+}
+
+/// Warns about tracers and compilers running now, and keeps a note for the results.
+fn note_others(when: &str, disturbances: &mut Vec<String>) {
+    let others = other_tracers();
+    if !others.is_empty() {
+        let note = format!(
+            "{when}: other tracers or compilers were running: {}",
+            others.join(", ")
+        );
+        eprintln!("bench: warning: {note}; the numbers are skewed");
+        disturbances.push(note);
+    }
+}
+
+/// One load's table rows.
+fn rows_of(
+    load: Load,
+    modes: &[Mode],
+    results: &BTreeMap<(Load, Mode), Vec<Outcome>>,
+    calibration: &calibrate::Calibration,
+) -> Vec<Row> {
+    let of_load: BTreeMap<Mode, Vec<Outcome>> = results
+        .iter()
+        .filter(|((l, _), _)| *l == load)
+        .map(|(&(_, mode), outcomes)| (mode, outcomes.clone()))
+        .collect();
+    modes
+        .iter()
+        .map(|&mode| Row::aggregate(mode, &of_load, calibration))
+        .collect()
 }
 
 /// The modes in a..e order, each once, always with the reference (a), without bpftrace when

@@ -1,13 +1,14 @@
 //! Parsing what the generator and the tracers print: churn's result line, twtrace's summary line,
-//! and bpftrace's output and loss warnings.
+//! the leaderboard's JSON snapshots, and bpftrace's output and loss warnings.
 
 use std::{
+    collections::BTreeMap,
     fs::File,
     io::{BufRead as _, BufReader},
     path::Path,
 };
 
-use anyhow::{Context as _, Result};
+use anyhow::{Context as _, Result, bail};
 
 /// The generator's final line.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -46,7 +47,11 @@ pub struct Summary {
     pub events: u64,
     pub lost: u64,
     unattributed: u64,
-    /// Whatever follows (e.g. `4 not tracked (socket table full)`), without the leading comma.
+    /// Of the lost, those the kernel skipped because another BPF program was running on that
+    /// CPU (the programs' recursion_misses): `N of the lost skipped by the kernel (...)`.
+    pub skipped: u64,
+    /// Whatever else follows (e.g. `4 not tracked (socket table full)`), without the leading
+    /// comma.
     pub extra: String,
 }
 
@@ -62,14 +67,50 @@ impl Summary {
         let events = number("events")?;
         let lost = number("lost")?;
         let unattributed = number("unattributed")?;
-        let extra = parts.next().unwrap_or_default().to_owned();
+        let mut skipped = 0;
+        let mut extra = Vec::new();
+        for part in parts.next().unwrap_or_default().split(", ") {
+            let counted = part
+                .split_once(" of the lost skipped by the kernel")
+                .and_then(|(n, _)| n.parse().ok());
+            match counted {
+                Some(n) => skipped = n,
+                None if !part.is_empty() => extra.push(part),
+                None => {}
+            }
+        }
         Some(Self {
             events,
             lost,
             unattributed,
-            extra,
+            skipped,
+            extra: extra.join(", "),
         })
     }
+}
+
+/// `timewait_entered` per pid in the last snapshot of `twtrace --json` output (one JSON object
+/// per line; the last one is printed when it stops, so it holds every event it counted).
+pub fn timewait_by_pid(jsonl: &str) -> Result<BTreeMap<u32, u64>> {
+    let Some(last) = jsonl.lines().rev().find(|l| !l.trim().is_empty()) else {
+        bail!("no snapshot printed");
+    };
+    let snapshot: serde_json::Value =
+        serde_json::from_str(last).with_context(|| format!("not JSON: {last:.80?}"))?;
+    let processes = snapshot
+        .get("processes")
+        .and_then(serde_json::Value::as_array)
+        .context("no \"processes\" array in the last snapshot")?;
+    let mut counts = BTreeMap::new();
+    for process in processes {
+        let field = |name: &str| process.get(name).and_then(serde_json::Value::as_u64);
+        let (Some(pid), Some(entered)) = (field("pid"), field("timewait_entered")) else {
+            bail!("a process without pid or timewait_entered: {process}");
+        };
+        let pid = u32::try_from(pid).with_context(|| format!("pid {pid} out of range"))?;
+        *counts.entry(pid).or_default() += entered;
+    }
+    Ok(counts)
 }
 
 /// bpftrace's `Lost N events` warning (the perf buffer was full), anywhere in the line.
@@ -124,6 +165,37 @@ mod tests {
     }
 
     #[test]
+    fn parses_a_real_generator_line() {
+        // `churn --clients 1 --servers 1 --duration 1`, captured on the bench machine.
+        let line = include_str!("testdata/churn-1c1s.out");
+        assert_eq!(
+            GeneratorRun::parse(line.trim_end()),
+            Some(GeneratorRun {
+                connections: 14_165,
+                rate: 14_118.0,
+                addr_unavailable: 0,
+                errors: 0,
+            })
+        );
+    }
+
+    #[test]
+    fn reads_timewait_per_pid_from_the_last_snapshot() {
+        // The final line of `twtrace --json --interval 1` while the generator above ran as pid
+        // 994: its 14,165 connections are 14,165 TIME_WAIT entries.
+        let last = include_str!("testdata/leaderboard-final.json");
+        let earlier = r#"{"processes":[{"pid":994,"timewait_entered":5}]}"#;
+        let text = format!("{earlier}\n{last}\n");
+        let counts = timewait_by_pid(&text).expect("parses");
+        assert_eq!(counts.get(&994), Some(&14_165));
+        assert_eq!(counts.get(&0), Some(&0));
+        assert_eq!(counts.len(), 2);
+        assert!(timewait_by_pid("").is_err());
+        assert!(timewait_by_pid("{\"processes\":[{\"pid\":1}]}").is_err());
+        assert!(timewait_by_pid("twtrace: 3 events").is_err());
+    }
+
+    #[test]
     fn parses_the_summary_line() {
         assert_eq!(
             Summary::parse("twtrace: 20 events, 0 lost, 0 unattributed"),
@@ -131,6 +203,7 @@ mod tests {
                 events: 20,
                 lost: 0,
                 unattributed: 0,
+                skipped: 0,
                 extra: String::new(),
             })
         );
@@ -143,8 +216,36 @@ mod tests {
                 events: 10,
                 lost: 3,
                 unattributed: 2,
+                skipped: 0,
                 extra: "4 not tracked (socket table full), 6 undecodable".to_owned(),
             })
+        );
+        // As twtrace prints it (agent/src/stream.rs): the kernel's skips are a part of the lost.
+        assert_eq!(
+            Summary::parse(
+                "twtrace: 10 events, 10 lost, 2 unattributed, 7 of the lost skipped by the kernel \
+                 (another BPF program was running on that CPU), 4 not tracked (socket table \
+                 full), 5 accepted sockets with no known listener, 6 undecodable"
+            ),
+            Some(Summary {
+                events: 10,
+                lost: 10,
+                unattributed: 2,
+                skipped: 7,
+                extra: "4 not tracked (socket table full), 5 accepted sockets with no known \
+                        listener, 6 undecodable"
+                    .to_owned(),
+            })
+        );
+        // Captured in the bench run at peak (mode d).
+        let real = Summary::parse(
+            "twtrace: 1716361 events, 205897 lost, 0 unattributed, 630 of the lost skipped by \
+             the kernel (another BPF program was running on that CPU)",
+        )
+        .expect("parses");
+        assert_eq!(
+            (real.lost, real.skipped, real.extra.as_str()),
+            (205_897, 630, "")
         );
         // The running loss announcement and other messages are not the summary.
         for line in [

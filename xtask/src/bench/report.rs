@@ -15,8 +15,9 @@ use super::{
     aggregate::{Row, RowResult},
     calibrate::Calibration,
     host::Machine,
-    measure::{DRAIN, Outcome},
+    measure::{DRAIN, Load, Outcome},
     mode::Mode,
+    progcost::{FLOOR_PROGRAM, KernelCost, ProgramCost, TWTRACE_ARGS},
 };
 use crate::shell;
 
@@ -40,7 +41,7 @@ pub fn progress_line(
     if let Some(t) = &sample.tracer {
         line.push_str(&format!(
             ", {} events expected, {} received, {} lost",
-            fmt_int(cal.expected(sample.connections)),
+            fmt_int(cal.expected(sample.connections, sample.generators)),
             t.received.map_or("?".to_owned(), fmt_int),
             t.lost.map_or("?".to_owned(), fmt_int)
         ));
@@ -74,20 +75,28 @@ pub struct Report {
     pub calibration: Calibration,
     pub rows: Vec<Row>,
     pub bpftrace_version: Option<String>,
-    pub tw_overflow: Option<u64>,
     /// /proc/loadavg's 1, 5 and 15 minute figures when the measurements began.
     pub load_at_start: Option<String>,
     /// Other tracers seen running before measurements.
     pub disturbances: Vec<String>,
+    /// Measurements made (tracers started, generators run), for the share disturbed.
+    pub measurements: usize,
+    /// With `--peak`.
+    pub peak: Option<Peak>,
+}
+
+/// The peak load's rows and the kernel programs' cost.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Peak {
+    pub generators: usize,
+    pub rows: Vec<Row>,
+    /// Or why it was not measured.
+    pub kernel: Result<KernelCost, String>,
 }
 
 pub fn render(report: &Report) -> String {
     let mut md = String::new();
     let m = &report.machine;
-    let push = |md: &mut String, line: &str| {
-        md.push_str(line);
-        md.push('\n');
-    };
     push(&mut md, "# twtrace overhead benchmark");
     push(&mut md, "");
     push(
@@ -145,22 +154,112 @@ pub fn render(report: &Report) -> String {
             &format!("- Load average when the measurements began: {load}"),
         );
     }
+    if !report.disturbances.is_empty() {
+        push(
+            &mut md,
+            &format!(
+                "- **Noisy**: other tracers or compilers were running when {} of {} measurements \
+                 began (listed in the notes): the machine was shared, so compare a tracer with \
+                 the (a) of its own round rather than across runs. Someone else's twtrace or \
+                 bpftrace also runs its programs on every transition, and their tests' \
+                 connections count in a tracer's received and lost.",
+                report.disturbances.len(),
+                report.measurements
+            ),
+        );
+    }
+    push(&mut md, "");
+    let mut notes = table(&mut md, &report.rows, report.rounds, false);
+    notes.extend(report.disturbances.iter().cloned());
+    push(&mut md, "");
+    if !notes.is_empty() {
+        push(&mut md, "Notes:");
+        push(&mut md, "");
+        for note in &notes {
+            push(&mut md, &format!("- {note}"));
+        }
+        push(&mut md, "");
+    }
+    push(
+        &mut md,
+        &format!(
+            "Commands (binaries from `target/release`; each tracer is started, awaited until \
+             attached, then `churn --duration {}` runs, and the tracer gets SIGINT {} s after \
+             the generator ends):",
+            report.duration_secs,
+            DRAIN.as_secs()
+        ),
+    );
+    push(&mut md, "");
+    for row in &report.rows {
+        let shown = match row.mode {
+            Mode::None => Load::Single.shown_generators(report.duration_secs),
+            mode => mode.shown_command(),
+        };
+        push(&mut md, &format!("- ({}) `{shown}`", row.mode.letter()));
+    }
     push(&mut md, "");
     push(
         &mut md,
-        "| mode | tracer | conn/s median (min–max) | vs (a) median (min–max) | events expected \
-         | received | lost | tracer CPU µs/event median (min–max) | peak RSS |",
+        "How to read it: *vs (a)* is the generator's rate under the tracer divided by its rate \
+         with nothing attached in the same round. *Events expected* is connections × \
+         transitions per connection (plus the generator's listener), summed over rounds; *received* and *lost* are the \
+         tracer's own counts (twtrace: its `N events, N lost` summary line, where lost includes the \
+         events the kernel skipped because another BPF program was running on that CPU, shown \
+         in brackets; bpftrace: its output lines and `Lost N events` warnings). *Tracer CPU* is the tracer process's utime+stime \
+         from attaching until just before the stop signal, per event received (µs per event = \
+         s per million events); the eBPF program itself runs in the generator's context and \
+         shows up as lost throughput instead. *Peak RSS* is VmHWM, the largest over rounds.",
     );
-    push(&mut md, "|---|---|---|---|---|---|---|---|---|");
+    push(&mut md, "");
+    push(
+        &mut md,
+        "Targets (issue 5): vs (a) ≥ 0.97 for (b) and (c); no lost events at the generator's \
+         maximum rate; ≤ 1.5 µs CPU per event for (c); peak RSS ≤ 64 MiB.",
+    );
+    if let Some(peak) = &report.peak {
+        render_peak(&mut md, report, peak);
+    }
+    md
+}
+
+fn push(md: &mut String, line: &str) {
+    md.push_str(line);
+    md.push('\n');
+}
+
+/// The table of one load's rows; returns the notes for under it. `exactness` adds the column of
+/// the leaderboard's per-pid check.
+fn table(md: &mut String, rows: &[Row], rounds: u32, exactness: bool) -> Vec<String> {
+    let (extra_head, extra_rule) = if exactness {
+        (" TIME_WAIT per pid = connections |", "---|")
+    } else {
+        ("", "")
+    };
+    push(
+        md,
+        &format!(
+            "| mode | tracer | conn/s median (min–max) | vs (a) median (min–max) | events \
+             expected | received | lost | tracer CPU µs/event median (min–max) | peak RSS |\
+             {extra_head}"
+        ),
+    );
+    push(
+        md,
+        &format!("|---|---|---|---|---|---|---|---|---|{extra_rule}"),
+    );
     let mut notes = Vec::new();
-    for row in &report.rows {
+    for row in rows {
         let head = format!("({})", row.mode.letter());
         let label = row.mode.label();
+        let extra_none = if exactness { " – |" } else { "" };
         match &row.result {
             RowResult::Unavailable(why) => {
                 push(
-                    &mut md,
-                    &format!("| {head} | {label} | not available | – | – | – | – | – | – |"),
+                    md,
+                    &format!(
+                        "| {head} | {label} | not available | – | – | – | – | – | – |{extra_none}"
+                    ),
                 );
                 notes.push(format!("({}) {}", row.mode.letter(), why));
             }
@@ -195,11 +294,14 @@ pub fn render(report: &Report) -> String {
                             fmt_int(r)
                         }
                     });
-                    (
-                        fmt_int(s.expected),
-                        received,
-                        s.lost.map_or("?".to_owned(), fmt_int),
-                    )
+                    let lost = s.lost.map_or("?".to_owned(), |lost| {
+                        if s.skipped > 0 {
+                            format!("{} (kernel skipped {})", fmt_int(lost), fmt_int(s.skipped))
+                        } else {
+                            fmt_int(lost)
+                        }
+                    });
+                    (fmt_int(s.expected), received, lost)
                 };
                 let cpu = s.cpu_us_per_event.map_or("–".to_owned(), |c| {
                     format!("{:.2} ({:.2}–{:.2})", c.median, c.min, c.max)
@@ -207,19 +309,27 @@ pub fn render(report: &Report) -> String {
                 let rss = s.peak_rss_kib.map_or("–".to_owned(), |k| {
                     format!("{:.1} MiB", k as f64 / 1024.0)
                 });
+                let extra = match (exactness, s.exactness) {
+                    (false, _) => String::new(),
+                    (true, None) => " – |".to_owned(),
+                    (true, Some(e)) if e.mismatched == 0 => {
+                        format!(" all {} exact |", e.checked)
+                    }
+                    (true, Some(e)) => format!(" **{} of {} wrong** |", e.mismatched, e.checked),
+                };
                 push(
-                    &mut md,
+                    md,
                     &format!(
                         "| {head} | {label} | {rate} | {ratio} | {expected} | {received} | {lost} \
-                         | {cpu} | {rss} |"
+                         | {cpu} | {rss} |{extra}"
                     ),
                 );
-                if s.rounds < report.rounds as usize {
+                if s.rounds < rounds as usize {
                     notes.push(format!(
                         "({}) measured in {} of {} rounds",
                         row.mode.letter(),
                         s.rounds,
-                        report.rounds
+                        rounds
                     ));
                 }
                 if let Some(startup) = s.startup_cpu_secs {
@@ -236,65 +346,218 @@ pub fn render(report: &Report) -> String {
             }
         }
     }
-    notes.extend(report.disturbances.iter().cloned());
-    if let Some(n) = report.tw_overflow.filter(|&n| n > 0) {
-        notes.push(format!(
-            "the kernel skipped {} TIME_WAIT entries during the bench \
-             (TCPTimeWaitOverflow: net.ipv4.tcp_max_tw_buckets reached); the transitions are \
-             the same either way",
-            fmt_int(n)
-        ));
-    }
-    push(&mut md, "");
-    if !notes.is_empty() {
-        push(&mut md, "Notes:");
-        push(&mut md, "");
-        for note in &notes {
-            push(&mut md, &format!("- {note}"));
-        }
-        push(&mut md, "");
-    }
+    notes
+}
+
+/// The peak section: its table, then the kernel programs' cost per hit.
+fn render_peak(md: &mut String, report: &Report, peak: &Peak) {
+    push(md, "");
     push(
-        &mut md,
+        md,
+        &format!("## Peak: {} generators at once", peak.generators),
+    );
+    push(md, "");
+    push(
+        md,
         &format!(
-            "Commands (binaries from `target/release`; each tracer is started, awaited until \
-             attached, then `churn --duration {}` runs, and the tracer gets SIGINT {} s after \
-             the generator ends):",
-            report.duration_secs,
-            DRAIN.as_secs()
+            "- Workload: {} `churn` processes started together, each 1 client + 1 server thread \
+             on its own listener (127.0.0.1, a port the kernel picks), client closes first; {} \
+             round(s) of {} s, modes interleaved within each round, after the rounds above and \
+             one unmeasured warm-up run. Rates are summed over the generators; events expected \
+             count one listener per generator.",
+            peak.generators, report.rounds, report.duration_secs
         ),
     );
-    push(&mut md, "");
-    for row in &report.rows {
-        let shown = match row.mode {
-            Mode::None => format!("churn --duration {}", report.duration_secs),
-            mode => mode.shown_command(),
-        };
-        push(&mut md, &format!("- ({}) `{shown}`", row.mode.letter()));
+    push(md, "");
+    let notes = table(md, &peak.rows, report.rounds, true);
+    push(md, "");
+    if !notes.is_empty() {
+        push(md, "Notes:");
+        push(md, "");
+        for note in &notes {
+            push(md, &format!("- {note}"));
+        }
+        push(md, "");
     }
-    push(&mut md, "");
     push(
-        &mut md,
-        "How to read it: *vs (a)* is the generator's rate under the tracer divided by its rate \
-         with nothing attached in the same round. *Events expected* is connections × \
-         transitions per connection (plus the generator's listener), summed over rounds; *received* and *lost* are the \
-         tracer's own counts (twtrace: its `N events, N lost` summary line; bpftrace: its output \
-         lines and `Lost N events` warnings). *Tracer CPU* is the tracer process's utime+stime \
-         from attaching until just before the stop signal, per event received (µs per event = \
-         s per million events); the eBPF program itself runs in the generator's context and \
-         shows up as lost throughput instead. *Peak RSS* is VmHWM, the largest over rounds.",
+        md,
+        &format!(
+            "Commands: as above, with `{}`; (c) writes its snapshots to a file: `{}`.",
+            Load::Peak.shown_generators(report.duration_secs),
+            Mode::Leaderboard
+                .shown_command()
+                .replace("> /dev/null", "> FILE")
+        ),
     );
-    push(&mut md, "");
+    push(md, "");
     push(
-        &mut md,
-        "Targets (issue 5): vs (a) ≥ 0.97 for (b) and (c); no lost events at the generator's \
-         maximum rate; ≤ 1.5 µs CPU per event for (c); peak RSS ≤ 64 MiB.",
+        md,
+        "*TIME_WAIT per pid = connections*: the client closes first, so every connection a \
+         generator reports (churn's `connections=N`) is one TIME_WAIT entered by its pid; the \
+         leaderboard's final JSON snapshot (printed when it stops) must show exactly that \
+         `timewait_entered` for each generator's pid. *Lost* is twtrace's own count, which \
+         includes events the kernel skipped (the programs' recursion_misses), in brackets.",
     );
-    md
+    push(md, "");
+    push(
+        md,
+        "Why the rounds are not interleaved with the ones above: at this rate the kernel's \
+         TIME_WAIT table (net.ipv4.tcp_max_tw_buckets) fills within seconds and stays full for \
+         60 s (TIME_WAIT's length); while it is full the kernel makes no TIME_WAIT sockets \
+         (TCPTimeWaitOverflow), connections get much cheaper and any generator runs faster. \
+         The warm-up fills it, so every peak measurement starts full, as on any host that \
+         churns this fast with this limit; a single-generator measurement right after a peak \
+         one would not be comparable with the others.",
+    );
+    push(md, "");
+    push(md, "## Kernel programs: cost per hit");
+    push(md, "");
+    match &peak.kernel {
+        Err(why) => push(md, &format!("Not measured: {why}")),
+        Ok(cost) => render_kernel_cost(md, cost),
+    }
+}
+
+fn render_kernel_cost(md: &mut String, cost: &KernelCost) {
+    push(
+        md,
+        &format!(
+            "`twtrace {}` and `bpftrace -e '{FLOOR_PROGRAM}'` attached together, {} generators \
+             as above for {} s ({} conn/s summed, {} connections), with the kernel's BPF \
+             run-time statistics on (BPF_ENABLE_STATS, what `kernel.bpf_stats_enabled=1` does, \
+             held by a file descriptor for this measurement only). Counters from `bpftool prog \
+             show --json`{}, read just before the generators started and just after they \
+             ended; programs found through each process's `/proc/PID/fdinfo`.{}",
+            TWTRACE_ARGS.join(" "),
+            cost.generators,
+            cost.duration_secs,
+            fmt_int(cost.rate.round() as u64),
+            fmt_int(cost.connections),
+            cost.bpftool_version
+                .as_ref()
+                .map(|v| format!(" ({v})"))
+                .unwrap_or_default(),
+            cost.summary
+                .as_ref()
+                .map(|s| format!(
+                    " twtrace's summary: {} events, {} lost.",
+                    fmt_int(s.events),
+                    fmt_int(s.lost)
+                ))
+                .unwrap_or_default()
+        ),
+    );
+    push(md, "");
+    push(
+        md,
+        "| program | tracepoint | hits | ns per hit | total ms | recursion_misses |",
+    );
+    push(md, "|---|---|---|---|---|---|");
+    let row = |md: &mut String, label: &str, c: &ProgramCost| {
+        let s = &c.stats;
+        push(
+            md,
+            &format!(
+                "| {label} | {} | {} | {} | {:.1} | {} |",
+                c.tracepoint.as_deref().unwrap_or("?"),
+                fmt_int(s.run_cnt),
+                s.ns_per_run()
+                    .map_or("–".to_owned(), |ns| format!("{ns:.0}")),
+                s.run_time_ns as f64 / 1e6,
+                fmt_int(s.recursion_misses)
+            ),
+        );
+    };
+    for c in &cost.twtrace {
+        row(md, &format!("twtrace `{}`", c.stats.name), c);
+    }
+    match &cost.floor {
+        Ok(floor) => {
+            // bpftrace's probe has no link fd; its tracepoint is the one it was given.
+            let floor = ProgramCost {
+                tracepoint: floor
+                    .tracepoint
+                    .clone()
+                    .or_else(|| Some("inet_sock_set_state".to_owned())),
+                ..floor.clone()
+            };
+            row(md, "floor: empty bpftrace program", &floor);
+        }
+        Err(why) => push(
+            md,
+            &format!("| floor | – | – | – | – | – |\n\nFloor not measured: {why}"),
+        ),
+    }
+    push(md, "");
+    if let Some(per) = per_transition_ns(cost) {
+        push(
+            md,
+            &format!(
+                "All of twtrace's programs together: {per:.0} ns of kernel time per \
+                 `inet_sock_set_state` hit (per transition){}.",
+                cost.floor
+                    .as_ref()
+                    .ok()
+                    .and_then(|f| f.stats.ns_per_run())
+                    .map(|f| format!(", against a floor of {f:.0} ns"))
+                    .unwrap_or_default()
+            ),
+        );
+        push(md, "");
+    }
+    push(
+        md,
+        "*ns per hit* is run_time_ns / run_cnt over the traffic: the program's own time, measured \
+         by the kernel around each run (the statistics' clock reads are in it, and in the floor). \
+         The programs see every transition on the machine, the neighbours' traffic included. \
+         *recursion_misses*: runs the kernel skipped because another BPF program was running on \
+         that CPU; twtrace counts them as lost.",
+    );
+}
+
+/// Kernel time of all twtrace's programs per hit of its main one (one hit per transition).
+fn per_transition_ns(cost: &KernelCost) -> Option<f64> {
+    let main = cost.twtrace.iter().find(|c| {
+        c.stats.name == "inet_sock_set_state"
+            || c.tracepoint.as_deref() == Some("inet_sock_set_state")
+    })?;
+    let total: u64 = cost.twtrace.iter().map(|c| c.stats.run_time_ns).sum();
+    (main.stats.run_cnt > 0).then(|| total as f64 / main.stats.run_cnt as f64)
+}
+
+/// The progress line of the kernel-cost measurement.
+pub fn kernel_cost_line(cost: &KernelCost) -> String {
+    let mut parts: Vec<String> = cost
+        .twtrace
+        .iter()
+        .map(|c| {
+            format!(
+                "{} {} ns/hit × {}",
+                c.stats.name,
+                c.stats
+                    .ns_per_run()
+                    .map_or("–".to_owned(), |ns| format!("{ns:.0}")),
+                fmt_int(c.stats.run_cnt)
+            )
+        })
+        .collect();
+    match &cost.floor {
+        Ok(f) => parts.push(format!(
+            "floor {} ns/hit × {}",
+            f.stats
+                .ns_per_run()
+                .map_or("–".to_owned(), |ns| format!("{ns:.0}")),
+            fmt_int(f.stats.run_cnt)
+        )),
+        Err(why) => parts.push(format!("floor: {why}")),
+    }
+    let misses: u64 = cost.twtrace.iter().map(|c| c.stats.recursion_misses).sum();
+    parts.push(format!("{misses} recursion misses"));
+    parts.join(", ")
 }
 
 /// `14102` -> `14,102`.
-fn fmt_int(n: u64) -> String {
+pub fn fmt_int(n: u64) -> String {
     let digits = n.to_string();
     let mut out = String::with_capacity(digits.len() + digits.len() / 3);
     for (i, c) in digits.chars().enumerate() {
@@ -379,10 +642,11 @@ mod tests {
         };
         let mut results = BTreeMap::new();
         results.insert(Mode::None, vec![reference(14_000.0)]);
-        results.insert(
-            Mode::Trace,
-            vec![sample(13_720.0, 13_720, 137_200, 0, 0.0686)],
-        );
+        let mut trace = sample(13_720.0, 13_720, 137_200, 0, 0.0686);
+        if let Outcome::Measured(s) = &mut trace {
+            s.tw_overflow = Some(5);
+        }
+        results.insert(Mode::Trace, vec![trace]);
         results.insert(
             Mode::Record,
             vec![Outcome::Unavailable(
@@ -407,11 +671,12 @@ mod tests {
                 .map(|&m| Row::aggregate(m, &results, &cal))
                 .collect(),
             bpftrace_version: None,
-            tw_overflow: Some(5),
             load_at_start: Some("0.50 0.40 0.30".to_owned()),
             disturbances: vec![
                 "round 1 (b): other tracers or compilers were running: pid 7 (twtrace)".to_owned(),
             ],
+            measurements: 3,
+            peak: None,
         };
         let md = render(&report);
         assert!(md.starts_with("# twtrace overhead benchmark\n"));
@@ -429,8 +694,14 @@ mod tests {
         ));
         assert!(md.contains("| (d) | record -o FILE | not available | – | – | – | – | – | – |"));
         assert!(md.contains("- (d) not available in this build"));
-        assert!(md.contains("skipped 5 TIME_WAIT entries"));
+        assert!(md.contains(
+            "- (b) the kernel's TIME_WAIT table was full (net.ipv4.tcp_max_tw_buckets) in 1 of 1 \
+             rounds: it skipped 5 TIME_WAIT sockets"
+        ));
         assert!(md.contains("- Load average when the measurements began: 0.50 0.40 0.30"));
+        assert!(md.contains(
+            "- **Noisy**: other tracers or compilers were running when 1 of 3 measurements began"
+        ));
         assert!(
             md.contains("- round 1 (b): other tracers or compilers were running: pid 7 (twtrace)")
         );
@@ -443,5 +714,161 @@ mod tests {
             .map(|l| l.matches(" | ").count())
             .collect();
         assert!(widths.windows(2).all(|w| w[0] == w[1]), "{widths:?}");
+    }
+
+    #[test]
+    fn renders_the_peak_table_and_the_kernel_cost() {
+        use crate::bench::{
+            measure::{Exactness, Mismatch, Sample, TracerSample},
+            parse::Summary,
+            progcost::ProgStats,
+        };
+        let cal = Calibration {
+            connections: 300,
+            connection_lines: 3000,
+            listener_lines: 2,
+        };
+        let peak_sample = |mismatches: Vec<Mismatch>| {
+            Outcome::Measured(Sample {
+                rate: 36_000.0,
+                connections: 72_000,
+                generators: 4,
+                tracer: Some(TracerSample {
+                    received: Some(700_000),
+                    lost: Some(20_008),
+                    skipped: Some(8),
+                    cpu_secs: Some(0.35),
+                    peak_rss_kib: Some(70 * 1024),
+                    exactness: Some(Exactness {
+                        checked: 4,
+                        mismatches,
+                    }),
+                    ..TracerSample::default()
+                }),
+                ..Sample::default()
+            })
+        };
+        let mut peak_results = BTreeMap::new();
+        peak_results.insert(Mode::None, vec![reference(48_000.0)]);
+        peak_results.insert(
+            Mode::Leaderboard,
+            vec![peak_sample(vec![Mismatch {
+                pid: 7,
+                connections: 18_000,
+                timewait_entered: Some(17_000),
+            }])],
+        );
+        let mut exact_results = peak_results.clone();
+        exact_results.insert(Mode::Leaderboard, vec![peak_sample(vec![])]);
+        let program = |id, name: &str, cnt, ns| ProgramCost {
+            stats: ProgStats {
+                id,
+                kind: "tracepoint".to_owned(),
+                name: name.to_owned(),
+                run_time_ns: ns,
+                run_cnt: cnt,
+                recursion_misses: if id == 1 { 1004 } else { 0 },
+            },
+            tracepoint: Some(name.to_owned()),
+        };
+        let kernel = KernelCost {
+            duration_secs: 5,
+            generators: 4,
+            rate: 18_457.4,
+            connections: 37_372,
+            summary: Summary::parse("twtrace: 372724 events, 1506 lost, 0 unattributed"),
+            twtrace: vec![
+                program(1, "inet_sock_set_state", 372_724, 328_600_000),
+                program(2, "tcp_destroy_sock", 74_246, 34_100_000),
+                program(3, "tcp_receive_reset", 0, 0),
+            ],
+            floor: Ok(ProgramCost {
+                tracepoint: None,
+                ..program(9, "inet_sock_set_s", 372_724, 22_363_440)
+            }),
+            bpftool_version: Some("bpftool v7.1.0".to_owned()),
+        };
+        let report = |results: &BTreeMap<Mode, Vec<Outcome>>,
+                      kernel: Result<KernelCost, String>| Report {
+            machine: Machine::default(),
+            date: "2026-11-29 10:00 UTC".to_owned(),
+            command: "cargo xtask bench --peak".to_owned(),
+            revision: None,
+            rounds: 1,
+            duration_secs: 5,
+            calibration: cal,
+            rows: vec![],
+            bpftrace_version: None,
+            load_at_start: None,
+            disturbances: vec![],
+            measurements: 3,
+            peak: Some(Peak {
+                generators: 4,
+                rows: [Mode::None, Mode::Leaderboard]
+                    .iter()
+                    .map(|&m| Row::aggregate(m, results, &cal))
+                    .collect(),
+                kernel,
+            }),
+        };
+        let md = render(&report(&peak_results, Ok(kernel.clone())));
+        assert!(md.contains("## Peak: 4 generators at once"));
+        assert!(!md.contains("**Noisy**"));
+        assert!(md.contains(
+            "| (a) | nothing attached | 48,000 (48,000–48,000) | 1 (reference) | – | – | – | – \
+             | – | – |"
+        ));
+        // 72,000 x 10 + 4 listeners x 2.
+        assert!(md.contains(
+            "| (c) | leaderboard --json | 36,000 (36,000–36,000) | 0.750 (0.750–0.750) | 720,008 \
+             | 700,000 (97.2%) | 20,008 (kernel skipped 8) | 0.50 (0.50–0.50) | 70.0 MiB \
+             | **1 of 4 wrong** |"
+        ));
+        assert!(md.contains(
+            "- (c) round 1: connections vs the final snapshot's TIME_WAIT entered, per \
+             generator: pid 7 18,000 vs 17,000 (5.6% short)"
+        ));
+        assert!(md.contains("`4 × churn --clients 1 --servers 1 --duration 5, started together`"));
+        assert!(md.contains("## Kernel programs: cost per hit"));
+        assert!(md.contains("(18,457 conn/s summed, 37,372 connections)"));
+        assert!(md.contains("(bpftool v7.1.0)"));
+        assert!(md.contains("twtrace's summary: 372,724 events, 1,506 lost."));
+        assert!(md.contains(
+            "| twtrace `inet_sock_set_state` | inet_sock_set_state | 372,724 | 882 | 328.6 | 1,004 |"
+        ));
+        assert!(
+            md.contains("| twtrace `tcp_receive_reset` | tcp_receive_reset | 0 | – | 0.0 | 0 |")
+        );
+        assert!(md.contains(
+            "| floor: empty bpftrace program | inet_sock_set_state | 372,724 | 60 | 22.4 | 0 |"
+        ));
+        // (328.6 + 34.1) ms over 372,724 transitions.
+        assert!(md.contains(
+            "All of twtrace's programs together: 973 ns of kernel time per \
+             `inet_sock_set_state` hit (per transition), against a floor of 60 ns."
+        ));
+        // Every line of each table has its header's number of columns.
+        let mut widths: Vec<usize> = Vec::new();
+        for line in md.lines() {
+            if line.starts_with("| mode") || line.starts_with("| program") {
+                widths.clear();
+            }
+            if line.starts_with("| ") {
+                widths.push(line.matches(" | ").count());
+                assert!(widths.iter().all(|&w| w == widths[0]), "{line}");
+            }
+        }
+
+        let exact = render(&report(
+            &exact_results,
+            Err("bpftool is missing".to_owned()),
+        ));
+        assert!(exact.contains("| 70.0 MiB | all 4 exact |"));
+        assert!(exact.contains("Not measured: bpftool is missing"));
+        assert_eq!(
+            kernel_cost_line(&kernel),
+            "inet_sock_set_state 882 ns/hit × 372,724, tcp_destroy_sock 459 ns/hit × 74,246, \
+             tcp_receive_reset – ns/hit × 0, floor 60 ns/hit × 372,724, 1004 recursion misses"
+        );
     }
 }
