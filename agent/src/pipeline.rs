@@ -163,11 +163,6 @@ impl<'a> Core<'a> {
         }
     }
 
-    /// The run's tally so far.
-    pub fn tally(&self) -> &Tally {
-        &self.tally
-    }
-
     /// Why the stream should stop, once it should.
     pub fn stopped(&self) -> Option<&Stopped> {
         self.stopped.as_ref()

@@ -249,7 +249,7 @@ async fn leaderboard(args: LiveArgs, verbose: bool) -> anyhow::Result<()> {
     };
     let title = format!("twtrace{}", describe_filters(&opts.pids, &opts.ports));
     view = view_sink(title, &mut sinks);
-    if let Some((sink, path)) = recorder {
+    if let (Some(sink), Some(path)) = (recorder, &args.record) {
         if !tui {
             say(&format!("twtrace: recording to {}", path.display()));
         }
@@ -274,13 +274,13 @@ fn recorded_selection(header: &Header) -> Selection {
 }
 
 /// Creates the recording file and its sink.
-fn file_recorder<'p>(
-    path: &'p Path,
+fn file_recorder(
+    path: &Path,
     force: bool,
     max_size: Option<u64>,
     opts: &Options,
     progress: bool,
-) -> anyhow::Result<(FileRecorder, &'p Path)> {
+) -> anyhow::Result<FileRecorder> {
     let header = header_now(
         std::env::args().collect(),
         Filters {
@@ -313,7 +313,7 @@ fn file_recorder<'p>(
     }
     let writer = Writer::new(created.file, &header, max_size)
         .with_context(|| format!("writing {}", path.display()))?;
-    Ok((FileRecorder::new(writer, path, max_size, progress), path))
+    Ok(FileRecorder::new(writer, path, max_size, progress))
 }
 
 /// The tracer did not start: nothing was recorded, so no file is left behind.
@@ -338,7 +338,7 @@ async fn record(args: RecordArgs, verbose: bool) -> anyhow::Result<()> {
     let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
     let source = match args.ring {
         None => {
-            let (sink, _) = file_recorder(path, args.force, args.max_size, &opts, true)?;
+            let sink = file_recorder(path, args.force, args.max_size, &opts, true)?;
             let source = match start_live(&opts, live_cadence, false) {
                 Ok(s) => s,
                 Err(e) => return Err(discard(Some(sink), Some(path), e)),
