@@ -195,6 +195,9 @@ pub struct ListenerEntry {
 pub const EVENT_SIZE: usize = size_of::<Event>();
 const _: () = assert!(EVENT_SIZE == 112);
 const _: () = assert!(align_of::<Event>() == 8);
+// The kernel program stores the addresses as whole words (`addr16` in src/main.rs).
+const _: () = assert!(core::mem::offset_of!(Event, saddr) % 8 == 0);
+const _: () = assert!(core::mem::offset_of!(Event, daddr) % 8 == 0);
 
 #[cfg(feature = "user")]
 mod user {

@@ -8,20 +8,20 @@
 #![no_std]
 #![no_main]
 
+use core::mem::MaybeUninit;
+
 use aya_ebpf::{
     EbpfContext, Global,
     bindings::{BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
-    helpers::{
-        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
-    },
+    helpers::{bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_ktime_get_ns, generated},
     macros::{map, tracepoint},
     maps::{HashMap, PerCpuArray, RingBuf},
     programs::TracePointContext,
 };
 use aya_log_ebpf::warn;
 use twtrace_ebpf::{
-    AF_INET, AF_INET6, Event, IPPROTO_TCP, ListenerEntry, MAX_PID_FILTER, MAX_PORT_FILTER, Owner,
-    SockEntry, flags, globals, how, offsets, stat, tcp_state,
+    AF_INET, AF_INET6, COMM_LEN, Event, IPPROTO_TCP, ListenerEntry, MAX_PID_FILTER,
+    MAX_PORT_FILTER, Owner, SockEntry, flags, globals, how, offsets, stat, tcp_state,
 };
 
 /// Sized by the agent at load time (`RING_BYTES` in agent/src/kernel/tracer.rs); this is a fallback.
@@ -30,10 +30,6 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
 
 #[map]
 static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);
-
-/// Events sent per CPU, for the wake-up batching in `wakeup_flag`.
-#[map]
-static WAKEUPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
 /// Live sockets: owner, reset flags and a close held back until destruction. Entries are removed
 /// at `tcp:tcp_destroy_sock`, so the table holds only sockets alive now; a plain (not LRU) hash so
@@ -65,15 +61,58 @@ fn count(index: u32) {
     }
 }
 
+/// Writes the current task into `owner` as the socket's owner. `owner` must be zeroed (a comm
+/// the kernel cannot give stays empty).
 #[inline(always)]
-fn current_owner() -> Owner {
-    Owner {
-        tgid: (bpf_get_current_pid_tgid() >> 32) as u32,
-        how: how::OWNER,
-        // SAFETY: helper without preconditions; available to tracepoint programs.
-        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
-        comm: bpf_get_current_comm().unwrap_or([0; 16]),
+fn fill_current_owner(owner: &mut Owner) {
+    owner.tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    owner.how = how::OWNER;
+    // SAFETY: helper without preconditions; available to tracepoint programs.
+    owner.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    // Straight into the owner: aya's wrapper returns an array, whose zeroing and copy cost a
+    // byte loop each (see `copy_words`).
+    // SAFETY: the helper writes at most COMM_LEN bytes to a buffer of exactly that size.
+    unsafe { generated::bpf_get_current_comm(owner.comm.as_mut_ptr().cast(), COMM_LEN as u32) };
+}
+
+/// Copies a plain value a word at a time.
+///
+/// Struct copies and zero-initialisation would otherwise compile to calls of aya-ebpf's
+/// `memmove`/`memset`, which go one byte per iteration, about six instructions a byte: zeroing,
+/// filling and copying an `Event` and its owner cost well over a thousand instructions per
+/// transition, most of the program's time. Volatile accesses keep LLVM from turning this loop
+/// back into such a call; the loop has a constant count and is unrolled.
+#[inline(always)]
+fn copy_words<T: Copy>(dst: &mut T, src: &T) {
+    const { assert!(size_of::<T>() % 8 == 0 && align_of::<T>() % 8 == 0) };
+    let (d, s) = (
+        (dst as *mut T).cast::<u64>(),
+        (src as *const T).cast::<u64>(),
+    );
+    let mut i = 0;
+    while i < size_of::<T>() / 8 {
+        // SAFETY: both point at a whole `T`, which is 8-byte aligned and a whole number of words
+        // long (checked above), and `i` stays below that number; `T` is plain data, valid for
+        // any bytes.
+        unsafe { core::ptr::write_volatile(d.add(i), core::ptr::read_volatile(s.add(i))) };
+        i += 1;
     }
+}
+
+/// Zeroes a plain value a word at a time (see `copy_words`) and hands it out initialised.
+#[inline(always)]
+fn zeroed_in<T: Copy>(slot: &mut MaybeUninit<T>) -> &mut T {
+    const { assert!(size_of::<T>() % 8 == 0 && align_of::<T>() % 8 == 0) };
+    let d = slot.as_mut_ptr().cast::<u64>();
+    let mut i = 0;
+    while i < size_of::<T>() / 8 {
+        // SAFETY: as in `copy_words`: in bounds and aligned.
+        unsafe { core::ptr::write_volatile(d.add(i), 0) };
+        i += 1;
+    }
+    // SAFETY: every byte was just written, and all-zero bytes are a valid `T` (plain integers
+    // and byte arrays).
+    unsafe { slot.assume_init_mut() }
 }
 
 #[inline(always)]
@@ -105,8 +144,15 @@ fn emit(ev: &Event) {
     if ev.owner.how == how::UNKNOWN {
         count(stat::UNATTRIBUTED);
     }
-    match EVENTS.output::<Event>(ev, wakeup_flag()) {
-        Ok(()) => count(stat::EVENTS),
+    let Some(sent) = STATS.get_ptr_mut(stat::EVENTS) else {
+        return;
+    };
+    // SAFETY: per-CPU slot, and BPF programs do not migrate or nest on one CPU for these
+    // tracepoints, so nobody else writes it concurrently.
+    let n = unsafe { *sent } + 1;
+    match EVENTS.output::<Event>(ev, wakeup_flag(n)) {
+        // SAFETY: as above.
+        Ok(()) => unsafe { *sent = n },
         Err(_) => count(stat::LOST),
     }
 }
@@ -114,24 +160,15 @@ fn emit(ev: &Event) {
 /// Wakes the agent once every `WAKEUP_EVERY` events per CPU instead of whenever it has caught
 /// up: at 100,000+ events/s each wake-up (epoll, the runtime, a drain) costs more than the events
 /// it delivers. The agent also drains on a short timer, so a quiet socket's event waits at most
-/// that long (`POLL` in agent/src/kernel/tracer.rs).
+/// that long (`POLL` in agent/src/kernel/tracer.rs). `sent` is this CPU's count of events sent,
+/// the one per-CPU slot the program already touches (a separate counter cost a second lookup).
 #[inline(always)]
-fn wakeup_flag() -> u64 {
+fn wakeup_flag(sent: u64) -> u64 {
     const WAKEUP_EVERY: u64 = 64;
-    match WAKEUPS.get_ptr_mut(0) {
-        Some(n) => {
-            // SAFETY: per-CPU slot, written only by programs on this CPU, which do not nest here.
-            let n = unsafe {
-                *n += 1;
-                *n
-            };
-            if n % WAKEUP_EVERY == 0 {
-                u64::from(BPF_RB_FORCE_WAKEUP)
-            } else {
-                u64::from(BPF_RB_NO_WAKEUP)
-            }
-        }
-        None => 0,
+    if sent % WAKEUP_EVERY == 0 {
+        u64::from(BPF_RB_FORCE_WAKEUP)
+    } else {
+        u64::from(BPF_RB_NO_WAKEUP)
     }
 }
 
@@ -161,15 +198,29 @@ fn field<T: Copy>(ctx: &TracePointContext, offset: usize) -> Result<T, i32> {
     Ok(unsafe { core::ptr::read(ctx.as_ptr().cast::<u8>().add(offset).cast::<T>()) })
 }
 
-/// A 16-byte address field, as two 8-byte loads (a byte-array copy would load through a moved
-/// context pointer, which the verifier refuses).
+/// Copies a 16-byte address field of the record into `dst`, as two 8-byte loads and stores (a
+/// byte-array copy would load through a moved context pointer, which the verifier refuses, and
+/// store a byte at a time).
 #[inline(always)]
-fn addr16(ctx: &TracePointContext, offset: usize) -> Result<[u8; 16], i32> {
+fn addr16(ctx: &TracePointContext, offset: usize, dst: &mut [u8; 16]) -> Result<(), i32> {
     let (hi, lo) = (field::<u64>(ctx, offset)?, field::<u64>(ctx, offset + 8)?);
-    let mut out = [0u8; 16];
-    out[..8].copy_from_slice(&hi.to_ne_bytes());
-    out[8..].copy_from_slice(&lo.to_ne_bytes());
-    Ok(out)
+    let d = dst.as_mut_ptr().cast::<u64>();
+    // SAFETY: the address arrays of `Event` lie at 8-byte aligned offsets of an 8-byte aligned
+    // struct (asserted in lib.rs), so both words are in bounds and aligned.
+    unsafe {
+        d.write(hi);
+        d.add(1).write(lo);
+    }
+    Ok(())
+}
+
+/// Copies a 4-byte IPv4 address field into the first word of `dst`.
+#[inline(always)]
+fn addr4(ctx: &TracePointContext, offset: usize, dst: &mut [u8; 16]) -> Result<(), i32> {
+    let v = field::<u32>(ctx, offset)?;
+    // SAFETY: as in `addr16`.
+    unsafe { dst.as_mut_ptr().cast::<u32>().write(v) };
+    Ok(())
 }
 
 fn try_set_state(ctx: &TracePointContext) -> Result<(), i64> {
@@ -188,40 +239,42 @@ fn try_set_state(ctx: &TracePointContext) -> Result<(), i64> {
         return Ok(());
     }
     let family: u16 = field(ctx, o::FAMILY)?;
-    let mut ev = Event {
-        // SAFETY: helper without preconditions; available to tracepoint programs.
-        ts_ns: unsafe { bpf_ktime_get_ns() },
-        skaddr,
-        oldstate,
-        newstate,
-        current_tgid: ctx.tgid(),
-        family,
-        sport: field(ctx, o::SPORT)?,
-        dport: field(ctx, o::DPORT)?,
-        ..Event::default()
-    };
+    let mut slot = MaybeUninit::<Event>::uninit();
+    let ev = zeroed_in(&mut slot);
+    // SAFETY: helper without preconditions; available to tracepoint programs.
+    ev.ts_ns = unsafe { bpf_ktime_get_ns() };
+    ev.skaddr = skaddr;
+    ev.oldstate = oldstate;
+    ev.newstate = newstate;
+    ev.current_tgid = ctx.tgid();
+    ev.family = family;
+    ev.sport = field(ctx, o::SPORT)?;
+    ev.dport = field(ctx, o::DPORT)?;
+    // For AF_INET6 sockets the IPv4 fields hold junk, and vice versa.
     if family == AF_INET {
-        // For AF_INET6 sockets the IPv4 fields hold junk, and vice versa.
-        let s = field::<u32>(ctx, o::SADDR)?.to_ne_bytes();
-        let d = field::<u32>(ctx, o::DADDR)?.to_ne_bytes();
-        ev.saddr[..4].copy_from_slice(&s);
-        ev.daddr[..4].copy_from_slice(&d);
+        addr4(ctx, o::SADDR, &mut ev.saddr)?;
+        addr4(ctx, o::DADDR, &mut ev.daddr)?;
     } else if family == AF_INET6 {
-        ev.saddr = addr16(ctx, o::SADDR_V6)?;
-        ev.daddr = addr16(ctx, o::DADDR_V6)?;
+        addr16(ctx, o::SADDR_V6, &mut ev.saddr)?;
+        addr16(ctx, o::DADDR_V6, &mut ev.daddr)?;
     }
+
+    // The socket's entry, looked up once for the whole transition: each hash lookup is a cache
+    // miss or two at peak, and this program runs on every transition of every socket.
+    // SAFETY (for every dereference of `entry` below): a hash map value pointer, valid for this
+    // program's run; one socket's transitions are serialised by the socket lock, so no other
+    // program writes this value meanwhile.
+    let entry = SOCKETS.get_ptr_mut(skaddr);
 
     // A close of this socket is still held back (it changed state again without being
     // destroyed, e.g. connect() again after a failure): send it first so order is kept.
-    if let Some(entry) = SOCKETS.get_ptr_mut(skaddr) {
-        // SAFETY: a hash map value pointer, valid for this program's run; one socket's
-        // transitions are serialised by the socket lock.
+    if let Some(entry) = entry {
+        // SAFETY: see `entry` above.
         let entry = unsafe { &mut *entry };
         if entry.has_pending != 0 {
             entry.has_pending = 0;
             entry.pending.flags |= flags::FLUSHED;
-            let pending = entry.pending;
-            emit(&pending);
+            emit(&entry.pending);
         }
     }
 
@@ -238,91 +291,108 @@ fn try_set_state(ctx: &TracePointContext) -> Result<(), i64> {
     );
 
     if owner_made {
-        ev.owner = current_owner();
+        fill_current_owner(&mut ev.owner);
         ev.flags |= flags::OWNER_MADE;
-        let fresh = oldstate == CLOSE;
-        match SOCKETS.get_ptr_mut(skaddr) {
-            // A socket leaving CLOSE is a new life for this address: forget earlier flags.
-            // SAFETY: as above: a map value pointer, valid for this run.
-            Some(entry) if !fresh => unsafe { (*entry).owner = ev.owner },
-            _ => {
-                let entry = SockEntry {
-                    owner: ev.owner,
-                    ..SockEntry::default()
-                };
-                if SOCKETS.insert(skaddr, entry, 0).is_err() {
-                    count(stat::TABLE_FULL);
-                    warn!(ctx, "twtrace: socket table full");
+        match entry {
+            // SAFETY: see `entry` above.
+            Some(entry) => unsafe {
+                if oldstate == CLOSE {
+                    // Leaving CLOSE is a new life for this address: forget earlier flags. Written
+                    // in place: an insert would take the bucket lock and search again.
+                    restart(&mut *entry, &ev.owner);
+                } else {
+                    copy_words(&mut (*entry).owner, &ev.owner);
                 }
+            },
+            None => {
+                track(ctx, skaddr, &ev.owner, None);
             }
         }
         if newstate == LISTEN {
-            let listener = ListenerEntry {
-                owner: ev.owner,
-                skaddr,
-            };
-            let _ = LISTENERS.insert(ev.sport, listener, 0);
+            let mut slot = MaybeUninit::<ListenerEntry>::uninit();
+            let listener = zeroed_in(&mut slot);
+            copy_words(&mut listener.owner, &ev.owner);
+            listener.skaddr = skaddr;
+            let _ = LISTENERS.insert(ev.sport, &*listener, 0);
         }
     } else if oldstate == LISTEN && newstate == SYN_RECV {
         // A child socket cloned from the listener (inet_csk_clone_lock), in softirq.
-        // SAFETY: read-only copy of a small value.
-        if let Some(listener) = unsafe { LISTENERS.get(ev.sport) } {
-            ev.owner = listener.owner;
+        if let Some(listener) = LISTENERS.get_ptr(ev.sport) {
+            // SAFETY: a hash map value pointer, valid for this program's run; read at once.
+            copy_words(&mut ev.owner, unsafe { &(*listener).owner });
             ev.owner.how = how::LISTENER;
-        } else if passes_filters(&ev) {
+        } else if passes_filters(ev) {
             // Counted only for sockets the user asked about, so the number means something.
             count(stat::LISTENER_MISS);
         }
-        let entry = SockEntry {
-            owner: ev.owner,
-            ..SockEntry::default()
-        };
-        if SOCKETS.insert(skaddr, entry, 0).is_err() {
-            count(stat::TABLE_FULL);
+        match entry {
+            // SAFETY: see `entry` above.
+            Some(entry) => restart(unsafe { &mut *entry }, &ev.owner),
+            None => {
+                track(ctx, skaddr, &ev.owner, None);
+            }
         }
     } else {
-        match SOCKETS.get_ptr_mut(skaddr) {
+        match entry {
             Some(entry) => {
-                // SAFETY: a hash map value pointer, valid for this program's run; one socket's
-                // transitions are serialised by the socket lock.
+                // SAFETY: see `entry` above.
                 let entry = unsafe { &mut *entry };
-                ev.owner = entry.owner;
+                copy_words(&mut ev.owner, &entry.owner);
                 ev.flags |= entry.flags;
                 if holds_close(oldstate, newstate, entry.flags) {
-                    entry.pending = ev;
+                    copy_words(&mut entry.pending, ev);
                     entry.has_pending = 1;
                     return Ok(());
                 }
             }
             None => {
-                if holds_close(oldstate, newstate, 0) {
-                    let entry = SockEntry {
-                        owner: ev.owner,
-                        has_pending: 1,
-                        pending: ev,
-                        ..SockEntry::default()
-                    };
-                    if SOCKETS.insert(skaddr, entry, 0).is_ok() {
-                        return Ok(());
-                    }
-                    count(stat::TABLE_FULL);
+                if holds_close(oldstate, newstate, 0) && track(ctx, skaddr, &ev.owner, Some(ev)) {
+                    return Ok(());
                 }
             }
         }
     }
     // Forget a listener when it closes, unless another socket took its port since. Listeners
     // learnt from /proc at start-up have no skaddr; their owner closing them is the best match.
-    // SAFETY: read-only copy of a small value.
     if oldstate == LISTEN
         && newstate == CLOSE
-        // SAFETY: the value is read and compared at once, in this program's run.
-        && unsafe { LISTENERS.get(ev.sport) }
-            .is_some_and(|l| l.skaddr == skaddr || (l.skaddr == 0 && l.owner.tgid == ev.owner.tgid))
+        // SAFETY: a hash map value pointer, read and compared at once, in this program's run.
+        && LISTENERS.get_ptr(ev.sport).is_some_and(|l| unsafe {
+            (*l).skaddr == skaddr || ((*l).skaddr == 0 && (*l).owner.tgid == ev.owner.tgid)
+        })
     {
         let _ = LISTENERS.remove(ev.sport);
     }
-    emit(&ev);
+    emit(ev);
     Ok(())
+}
+
+/// Starts tracking a socket twtrace has no entry for, with a close held back if `pending`.
+/// Returns whether the entry was made.
+#[inline(always)]
+fn track(ctx: &TracePointContext, skaddr: u64, owner: &Owner, pending: Option<&Event>) -> bool {
+    let mut slot = MaybeUninit::<SockEntry>::uninit();
+    let entry = zeroed_in(&mut slot);
+    copy_words(&mut entry.owner, owner);
+    if let Some(ev) = pending {
+        copy_words(&mut entry.pending, ev);
+        entry.has_pending = 1;
+    }
+    if SOCKETS.insert(skaddr, &*entry, 0).is_err() {
+        count(stat::TABLE_FULL);
+        warn!(ctx, "twtrace: socket table full");
+        return false;
+    }
+    true
+}
+
+/// Starts a new life in an existing entry: the new owner, no flags, nothing held. Only the
+/// fields that matter are written, not the whole held event.
+#[inline(always)]
+fn restart(entry: &mut SockEntry, owner: &Owner) {
+    copy_words(&mut entry.owner, owner);
+    entry.flags = 0;
+    entry.has_pending = 0;
 }
 
 /// Whether a `* -> CLOSE` waits for `tcp:tcp_destroy_sock` before being sent.
@@ -352,11 +422,10 @@ pub fn tcp_destroy_sock(ctx: TracePointContext) -> u32 {
         let entry = unsafe { &mut *entry };
         if entry.has_pending != 0 {
             entry.has_pending = 0;
-            let mut ev = entry.pending;
-            // SAFETY: as above.
-            ev.cookie = field::<u64>(&ctx, offsets::tcp_sock::SOCK_COOKIE).unwrap_or(0);
-            ev.flags |= flags::DESTROYED | (entry.flags & flags::RESET_SENT);
-            emit(&ev);
+            // Completed and sent from the map value itself: a copy would cost a byte loop.
+            entry.pending.cookie = field::<u64>(&ctx, offsets::tcp_sock::SOCK_COOKIE).unwrap_or(0);
+            entry.pending.flags |= flags::DESTROYED | (entry.flags & flags::RESET_SENT);
+            emit(&entry.pending);
         }
     }
     let _ = SOCKETS.remove(skaddr);
@@ -392,11 +461,10 @@ fn mark(skaddr: u64, bit: u32, create: bool) {
         // SAFETY: the pointer comes from a successful lookup.
         Some(entry) => unsafe { (*entry).flags |= bit },
         None if create => {
-            let entry = SockEntry {
-                flags: bit,
-                ..SockEntry::default()
-            };
-            if SOCKETS.insert(skaddr, entry, 0).is_err() {
+            let mut slot = MaybeUninit::<SockEntry>::uninit();
+            let entry = zeroed_in(&mut slot);
+            entry.flags = bit;
+            if SOCKETS.insert(skaddr, &*entry, 0).is_err() {
                 count(stat::TABLE_FULL);
             }
         }
