@@ -12,7 +12,7 @@ use core::mem::MaybeUninit;
 
 use aya_ebpf::{
     EbpfContext, Global,
-    bindings::{BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    bindings::BPF_RB_NO_WAKEUP,
     helpers::{bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_ktime_get_ns, generated},
     macros::{map, tracepoint},
     maps::{HashMap, PerCpuArray, RingBuf},
@@ -144,31 +144,15 @@ fn emit(ev: &Event) {
     if ev.owner.how == how::UNKNOWN {
         count(stat::UNATTRIBUTED);
     }
-    let Some(sent) = STATS.get_ptr_mut(stat::EVENTS) else {
-        return;
-    };
-    // SAFETY: per-CPU slot, and BPF programs do not migrate or nest on one CPU for these
-    // tracepoints, so nobody else writes it concurrently.
-    let n = unsafe { *sent } + 1;
-    match EVENTS.output::<Event>(ev, wakeup_flag(n)) {
-        // SAFETY: as above.
-        Ok(()) => unsafe { *sent = n },
+    // Never a wake-up: the agent drains the ring on a timer (`POLL` in
+    // agent/src/kernel/tracer.rs). A wake-up is an irq_work, a self-interrupt raised inside
+    // this program; on the way out of that interrupt the CPU runs pending softirqs, whose TCP
+    // transitions then find a BPF program already running here and are skipped by the kernel
+    // (recursion_misses). Forcing one every 64 events per CPU skipped 1,815 events in one 8 s
+    // run at four generators; without them, a few hundred (timer ticks still do it).
+    match EVENTS.output::<Event>(ev, u64::from(BPF_RB_NO_WAKEUP)) {
+        Ok(()) => count(stat::EVENTS),
         Err(_) => count(stat::LOST),
-    }
-}
-
-/// Wakes the agent once every `WAKEUP_EVERY` events per CPU instead of whenever it has caught
-/// up: at 100,000+ events/s each wake-up (epoll, the runtime, a drain) costs more than the events
-/// it delivers. The agent also drains on a short timer, so a quiet socket's event waits at most
-/// that long (`POLL` in agent/src/kernel/tracer.rs). `sent` is this CPU's count of events sent,
-/// the one per-CPU slot the program already touches (a separate counter cost a second lookup).
-#[inline(always)]
-fn wakeup_flag(sent: u64) -> u64 {
-    const WAKEUP_EVERY: u64 = 64;
-    if sent % WAKEUP_EVERY == 0 {
-        u64::from(BPF_RB_FORCE_WAKEUP)
-    } else {
-        u64::from(BPF_RB_NO_WAKEUP)
     }
 }
 

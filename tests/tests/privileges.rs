@@ -30,7 +30,13 @@ const TRACEFS: &str = "/sys/kernel/tracing";
 /// The user twtrace runs as: nobody, which owns none of the processes or files involved.
 const NOBODY: u32 = 65534;
 /// The least set for full function, as setpriv spells it (docs: README, "Privileges").
-const LEAST: &[&str] = &["bpf", "perfmon", "dac_read_search", "sys_ptrace"];
+const LEAST: &[&str] = &[
+    "bpf",
+    "perfmon",
+    "dac_read_search",
+    "sys_ptrace",
+    "sys_nice",
+];
 /// Connections per run: enough to count exactly, few enough to take well under a second.
 const N: usize = 20;
 
@@ -250,6 +256,7 @@ fn cap_bits(caps: &[&str]) -> u64 {
             "dac_read_search" => 1 << 2,
             "sys_ptrace" => 1 << 19,
             "sys_admin" => 1 << 21,
+            "sys_nice" => 1 << 23,
             "perfmon" => 1 << 38,
             "bpf" => 1 << 39,
             other => panic!("no bit known for {other}"),
@@ -387,7 +394,7 @@ fn without_sys_ptrace_names_it_and_what_degrades() {
     if skip(test, Tracefs::Mounted) {
         return;
     }
-    let caps = ["bpf", "perfmon", "dac_read_search"];
+    let caps = ["bpf", "perfmon", "dac_read_search", "sys_nice"];
     let mut c = Checks::new(test);
     let run = traced(test, &mut c, &under(&caps, Tracefs::Mounted), &caps);
 
@@ -492,6 +499,46 @@ fn least_set_attributes_everything() {
     c.finish();
 }
 
+/// Without CAP_SYS_NICE twtrace cannot raise its scheduling priority: it says once what that
+/// risks (falling behind at peak, with the loss counted) and attributes everything as before.
+#[test]
+fn without_sys_nice_says_what_it_risks() {
+    let test = "without_sys_nice_says_what_it_risks";
+    if skip(test, Tracefs::Mounted) {
+        return;
+    }
+    let caps = ["bpf", "perfmon", "dac_read_search", "sys_ptrace"];
+    let mut c = Checks::new(test);
+    let run = traced(test, &mut c, &under(&caps, Tracefs::Mounted), &caps);
+    let notices = capability_lines(&run.trace);
+    c.value("capability notices", notices.len(), 1);
+    let notice = notices.first().map(|s| s.as_str()).unwrap_or_default();
+    for want in [
+        "twtrace: could not raise its scheduling priority to nice -10",
+        "CAP_SYS_NICE",
+        "lose events (always counted as lost)",
+    ] {
+        c.value(
+            &format!("the notice says {want:?}"),
+            notice.contains(want),
+            true,
+        );
+    }
+    let server_side = run.server_side();
+    c.count("server-side events", &server_side, 1 + 5 * N);
+    c.all(
+        "server-side events have the server pid",
+        &server_side,
+        |e| e.pid == run.server,
+    );
+    c.value(
+        "unattributed in the summary",
+        run.trace.summary().unattributed,
+        0,
+    );
+    c.finish();
+}
+
 /// tracefs not mounted and no CAP_SYS_ADMIN to mount it: one line saying it is not mounted and
 /// naming CAP_SYS_ADMIN, with the command to run.
 #[test]
@@ -531,7 +578,7 @@ fn sys_admin_mounts_tracefs() {
     if skip(test, Tracefs::Unmounted) {
         return;
     }
-    let caps = ["sys_admin", "dac_read_search", "sys_ptrace"];
+    let caps = ["sys_admin", "dac_read_search", "sys_ptrace", "sys_nice"];
     let mut c = Checks::new(test);
     let run = traced(test, &mut c, &under(&caps, Tracefs::Unmounted), &caps);
     c.value(
@@ -623,7 +670,7 @@ fn without_sys_ptrace_sockets_from_before_the_start_have_no_owner() {
     }
     let mut c = Checks::new(test);
     let (client, before_start, total) =
-        close_wait_before_start(test, &["bpf", "perfmon", "dac_read_search"]);
+        close_wait_before_start(test, &["bpf", "perfmon", "dac_read_search", "sys_nice"]);
     c.value("CLOSE_WAIT in the totals", total, N as u64);
     c.value("CLOSE_WAIT under the client's pid", client, 0);
     c.value("CLOSE_WAIT under (before start)", before_start, N as u64);

@@ -1,9 +1,9 @@
 //! Who owns a socket twtrace did not see being made, or whose owner is gone: the answers /proc
 //! gives at each kernel dump, applied to the model.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
-use super::{KernelSocket, Model, PeerKey, Sock, Tuple, tuple};
+use super::{KernelSocket, Map, Model, PeerKey, Set, Sock, Tuple, tuple};
 use crate::event::Comm;
 
 impl Model {
@@ -14,7 +14,7 @@ impl Model {
         new: &[&KernelSocket],
         owners: &HashMap<u64, (u32, Comm)>,
         dump_ns: u64,
-        listening: &HashSet<u16>,
+        listening: &Set<u16>,
         keep: &dyn Fn(u32) -> bool,
     ) {
         for k in new {
@@ -53,8 +53,8 @@ impl Model {
     pub(super) fn adopt(
         &mut self,
         owners: &HashMap<u64, (u32, Comm)>,
-        kernel_full: &HashMap<Tuple, &KernelSocket>,
-        listening: &HashSet<u16>,
+        kernel_full: &Map<Tuple, &KernelSocket>,
+        listening: &Set<u16>,
     ) {
         let holder = |s: &Sock| -> Option<(u32, Comm, &KernelSocket)> {
             let k = kernel_full.get(&s.tuple)?;
