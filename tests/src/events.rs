@@ -124,9 +124,12 @@ pub struct Summary {
     pub events: u64,
     pub lost: u64,
     pub unattributed: u64,
+    /// Of `lost`, the events the kernel skipped (`, N of the lost skipped by the kernel`; 0 when
+    /// the line does not say).
+    pub skipped: u64,
 }
 
-/// Parses `twtrace: N events, N lost, N unattributed[anything]`.
+/// Parses `twtrace: N events, N lost, N unattributed[, N of the lost skipped ...][anything]`.
 pub fn parse_summary(line: &str) -> Option<Summary> {
     fn number_then<'a>(s: &'a str, word: &str) -> Option<(u64, &'a str)> {
         let digits = s.len() - s.trim_start_matches(|c: char| c.is_ascii_digit()).len();
@@ -136,11 +139,16 @@ pub fn parse_summary(line: &str) -> Option<Summary> {
     let rest = line.strip_prefix("twtrace: ")?;
     let (events, rest) = number_then(rest, " events, ")?;
     let (lost, rest) = number_then(rest, " lost, ")?;
-    let (unattributed, _) = number_then(rest, " unattributed")?;
+    let (unattributed, rest) = number_then(rest, " unattributed")?;
+    let skipped = rest
+        .strip_prefix(", ")
+        .and_then(|r| number_then(r, " of the lost skipped"))
+        .map_or(0, |(n, _)| n);
     Some(Summary {
         events,
         lost,
         unattributed,
+        skipped,
     })
 }
 
@@ -340,8 +348,17 @@ mod tests {
             Some(Summary {
                 events: 12,
                 lost: 0,
-                unattributed: 3
+                unattributed: 3,
+                skipped: 0,
             })
+        );
+        assert_eq!(
+            parse_summary(
+                "twtrace: 9 events, 7 lost, 0 unattributed, 5 of the lost skipped by the kernel \
+                 (another BPF program was running on that CPU)"
+            )
+            .map(|s| (s.lost, s.skipped)),
+            Some((7, 5))
         );
         assert_eq!(
             parse_summary("twtrace: 1 events, 2 lost, 3 unattributed (pid filter)").map(|s| s.lost),

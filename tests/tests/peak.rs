@@ -2,7 +2,8 @@
 //! one client and one server thread on its own listener on 127.0.0.1, the client closing first,
 //! so every connection a generator reports is exactly one TIME_WAIT entered by its pid. The live
 //! leaderboard's final snapshot, and the report of a recording of the same load, must give each
-//! generator's pid exactly that count, with no event lost.
+//! generator's pid exactly that count, with no event lost to the ring buffer. Events the kernel
+//! itself skips (see [`compare`]) are the one allowed shortfall, bounded by their count.
 //!
 //! Needs root (skips loudly otherwise) and at least 2 CPUs: on one CPU four generators are not
 //! more load than one, just slower. It asserts counts, never timings. At this rate the test
@@ -24,8 +25,9 @@ use std::{
 use serde_json::Value;
 use twtrace::kernel::sockdiag::{dump_tcp, sockstat};
 use twtrace_tests::{
-    ChildGuard,
+    ChildGuard, Summary,
     live::{Live, counter},
+    parse_summary,
     record::{Recording, TempDir, twtrace_output},
     skip_unless_root,
 };
@@ -303,7 +305,20 @@ impl Drop for OurTimeWait {
 
 /// What a tracer counted for a run, against what the generators made; one line per generator
 /// and the problems found, all of them, so a failure shows its whole shape.
-fn compare(what: &str, snapshot: &Value, churned: &[Churned], problems: &mut Vec<String>) {
+///
+/// The rule: nothing lost to the ring buffer, no TIME_WAIT counted twice or under another pid,
+/// and each generator's count exact. The one loss twtrace cannot prevent is an event the kernel
+/// skips (a softirq running inside one of its programs: `recursion_misses`, a few hundred in a
+/// run like this one): twtrace counts those as lost and says so, and each can hide at most one
+/// TIME_WAIT. So a generator may fall short only when the kernel skipped events, by no more in
+/// all than it skipped, and every lost event must be such a skip.
+fn compare(
+    what: &str,
+    snapshot: &Value,
+    summary: &Summary,
+    churned: &[Churned],
+    problems: &mut Vec<String>,
+) {
     let lost = snapshot["lost_events"].as_u64();
     let total_entered = snapshot["totals"]["timewait_entered"].as_u64();
     let made: u64 = churned.iter().map(|c| c.connections).sum();
@@ -319,7 +334,7 @@ fn compare(what: &str, snapshot: &Value, churned: &[Churned], problems: &mut Vec
             c.rate,
             i128::from(entered) - i128::from(c.connections)
         );
-        if entered != c.connections {
+        if entered > c.connections || (entered < c.connections && summary.skipped == 0) {
             problems.push(format!(
                 "{what}: pid {} entered {entered} TIME_WAIT, made {} connections",
                 c.pid, c.connections
@@ -328,19 +343,46 @@ fn compare(what: &str, snapshot: &Value, churned: &[Churned], problems: &mut Vec
     }
     eprintln!(
         "[{what}] {made} connections, {short} TIME_WAIT missing, totals.timewait_entered \
-         {total_entered:?}, lost_events {lost:?}, unattributed_events {}",
-        snapshot["unattributed_events"]
+         {total_entered:?}, lost_events {lost:?} ({} skipped by the kernel), unattributed_events \
+         {}",
+        summary.skipped, snapshot["unattributed_events"]
     );
-    if lost != Some(0) {
-        problems.push(format!("{what}: lost_events {lost:?}"));
+    if lost != Some(summary.lost) {
+        problems.push(format!(
+            "{what}: lost_events {lost:?}, but the summary line says {} lost",
+            summary.lost
+        ));
+    }
+    if summary.lost != summary.skipped {
+        problems.push(format!(
+            "{what}: {} events lost to the ring buffer ({} lost, {} of them skipped by the kernel)",
+            summary.lost - summary.skipped.min(summary.lost),
+            summary.lost,
+            summary.skipped
+        ));
+    }
+    if short > summary.skipped {
+        problems.push(format!(
+            "{what}: {short} TIME_WAIT missing, more than the {} events the kernel skipped",
+            summary.skipped
+        ));
     }
     // The ports are filtered, and only the generators' clients close first on them: every
     // TIME_WAIT entered is one of theirs (none under another pid or pid 0).
-    if total_entered != Some(made) {
+    if total_entered != Some(made - short) {
         problems.push(format!(
-            "{what}: totals.timewait_entered {total_entered:?}, the generators made {made}"
+            "{what}: totals.timewait_entered {total_entered:?}, the generators' rows add up to {}",
+            made - short
         ));
     }
+}
+
+/// The summary line a tracer printed when it stopped.
+fn summary_of(what: &str, stderr: &[String]) -> Summary {
+    stderr
+        .iter()
+        .find_map(|l| parse_summary(l))
+        .unwrap_or_else(|| panic!("{what}: no summary line in {stderr:?}"))
 }
 
 /// Four generators at once, watched by the live leaderboard and, in a second run, recorded:
@@ -370,9 +412,8 @@ fn every_time_wait_counted_at_four_generators() {
     let churned = churn_at_once(&ports);
     let run = live.stop_after(SETTLE);
     let overflow_live = timewait_overflow() - overflow_before;
-    let summary: Vec<&String> = run.stderr.iter().filter(|l| l.contains(" lost")).collect();
-    eprintln!("[{TEST}] leaderboard: {summary:?}");
-    compare("leaderboard", run.last(), &churned, &mut problems);
+    let summary = summary_of("leaderboard", &run.stderr);
+    compare("leaderboard", run.last(), &summary, &churned, &mut problems);
 
     // The same load recorded; the report replays the file through the same model.
     ours.destroy();
@@ -391,7 +432,8 @@ fn every_time_wait_counted_at_four_generators() {
     let text = String::from_utf8_lossy(&out.stdout);
     let report: Value =
         serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"));
-    compare("recording", &report, &churned, &mut problems);
+    let summary = summary_of("recorder", &recorded.stderr);
+    compare("recording", &report, &summary, &churned, &mut problems);
 
     eprintln!(
         "[{TEST}] TIME_WAIT sockets the kernel did not make (table full, TCPTimeWaitOverflow): \
