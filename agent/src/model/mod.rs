@@ -23,14 +23,20 @@ use crate::{
 };
 use snapshot::{BEFORE_START, PeerKey, PeerRow, ProcessRow, Snapshot, Totals};
 
-/// Timer-wheel lateness assumed before any is measured: a 60 s timer lands in a bucket of 64
-/// jiffies (256 ms at HZ=250, kernel/time/timer.c) and fires up to two buckets late; measured
-/// here at about 0.6 s.
+/// Timer-wheel lateness assumed before any is measured. The kernel's timer wheel rounds a
+/// timer up to the end of a bucket whose size grows with how far out it is
+/// (kernel/time/timer.c: 64 buckets per level, each level 8 times coarser): TIME_WAIT's 60 s
+/// is 15,000 jiffies at HZ=250 (this machine's kernel), which lands in level 3, buckets of 512
+/// jiffies, so a timewait socket goes 0 to 2.048 s after its deadline, a whole bucket at once.
+/// No single slack matches such bursts between two dumps (0.5 s removes part of a bucket early,
+/// 2.1 s keeps the rest late; tried both against sockstat); each dump corrects the count, and
+/// from the first overdue socket on the model learns how late this kernel runs.
 const TW_SLACK_INITIAL_NS: u64 = 500_000_000;
 /// Added to each measured lateness, for the time between the due moment and the dump.
 const TW_SLACK_MARGIN_NS: u64 = 50_000_000;
-/// Beyond this a socket was re-armed, not late.
-const TW_SLACK_MAX_NS: u64 = 3_000_000_000;
+/// Beyond this a socket was re-armed, not late: the coarsest bucket a 60 s timer lands in is
+/// 4.096 s (HZ=1000, level 4).
+const TW_SLACK_MAX_NS: u64 = 4_500_000_000;
 
 /// How many TIME_WAIT-per-interval samples a process keeps for its sparkline.
 pub const HISTORY_LEN: usize = 60;
@@ -97,6 +103,8 @@ struct TwSock {
     entered_ns: u64,
     /// When the kernel will drop it: 60 s after entering, corrected from sock_diag's timer.
     deadline_ns: u64,
+    /// Counted by `recover_skipped`, not by its event (which may still come: see `apply`).
+    recovered: bool,
 }
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -214,6 +222,8 @@ pub struct Model {
     tw_slack_ns: u64,
     unattributed_events: u64,
     tw_entered_total: u64,
+    /// TIME_WAIT entries found by `recover_skipped` (included in `tw_entered_total`).
+    tw_recovered: u64,
     tw_entered_prev: u64,
     tw_rate: f64,
     last_snapshot_ns: u64,
@@ -233,6 +243,7 @@ impl Model {
             before_start_tw: Vec::new(),
             tw_slack_ns: TW_SLACK_INITIAL_NS,
             unattributed_events: 0,
+            tw_recovered: 0,
             tw_entered_total: 0,
             tw_entered_prev: 0,
             tw_rate: 0.0,
@@ -248,6 +259,22 @@ impl Model {
         }
         // Listening sockets are not connections.
         if (t.old == TcpState::Listen && t.new != TcpState::SynRecv) || t.new == TcpState::Listen {
+            return None;
+        }
+        // The entry of a TIME_WAIT a reconciliation already counted: the event was not skipped
+        // after all, only still in the ring buffer while the kernel's table was dumped. Counted
+        // once; it is no longer "recovered".
+        // Events before it that were in flight too (FIN_WAIT1 -> FIN_WAIT2) made the socket
+        // anew here; it goes now.
+        if t.new == TcpState::TimeWait
+            && let Some(tw) = self.timewait.get_mut(&tuple(t.local, t.remote))
+            && tw.recovered
+        {
+            tw.recovered = false;
+            self.tw_recovered = self.tw_recovered.saturating_sub(1);
+            if let Some(old) = self.socks.remove(&t.skaddr) {
+                self.uncount(&old);
+            }
             return None;
         }
         let tracked = self.socks.remove(&t.skaddr);
@@ -318,6 +345,7 @@ impl Model {
                     peer,
                     entered_ns: t.mono_ns,
                     deadline_ns: t.mono_ns.saturating_add(self.limits.timewait_len_ns),
+                    recovered: false,
                 };
                 // A 4-tuple is in TIME_WAIT once at most; a new entry means the kernel reused it
                 // (tcp_tw_reuse) and the old timewait socket is gone.
@@ -388,6 +416,55 @@ impl Model {
         }
     }
 
+    /// TIME_WAIT entries whose event the kernel skipped. The kernel does not run a tracepoint
+    /// program while another BPF program runs on that CPU (a softirq arriving inside one), and
+    /// at peak whole softirq batches are skipped: a client's `FIN_WAIT2 -> CLOSE` (its TIME_WAIT
+    /// entry) and its destroy with them. The socket then stays here in its closing state, while
+    /// the kernel's table holds its 4-tuple as a timewait socket: that is the entry, counted now
+    /// for the owner twtrace knows, as the event would have. When it entered is known from the
+    /// kernel's timer (its deadline less TIME_WAIT's length). The skipped events themselves
+    /// stay counted as lost.
+    fn recover_skipped(&mut self, kernel_tw: &Map<Tuple, u64>, dump_ns: u64) {
+        let missed: Vec<u64> = self
+            .socks
+            .iter()
+            .filter(|(_, s)| {
+                matches!(
+                    s.state,
+                    TcpState::FinWait1 | TcpState::FinWait2 | TcpState::Closing
+                ) && s.seen_ns < dump_ns
+                    && kernel_tw.contains_key(&s.tuple)
+                    && !self.timewait.contains_key(&s.tuple)
+            })
+            .map(|(&skaddr, _)| skaddr)
+            .collect();
+        for skaddr in missed {
+            let Some(s) = self.socks.remove(&skaddr) else {
+                continue;
+            };
+            self.uncount(&s);
+            let deadline_ns = kernel_tw.get(&s.tuple).copied().unwrap_or(dump_ns);
+            let proc = self.procs.entry(s.pid).or_default();
+            proc.closes += 1;
+            proc.tw_entered += 1;
+            proc.tw_now += 1;
+            if let Some(p) = proc.peers.get_mut(&s.peer) {
+                p.tw_entered += 1;
+                p.tw_now += 1;
+            }
+            self.tw_entered_total += 1;
+            self.tw_recovered += 1;
+            let tw = TwSock {
+                pid: s.pid,
+                peer: s.peer,
+                entered_ns: deadline_ns.saturating_sub(self.limits.timewait_len_ns),
+                deadline_ns,
+                recovered: true,
+            };
+            self.timewait.insert(s.tuple, tw);
+        }
+    }
+
     /// Brings the "now" gauges in line with the kernel's socket table, dumped at `dump_ns`
     /// (monotonic, taken before the dump started). `owner_of_inode` finds the process holding a
     /// socket inode (via /proc/<pid>/fd); it is asked only about sockets twtrace has no owner for.
@@ -447,6 +524,7 @@ impl Model {
                 tw.deadline_ns = d;
             }
         }
+        self.recover_skipped(&kernel_tw, dump_ns);
         let expired: Vec<Tuple> = self
             .timewait
             .iter()
@@ -641,6 +719,7 @@ impl Model {
             established_now: processes.iter().map(|p| p.established_now).sum(),
             timewait_entered: self.tw_entered_total,
             timewait_per_s: self.tw_rate,
+            timewait_recovered: self.tw_recovered,
         };
         Snapshot {
             time,
@@ -996,6 +1075,87 @@ mod tests {
         assert_eq!((c.timewait_entered, c.timewait_now), (2, 1));
         assert_eq!(c.peers[0].timewait_now, 1);
         assert_eq!(s.totals.timewait_now, 1);
+    }
+
+    /// The kernel skipped a client's `FIN_WAIT2 -> CLOSE` (and its destroy): the next dump
+    /// holds the 4-tuple in TIME_WAIT, so the entry is counted for the client, once, and said to
+    /// be recovered. A socket still closing that the kernel has no timewait socket for is left
+    /// alone, and a second dump does not count the first one again.
+    #[test]
+    fn time_wait_whose_event_was_skipped_is_recovered_from_the_dump() {
+        let mut m = Model::new(0, Limits::default());
+        let (cl, other, srv) = ("127.0.0.1:40000", "127.0.0.1:40001", "127.0.0.1:8080");
+        for ev in [
+            Ev::new(CLIENT, 1, SynSent, Established, cl, srv),
+            Ev::new(CLIENT, 1, Established, FinWait1, cl, srv),
+            Ev::new(CLIENT, 1, FinWait1, FinWait2, cl, srv),
+            Ev::new(CLIENT, 2, SynSent, Established, other, srv),
+            Ev::new(CLIENT, 2, Established, FinWait1, other, srv),
+        ] {
+            m.apply(&ev.at(S).0);
+        }
+        let kernel = [KernelSocket {
+            expires_ns: 59 * S,
+            ..kernel_tw(500, cl, srv)
+        }];
+        m.reconcile(&kernel, 2 * S, &mut no_owners, &|_| true, &mut alive);
+        let s = snap(&mut m, 3 * S);
+        let c = proc(&s, CLIENT);
+        assert_eq!((c.timewait_entered, c.timewait_now, c.closes), (1, 1, 1));
+        assert_eq!(c.peers[0].timewait_entered, 1);
+        assert_eq!(
+            (s.totals.timewait_entered, s.totals.timewait_recovered),
+            (1, 1)
+        );
+        assert!(
+            s.processes.iter().all(|p| p.pid != 0),
+            "not shown as before start: {s:#?}"
+        );
+        // It expires with the kernel's timer: entered at 2 s + 59 s - 60 s.
+        m.reconcile(&kernel, 4 * S, &mut no_owners, &|_| true, &mut alive);
+        let s = snap(&mut m, 5 * S);
+        assert_eq!(
+            (s.totals.timewait_entered, s.totals.timewait_recovered),
+            (1, 1)
+        );
+        // The second socket's close arrives normally: nothing recovered for it.
+        m.apply(
+            &Ev::new(CLIENT, 2, FinWait1, TimeWait, other, srv)
+                .at(5 * S)
+                .0,
+        );
+        let s = snap(&mut m, 6 * S);
+        assert_eq!(
+            (s.totals.timewait_entered, s.totals.timewait_recovered),
+            (2, 1)
+        );
+    }
+
+    /// A close still in the ring buffer while the kernel's table is dumped looks skipped at the
+    /// dump; when its event arrives after all, the entry is not counted a second time.
+    #[test]
+    fn a_recovered_time_wait_whose_event_comes_late_is_counted_once() {
+        let mut m = Model::new(0, Limits::default());
+        let (cl, srv) = ("127.0.0.1:40000", "127.0.0.1:8080");
+        m.apply(&Ev::new(CLIENT, 1, SynSent, Established, cl, srv).at(S).0);
+        m.apply(&Ev::new(CLIENT, 1, Established, FinWait1, cl, srv).at(S).0);
+        m.reconcile(
+            &[kernel_tw(500, cl, srv)],
+            2 * S,
+            &mut no_owners,
+            &|_| true,
+            &mut alive,
+        );
+        // Still in FIN_WAIT1 at the dump: both of its last events were in flight.
+        m.apply(&Ev::new(CLIENT, 1, FinWait1, FinWait2, cl, srv).at(2 * S).0);
+        m.apply(&Ev::new(CLIENT, 1, FinWait2, TimeWait, cl, srv).at(2 * S).0);
+        let s = snap(&mut m, 3 * S);
+        let c = proc(&s, CLIENT);
+        assert_eq!((c.timewait_entered, c.timewait_now, c.closes), (1, 1, 1));
+        assert_eq!(
+            (s.totals.timewait_entered, s.totals.timewait_recovered),
+            (1, 0)
+        );
     }
 
     #[test]

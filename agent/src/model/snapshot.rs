@@ -40,6 +40,10 @@ pub struct Totals {
     /// TIME_WAIT entries since start.
     pub timewait_entered: u64,
     pub timewait_per_s: f64,
+    /// Of `timewait_entered`, the entries whose event never arrived (the kernel skipped it, see
+    /// `lost_events`) but which a reconciliation found: a socket last seen closing whose 4-tuple
+    /// the kernel's table then held in TIME_WAIT.
+    pub timewait_recovered: u64,
 }
 
 /// One process. `pid` 0 with `comm` "(before start)" holds sockets that existed before twtrace

@@ -61,7 +61,7 @@ pub fn print_table(out: &mut impl Write, snap: &Snapshot, top: usize) -> io::Res
         .map_or_else(|| "?".to_owned(), |k| k.to_string());
     writeln!(
         out,
-        "{}  TIME_WAIT now {} (kernel {})  CLOSE_WAIT {}  ESTABLISHED {}  TIME_WAIT/s {:.1}  lost {}  unattributed {}",
+        "{}  TIME_WAIT now {} (kernel {})  CLOSE_WAIT {}  ESTABLISHED {}  TIME_WAIT/s {:.1}  lost {}{}  unattributed {}",
         WholeSeconds(snap.time),
         t.timewait_now,
         kernel,
@@ -69,6 +69,11 @@ pub fn print_table(out: &mut impl Write, snap: &Snapshot, top: usize) -> io::Res
         t.established_now,
         t.timewait_per_s,
         snap.lost_events,
+        // Entries whose skipped event a reconciliation found; said only when there are some.
+        match t.timewait_recovered {
+            0 => String::new(),
+            n => format!(" ({n} TIME_WAIT recovered)"),
+        },
         snap.unattributed_events
     )?;
     writeln!(
@@ -139,6 +144,7 @@ mod tests {
                 established_now: 2,
                 timewait_entered: 9,
                 timewait_per_s: 3.0,
+                timewait_recovered: 0,
             },
             processes: vec![ProcessRow {
                 pid: 42,

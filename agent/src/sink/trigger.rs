@@ -389,6 +389,7 @@ mod tests {
                 established_now: 4,
                 timewait_entered: 5,
                 timewait_per_s: 6.5,
+                timewait_recovered: 0,
             },
             processes: vec![ProcessRow {
                 pid: 9,

@@ -202,6 +202,12 @@ impl Source for Live {
             return;
         }
         self.ended = true;
+        // A last look at the kernel's table, so the final snapshot's gauges (and entries whose
+        // events the kernel skipped, see `Model::recover_skipped`) are as of the stop, not of a
+        // dump up to `--reconcile` old. It drains first. A failure here loses nothing recorded.
+        if let Err(e) = self.reconcile(f) {
+            log::warn!("final look at the kernel's socket table: {e:#}");
+        }
         self.drain(f);
         let stats = self.stats();
         let end = stats.mono_ns;

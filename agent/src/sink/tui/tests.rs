@@ -121,6 +121,7 @@ pub(super) fn demo_snapshot() -> Snapshot {
             established_now: 111,
             timewait_entered: 49_181,
             timewait_per_s: 814.7,
+            timewait_recovered: 0,
         },
         processes: vec![java, curl, nginx, before],
     }
