@@ -677,3 +677,41 @@ proptest! {
         prop_assert_eq!(got, want);
     }
 }
+
+/// What `testdata/version1.twr` holds. It was written by the version-1 writer (commit 771b8b0,
+/// before kernel dumps became deltas), with the helpers above as they were then; recordings of
+/// that version are in the wild and must keep reading.
+fn version1_items() -> Vec<Item> {
+    let mut later = kernel_truth();
+    later.dump_ns += 2_000_000_000;
+    later.sockets[0].expires_ns -= 2_000_000_000;
+    later.sockets.pop();
+    later.owners.clear();
+    later.timewait_kernel = None;
+    let mut items: Vec<Item> = (0..3).map(|i| Item::Event(event(i))).collect();
+    items.extend([
+        Item::Kernel(kernel_truth()),
+        Item::Stats(stats()),
+        Item::Kernel(later),
+        Item::Event(event(3)),
+        Item::End {
+            mono_ns: 6_000_000_000,
+        },
+    ]);
+    items
+}
+
+#[test]
+fn a_version_1_file_still_reads() {
+    let bytes = include_bytes!("testdata/version1.twr");
+    assert_eq!(
+        u16::from_le_bytes([bytes[8], bytes[9]]),
+        1,
+        "a version-1 file"
+    );
+    let (records, problems) = read_all(bytes).expect("reads");
+    assert!(problems.is_empty(), "{problems:?}");
+    assert_eq!(records, version1_items());
+    let r = Reader::new(Cursor::new(&bytes[..])).expect("header");
+    assert_eq!(r.header().version, 1);
+}
