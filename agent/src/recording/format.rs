@@ -33,11 +33,11 @@ use bytes::{Buf, BufMut, BytesMut};
 use serde::{Deserialize, Serialize};
 use twtrace_ebpf::COMM_LEN;
 
-use super::kernel::{self, KernelDecoder};
+use super::kernel::{self, KernelDecoder, Table};
 use crate::{
     event::{Attribution, Comm, Family, Transition},
     state::{Reset, TcpState},
-    stream::{Item, KernelStats, KernelTruth, Stats},
+    stream::{Item, KernelStats, Stats},
 };
 
 pub const FILE_MAGIC: &[u8; 8] = b"TWTRACE\0";
@@ -318,7 +318,7 @@ impl Decoder {
     }
 
     /// The last dump decoded, and its number.
-    pub fn base(&self) -> Option<(u64, &KernelTruth)> {
+    pub fn base(&self) -> Option<(u64, &Table)> {
         self.kernel.base()
     }
 
@@ -350,13 +350,12 @@ impl Decoder {
             payload.advance(len);
             let record = match tag {
                 TAG_KERNEL | TAG_KERNEL_BASE | TAG_KERNEL_DELTA => {
-                    let Some(k) = self.kernel.decode(tag, &mut body)? else {
-                        continue;
-                    };
-                    if tag == TAG_KERNEL_BASE || out.is_none() {
-                        continue;
+                    // A base is not an item; following, nothing is.
+                    let item = tag != TAG_KERNEL_BASE && out.is_some();
+                    match self.kernel.decode(tag, &mut body, item)? {
+                        Some(k) => Item::Kernel(k),
+                        None => continue,
                     }
-                    Item::Kernel(k.clone())
                 }
                 // Following only the kernel dumps: nothing else needs decoding.
                 _ if out.is_none() => continue,

@@ -39,7 +39,6 @@
 //! decodes.
 
 use std::{
-    collections::HashMap,
     hash::{BuildHasher, Hash, RandomState},
     net::{IpAddr, SocketAddr},
 };
@@ -60,7 +59,6 @@ use crate::{event::Comm, model::KernelSocket, state::TcpState, stream::KernelTru
 pub const FULL_DUMP_EVERY_NS: u64 = 60_000_000_000;
 
 /// A full dump: every socket and owner, then (since version 2) the dump's sequence number.
-/// `tag` is [`TAG_KERNEL`], or [`TAG_KERNEL_BASE`] for a base that is not an item.
 pub(super) fn encode_full(out: &mut BytesMut, tag: u8, k: &KernelTruth, seq: u64) {
     let at = begin_record(out, tag);
     out.put_u64_le(k.dump_ns);
@@ -89,9 +87,96 @@ fn full_len(k: &KernelTruth, seq: u64) -> usize {
         + varint_len(seq)
 }
 
-/// A flight-recorder capture's first record: the dump `seq` as a base for the deltas after it.
-pub fn encode_kernel_base(out: &mut BytesMut, k: &KernelTruth, seq: u64) {
-    encode_full(out, TAG_KERNEL_BASE, k, seq);
+/// A flight-recorder capture's first record: the dump `seq` as a base for the deltas after it
+/// (laid out as a full dump, not an item).
+pub fn encode_base(out: &mut BytesMut, table: &Table, seq: u64) {
+    let at = begin_record(out, TAG_KERNEL_BASE);
+    out.put_u64_le(table.dump_ns);
+    put_opt(out, table.timewait_kernel);
+    out.put_u32_le(table.starts.len() as u32);
+    // The table holds its sockets as a full dump encodes them.
+    out.put_slice(&table.sockets);
+    out.put_u32_le(table.owners.len() as u32);
+    for o in &table.owners {
+        o.put(out);
+    }
+    put_varint(out, seq);
+    end_record(out, at);
+}
+
+/// A dump kept as the base of the next delta: its sockets as a full dump encodes them, about
+/// 22 bytes each where a `KernelSocket` takes 96, and where each starts. The writer keeps the
+/// last dump it wrote in one, the reader the last it read, the flight recorder the last it
+/// dropped: tens of thousands of sockets each.
+#[derive(Default)]
+pub struct Table {
+    dump_ns: u64,
+    timewait_kernel: Option<u64>,
+    sockets: BytesMut,
+    starts: Vec<u32>,
+    owners: Vec<(u64, u32, Comm)>,
+    /// Its sockets took more than 4 GiB (never, with sock_diag's tables): it is no base.
+    overflow: bool,
+}
+
+impl Table {
+    fn reset(&mut self, dump_ns: u64, timewait_kernel: Option<u64>) {
+        self.dump_ns = dump_ns;
+        self.timewait_kernel = timewait_kernel;
+        self.sockets.clear();
+        self.starts.clear();
+        self.owners.clear();
+        self.overflow = false;
+    }
+
+    /// Becomes `k`, reusing its buffers.
+    fn fill(&mut self, k: &KernelTruth) {
+        self.reset(k.dump_ns, k.timewait_kernel);
+        self.starts.reserve_exact(k.sockets.len());
+        for s in &k.sockets {
+            self.push(s);
+        }
+        self.owners.extend_from_slice(&k.owners);
+    }
+
+    fn push(&mut self, s: &KernelSocket) {
+        self.start();
+        s.put(&mut self.sockets);
+    }
+
+    /// A socket as a full dump or a delta's literal encodes it.
+    fn push_encoded(&mut self, raw: &[u8]) {
+        self.start();
+        self.sockets.extend_from_slice(raw);
+    }
+
+    fn start(&mut self) {
+        match u32::try_from(self.sockets.len()) {
+            Ok(at) => self.starts.push(at),
+            Err(_) => {
+                self.overflow = true;
+                self.starts.push(0);
+            }
+        }
+    }
+
+    fn socket(&self, i: usize) -> Option<KernelSocket> {
+        let start = *self.starts.get(i)? as usize;
+        let end = self
+            .starts
+            .get(i + 1)
+            .map_or(self.sockets.len(), |&e| e as usize);
+        KernelSocket::get(&mut self.sockets.get(start..end)?).ok()
+    }
+
+    /// Sockets in the table.
+    pub fn len(&self) -> usize {
+        self.starts.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.starts.is_empty()
+    }
 }
 
 /// What [`KernelEncoder::encode`] wrote.
@@ -102,10 +187,10 @@ pub enum Written {
 }
 
 /// Writes a recording's kernel dumps: in full now and then, otherwise as deltas against the
-/// dump before (see the module comment). Keeps that dump.
+/// dump before (see the module comment). Keeps that dump, in a [`Table`].
 pub struct KernelEncoder {
     /// The last dump written and its number; None when the next one must be full.
-    prev: Option<(u64, KernelTruth)>,
+    prev: Option<(u64, Table)>,
     next_seq: u64,
     /// `dump_ns` of the last full dump.
     last_full_ns: u64,
@@ -138,7 +223,7 @@ impl KernelEncoder {
         let seq = self.next_seq;
         self.next_seq = seq.wrapping_add(1);
         let mut written = Written::Full;
-        if let Some((_, base)) = &self.prev {
+        if let Some((_, base)) = self.prev.as_ref().filter(|(_, t)| !t.overflow) {
             let due = k.dump_ns < self.last_full_ns
                 || k.dump_ns - self.last_full_ns >= self.full_every_ns;
             if !due {
@@ -157,19 +242,14 @@ impl KernelEncoder {
             encode_full(out, TAG_KERNEL, k, seq);
             self.last_full_ns = k.dump_ns;
         }
-        // Kept for the next delta; the buffers of the one before are reused.
-        match &mut self.prev {
-            Some((prev_seq, prev)) => {
-                *prev_seq = seq;
-                prev.clone_from(k);
-            }
-            None => self.prev = Some((seq, k.clone())),
-        }
+        let (prev_seq, table) = self.prev.get_or_insert_with(Default::default);
+        *prev_seq = seq;
+        table.fill(k);
         written
     }
 }
 
-fn encode_delta(out: &mut BytesMut, base: &KernelTruth, k: &KernelTruth, seq: u64) {
+fn encode_delta(out: &mut BytesMut, base: &Table, k: &KernelTruth, seq: u64) {
     let at = begin_record(out, TAG_KERNEL_DELTA);
     out.put_u64_le(k.dump_ns);
     put_opt(out, k.timewait_kernel);
@@ -177,12 +257,12 @@ fn encode_delta(out: &mut BytesMut, base: &KernelTruth, k: &KernelTruth, seq: u6
     put_varint(out, k.sockets.len() as u64);
     put_ops(
         out,
-        &base.sockets,
+        base,
         &k.sockets,
         i128::from(base.dump_ns) - i128::from(k.dump_ns),
     );
     put_varint(out, k.owners.len() as u64);
-    put_ops(out, &base.owners, &k.owners, 0);
+    put_ops(out, base.owners.as_slice(), &k.owners, 0);
     end_record(out, at);
 }
 
@@ -202,6 +282,34 @@ trait Element: Sized {
     fn put(&self, out: &mut BytesMut);
     fn len(&self) -> usize;
     fn get(b: &mut &[u8]) -> Result<Self, RecordError>;
+}
+
+/// What a delta's runs copy from: the sockets of a [`Table`], or owners.
+trait Base<T> {
+    fn count(&self) -> usize;
+    /// Element `i`; None past the end (or when a table's bytes do not decode, which its own
+    /// encoding never gives).
+    fn at(&self, i: usize) -> Option<T>;
+}
+
+impl<T: Copy> Base<T> for [T] {
+    fn count(&self) -> usize {
+        self.len()
+    }
+
+    fn at(&self, i: usize) -> Option<T> {
+        self.get(i).copied()
+    }
+}
+
+impl Base<KernelSocket> for Table {
+    fn count(&self) -> usize {
+        self.len()
+    }
+
+    fn at(&self, i: usize) -> Option<KernelSocket> {
+        self.socket(i)
+    }
 }
 
 /// A timer `shift` later (or earlier), as sock_diag would report it: never below 0.
@@ -355,22 +463,36 @@ const OP_COPY_SHIFT: u64 = 1;
 const OP_LITERAL: u64 = 2;
 
 /// Writes `new` as runs copied from `base` and literals; `shift` is the timer shift an
-/// unchanged deadline needs. The runs copy at most `base.len()` elements in all, which bounds
+/// unchanged deadline needs. The runs copy at most `base.count()` elements in all, which bounds
 /// what a reader allocates.
-fn put_ops<T: Element>(out: &mut BytesMut, base: &[T], new: &[T], mut shift: i128) {
+fn put_ops<T: Element, B: Base<T> + ?Sized>(
+    out: &mut BytesMut,
+    base: &B,
+    new: &[T],
+    mut shift: i128,
+) {
     let hasher = RandomState::new();
-    // Where each key first is in the base; built at the first element not found at the cursor
-    // (a table that only grew never needs it).
-    let mut index: Option<HashMap<u64, u32>> = None;
-    let mut find = |e: &T| -> Option<usize> {
+    // (hash of the key, index) of the base's elements, sorted: built at the first element not
+    // found at the cursor (a table that only grew never needs it). A sorted list rather than a
+    // map: half the memory, for a table of tens of thousands of sockets.
+    let mut index: Option<Vec<(u64, u32)>> = None;
+    let mut find = |e: &T, shift: i128| -> Option<(usize, i128)> {
         let index = index.get_or_insert_with(|| {
-            let mut map = HashMap::with_capacity(base.len());
-            for (i, b) in base.iter().enumerate() {
-                map.entry(hasher.hash_one(b.key())).or_insert(i as u32);
-            }
-            map
+            let mut index: Vec<(u64, u32)> = (0..base.count())
+                .filter_map(|i| Some((hasher.hash_one(base.at(i)?.key()), u32::try_from(i).ok()?)))
+                .collect();
+            index.sort_unstable();
+            index
         });
-        index.get(&hasher.hash_one(e.key())).map(|&j| j as usize)
+        let h = hasher.hash_one(e.key());
+        let first = index.partition_point(|&(x, _)| x < h);
+        index[first..]
+            .iter()
+            .take_while(|&&(x, _)| x == h)
+            .find_map(|&(_, j)| {
+                let j = j as usize;
+                Some((j, base.at(j)?.shift_to(e, shift)?))
+            })
     };
     let mut cursor = 0usize;
     let mut copied = 0usize;
@@ -379,25 +501,24 @@ fn put_ops<T: Element>(out: &mut BytesMut, base: &[T], new: &[T], mut shift: i12
     let mut i = 0usize;
     while i < new.len() {
         let e = &new[i];
-        let found = match base.get(cursor).and_then(|b| b.shift_to(e, shift)) {
+        let found = match base.at(cursor).and_then(|b| b.shift_to(e, shift)) {
             Some(d) => Some((cursor, d)),
-            None => find(e).and_then(|j| Some((j, base[j].shift_to(e, shift)?))),
+            None => find(e, shift),
         };
         let change = found.and_then(|(_, d)| i64::try_from(d - shift).ok());
         let (Some((j, d)), Some(change)) = (found, change) else {
             i += 1;
             continue;
         };
-        if copied >= base.len() {
+        if copied >= base.count() {
             i += 1;
             continue;
         }
         put_literals(out, &new[literal_from..i]);
         let mut len = 1;
         while i + len < new.len()
-            && j + len < base.len()
-            && copied + len < base.len()
-            && base[j + len].shift_to(&new[i + len], d) == Some(d)
+            && copied + len < base.count()
+            && base.at(j + len).and_then(|b| b.shift_to(&new[i + len], d)) == Some(d)
         {
             len += 1;
         }
@@ -426,20 +547,22 @@ fn put_literals<T: Element>(out: &mut BytesMut, literals: &[T]) {
     }
 }
 
-/// Reads what [`put_ops`] wrote: `count` elements into `out`.
-fn get_ops<T: Element>(
+/// Reads what [`put_ops`] wrote: `count` elements, each handed to `push` with, for a literal,
+/// its encoding (a table keeps it as it is).
+fn get_ops<T: Element, B: Base<T> + ?Sized>(
     b: &mut &[u8],
-    base: &[T],
+    base: &B,
     count: usize,
     mut shift: i128,
-    out: &mut Vec<T>,
+    mut push: impl FnMut(T, Option<&[u8]>),
 ) -> Result<(), RecordError> {
     let mut cursor = 0usize;
     let mut copied = 0usize;
-    while out.len() < count {
+    let mut done = 0usize;
+    while done < count {
         let op = get_varint(b)?;
         let n = op >> 2;
-        if n == 0 || n > (count - out.len()) as u64 {
+        if n == 0 || n > (count - done) as u64 {
             return Err(bad("run length", n));
         }
         // Below `count`, which fits in memory.
@@ -449,7 +572,7 @@ fn get_ops<T: Element>(
                 let gap = unzigzag(get_varint(b)?);
                 let start = i128::from(cursor as u64) + i128::from(gap);
                 let end = start + n as i128;
-                if start < 0 || end > base.len() as i128 || copied + n > base.len() {
+                if start < 0 || end > base.count() as i128 || copied + n > base.count() {
                     return Err(bad("run start", start.unsigned_abs() as u64));
                 }
                 if op & 3 == OP_COPY_SHIFT {
@@ -458,23 +581,26 @@ fn get_ops<T: Element>(
                     }
                     shift += i128::from(unzigzag(get_varint(b)?));
                 }
-                let (start, end) = (start as usize, end as usize);
-                for e in &base[start..end] {
-                    out.push(
-                        e.shifted(shift)
-                            .ok_or(bad("timer shift", shift.unsigned_abs() as u64))?,
-                    );
+                for j in start as usize..end as usize {
+                    let e = base
+                        .at(j)
+                        .and_then(|e| e.shifted(shift))
+                        .ok_or(bad("timer shift", shift.unsigned_abs() as u64))?;
+                    push(e, None);
                 }
-                cursor = end;
+                cursor = end as usize;
                 copied += n;
             }
             OP_LITERAL => {
                 for _ in 0..n {
-                    out.push(T::get(b)?);
+                    let raw = *b;
+                    let e = T::get(b)?;
+                    push(e, Some(&raw[..raw.len() - b.len()]));
                 }
             }
             other => return Err(bad("run kind", other)),
         }
+        done += n;
     }
     Ok(())
 }
@@ -504,7 +630,7 @@ fn addr_len(a: SocketAddr) -> usize {
 #[derive(Default)]
 pub struct KernelDecoder {
     /// The last dump decoded and its number.
-    base: Option<(u64, KernelTruth)>,
+    base: Option<(u64, Table)>,
     /// Deltas dropped since the last [`KernelDecoder::take_dropped`].
     dropped: u64,
     /// A delta was dropped and no full dump has come since.
@@ -512,8 +638,11 @@ pub struct KernelDecoder {
 }
 
 impl KernelDecoder {
-    pub fn base(&self) -> Option<(u64, &KernelTruth)> {
-        self.base.as_ref().map(|(seq, k)| (*seq, k))
+    pub fn base(&self) -> Option<(u64, &Table)> {
+        self.base
+            .as_ref()
+            .filter(|(_, t)| !t.overflow)
+            .map(|(seq, t)| (*seq, t))
     }
 
     pub fn take_dropped(&mut self) -> u64 {
@@ -524,46 +653,62 @@ impl KernelDecoder {
         self.lost
     }
 
-    /// Decodes a record with one of the kernel tags: the dump, or None for a delta dropped for
-    /// want of its base. After an error no delta applies until the next full dump.
-    pub fn decode(&mut self, tag: u8, b: &mut &[u8]) -> Result<Option<&KernelTruth>, RecordError> {
+    /// Decodes a record with one of the kernel tags. Returns the dump when `item` (None for a
+    /// delta dropped for want of its base); without `item` it only keeps the table. After an
+    /// error no delta applies until the next full dump.
+    pub fn decode(
+        &mut self,
+        tag: u8,
+        b: &mut &[u8],
+        item: bool,
+    ) -> Result<Option<KernelTruth>, RecordError> {
         let decoded = if tag == TAG_KERNEL_DELTA {
-            self.delta(b)
+            self.delta(b, item)
         } else {
-            self.full(b).map(Some)
+            self.full(b, item)
         };
-        match decoded {
-            Ok(Some(())) => Ok(self.base.as_ref().map(|(_, k)| k)),
-            Ok(None) => Ok(None),
-            Err(e) => {
-                self.base = None;
-                Err(e)
-            }
+        decoded.inspect_err(|_| self.base = None)
+    }
+
+    /// An empty table for the dump being decoded. (Not the buffers of the one before: the
+    /// flight recorder would keep a second table for them all the time.)
+    fn fresh(dump_ns: u64, timewait_kernel: Option<u64>) -> Table {
+        Table {
+            dump_ns,
+            timewait_kernel,
+            ..Table::default()
         }
     }
 
     /// A full dump (or base): it becomes the base. Version 1 wrote no number: no delta follows.
-    fn full(&mut self, b: &mut &[u8]) -> Result<(), RecordError> {
+    fn full(&mut self, b: &mut &[u8], item: bool) -> Result<Option<KernelTruth>, RecordError> {
         let dump_ns = get_u64(b)?;
         let timewait_kernel = get_opt(b)?;
         let n = get_u32(b)? as usize;
         if n > b.remaining() / MIN_SOCKET_LEN {
             return Err(bad("socket count", n as u64));
         }
-        let mut k = self.recycle();
-        k.dump_ns = dump_ns;
-        k.timewait_kernel = timewait_kernel;
-        k.sockets.reserve(n);
+        // Freed before the new one grows.
+        self.base = None;
+        let mut table = Self::fresh(dump_ns, timewait_kernel);
+        // The table is the record's sockets as they are: no room to spare (it stays).
+        table.sockets.reserve(b.remaining());
+        table.starts.reserve_exact(n);
+        let mut sockets = Vec::with_capacity(if item { n } else { 0 });
         for _ in 0..n {
-            k.sockets.push(KernelSocket::get(b)?);
+            let raw = *b;
+            let s = KernelSocket::get(b)?;
+            table.push_encoded(&raw[..raw.len() - b.len()]);
+            if item {
+                sockets.push(s);
+            }
         }
         let n = get_u32(b)? as usize;
         if n > b.remaining() / OWNER_LEN {
             return Err(bad("owner count", n as u64));
         }
-        k.owners.reserve(n);
         for _ in 0..n {
-            k.owners.push(<(u64, u32, Comm)>::get(b)?);
+            table.owners.push(<(u64, u32, Comm)>::get(b)?);
         }
         let seq = if b.has_remaining() {
             get_varint(b)?
@@ -572,57 +717,66 @@ impl KernelDecoder {
             u64::MAX
         };
         self.lost = false;
-        self.base = Some((seq, k));
-        Ok(())
+        let k = item.then(|| KernelTruth {
+            dump_ns,
+            sockets,
+            owners: table.owners.clone(),
+            timewait_kernel,
+        });
+        self.base = Some((seq, table));
+        Ok(k)
     }
 
     /// A delta: applied to the base when the base is the dump before it; otherwise dropped.
-    fn delta(&mut self, b: &mut &[u8]) -> Result<Option<()>, RecordError> {
+    fn delta(&mut self, b: &mut &[u8], item: bool) -> Result<Option<KernelTruth>, RecordError> {
         let dump_ns = get_u64(b)?;
         let timewait_kernel = get_opt(b)?;
         let seq = get_varint(b)?;
-        let Some((base_seq, base)) = self.base.take() else {
-            self.drop_delta();
-            return Ok(None);
+        let base = match self.base.take() {
+            Some((base_seq, base)) if base_seq.checked_add(1) == Some(seq) && !base.overflow => {
+                base
+            }
+            _ => {
+                self.dropped += 1;
+                self.lost = true;
+                return Ok(None);
+            }
         };
-        if base_seq.checked_add(1) != Some(seq) {
-            self.drop_delta();
-            return Ok(None);
-        }
         let n = get_varint(b)?;
-        if n > (base.sockets.len() + b.remaining() / MIN_SOCKET_LEN) as u64 {
+        if n > (base.len() + b.remaining() / MIN_SOCKET_LEN) as u64 {
             return Err(bad("socket count", n));
         }
-        let mut sockets = Vec::with_capacity(n as usize);
+        let mut table = Self::fresh(dump_ns, timewait_kernel);
+        table.sockets.reserve(base.sockets.len() + b.remaining());
+        table.starts.reserve_exact(n as usize);
+        let mut sockets = Vec::with_capacity(if item { n as usize } else { 0 });
         let shift = i128::from(base.dump_ns) - i128::from(dump_ns);
-        get_ops(b, &base.sockets, n as usize, shift, &mut sockets)?;
+        get_ops(b, &base, n as usize, shift, |s, raw| {
+            match raw {
+                Some(raw) => table.push_encoded(raw),
+                None => table.push(&s),
+            }
+            if item {
+                sockets.push(s);
+            }
+        })?;
         let n = get_varint(b)?;
         if n > (base.owners.len() + b.remaining() / OWNER_LEN) as u64 {
             return Err(bad("owner count", n));
         }
-        let mut owners = Vec::with_capacity(n as usize);
-        get_ops(b, &base.owners, n as usize, 0, &mut owners)?;
-        let k = KernelTruth {
+        table.owners.reserve(n as usize);
+        get_ops(b, base.owners.as_slice(), n as usize, 0, |o, _| {
+            table.owners.push(o)
+        })?;
+        let k = item.then(|| KernelTruth {
             dump_ns,
             sockets,
-            owners,
+            owners: table.owners.clone(),
             timewait_kernel,
-        };
-        self.base = Some((seq, k));
-        Ok(Some(()))
-    }
-
-    fn drop_delta(&mut self) {
-        self.dropped += 1;
-        self.lost = true;
-    }
-
-    /// An empty dump, reusing the old base's buffers.
-    fn recycle(&mut self) -> KernelTruth {
-        let mut k = self.base.take().map(|(_, k)| k).unwrap_or_default();
-        k.sockets.clear();
-        k.owners.clear();
-        k
+        });
+        drop(base);
+        self.base = Some((seq, table));
+        Ok(k)
     }
 }
 

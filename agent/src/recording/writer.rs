@@ -23,7 +23,7 @@ use super::{
         CHUNK_HEADER_LEN, CHUNK_TARGET, Header, chunk_header, encode_event, encode_header,
         encode_stats,
     },
-    kernel::{KernelEncoder, encode_kernel_base},
+    kernel::{KernelEncoder, Table, encode_base},
 };
 use crate::{
     event::Transition,
@@ -64,9 +64,9 @@ impl Encoder {
 
     /// A chunk holding only `k` as the base (number `seq`) of the deltas after it: what a
     /// flight-recorder capture starts with.
-    pub fn base_chunk(k: &KernelTruth, seq: u64) -> Option<Bytes> {
+    pub fn base_chunk(table: &Table, seq: u64) -> Option<Bytes> {
         let mut enc = Self::new();
-        encode_kernel_base(&mut enc.buf, k, seq);
+        encode_base(&mut enc.buf, table, seq);
         enc.count = 1;
         enc.finish()
     }
