@@ -412,9 +412,19 @@ mod tests {
 
     #[test]
     fn captures_decode_from_their_first_chunk_whatever_the_ring_dropped() {
-        let dir = std::env::temp_dir().join(format!("twtrace-ring-delta-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("mkdir");
+        /// Removes the directory also when an assertion fails.
+        struct Scratch(std::path::PathBuf);
+        impl Drop for Scratch {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_dir_all(&self.0);
+            }
+        }
+        let scratch = Scratch(
+            std::env::temp_dir().join(format!("twtrace-ring-delta-{}", std::process::id())),
+        );
+        let dir = &scratch.0;
+        let _ = std::fs::remove_dir_all(dir);
+        std::fs::create_dir_all(dir).expect("mkdir");
         let sec = 1_000_000_000u64;
         let full = {
             let mut b = bytes::BytesMut::new();
@@ -424,7 +434,7 @@ mod tests {
         // Triggers before anything was dropped, with the last full dump dropped (the first
         // dump of the capture a delta), right after the full dump of the minute, and later.
         for trigger_s in [5, 13, 31, 50, 61, 75] {
-            let open = CaptureDir::open(&dir).expect("open");
+            let open = CaptureDir::open(dir).expect("open");
             let mut ring = Ring::new(open, header(), 10 * sec, 1 << 30, 2 * sec);
             let mut fed = Vec::new();
             let mut table = Table {
@@ -467,6 +477,5 @@ mod tests {
             }
             std::fs::remove_file(&path).expect("rm");
         }
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }
