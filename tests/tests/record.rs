@@ -447,21 +447,20 @@ fn files_that_are_not_recordings_are_one_clear_error() {
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
         .collect();
     std::fs::write(&random, bytes).expect("write");
-    // A recording from a future twtrace: a valid header with format version 2.
+    // A recording from a future twtrace: a valid header with the next format version.
     let newer = dir.join("newer.twr");
+    let next = twtrace::recording::format::VERSION + 1;
     let header = twtrace::recording::Header {
         format: twtrace::recording::format::FORMAT_NAME.into(),
-        version: 2,
+        version: next,
         ..Default::default()
     };
     let mut bytes = twtrace::recording::format::encode_header(&header);
-    bytes[8] = 2;
+    bytes[8..10].copy_from_slice(&next.to_le_bytes());
+    let newer_message = format!("version {next} is newer than this twtrace reads");
     std::fs::write(&newer, bytes).expect("write");
     let cases = [
-        (
-            newer.as_path(),
-            "version 2 is newer than this twtrace reads",
-        ),
+        (newer.as_path(), newer_message.as_str()),
         (empty.as_path(), "empty"),
         (text.as_path(), "not a twtrace recording"),
         (random.as_path(), "not a twtrace recording"),

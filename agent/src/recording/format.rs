@@ -1,18 +1,31 @@
-//! The recording file format, version 1.
+//! The recording file format, version 2.
 //!
 //! ```text
 //! file   = preamble header-json chunk*
 //! preamble (20 bytes) = "TWTRACE\0" | version u16 | reserved u16 | header length u32 | CRC32 of the JSON u32
 //! chunk  = "TWCHUNK\0" | payload length u32 | record count u32 | CRC32 u32 | payload
-//! record = tag u8 | length u32 | body          (tags: 1 event, 2 kernel truth, 3 stats, 4 end)
+//! record = tag u8 | length u32 | body
+//!          (tags: 1 event, 2 kernel truth, 3 stats, 4 end, 5 kernel-truth delta, 6 kernel-truth base)
 //! ```
 //!
 //! Integers are little-endian; record bodies are fixed-width fields, except the sockets of a
-//! kernel-truth record, which use LEB128 varints for cookie, inode and timer. A chunk's CRC32 covers its length, count and payload, so a flipped
-//! bit anywhere in a chunk is caught; the 8-byte chunk magic lets a reader find the next chunk
-//! after a damaged one. Records carry their length, so a reader of this version skips tags it does
-//! not know (added later without a version bump); a change to an existing record bumps the
-//! version, which older readers refuse with a message.
+//! kernel-truth record, which use LEB128 varints. A chunk's CRC32 covers its length, count and
+//! payload, so a flipped bit anywhere in a chunk is caught; the 8-byte chunk magic lets a reader
+//! find the next chunk after a damaged one. Records carry their length, so a reader of this
+//! version skips tags it does not know (added later without a version bump); a change to an
+//! existing record, or a new one that a reader must not skip, bumps the version, which older
+//! readers refuse with a message.
+//!
+//! **Kernel truth as deltas.** A socket-table dump comes every `--reconcile` seconds and can
+//! hold tens of thousands of sockets, most of them the same as in the dump before: it is written
+//! in full now and then (tag 2) and otherwise as a delta against the dump before (tag 5). Dumps
+//! are numbered, a delta applies only to the dump numbered just before it, and one whose base
+//! is missing is dropped and reported, never decoded against another dump. A base (tag 6) is a
+//! full dump that is not an item, for the deltas after it. [`super::kernel`] has the layouts.
+//!
+//! Versions: 1 had only full dumps (tag 2, without the sequence number that now ends it).
+//! Version 2 added deltas; a version-1 reader would skip them as unknown tags and silently lose
+//! most dumps, hence the bump. This reader reads both.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
@@ -20,16 +33,16 @@ use bytes::{Buf, BufMut, BytesMut};
 use serde::{Deserialize, Serialize};
 use twtrace_ebpf::COMM_LEN;
 
+use super::kernel::{self, KernelDecoder, Table};
 use crate::{
     event::{Attribution, Comm, Family, Transition},
-    model::KernelSocket,
     state::{Reset, TcpState},
-    stream::{Item, KernelStats, KernelTruth, Stats},
+    stream::{Item, KernelStats, Stats},
 };
 
 pub const FILE_MAGIC: &[u8; 8] = b"TWTRACE\0";
 pub const CHUNK_MAGIC: &[u8; 8] = b"TWCHUNK\0";
-pub const VERSION: u16 = 1;
+pub const VERSION: u16 = 2;
 pub const PREAMBLE_LEN: usize = 20;
 pub const CHUNK_HEADER_LEN: usize = 20;
 /// A chunk is written once its payload reaches this size (and at least once a second).
@@ -42,9 +55,11 @@ pub const MAX_CHUNK: usize = 256 << 20;
 pub const MAX_HEADER: usize = 1 << 20;
 
 const TAG_EVENT: u8 = 1;
-const TAG_KERNEL: u8 = 2;
+pub(super) const TAG_KERNEL: u8 = 2;
 const TAG_STATS: u8 = 3;
 const TAG_END: u8 = 4;
+pub(super) const TAG_KERNEL_DELTA: u8 = 5;
+pub(super) const TAG_KERNEL_BASE: u8 = 6;
 
 /// What a recording says about where and how it was made.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -90,7 +105,7 @@ pub enum RecordError {
     Value { what: &'static str, value: u64 },
 }
 
-fn bad(what: &'static str, value: impl Into<u64>) -> RecordError {
+pub(super) fn bad(what: &'static str, value: impl Into<u64>) -> RecordError {
     RecordError::Value {
         what,
         value: value.into(),
@@ -113,11 +128,12 @@ pub fn encode_header(header: &Header) -> Vec<u8> {
     out
 }
 
-/// Appends one record, tag and length first. Allocates nothing when `out` has room.
+/// Appends one record, tag and length first; kernel truth as a lone full dump (numbered 0).
+/// Allocates nothing when `out` has room. A recording's dumps go through a [`KernelEncoder`].
 pub fn encode(out: &mut BytesMut, record: &Item) {
     match record {
         Item::Event(t) => encode_event(out, t),
-        Item::Kernel(k) => encode_kernel(out, k),
+        Item::Kernel(k) => kernel::encode_full(out, TAG_KERNEL, k, 0),
         Item::Stats(s) => encode_stats(out, s),
         Item::End { mono_ns } => encode_end(out, *mono_ns),
     }
@@ -130,14 +146,14 @@ pub fn encode_end(out: &mut BytesMut, mono_ns: u64) {
 }
 
 /// Writes a record's tag and a placeholder length; [`end_record`] fills the length in.
-fn begin_record(out: &mut BytesMut, tag: u8) -> usize {
+pub(super) fn begin_record(out: &mut BytesMut, tag: u8) -> usize {
     out.put_u8(tag);
     let at = out.len();
     out.put_u32_le(0);
     at
 }
 
-fn end_record(out: &mut BytesMut, at: usize) {
+pub(super) fn end_record(out: &mut BytesMut, at: usize) {
     let len = (out.len() - at - 4) as u32;
     out[at..at + 4].copy_from_slice(&len.to_le_bytes());
 }
@@ -180,43 +196,6 @@ pub fn encode_event(out: &mut BytesMut, t: &Transition) {
     end_record(out, at);
 }
 
-pub fn encode_kernel(out: &mut BytesMut, k: &KernelTruth) {
-    let at = begin_record(out, TAG_KERNEL);
-    out.put_u64_le(k.dump_ns);
-    put_opt(out, k.timewait_kernel);
-    out.put_u32_le(k.sockets.len() as u32);
-    // A dump holds every socket of the table (tens of thousands under churn, every 2 s), so each
-    // is kept small: one byte of state and flags, varints for the counters, and the timer in
-    // milliseconds (what sock_diag reports) when it is a whole number of them.
-    for s in &k.sockets {
-        let ms = s.expires_ns % 1_000_000 == 0;
-        out.put_u8(
-            state_code(s.state)
-                | if s.timewait { SOCK_TIMEWAIT } else { 0 }
-                | if ms { SOCK_EXPIRES_MS } else { 0 },
-        );
-        put_addr(out, s.local);
-        put_addr(out, s.remote);
-        put_varint(out, s.cookie);
-        put_varint(out, s.inode);
-        put_varint(
-            out,
-            if ms {
-                s.expires_ns / 1_000_000
-            } else {
-                s.expires_ns
-            },
-        );
-    }
-    out.put_u32_le(k.owners.len() as u32);
-    for (inode, pid, comm) in &k.owners {
-        out.put_u64_le(*inode);
-        out.put_u32_le(*pid);
-        out.put_slice(&comm_bytes(comm));
-    }
-    end_record(out, at);
-}
-
 pub fn encode_stats(out: &mut BytesMut, s: &Stats) {
     let at = begin_record(out, TAG_STATS);
     out.put_u64_le(s.mono_ns);
@@ -239,7 +218,7 @@ pub fn encode_stats(out: &mut BytesMut, s: &Stats) {
 }
 
 /// LEB128: 7 bits a byte, low first (1 byte below 128, at most 10).
-fn put_varint(out: &mut BytesMut, mut v: u64) {
+pub(super) fn put_varint(out: &mut BytesMut, mut v: u64) {
     while v >= 0x80 {
         out.put_u8((v as u8 & 0x7f) | 0x80);
         v >>= 7;
@@ -247,7 +226,7 @@ fn put_varint(out: &mut BytesMut, mut v: u64) {
     out.put_u8(v as u8);
 }
 
-fn get_varint(b: &mut &[u8]) -> Result<u64, RecordError> {
+pub(super) fn get_varint(b: &mut &[u8]) -> Result<u64, RecordError> {
     let mut v = 0u64;
     for i in 0..10 {
         let byte = get_u8(b)?;
@@ -263,13 +242,13 @@ fn get_varint(b: &mut &[u8]) -> Result<u64, RecordError> {
     Err(bad("varint", 10u8))
 }
 
-fn put_opt(out: &mut BytesMut, v: Option<u64>) {
+pub(super) fn put_opt(out: &mut BytesMut, v: Option<u64>) {
     out.put_u8(u8::from(v.is_some()));
     out.put_u64_le(v.unwrap_or(0));
 }
 
 /// 4 or 6, then the address bytes, then the port.
-fn put_addr(out: &mut BytesMut, a: SocketAddr) {
+pub(super) fn put_addr(out: &mut BytesMut, a: SocketAddr) {
     match a.ip() {
         IpAddr::V4(v4) => {
             out.put_u8(4);
@@ -285,7 +264,7 @@ fn put_addr(out: &mut BytesMut, a: SocketAddr) {
 
 /// A comm as its kernel form: the name, NUL-padded to 16 bytes (what the kernel hands over:
 /// `__set_task_comm()` pads with `strscpy_pad`).
-fn comm_bytes(c: &Comm) -> [u8; COMM_LEN] {
+pub(super) fn comm_bytes(c: &Comm) -> [u8; COMM_LEN] {
     let mut raw = [0; COMM_LEN];
     let name = c.as_bytes();
     raw[..name.len()].copy_from_slice(name);
@@ -313,32 +292,92 @@ pub fn state_code(s: TcpState) -> u8 {
 
 // ---- decoding -------------------------------------------------------------------------------
 
-/// Decodes the records of one chunk payload, appending them to `out`. Unknown tags are skipped.
-/// On an error, the records before it are kept.
-pub fn decode_items(mut payload: &[u8], out: &mut Vec<Item>) -> Result<(), RecordError> {
-    while payload.has_remaining() {
-        if payload.remaining() < 5 {
-            return Err(RecordError::Short);
-        }
-        let tag = payload.get_u8();
-        let len = payload.get_u32_le() as usize;
-        if payload.remaining() < len {
-            return Err(RecordError::Short);
-        }
-        let mut body = &payload[..len];
-        payload.advance(len);
-        let record = match tag {
-            TAG_EVENT => Item::Event(decode_event(&mut body)?),
-            TAG_KERNEL => Item::Kernel(decode_kernel(&mut body)?),
-            TAG_STATS => Item::Stats(decode_stats(&mut body)?),
-            TAG_END => Item::End {
-                mono_ns: get_u64(&mut body)?,
-            },
-            _ => continue,
-        };
-        out.push(record);
+/// Decodes records chunk after chunk. It keeps the last kernel dump, which the next delta
+/// needs; a delta without it is dropped and counted (see [`Decoder::take_dropped`]).
+#[derive(Default)]
+pub struct Decoder {
+    kernel: KernelDecoder,
+}
+
+impl Decoder {
+    pub fn new() -> Self {
+        Self::default()
     }
-    Ok(())
+
+    /// Decodes the records of one chunk payload, appending them to `out`. Unknown tags are
+    /// skipped. On an error, the records before it are kept.
+    pub fn decode_items(&mut self, payload: &[u8], out: &mut Vec<Item>) -> Result<(), RecordError> {
+        self.walk(payload, Some(out))
+    }
+
+    /// Follows the kernel dumps of one chunk payload without handing anything out: the flight
+    /// recorder does this with the chunks it forgets, so it can start a capture with their last
+    /// dump as a base.
+    pub fn follow(&mut self, payload: &[u8]) -> Result<(), RecordError> {
+        self.walk(payload, None)
+    }
+
+    /// The last dump decoded, and its number.
+    pub fn base(&self) -> Option<(u64, &Table)> {
+        self.kernel.base()
+    }
+
+    /// Deltas dropped since the last call because their base was missing.
+    pub fn take_dropped(&mut self) -> u64 {
+        self.kernel.take_dropped()
+    }
+
+    /// Deltas are being dropped: one was, and no full dump has come since.
+    pub fn lost(&self) -> bool {
+        self.kernel.lost()
+    }
+
+    fn walk(
+        &mut self,
+        mut payload: &[u8],
+        mut out: Option<&mut Vec<Item>>,
+    ) -> Result<(), RecordError> {
+        while payload.has_remaining() {
+            if payload.remaining() < 5 {
+                return Err(RecordError::Short);
+            }
+            let tag = payload.get_u8();
+            let len = payload.get_u32_le() as usize;
+            if payload.remaining() < len {
+                return Err(RecordError::Short);
+            }
+            let mut body = &payload[..len];
+            payload.advance(len);
+            let record = match tag {
+                TAG_KERNEL | TAG_KERNEL_BASE | TAG_KERNEL_DELTA => {
+                    // A base is not an item; following, nothing is.
+                    let item = tag != TAG_KERNEL_BASE && out.is_some();
+                    match self.kernel.decode(tag, &mut body, item)? {
+                        Some(k) => Item::Kernel(k),
+                        None => continue,
+                    }
+                }
+                // Following only the kernel dumps: nothing else needs decoding.
+                _ if out.is_none() => continue,
+                TAG_EVENT => Item::Event(decode_event(&mut body)?),
+                TAG_STATS => Item::Stats(decode_stats(&mut body)?),
+                TAG_END => Item::End {
+                    mono_ns: get_u64(&mut body)?,
+                },
+                _ => continue,
+            };
+            if let Some(out) = &mut out {
+                out.push(record);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Decodes one chunk payload on its own (a kernel delta in it has no base): for tests and
+/// tools that look at single records.
+pub fn decode_items(payload: &[u8], out: &mut Vec<Item>) -> Result<(), RecordError> {
+    Decoder::new().decode_items(payload, out)
 }
 
 fn need(b: &[u8], n: usize) -> Result<(), RecordError> {
@@ -349,7 +388,7 @@ fn need(b: &[u8], n: usize) -> Result<(), RecordError> {
     }
 }
 
-fn get_u8(b: &mut &[u8]) -> Result<u8, RecordError> {
+pub(super) fn get_u8(b: &mut &[u8]) -> Result<u8, RecordError> {
     need(b, 1)?;
     Ok(b.get_u8())
 }
@@ -359,24 +398,24 @@ fn get_u16(b: &mut &[u8]) -> Result<u16, RecordError> {
     Ok(b.get_u16_le())
 }
 
-fn get_u32(b: &mut &[u8]) -> Result<u32, RecordError> {
+pub(super) fn get_u32(b: &mut &[u8]) -> Result<u32, RecordError> {
     need(b, 4)?;
     Ok(b.get_u32_le())
 }
 
-fn get_u64(b: &mut &[u8]) -> Result<u64, RecordError> {
+pub(super) fn get_u64(b: &mut &[u8]) -> Result<u64, RecordError> {
     need(b, 8)?;
     Ok(b.get_u64_le())
 }
 
-fn get_comm(b: &mut &[u8]) -> Result<Comm, RecordError> {
+pub(super) fn get_comm(b: &mut &[u8]) -> Result<Comm, RecordError> {
     need(b, COMM_LEN)?;
     let mut raw = [0; COMM_LEN];
     b.copy_to_slice(&mut raw);
     Ok(Comm::new(raw))
 }
 
-fn get_opt(b: &mut &[u8]) -> Result<Option<u64>, RecordError> {
+pub(super) fn get_opt(b: &mut &[u8]) -> Result<Option<u64>, RecordError> {
     let present = get_u8(b)?;
     let v = get_u64(b)?;
     match present {
@@ -386,7 +425,7 @@ fn get_opt(b: &mut &[u8]) -> Result<Option<u64>, RecordError> {
     }
 }
 
-fn get_addr(b: &mut &[u8]) -> Result<SocketAddr, RecordError> {
+pub(super) fn get_addr(b: &mut &[u8]) -> Result<SocketAddr, RecordError> {
     let ip = match get_u8(b)? {
         4 => {
             need(b, 4)?;
@@ -464,66 +503,13 @@ fn decode_event(b: &mut &[u8]) -> Result<Transition, RecordError> {
 
 /// The smallest encoding of a socket and of an owner, to bound a count by the bytes left
 /// before allocating for it.
-const MIN_SOCKET_LEN: usize = 1 + 7 + 7 + 3;
+pub(super) const MIN_SOCKET_LEN: usize = 1 + 7 + 7 + 3;
 
 /// A socket's first byte in a dump: the state's number (1 to 13) and two flags.
-const SOCK_STATE: u8 = 0x0f;
-const SOCK_TIMEWAIT: u8 = 0x10;
-const SOCK_EXPIRES_MS: u8 = 0x20;
-const OWNER_LEN: usize = 12 + COMM_LEN;
-
-fn decode_kernel(b: &mut &[u8]) -> Result<KernelTruth, RecordError> {
-    let dump_ns = get_u64(b)?;
-    let timewait_kernel = get_opt(b)?;
-    let n = get_u32(b)? as usize;
-    if n > b.remaining() / MIN_SOCKET_LEN {
-        return Err(bad("socket count", n as u64));
-    }
-    let mut sockets = Vec::with_capacity(n);
-    for _ in 0..n {
-        let flags = get_u8(b)?;
-        if flags & !(SOCK_STATE | SOCK_TIMEWAIT | SOCK_EXPIRES_MS) != 0 {
-            return Err(bad("socket flags", flags));
-        }
-        let code = flags & SOCK_STATE;
-        let state = TcpState::try_from(u32::from(code)).map_err(|_| bad("TCP state", code))?;
-        let local = get_addr(b)?;
-        let remote = get_addr(b)?;
-        let cookie = get_varint(b)?;
-        let inode = get_varint(b)?;
-        let expires = get_varint(b)?;
-        let expires_ns = if flags & SOCK_EXPIRES_MS != 0 {
-            expires
-                .checked_mul(1_000_000)
-                .ok_or(bad("socket timer", expires))?
-        } else {
-            expires
-        };
-        sockets.push(KernelSocket {
-            state,
-            timewait: flags & SOCK_TIMEWAIT != 0,
-            local,
-            remote,
-            cookie,
-            inode,
-            expires_ns,
-        });
-    }
-    let n = get_u32(b)? as usize;
-    if n > b.remaining() / OWNER_LEN {
-        return Err(bad("owner count", n as u64));
-    }
-    let mut owners = Vec::with_capacity(n);
-    for _ in 0..n {
-        owners.push((get_u64(b)?, get_u32(b)?, get_comm(b)?));
-    }
-    Ok(KernelTruth {
-        dump_ns,
-        sockets,
-        owners,
-        timewait_kernel,
-    })
-}
+pub(super) const SOCK_STATE: u8 = 0x0f;
+pub(super) const SOCK_TIMEWAIT: u8 = 0x10;
+pub(super) const SOCK_EXPIRES_MS: u8 = 0x20;
+pub(super) const OWNER_LEN: usize = 12 + COMM_LEN;
 
 fn decode_stats(b: &mut &[u8]) -> Result<Stats, RecordError> {
     let mono_ns = get_u64(b)?;

@@ -1,10 +1,12 @@
 //! Recordings: capture now, analyse later on another machine without root.
 //!
-//! [`format`] defines the file, [`writer`] and [`reader`] write and read it. A recording holds
+//! [`format`] defines the file (and [`kernel`] its kernel dumps, as deltas), [`writer`] and
+//! [`reader`] write and read it. A recording holds
 //! the stream's items ([`crate::stream::Item`]); `crate::source::recording` plays one back into
 //! the same pipeline the live tracer feeds, and `crate::sink::recorder` writes one.
 
 pub mod format;
+pub mod kernel;
 pub mod reader;
 pub mod writer;
 

@@ -12,8 +12,8 @@ use std::{
 use anyhow::{Context as _, bail};
 
 use super::format::{
-    CHUNK_HEADER_LEN, CHUNK_MAGIC, FILE_MAGIC, FORMAT_NAME, Header, MAX_CHUNK, MAX_HEADER,
-    PREAMBLE_LEN, VERSION, chunk_crc, decode_items,
+    CHUNK_HEADER_LEN, CHUNK_MAGIC, Decoder, FILE_MAGIC, FORMAT_NAME, Header, MAX_CHUNK, MAX_HEADER,
+    PREAMBLE_LEN, VERSION, chunk_crc,
 };
 use crate::stream::Item;
 
@@ -26,6 +26,9 @@ pub enum Problem {
     Truncated { offset: u64 },
     /// The file ends after a complete chunk but without the end mark of a clean stop.
     NoEnd,
+    /// `dropped` kernel dumps, the first in the chunk at `offset`, were deltas of a dump that
+    /// was lost to damage: dropped rather than decoded into a wrong socket table.
+    NoBase { offset: u64, dropped: u64 },
 }
 
 impl std::fmt::Display for Problem {
@@ -44,6 +47,13 @@ impl std::fmt::Display for Problem {
                 f,
                 "the recording has no end mark: twtrace was killed (SIGKILL, a crash, a full \
                  disk) before it stopped; everything up to its last complete chunk was read"
+            ),
+            Self::NoBase { offset, dropped } => write!(
+                f,
+                "{dropped} kernel socket-table dump{} from byte {offset} on dropped: stored as \
+                 changes to a dump lost in damaged data; the table is known again from the next \
+                 full dump",
+                if *dropped == 1 { "" } else { "s" }
             ),
         }
     }
@@ -68,6 +78,10 @@ pub struct Reader<R> {
     /// Problems not yet taken by [`Reader::take_problems`].
     new_problems: usize,
     records: u64,
+    decoder: Decoder,
+    /// Kernel deltas being dropped for want of their base: where the first was, and how many.
+    /// Reported as one problem once a full dump (or the end) comes.
+    no_base: Option<(u64, u64)>,
 }
 
 impl Reader<io::BufReader<File>> {
@@ -103,6 +117,8 @@ impl<R: Read> Reader<R> {
             problems: Vec::new(),
             new_problems: 0,
             records: 0,
+            decoder: Decoder::new(),
+            no_base: None,
         };
         r.read_header()?;
         Ok(r)
@@ -307,7 +323,7 @@ impl<R: Read> Reader<R> {
                 self.consume(n);
                 return Ok(false);
             }
-            let rest = self.rest();
+            let rest = &self.buf[self.start..];
             let payload = &rest[CHUNK_HEADER_LEN..CHUNK_HEADER_LEN + len];
             if chunk_crc(&rest[8..16], payload) != crc {
                 self.damage(at, "checksum mismatch".into());
@@ -317,7 +333,7 @@ impl<R: Read> Reader<R> {
                 continue;
             }
             let mut records = Vec::with_capacity((count as usize).min(len / 5 + 1));
-            let decoded = decode_items(payload, &mut records);
+            let decoded = self.decoder.decode_items(payload, &mut records);
             self.consume(CHUNK_HEADER_LEN + len);
             self.in_damage = false;
             if let Err(e) = decoded {
@@ -328,12 +344,27 @@ impl<R: Read> Reader<R> {
                 });
                 self.new_problems += 1;
             }
+            let dropped = self.decoder.take_dropped();
+            if dropped > 0 {
+                self.no_base.get_or_insert((at, 0)).1 += dropped;
+            }
+            if !self.decoder.lost() {
+                self.report_no_base();
+            }
             if records.is_empty() {
                 continue;
             }
             records.reverse();
             self.pending = records;
             return Ok(true);
+        }
+    }
+
+    /// The stretch of dropped deltas is over (a full dump came, or the end).
+    fn report_no_base(&mut self) {
+        if let Some((offset, dropped)) = self.no_base.take() {
+            self.problems.push(Problem::NoBase { offset, dropped });
+            self.new_problems += 1;
         }
     }
 
@@ -355,6 +386,7 @@ impl<R: Read> Reader<R> {
             }
             if !self.next_chunk()? {
                 self.done = true;
+                self.report_no_base();
                 let cut = self
                     .problems
                     .iter()

@@ -18,9 +18,12 @@ use std::{
 use anyhow::Context as _;
 use bytes::{Bytes, BytesMut};
 
-use super::format::{
-    CHUNK_HEADER_LEN, CHUNK_TARGET, Header, chunk_header, encode_event, encode_header,
-    encode_kernel, encode_stats,
+use super::{
+    format::{
+        CHUNK_HEADER_LEN, CHUNK_TARGET, Header, chunk_header, encode_event, encode_header,
+        encode_stats,
+    },
+    kernel::{KernelEncoder, Table, encode_base},
 };
 use crate::{
     event::Transition,
@@ -32,6 +35,8 @@ pub struct Encoder {
     /// `CHUNK_HEADER_LEN` reserved bytes, then the payload.
     buf: BytesMut,
     count: u32,
+    /// Kernel dumps go in as deltas against the one before.
+    kernel: KernelEncoder,
 }
 
 impl Default for Encoder {
@@ -44,7 +49,26 @@ impl Encoder {
     pub fn new() -> Self {
         let mut buf = BytesMut::with_capacity(CHUNK_TARGET + 4096);
         buf.resize(CHUNK_HEADER_LEN, 0);
-        Self { buf, count: 0 }
+        Self {
+            buf,
+            count: 0,
+            kernel: KernelEncoder::default(),
+        }
+    }
+
+    /// Kernel dumps are written in full at least this often (of dump time); the rest are
+    /// deltas.
+    pub fn set_full_dump_every(&mut self, ns: u64) {
+        self.kernel = KernelEncoder::new(ns);
+    }
+
+    /// A chunk holding only `k` as the base (number `seq`) of the deltas after it: what a
+    /// flight-recorder capture starts with.
+    pub fn base_chunk(table: &Table, seq: u64) -> Option<Bytes> {
+        let mut enc = Self::new();
+        encode_base(&mut enc.buf, table, seq);
+        enc.count = 1;
+        enc.finish()
     }
 
     pub fn event(&mut self, t: &Transition) {
@@ -53,7 +77,7 @@ impl Encoder {
     }
 
     pub fn kernel(&mut self, k: &KernelTruth) {
-        encode_kernel(&mut self.buf, k);
+        self.kernel.encode(&mut self.buf, k);
         self.count += 1;
     }
 
@@ -90,6 +114,8 @@ impl Encoder {
         if len < self.buf.len() && self.count > 0 {
             self.buf.truncate(len);
             self.count -= 1;
+            // Had it been a kernel dump, the next delta's base would be missing from the file.
+            self.kernel.forget();
         }
     }
 
@@ -386,6 +412,11 @@ impl<W: Write> Writer<W> {
             self.events_pending += 1;
         }
         Ok(())
+    }
+
+    /// See [`Encoder::set_full_dump_every`]; before the first dump.
+    pub fn set_full_dump_every(&mut self, ns: u64) {
+        self.enc.set_full_dump_every(ns);
     }
 
     pub fn kernel(&mut self, k: &KernelTruth) -> io::Result<()> {

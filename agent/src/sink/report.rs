@@ -470,7 +470,10 @@ mod tests {
         let esc = r"\x1b[2J\x1b[H\nFAKE\r";
         for want in [
             r"twtrace recording x\ty.twr".to_owned(),
-            format!(r"  host      {esc}, kernel 6.18\x07 (twtrace 0.1\u{{9b}}, format 1)"),
+            format!(
+                r"  host      {esc}, kernel 6.18\x07 (twtrace 0.1\u{{9b}}, format {})",
+                crate::recording::format::VERSION
+            ),
             r"  span      2026\r .. 2026\r (0.0 s)".to_owned(),
             r"  note      note\nFAKE".to_owned(),
             r"  command   twtrace -o a\nb".to_owned(),

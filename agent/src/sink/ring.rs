@@ -1,5 +1,11 @@
 //! The flight recorder's memory: the last `--ring` of closed chunks, bounded in bytes, and the
 //! capture being written after a trigger (the ring, then `--after` more).
+//!
+//! Kernel dumps are stored as deltas against the dump before (see `recording::kernel`), so the
+//! ring costs what its span of changes costs, not a whole socket table per dump. A chunk the
+//! ring forgets may hold the dump the next delta needs: the ring follows the dumps of every
+//! chunk it drops (the one full table it keeps decoded), and a capture starts with that table as
+//! a base record, so it decodes from its first chunk on, whichever chunks were dropped.
 
 use std::{
     collections::VecDeque,
@@ -13,7 +19,12 @@ use bytes::Bytes;
 
 use crate::{
     event::Transition,
-    recording::{Encoder, Header, format::encode_header, human_size, writer::CaptureDir},
+    recording::{
+        Encoder, Header,
+        format::{CHUNK_HEADER_LEN, Decoder, encode_header},
+        human_size,
+        writer::CaptureDir,
+    },
     stream::{KernelTruth, Stats},
 };
 
@@ -41,6 +52,9 @@ pub struct Ring {
     failed: Option<anyhow::Error>,
     /// Events recorded (into the ring) since start.
     pub events: u64,
+    /// The kernel dumps of the chunks dropped so far: the last one is the base of the first
+    /// delta still in the ring.
+    dropped: Decoder,
 }
 
 /// A capture that was closed: its file and size.
@@ -69,6 +83,7 @@ impl Ring {
             capture: None,
             failed: None,
             events: 0,
+            dropped: Decoder::new(),
         }
     }
 
@@ -117,6 +132,12 @@ impl Ring {
             if !(old || self.bytes > self.max_bytes) || self.chunks.len() == 1 {
                 break;
             }
+            if self.dropped.follow(&front[CHUNK_HEADER_LEN..]).is_err() {
+                // Cannot happen to a chunk the ring encoded itself; if it did, a capture would
+                // drop its deltas up to the next full dump, and say so, rather than start from
+                // a wrong table.
+                self.dropped = Decoder::new();
+            }
             self.bytes -= front.len();
             self.chunks.pop_front();
         }
@@ -161,10 +182,19 @@ impl Ring {
             bytes: 0,
         };
         let head = encode_header(&header);
+        // The last dump the ring forgot, which the first delta in it (or after it) is taken
+        // against. Written even when a full dump comes first: it costs one table, once.
+        let base = self
+            .dropped
+            .base()
+            .and_then(|(seq, k)| Encoder::base_chunk(k, seq));
         let mut write = || -> io::Result<()> {
             c.file.write_all(&head)?;
             c.bytes += head.len() as u64;
-            for (_, chunk) in &self.chunks {
+            for chunk in base
+                .iter()
+                .chain(self.chunks.iter().map(|(_, chunk)| chunk))
+            {
                 c.file.write_all(chunk)?;
                 c.bytes += chunk.len() as u64;
             }
@@ -253,6 +283,7 @@ mod tests {
     use crate::{
         recording::{
             Reader,
+            kernel::tests::{next_dump, tw_table},
             tests::{event, header, read_all},
         },
         stream::Item,
@@ -334,5 +365,117 @@ mod tests {
         }
         assert!(small.held(20).0 <= 300);
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A socket table of 2,000 TIME_WAIT sockets that changes a little every 2 s, events every
+    /// half second, the counters (and a chunk) every second: what the flight recorder holds
+    /// and what its captures hold.
+    fn feed(ring: &mut Ring, from_s: u64, to_s: u64, fed: &mut Vec<Item>, table: &mut Table) {
+        let sec = 1_000_000_000u64;
+        for half in from_s * 2..to_s * 2 {
+            let now = half * sec / 2;
+            let mut e = event(half);
+            e.mono_ns = now;
+            ring.event(&e, now).expect("ring");
+            fed.push(Item::Event(e));
+            if half % 4 == 0 {
+                let k = table.next(now);
+                ring.kernel(&k, now).expect("ring");
+                fed.push(Item::Kernel(k));
+            }
+            if half % 2 == 1 {
+                let s = Stats {
+                    mono_ns: now,
+                    ..Stats::default()
+                };
+                ring.stats(&s).expect("ring");
+                fed.push(Item::Stats(s));
+            }
+        }
+    }
+
+    struct Table {
+        last: Option<KernelTruth>,
+        fresh: u64,
+    }
+
+    impl Table {
+        fn next(&mut self, now: u64) -> KernelTruth {
+            let k = match &self.last {
+                None => tw_table(2_000, now),
+                Some(prev) => next_dump(prev, now - prev.dump_ns, 40, 30, 700, &mut self.fresh),
+            };
+            self.last = Some(k.clone());
+            k
+        }
+    }
+
+    #[test]
+    fn captures_decode_from_their_first_chunk_whatever_the_ring_dropped() {
+        /// Removes the directory also when an assertion fails.
+        struct Scratch(std::path::PathBuf);
+        impl Drop for Scratch {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_dir_all(&self.0);
+            }
+        }
+        let scratch = Scratch(
+            std::env::temp_dir().join(format!("twtrace-ring-delta-{}", std::process::id())),
+        );
+        let dir = &scratch.0;
+        let _ = std::fs::remove_dir_all(dir);
+        std::fs::create_dir_all(dir).expect("mkdir");
+        let sec = 1_000_000_000u64;
+        let full = {
+            let mut b = bytes::BytesMut::new();
+            crate::recording::format::encode(&mut b, &Item::Kernel(tw_table(2_000, 0)));
+            b.len()
+        };
+        // Triggers before anything was dropped, with the last full dump dropped (the first
+        // dump of the capture a delta), right after the full dump of the minute, and later.
+        for trigger_s in [5, 13, 31, 50, 61, 75] {
+            let open = CaptureDir::open(dir).expect("open");
+            let mut ring = Ring::new(open, header(), 10 * sec, 1 << 30, 2 * sec);
+            let mut fed = Vec::new();
+            let mut table = Table {
+                last: None,
+                fresh: 0,
+            };
+            feed(&mut ring, 0, trigger_s, &mut fed, &mut table);
+            let (held, _) = ring.held(trigger_s * sec);
+            if (13..60).contains(&trigger_s) {
+                // 10 s of changes, no whole table: with every dump in full, five tables.
+                assert!(held < full, "{held} bytes held, a full dump is {full}");
+            }
+            let path = ring
+                .trigger("test", trigger_s * sec)
+                .expect("capture")
+                .expect("a new capture");
+            feed(&mut ring, trigger_s, trigger_s + 2, &mut fed, &mut table);
+            let end = (trigger_s + 2) * sec;
+            ring.finish_capture(end, true).expect("ok").expect("closed");
+            let bytes = std::fs::read(&path).expect("capture");
+            let (mut records, problems) = read_all(&bytes).expect("reads");
+            assert!(
+                problems.is_empty(),
+                "trigger at {trigger_s} s: {problems:?}"
+            );
+            assert_eq!(records.pop(), Some(Item::End { mono_ns: end }));
+            // The capture is the end of what was fed, dumps included, exactly.
+            let from = fed.len() - records.len();
+            assert_eq!(records, fed[from..], "trigger at {trigger_s} s");
+            assert!(
+                records
+                    .iter()
+                    .filter(|r| matches!(r, Item::Kernel(_)))
+                    .count()
+                    >= 4,
+                "trigger at {trigger_s} s"
+            );
+            if trigger_s > 10 {
+                assert!(from > 0, "the ring dropped its oldest chunks");
+            }
+            std::fs::remove_file(&path).expect("rm");
+        }
     }
 }

@@ -70,6 +70,8 @@ pub struct Stats {
     pub cpu_us_per_event: Option<Spread>,
     pub startup_cpu_secs: Option<Spread>,
     pub peak_rss_kib: Option<u64>,
+    /// The recording's size per event received (`record -o FILE`).
+    pub file_bytes_per_event: Option<Spread>,
     /// The leaderboard's per-pid TIME_WAIT counts against the generators' connections.
     pub exactness: Option<ExactnessStats>,
     /// Problems worth a note under the table.
@@ -132,7 +134,7 @@ impl Row {
             .filter_map(|(_, s)| {
                 Some((
                     cal.expected(s.connections, s.generators),
-                    s.tracer.as_ref()?,
+                    s.tracer.as_deref()?,
                 ))
             })
             .collect();
@@ -156,6 +158,14 @@ impl Row {
                 .collect();
             stats.startup_cpu_secs = Spread::of(&startup);
             stats.peak_rss_kib = tracers.iter().filter_map(|(_, t)| t.peak_rss_kib).max();
+            let file: Vec<f64> = tracers
+                .iter()
+                .filter_map(|(_, t)| {
+                    let events = t.received.filter(|&r| r > 0)?;
+                    Some(t.file_bytes? as f64 / events as f64)
+                })
+                .collect();
+            stats.file_bytes_per_event = Spread::of(&file);
             if tracers.iter().any(|(_, t)| t.received.is_none()) {
                 stats.notes.push(
                     "no event count from the tracer in some rounds: CPU per event uses the \
@@ -339,12 +349,12 @@ mod tests {
                 connections,
                 generators: 4,
                 tw_overflow: Some(connections / 2),
-                tracer: Some(TracerSample {
+                tracer: Some(Box::new(TracerSample {
                     received: Some(connections * 10),
                     lost: Some(0),
                     exactness: Some(exactness),
                     ..TracerSample::default()
-                }),
+                })),
                 ..Sample::default()
             })
         };

@@ -200,7 +200,8 @@ pub struct Sample {
     /// TIME_WAIT sockets the kernel did not make while the generators ran, its table being full
     /// (TCPTimeWaitOverflow); connections are much cheaper then.
     pub tw_overflow: Option<u64>,
-    pub tracer: Option<TracerSample>,
+    /// Boxed: most of a sample, and absent for the reference.
+    pub tracer: Option<Box<TracerSample>>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -223,6 +224,8 @@ pub struct TracerSample {
     pub killed: bool,
     /// The leaderboard's final per-pid TIME_WAIT count against each generator's connections.
     pub exactness: Option<Exactness>,
+    /// The size of the recording it wrote (`record -o FILE`), once it stopped.
+    pub file_bytes: Option<u64>,
 }
 
 /// Client closes first, so each connection a generator made is one TIME_WAIT entered by its
@@ -413,10 +416,11 @@ fn measure_tracer(
         }
     }
     if let Some(written) = &spec.written {
+        sample.file_bytes = fs::metadata(written).ok().map(|m| m.len());
         let _ = fs::remove_file(written);
     }
     Ok(Outcome::Measured(Sample {
-        tracer: Some(sample),
+        tracer: Some(Box::new(sample)),
         ..generators_sample(&runs, overflow)
     }))
 }
@@ -564,14 +568,14 @@ pub mod fixtures {
             rate,
             connections,
             generators: 1,
-            tracer: Some(TracerSample {
+            tracer: Some(Box::new(TracerSample {
                 received: Some(received),
                 lost: Some(lost),
                 cpu_secs: Some(cpu),
                 startup_cpu_secs: Some(0.1),
                 peak_rss_kib: Some(20 * 1024),
                 ..TracerSample::default()
-            }),
+            })),
             ..Sample::default()
         })
     }

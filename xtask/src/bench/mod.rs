@@ -13,6 +13,9 @@
 //! event and its peak RSS. The result is a markdown document, printed on stdout and written to
 //! `bench/results.md`; progress goes to stderr.
 //!
+//! Then (unless `--ring 0`) the flight recorder: `twtrace record --ring 60s -o DIR` while one
+//! generator runs long enough to fill the ring, and its peak RSS (module `ring`).
+//!
 //! `--peak` adds the machine's highest churn: four generator processes at once (one client and
 //! one server thread each), the same modes interleaved in rounds of their own, the leaderboard's
 //! per-pid TIME_WAIT counts checked against each generator's connections, and then what each
@@ -33,6 +36,7 @@ mod mode;
 mod parse;
 mod progcost;
 mod report;
+mod ring;
 
 use std::{
     collections::BTreeMap,
@@ -88,6 +92,11 @@ pub struct BenchArgs {
     /// (installs bpftool when missing).
     #[arg(long)]
     pub peak: bool,
+    /// Also measure the flight recorder's memory: `twtrace record --ring SECSs -o DIR` (no
+    /// trigger) while one generator runs SECS + 15 s, so the ring is full; its peak RSS and what
+    /// the ring held. 0 leaves it out.
+    #[arg(long, value_name = "SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(0..=3600))]
+    pub ring: u64,
     /// Where to write the markdown results; a relative path is relative to the workspace root.
     #[arg(long, value_name = "FILE", default_value = "bench/results.md")]
     pub out: PathBuf,
@@ -164,6 +173,7 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     let started = SystemTime::now();
     let duration = Duration::from_secs(args.duration);
     let mut results: BTreeMap<(Load, Mode), Vec<Outcome>> = BTreeMap::new();
+    let mut ring = None;
     // One load's rounds after the other's, not interleaved: the peak fills the kernel's
     // TIME_WAIT table (net.ipv4.tcp_max_tw_buckets), whose sockets live 60 s, and a generator
     // runs several times faster while the table is full (the kernel then makes no TIME_WAIT
@@ -214,6 +224,20 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
                 results.entry((load, mode)).or_default().push(outcome);
             }
         }
+        // After the single-generator rounds and before the peak ones, which would leave it a
+        // full TIME_WAIT table.
+        if load == Load::Single && args.ring > 0 {
+            note_others("flight recorder", &mut disturbances);
+            measurements += 1;
+            eprintln!(
+                "bench: flight recorder: {} while churn runs {} s",
+                ring::shown_command(args.ring),
+                args.ring + ring::RING_FILL_EXTRA.as_secs()
+            );
+            let outcome = ring::measure_ring(&bins, &scratch, args.ring)?;
+            eprintln!("bench: flight recorder: {}", report::ring_line(&outcome));
+            ring = Some(outcome);
+        }
     }
 
     let peak = args.peak.then(|| {
@@ -260,6 +284,7 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         disturbances,
         measurements,
         peak,
+        ring,
     };
     let markdown = render(&report);
     print!("{markdown}");

@@ -89,6 +89,41 @@ impl Summary {
     }
 }
 
+/// The flight recorder's progress line, printed every second:
+/// `twtrace: flight recorder: <n> events, ring <size> (<n> s), <n> lost[; capturing to ...]`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RingProgress {
+    /// What the ring held, as printed (`12.3 MiB`).
+    pub size: String,
+    /// The same in bytes, to the precision printed.
+    pub bytes: f64,
+    /// The span of time the ring's chunks covered.
+    pub span_secs: u64,
+}
+
+impl RingProgress {
+    pub fn parse(line: &str) -> Option<Self> {
+        let rest = line.trim().strip_prefix("twtrace: flight recorder: ")?;
+        let (_, held) = rest.split_once(", ring ")?;
+        let (size, span) = held.split_once(" (")?;
+        let span_secs = span.split_once(" s)")?.0.parse().ok()?;
+        let (number, unit) = size.split_once(' ')?;
+        let scale = match unit {
+            "B" => 1.0,
+            "KiB" => 1024.0,
+            "MiB" => 1024.0 * 1024.0,
+            "GiB" => 1024.0 * 1024.0 * 1024.0,
+            "TiB" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
+            _ => return None,
+        };
+        Some(Self {
+            size: size.to_owned(),
+            bytes: number.parse::<f64>().ok()? * scale,
+            span_secs,
+        })
+    }
+}
+
 /// `timewait_entered` per pid in the last snapshot of `twtrace --json` output (one JSON object
 /// per line; the last one is printed when it stops, so it holds every event it counted).
 pub fn timewait_by_pid(jsonl: &str) -> Result<BTreeMap<u32, u64>> {
@@ -278,5 +313,25 @@ mod tests {
         let counted = count_bpftrace_output(&path);
         fs::remove_file(&path).expect("cleanup");
         assert_eq!(counted.expect("readable"), (3, 12));
+    }
+
+    #[test]
+    fn parses_the_flight_recorders_progress_line() {
+        let p = RingProgress::parse(
+            "twtrace: flight recorder: 10650000 events, ring 256.0 MiB (22 s), 0 lost",
+        )
+        .expect("parses");
+        assert_eq!(p.size, "256.0 MiB");
+        assert_eq!(p.bytes, 256.0 * 1024.0 * 1024.0);
+        assert_eq!(p.span_secs, 22);
+        let capturing = RingProgress::parse(
+            "twtrace: flight recorder: 7 events, ring 810 B (0 s), 0 lost; capturing to /x",
+        )
+        .expect("parses");
+        assert_eq!((capturing.bytes, capturing.span_secs), (810.0, 0));
+        assert!(RingProgress::parse("twtrace: 5 events, 0 lost, 0 unattributed").is_none());
+        assert!(
+            RingProgress::parse("twtrace: flight recorder: 7 events, ring 1 PiB (0 s)").is_none()
+        );
     }
 }

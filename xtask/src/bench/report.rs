@@ -18,6 +18,7 @@ use super::{
     measure::{DRAIN, Load, Outcome},
     mode::Mode,
     progcost::{FLOOR_PROGRAM, KernelCost, ProgramCost, TWTRACE_ARGS},
+    ring::{RING_FILL_EXTRA, RingSample, shown_command as shown_ring},
 };
 use crate::shell;
 
@@ -54,6 +55,12 @@ pub fn progress_line(
         if let Some(kib) = t.peak_rss_kib {
             line.push_str(&format!(", RSS {:.1} MiB", kib as f64 / 1024.0));
         }
+        if let (Some(bytes), Some(received)) = (t.file_bytes, t.received.filter(|&r| r > 0)) {
+            line.push_str(&format!(
+                ", file {:.1} bytes/event",
+                bytes as f64 / received as f64
+            ));
+        }
     }
     if sample.addr_unavailable > 0 || sample.generator_errors > 0 {
         line.push_str(&format!(
@@ -62,6 +69,25 @@ pub fn progress_line(
         ));
     }
     line
+}
+
+/// The flight recorder's run in one progress line.
+pub fn ring_line(ring: &Result<RingSample, String>) -> String {
+    match ring {
+        Err(why) => why.clone(),
+        Ok(r) => format!(
+            "{} conn/s, {} events, {} lost, ring {}, RSS {}",
+            fmt_int(r.rate.round() as u64),
+            r.received.map_or("?".to_owned(), fmt_int),
+            r.lost.map_or("?".to_owned(), fmt_int),
+            r.held.as_ref().map_or("?".to_owned(), |h| format!(
+                "{} ({} s)",
+                h.size, h.span_secs
+            )),
+            r.peak_rss_kib
+                .map_or("?".to_owned(), |k| format!("{:.1} MiB", k as f64 / 1024.0))
+        ),
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -83,6 +109,8 @@ pub struct Report {
     pub measurements: usize,
     /// With `--peak`.
     pub peak: Option<Peak>,
+    /// The flight recorder's run (`--ring SECS`, unless 0), or why it has no numbers.
+    pub ring: Option<Result<RingSample, String>>,
 }
 
 /// The peak load's rows and the kernel programs' cost.
@@ -217,10 +245,94 @@ pub fn render(report: &Report) -> String {
         "Targets (issue 5): vs (a) ≥ 0.97 for (b) and (c); no lost events at the generator's \
          maximum rate; ≤ 1.5 µs CPU per event for (c); peak RSS ≤ 64 MiB.",
     );
+    if let Some(ring) = &report.ring {
+        render_ring(&mut md, ring);
+    }
     if let Some(peak) = &report.peak {
         render_peak(&mut md, report, peak);
     }
     md
+}
+
+/// The flight recorder's section: its peak RSS with a full ring, and what the ring held.
+fn render_ring(md: &mut String, ring: &Result<RingSample, String>) {
+    push(md, "");
+    let r = match ring {
+        Ok(r) => r,
+        Err(why) => {
+            push(md, "## Flight recorder");
+            push(md, "");
+            push(md, &format!("Not measured: {why}"));
+            return;
+        }
+    };
+    push(md, &format!("## Flight recorder: a {} s ring", r.ring_secs));
+    push(md, "");
+    push(
+        md,
+        &format!(
+            "`{}` (no trigger, so it never writes a capture; `--ring-max` at its default) while \
+             `churn --duration {}` runs, {} s longer than the ring's span so that it has been \
+             dropping its oldest chunks for a while; peak RSS is VmHWM just before the stop \
+             signal, {} s after the generator ends, and *ring at the end* is the flight \
+             recorder's last progress line (bytes of chunks held, and the span they cover).",
+            shown_ring(r.ring_secs),
+            r.churn_secs,
+            RING_FILL_EXTRA.as_secs(),
+            DRAIN.as_secs()
+        ),
+    );
+    push(md, "");
+    push(
+        md,
+        "| ring | conn/s | events received | lost | ring at the end | peak RSS |",
+    );
+    push(md, "|---|---|---|---|---|---|");
+    let count = |v: Option<u64>| v.map_or("?".to_owned(), fmt_int);
+    let held = r
+        .held
+        .as_ref()
+        .map_or("?".to_owned(), |h| format!("{}, {} s", h.size, h.span_secs));
+    let rss = r
+        .peak_rss_kib
+        .map_or("?".to_owned(), |k| format!("{:.1} MiB", k as f64 / 1024.0));
+    push(
+        md,
+        &format!(
+            "| {} s | {} | {} | {} | {held} | {rss} |",
+            r.ring_secs,
+            fmt_int(r.rate.round() as u64),
+            count(r.received),
+            count(r.lost)
+        ),
+    );
+    if let Some(h) = r.held.as_ref().filter(|h| h.span_secs > 0) {
+        let per_sec = h.bytes / h.span_secs as f64;
+        let need = per_sec * r.ring_secs as f64 / (1024.0 * 1024.0);
+        push(md, "");
+        if h.span_secs + 1 < r.ring_secs {
+            push(
+                md,
+                &format!(
+                    "At this rate the ring takes {:.1} MiB per second of churn: {} s would need \
+                     about {need:.0} MiB, so `--ring-max` bounded it to {} s.",
+                    per_sec / (1024.0 * 1024.0),
+                    r.ring_secs,
+                    h.span_secs
+                ),
+            );
+        } else {
+            push(
+                md,
+                &format!(
+                    "At this rate the ring takes {:.1} MiB per second of churn: its {} s fit \
+                     in {need:.0} MiB.",
+                    per_sec / (1024.0 * 1024.0),
+                    r.ring_secs
+                ),
+            );
+        }
+    }
 }
 
 fn push(md: &mut String, line: &str) {
@@ -330,6 +442,16 @@ fn table(md: &mut String, rows: &[Row], rounds: u32, exactness: bool) -> Vec<Str
                         row.mode.letter(),
                         s.rounds,
                         rounds
+                    ));
+                }
+                if let Some(b) = s.file_bytes_per_event {
+                    notes.push(format!(
+                        "({}) the recording: {:.1} bytes per event received, median ({:.1}–{:.1}): \
+                         the file's size over the events of twtrace's summary line",
+                        row.mode.letter(),
+                        b.median,
+                        b.min,
+                        b.max
                     ));
                 }
                 if let Some(startup) = s.startup_cpu_secs {
@@ -677,6 +799,7 @@ mod tests {
             ],
             measurements: 3,
             peak: None,
+            ring: None,
         };
         let md = render(&report);
         assert!(md.starts_with("# twtrace overhead benchmark\n"));
@@ -717,6 +840,80 @@ mod tests {
     }
 
     #[test]
+    fn renders_the_recordings_size_and_the_flight_recorder() {
+        use crate::bench::{parse::RingProgress, ring::RingSample};
+        let cal = Calibration {
+            connections: 300,
+            connection_lines: 3000,
+            listener_lines: 2,
+        };
+        let mut results = BTreeMap::new();
+        results.insert(Mode::None, vec![reference(14_000.0); 2]);
+        let record = |bytes: u64| {
+            let mut o = sample(13_900.0, 13_900, 139_000, 0, 0.1);
+            if let Outcome::Measured(s) = &mut o
+                && let Some(t) = &mut s.tracer
+            {
+                t.file_bytes = Some(bytes);
+            }
+            o
+        };
+        results.insert(Mode::Record, vec![record(11_398_000), record(11_537_000)]);
+        let ring = RingSample {
+            ring_secs: 60,
+            churn_secs: 75,
+            rate: 14_100.0,
+            received: Some(10_575_000),
+            lost: Some(0),
+            peak_rss_kib: Some(290 * 1024),
+            held: RingProgress::parse(
+                "twtrace: flight recorder: 10575000 events, ring 256.0 MiB (22 s), 0 lost",
+            ),
+        };
+        let report = |ring| Report {
+            machine: Machine::default(),
+            date: "2026-11-29 10:00 UTC".to_owned(),
+            command: "cargo xtask bench --modes d".to_owned(),
+            revision: None,
+            rounds: 2,
+            duration_secs: 5,
+            calibration: cal,
+            rows: [Mode::None, Mode::Record]
+                .iter()
+                .map(|&m| Row::aggregate(m, &results, &cal))
+                .collect(),
+            bpftrace_version: None,
+            load_at_start: None,
+            disturbances: vec![],
+            measurements: 5,
+            peak: None,
+            ring,
+        };
+        let md = render(&report(Some(Ok(ring.clone()))));
+        // 11,398,000 and 11,537,000 bytes over 139,000 events each.
+        assert!(md.contains(
+            "- (d) the recording: 82.5 bytes per event received, median (82.0–83.0): the file's \
+             size over the events of twtrace's summary line"
+        ));
+        assert!(md.contains("## Flight recorder: a 60 s ring"));
+        assert!(md.contains("`twtrace record --ring 60s -o DIR` (no trigger"));
+        assert!(md.contains("`churn --duration 75` runs, 15 s longer"));
+        assert!(md.contains("| 60 s | 14,100 | 10,575,000 | 0 | 256.0 MiB, 22 s | 290.0 MiB |"));
+        // 256 MiB over 22 s, times 60.
+        assert!(md.contains(
+            "At this rate the ring takes 11.6 MiB per second of churn: 60 s would need about \
+             698 MiB, so `--ring-max` bounded it to 22 s."
+        ));
+        assert_eq!(
+            ring_line(&Ok(ring)),
+            "14,100 conn/s, 10,575,000 events, 0 lost, ring 256.0 MiB (22 s), RSS 290.0 MiB"
+        );
+        let missing = render(&report(Some(Err("`x` did not attach".to_owned()))));
+        assert!(missing.contains("## Flight recorder\n\nNot measured: `x` did not attach"));
+        assert!(!render(&report(None)).contains("Flight recorder"));
+    }
+
+    #[test]
     fn renders_the_peak_table_and_the_kernel_cost() {
         use crate::bench::{
             measure::{Exactness, Mismatch, Sample, TracerSample},
@@ -733,7 +930,7 @@ mod tests {
                 rate: 36_000.0,
                 connections: 72_000,
                 generators: 4,
-                tracer: Some(TracerSample {
+                tracer: Some(Box::new(TracerSample {
                     received: Some(700_000),
                     lost: Some(20_008),
                     skipped: Some(8),
@@ -744,7 +941,7 @@ mod tests {
                         mismatches,
                     }),
                     ..TracerSample::default()
-                }),
+                })),
                 ..Sample::default()
             })
         };
@@ -810,6 +1007,7 @@ mod tests {
                     .collect(),
                 kernel,
             }),
+            ring: None,
         };
         let md = render(&report(&peak_results, Ok(kernel.clone())));
         assert!(md.contains("## Peak: 4 generators at once"));
