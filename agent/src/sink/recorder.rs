@@ -239,6 +239,9 @@ impl Sink for FlightRecorder {
         if let Some(p) = self.ring.capturing() {
             line.push_str(&format!("; capturing to {}", p.display()));
         }
+        if let Some(cut) = self.ring.take_cut_short() {
+            self.progress.line(&cut);
+        }
         self.progress.show(&line);
         Ok(())
     }

@@ -55,6 +55,8 @@ pub struct Ring {
     /// The kernel dumps of the chunks dropped so far: the last one is the base of the first
     /// delta still in the ring.
     dropped: Decoder,
+    /// The span the ring held when `max_bytes`, not `keep_ns`, first made it drop a chunk.
+    cut_short: Option<u64>,
 }
 
 /// A capture that was closed: its file and size.
@@ -84,6 +86,7 @@ impl Ring {
             failed: None,
             events: 0,
             dropped: Decoder::new(),
+            cut_short: None,
         }
     }
 
@@ -132,6 +135,9 @@ impl Ring {
             if !(old || self.bytes > self.max_bytes) || self.chunks.len() == 1 {
                 break;
             }
+            if !old && self.cut_short.is_none() {
+                self.cut_short = Some(now_ns.saturating_sub(*at));
+            }
             if self.dropped.follow(&front[CHUNK_HEADER_LEN..]).is_err() {
                 // Cannot happen to a chunk the ring encoded itself; if it did, a capture would
                 // drop its deltas up to the next full dump, and say so, rather than start from
@@ -142,6 +148,26 @@ impl Ring {
             self.chunks.pop_front();
         }
         Ok(())
+    }
+
+    /// Once, when the byte bound first dropped a chunk younger than the duration asked for: a
+    /// line saying so, with the memory the whole duration would take at this rate (a ring's
+    /// memory follows from its duration and the event rate; `--ring-max` only caps it).
+    pub fn take_cut_short(&mut self) -> Option<String> {
+        let span = self.cut_short.filter(|&s| s > 0)?;
+        self.cut_short = Some(0);
+        let needed: u64 = (self.max_bytes as u128 * u128::from(self.keep_ns) / u128::from(span))
+            .try_into()
+            .unwrap_or(u64::MAX);
+        let secs = |ns: u64| std::time::Duration::from_secs(ns / 1_000_000_000);
+        Some(format!(
+            "twtrace: flight recorder: at this rate --ring-max {} holds only the last {}, not \
+             the {} asked for; keeping all of it would take about {} (--ring-max)",
+            human_size(self.max_bytes as u64),
+            humantime::format_duration(secs(span)),
+            humantime::format_duration(secs(self.keep_ns)),
+            human_size(needed)
+        ))
     }
 
     /// Bytes held, and the span of time they cover.
@@ -364,6 +390,24 @@ mod tests {
             small.flush(s).expect("ring");
         }
         assert!(small.held(20).0 <= 300);
+        assert!(
+            ring.take_cut_short().is_none(),
+            "the first ring was bound by its span"
+        );
+
+        // Said once when the byte bound cuts the span short, with what the span would need.
+        let mut cut = Ring::new(open(), header(), 100 * sec, 300, sec);
+        for s in 0..20u64 {
+            cut.event(&event(s), s * sec).expect("ring");
+            cut.flush(s * sec).expect("ring");
+        }
+        let line = cut.take_cut_short().expect("cut short");
+        assert!(
+            line.contains("--ring-max 300 B holds only the last"),
+            "{line}"
+        );
+        assert!(line.contains("not the 1m 40s asked for"), "{line}");
+        assert!(cut.take_cut_short().is_none(), "said once");
         let _ = std::fs::remove_dir_all(&dir);
     }
 
