@@ -8,7 +8,7 @@
 use std::{
     cmp::Reverse,
     collections::{HashMap, HashSet},
-    hash::{Hash as _, Hasher as _},
+    hash::BuildHasher as _,
     net::SocketAddr,
 };
 
@@ -48,10 +48,12 @@ pub const HISTORY_LEN: usize = 60;
 type Tuple = u64;
 
 fn tuple(local: SocketAddr, remote: SocketAddr) -> Tuple {
-    // DefaultHasher::new() has fixed keys, so equal tuples hash equally across calls.
-    let mut h = std::hash::DefaultHasher::new();
-    (local, remote).hash(&mut h);
-    h.finish()
+    // One hasher for the whole process, so equal tuples hash equally across calls; seeded at
+    // random once, so peers cannot pick colliding tuples ahead. foldhash, not SipHash: this
+    // runs for every event, and SipHash was the largest single item of the agent's profile.
+    static HASHER: std::sync::LazyLock<foldhash::fast::RandomState> =
+        std::sync::LazyLock::new(foldhash::fast::RandomState::default);
+    HASHER.hash_one((local, remote))
 }
 
 /// Bounds and ageing.
@@ -277,7 +279,30 @@ impl Model {
             }
             return None;
         }
-        let tracked = self.socks.remove(&t.skaddr);
+        let mut tracked = self.socks.remove(&t.skaddr);
+        // A new life at an address whose last one was still closing: its close never came (a
+        // closed socket's end is reported before its memory can be reused, so the kernel
+        // skipped it). At peak that happens within microseconds, long before a dump could find
+        // the socket still here in its closing state. A life starts at CLOSE (connect, listen)
+        // or as a listener's child (LISTEN -> SYN_RECV: a client's freed socket is as likely to
+        // come back as a server's accepted one).
+        if matches!(t.old, TcpState::Close | TcpState::Listen)
+            && let Some(old) = tracked.take_if(|old| {
+                matches!(
+                    old.state,
+                    TcpState::FinWait1 | TcpState::FinWait2 | TcpState::Closing
+                )
+            })
+        {
+            self.uncount(&old);
+            // It closed before this event; when exactly is not known, its last event is the
+            // best bound. A dump drops it from the "now" gauges if the kernel has no timewait
+            // socket for it (a full table).
+            self.recover(
+                &old,
+                old.seen_ns.saturating_add(self.limits.timewait_len_ns),
+            );
+        }
         // A socket can be in the kernel's table before its first events are read (the dump
         // raced the ring buffer): its seeded copy must go, or it would be counted twice.
         let seeded = self.seeded.remove(&tuple(t.local, t.remote));
@@ -419,11 +444,20 @@ impl Model {
     /// TIME_WAIT entries whose event the kernel skipped. The kernel does not run a tracepoint
     /// program while another BPF program runs on that CPU (a softirq arriving inside one), and
     /// at peak whole softirq batches are skipped: a client's `FIN_WAIT2 -> CLOSE` (its TIME_WAIT
-    /// entry) and its destroy with them. The socket then stays here in its closing state, while
-    /// the kernel's table holds its 4-tuple as a timewait socket: that is the entry, counted now
-    /// for the owner twtrace knows, as the event would have. When it entered is known from the
-    /// kernel's timer (its deadline less TIME_WAIT's length). The skipped events themselves
-    /// stay counted as lost.
+    /// entry) and its destroy with them. The socket then stays here in its closing state
+    /// (FIN_WAIT1, FIN_WAIT2, CLOSING: the active closer's) until either
+    /// - a new socket takes its kernel address (`apply`): a closed socket's end is reported
+    ///   before its memory can be reused, so the close was skipped. At peak this comes within
+    ///   microseconds. Or
+    /// - a dump of the kernel's table holds its 4-tuple as a timewait socket: that is the
+    ///   entry, and when it entered is known from the kernel's timer (here).
+    ///
+    /// A socket merely missing from a dump is no evidence: a dump of a busy table can skip
+    /// sockets (sock_diag resumes each bucket by position, and the bucket changes between
+    /// reads), and counting those put four entries too many on one pid at four generators.
+    ///
+    /// Either way the entry is counted for the owner twtrace knows, as the event would have
+    /// been, and in `timewait_recovered`; the skipped events themselves stay counted as lost.
     fn recover_skipped(&mut self, kernel_tw: &Map<Tuple, u64>, dump_ns: u64) {
         let missed: Vec<u64> = self
             .socks
@@ -439,29 +473,36 @@ impl Model {
             .map(|(&skaddr, _)| skaddr)
             .collect();
         for skaddr in missed {
-            let Some(s) = self.socks.remove(&skaddr) else {
-                continue;
-            };
-            self.uncount(&s);
-            let deadline_ns = kernel_tw.get(&s.tuple).copied().unwrap_or(dump_ns);
-            let proc = self.procs.entry(s.pid).or_default();
-            proc.closes += 1;
-            proc.tw_entered += 1;
-            proc.tw_now += 1;
-            if let Some(p) = proc.peers.get_mut(&s.peer) {
-                p.tw_entered += 1;
-                p.tw_now += 1;
+            if let Some(s) = self.socks.remove(&skaddr) {
+                self.uncount(&s);
+                let deadline_ns = kernel_tw.get(&s.tuple).copied().unwrap_or(dump_ns);
+                self.recover(&s, deadline_ns);
             }
-            self.tw_entered_total += 1;
-            self.tw_recovered += 1;
-            let tw = TwSock {
-                pid: s.pid,
-                peer: s.peer,
-                entered_ns: deadline_ns.saturating_sub(self.limits.timewait_len_ns),
-                deadline_ns,
-                recovered: true,
-            };
-            self.timewait.insert(s.tuple, tw);
+        }
+    }
+
+    /// Counts a closing socket's TIME_WAIT entry whose event never came (see
+    /// `recover_skipped`), due at `deadline_ns`. The socket is already out of `socks`.
+    fn recover(&mut self, s: &Sock, deadline_ns: u64) {
+        let proc = self.procs.entry(s.pid).or_default();
+        proc.closes += 1;
+        proc.tw_entered += 1;
+        proc.tw_now += 1;
+        if let Some(p) = proc.peers.get_mut(&s.peer) {
+            p.tw_entered += 1;
+            p.tw_now += 1;
+        }
+        self.tw_entered_total += 1;
+        self.tw_recovered += 1;
+        let tw = TwSock {
+            pid: s.pid,
+            peer: s.peer,
+            entered_ns: deadline_ns.saturating_sub(self.limits.timewait_len_ns),
+            deadline_ns,
+            recovered: true,
+        };
+        if let Some(old) = self.timewait.insert(s.tuple, tw) {
+            self.uncount_tw(&old);
         }
     }
 
@@ -1094,10 +1135,14 @@ mod tests {
         ] {
             m.apply(&ev.at(S).0);
         }
-        let kernel = [KernelSocket {
-            expires_ns: 59 * S,
-            ..kernel_tw(500, cl, srv)
-        }];
+        // The second socket is still closing in the kernel too.
+        let kernel = [
+            KernelSocket {
+                expires_ns: 59 * S,
+                ..kernel_tw(500, cl, srv)
+            },
+            full(FinWait1, other, srv, 0),
+        ];
         m.reconcile(&kernel, 2 * S, &mut no_owners, &|_| true, &mut alive);
         let s = snap(&mut m, 3 * S);
         let c = proc(&s, CLIENT);
@@ -1129,6 +1174,83 @@ mod tests {
             (s.totals.timewait_entered, s.totals.timewait_recovered),
             (2, 1)
         );
+    }
+
+    /// A closing socket missing from a dump is not taken for a skipped close: a dump of a busy
+    /// table can miss sockets. Nothing is counted until its event (or a new socket at its
+    /// address) comes.
+    #[test]
+    fn a_closing_socket_missing_from_a_dump_is_not_counted() {
+        let mut m = Model::new(0, Limits::default());
+        let (cl, srv) = ("127.0.0.1:40000", "127.0.0.1:8080");
+        for ev in [
+            Ev::new(CLIENT, 1, SynSent, Established, cl, srv),
+            Ev::new(CLIENT, 1, Established, FinWait1, cl, srv),
+            Ev::new(CLIENT, 1, FinWait1, FinWait2, cl, srv),
+        ] {
+            m.apply(&ev.at(S).0);
+        }
+        m.reconcile(&[], 2 * S, &mut no_owners, &|_| true, &mut alive);
+        let s = snap(&mut m, 2 * S);
+        assert_eq!(
+            (s.totals.timewait_entered, s.totals.timewait_recovered),
+            (0, 0)
+        );
+        m.apply(&Ev::new(CLIENT, 1, FinWait2, TimeWait, cl, srv).at(3 * S).0);
+        let s = snap(&mut m, 3 * S);
+        assert_eq!(
+            (s.totals.timewait_entered, s.totals.timewait_recovered),
+            (1, 0)
+        );
+    }
+
+    /// At peak the kernel reuses a closed socket's memory at once: the next socket at the same
+    /// address starts (CLOSE -> SYN_SENT, or a listener's child) while twtrace still has the
+    /// old one closing, because its close was skipped. That is its TIME_WAIT entry, counted
+    /// for the old owner at once; a dump without its timewait socket (a full table) takes it
+    /// out of the "now" gauges, never out of the entries.
+    #[test]
+    fn a_closing_socket_whose_address_was_reused_is_a_recovered_entry() {
+        let mut m = Model::new(0, Limits::default());
+        let (cl, cl2, cl3, srv) = (
+            "127.0.0.1:40000",
+            "127.0.0.1:40001",
+            "127.0.0.1:40002",
+            "127.0.0.1:8080",
+        );
+        for ev in [
+            Ev::new(CLIENT, 1, SynSent, Established, cl, srv),
+            Ev::new(CLIENT, 1, Established, FinWait1, cl, srv),
+            Ev::new(CLIENT, 1, FinWait1, FinWait2, cl, srv),
+            // Skipped: FIN_WAIT2 -> CLOSE and the destroy. The address goes to another socket.
+            Ev::new(CLIENT, 1, Close, SynSent, "127.0.0.1:0", srv),
+            Ev::new(CLIENT, 1, SynSent, Established, cl2, srv),
+            // And another one's to a server's accepted socket.
+            Ev::new(CLIENT, 3, SynSent, Established, cl3, srv),
+            Ev::new(CLIENT, 3, Established, FinWait1, cl3, srv),
+            Ev::new(SERVER, 3, Listen, SynRecv, srv, "127.0.0.1:40009").by(Attribution::Listener),
+        ] {
+            m.apply(&ev.at(S).0);
+        }
+        let s = snap(&mut m, S);
+        let c = proc(&s, CLIENT);
+        assert_eq!(
+            (c.timewait_entered, c.timewait_now, c.established_now),
+            (2, 2, 1)
+        );
+        assert_eq!(s.totals.timewait_recovered, 2);
+        // The kernel has the first one's timewait socket; the second was never made.
+        let kernel = [
+            kernel_tw(500, cl, srv),
+            full(Established, cl2, srv, 0),
+            full(SynRecv, srv, "127.0.0.1:40009", 0),
+        ];
+        m.reconcile(&kernel, 2 * S, &mut no_owners, &|_| true, &mut alive);
+        let s = snap(&mut m, 2 * S);
+        let c = proc(&s, CLIENT);
+        assert_eq!((c.timewait_entered, c.timewait_now), (2, 1));
+        m.reconcile(&kernel, 4 * S, &mut no_owners, &|_| true, &mut alive);
+        assert_eq!(snap(&mut m, 4 * S).totals.timewait_entered, 2);
     }
 
     /// A close still in the ring buffer while the kernel's table is dumped looks skipped at the
