@@ -84,7 +84,7 @@ fn fill_current_owner(owner: &mut Owner) {
 /// back into such a call; the loop has a constant count and is unrolled.
 #[inline(always)]
 fn copy_words<T: Copy>(dst: &mut T, src: &T) {
-    const { assert!(size_of::<T>() % 8 == 0 && align_of::<T>() % 8 == 0) };
+    const { assert!(size_of::<T>().is_multiple_of(8) && align_of::<T>().is_multiple_of(8)) };
     let (d, s) = (
         (dst as *mut T).cast::<u64>(),
         (src as *const T).cast::<u64>(),
@@ -102,7 +102,7 @@ fn copy_words<T: Copy>(dst: &mut T, src: &T) {
 /// Zeroes a plain value a word at a time (see `copy_words`) and hands it out initialised.
 #[inline(always)]
 fn zeroed_in<T: Copy>(slot: &mut MaybeUninit<T>) -> &mut T {
-    const { assert!(size_of::<T>() % 8 == 0 && align_of::<T>() % 8 == 0) };
+    const { assert!(size_of::<T>().is_multiple_of(8) && align_of::<T>().is_multiple_of(8)) };
     let d = slot.as_mut_ptr().cast::<u64>();
     let mut i = 0;
     while i < size_of::<T>() / 8 {
@@ -297,6 +297,7 @@ fn try_set_state(ctx: &TracePointContext) -> Result<(), i64> {
             let listener = zeroed_in(&mut slot);
             copy_words(&mut listener.owner, &ev.owner);
             listener.skaddr = skaddr;
+            #[expect(clippy::needless_borrows_for_generic_args, reason = "see `track`")]
             let _ = LISTENERS.insert(ev.sport, &*listener, 0);
         }
     } else if oldstate == LISTEN && newstate == SYN_RECV {
@@ -362,7 +363,14 @@ fn track(ctx: &TracePointContext, skaddr: u64, owner: &Owner, pending: Option<&E
         copy_words(&mut entry.pending, ev);
         entry.has_pending = 1;
     }
-    if SOCKETS.insert(skaddr, &*entry, 0).is_err() {
+    // A reference, not the value: passing the value would copy it onto the stack first, and
+    // such copies are byte loops here (see `copy_words`).
+    #[expect(
+        clippy::needless_borrows_for_generic_args,
+        reason = "a copy of the value is a byte loop"
+    )]
+    let inserted = SOCKETS.insert(skaddr, &*entry, 0);
+    if inserted.is_err() {
         count(stat::TABLE_FULL);
         warn!(ctx, "twtrace: socket table full");
         return false;
@@ -448,7 +456,9 @@ fn mark(skaddr: u64, bit: u32, create: bool) {
             let mut slot = MaybeUninit::<SockEntry>::uninit();
             let entry = zeroed_in(&mut slot);
             entry.flags = bit;
-            if SOCKETS.insert(skaddr, &*entry, 0).is_err() {
+            #[expect(clippy::needless_borrows_for_generic_args, reason = "see `track`")]
+            let inserted = SOCKETS.insert(skaddr, &*entry, 0);
+            if inserted.is_err() {
                 count(stat::TABLE_FULL);
             }
         }
