@@ -2,8 +2,12 @@
 //! exact per-process counts, kernel-truth reconciliation, sockets from before the start.
 //! Run as root with `cargo xtask test`; without root every test prints `SKIPPED` and passes.
 
-use std::{path::Path, time::Duration};
+use std::{
+    path::Path,
+    time::{Duration, Instant},
+};
 
+use twtrace::kernel::sockdiag::dump_tcp;
 use twtrace_tests::{
     DRIVER_TIMEOUT, Mode, Traffic,
     live::{Live, counter, process},
@@ -129,6 +133,28 @@ fn sockets_from_before_the_start() {
     let leak = Traffic::new(driver(), Mode::Leak, N, "tws-lbcw", "twc-lbcw").hold_ms(6000);
     let mut cw = leak.start_unwatched();
     cw.client.wait_for_stdout("holding", DRIVER_TIMEOUT);
+    // The leak server's orphaned sockets become timewait sockets when the client's ACK of their
+    // FIN arrives, which can come after "holding" (a delayed ACK): if twtrace attached first,
+    // it would see those TIME_WAIT entries happen, under no known owner, and they would not be
+    // "from before the start". Wait until the kernel holds none of them as full sockets.
+    let leak_port = cw.port();
+    let deadline = Instant::now() + DRIVER_TIMEOUT;
+    loop {
+        let closing = dump_tcp()
+            .expect("sock_diag dump")
+            .iter()
+            // Not its listener (kernel state 10), if it is still there.
+            .filter(|d| d.local.port() == leak_port && !d.timewait && d.state != 10)
+            .count();
+        if closing == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{closing} of the leak server's sockets still not timewait"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 
     let ports = format!("{},{}", tw.port(), cw.port());
     let live = Live::start(&["--port".into(), ports]);
