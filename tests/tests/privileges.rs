@@ -349,6 +349,22 @@ fn capability_lines(trace: &Trace) -> Vec<&String> {
         .collect()
 }
 
+/// Checks that the run printed exactly one capability notice and that it says each of `wants`;
+/// returns it.
+fn the_one_notice<'a>(c: &mut Checks, trace: &'a Trace, wants: &[&str]) -> &'a str {
+    let notices = capability_lines(trace);
+    c.value("capability notices", notices.len(), 1);
+    let notice = notices.first().map(|s| s.as_str()).unwrap_or_default();
+    for want in wants {
+        c.value(
+            &format!("the notice says {want:?}"),
+            notice.contains(want),
+            true,
+        );
+    }
+    notice
+}
+
 /// With CAP_BPF and CAP_PERFMON alone twtrace could load its program, but tracefs (mounted,
 /// mode 0700, owner root) is closed to it: one line naming CAP_DAC_READ_SEARCH and the
 /// directory, never "not mounted".
@@ -398,21 +414,16 @@ fn without_sys_ptrace_names_it_and_what_degrades() {
     let mut c = Checks::new(test);
     let run = traced(test, &mut c, &under(&caps, Tracefs::Mounted), &caps);
 
-    let notices = capability_lines(&run.trace);
-    c.value("capability notices", notices.len(), 1);
-    let notice = notices.first().map(|s| s.as_str()).unwrap_or_default();
-    for want in [
-        "twtrace: without CAP_SYS_PTRACE ",
-        "/proc/<pid>/fd",
-        "pid 0 `unknown`",
-        "`(before start)`",
-    ] {
-        c.value(
-            &format!("the notice says {want:?}"),
-            notice.contains(want),
-            true,
-        );
-    }
+    let notice = the_one_notice(
+        &mut c,
+        &run.trace,
+        &[
+            "twtrace: without CAP_SYS_PTRACE ",
+            "/proc/<pid>/fd",
+            "pid 0 `unknown`",
+            "`(before start)`",
+        ],
+    );
     c.value(
         "the notice names only CAP_SYS_PTRACE",
         notice.matches("CAP_").count(),
@@ -510,20 +521,15 @@ fn without_sys_nice_says_what_it_risks() {
     let caps = ["bpf", "perfmon", "dac_read_search", "sys_ptrace"];
     let mut c = Checks::new(test);
     let run = traced(test, &mut c, &under(&caps, Tracefs::Mounted), &caps);
-    let notices = capability_lines(&run.trace);
-    c.value("capability notices", notices.len(), 1);
-    let notice = notices.first().map(|s| s.as_str()).unwrap_or_default();
-    for want in [
-        "twtrace: could not raise its scheduling priority to nice -10",
-        "CAP_SYS_NICE",
-        "lose events (always counted as lost)",
-    ] {
-        c.value(
-            &format!("the notice says {want:?}"),
-            notice.contains(want),
-            true,
-        );
-    }
+    the_one_notice(
+        &mut c,
+        &run.trace,
+        &[
+            "twtrace: could not raise its scheduling priority to nice -10",
+            "CAP_SYS_NICE",
+            "lose events (always counted as lost)",
+        ],
+    );
     let server_side = run.server_side();
     c.count("server-side events", &server_side, 1 + 5 * N);
     c.all(
