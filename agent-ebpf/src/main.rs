@@ -149,7 +149,8 @@ fn emit(ev: &Event) {
     // this program; on the way out of that interrupt the CPU runs pending softirqs, whose TCP
     // transitions then find a BPF program already running here and are skipped by the kernel
     // (recursion_misses). Forcing one every 64 events per CPU skipped 1,815 events in one 8 s
-    // run at four generators; without them, a few hundred (timer ticks still do it).
+    // run at four generators; without them, 87 on a comparable run (docs/kernel.md has how
+    // they were taken); timer ticks still cause some.
     match EVENTS.output::<Event>(ev, u64::from(BPF_RB_NO_WAKEUP)) {
         Ok(()) => count(stat::EVENTS),
         Err(_) => count(stat::LOST),

@@ -263,13 +263,15 @@ impl Model {
         if (t.old == TcpState::Listen && t.new != TcpState::SynRecv) || t.new == TcpState::Listen {
             return None;
         }
+        // The 4-tuple's key, hashed once for all the maps below.
+        let key = tuple(t.local, t.remote);
         // The entry of a TIME_WAIT a reconciliation already counted: the event was not skipped
         // after all, only still in the ring buffer while the kernel's table was dumped. Counted
         // once; it is no longer "recovered".
         // Events before it that were in flight too (FIN_WAIT1 -> FIN_WAIT2) made the socket
         // anew here; it goes now.
         if t.new == TcpState::TimeWait
-            && let Some(tw) = self.timewait.get_mut(&tuple(t.local, t.remote))
+            && let Some(tw) = self.timewait.get_mut(&key)
             && tw.recovered
         {
             tw.recovered = false;
@@ -305,7 +307,7 @@ impl Model {
         }
         // A socket can be in the kernel's table before its first events are read (the dump
         // raced the ring buffer): its seeded copy must go, or it would be counted twice.
-        let seeded = self.seeded.remove(&tuple(t.local, t.remote));
+        let seeded = self.seeded.remove(&key);
         for old in tracked.iter().chain(seeded.iter()) {
             self.uncount(old);
         }
@@ -328,10 +330,10 @@ impl Model {
             (t.old, t.new),
             (TcpState::SynSent, TcpState::Established) | (TcpState::Listen, TcpState::SynRecv)
         ) {
-            if let Some(tw) = self.timewait.remove(&tuple(t.local, t.remote)) {
+            if let Some(tw) = self.timewait.remove(&key) {
                 self.uncount_tw(&tw);
             }
-            self.aged.remove(&tuple(t.local, t.remote));
+            self.aged.remove(&key);
         }
         let accepted = match previous {
             Some(s) => matches!(s.peer, PeerKey::In { .. }),
@@ -357,26 +359,8 @@ impl Model {
         }
         match t.new {
             TcpState::TimeWait => {
-                proc.closes += 1;
-                proc.tw_entered += 1;
-                proc.tw_now += 1;
-                if let Some(p) = proc.peers.get_mut(&peer) {
-                    p.tw_entered += 1;
-                    p.tw_now += 1;
-                }
-                self.tw_entered_total += 1;
-                let tw = TwSock {
-                    pid,
-                    peer,
-                    entered_ns: t.mono_ns,
-                    deadline_ns: t.mono_ns.saturating_add(self.limits.timewait_len_ns),
-                    recovered: false,
-                };
-                // A 4-tuple is in TIME_WAIT once at most; a new entry means the kernel reused it
-                // (tcp_tw_reuse) and the old timewait socket is gone.
-                if let Some(old) = self.timewait.insert(tuple(t.local, t.remote), tw) {
-                    self.uncount_tw(&old);
-                }
+                let deadline_ns = t.mono_ns.saturating_add(self.limits.timewait_len_ns);
+                self.enter_timewait(pid, peer, key, (t.mono_ns, deadline_ns), false);
             }
             TcpState::Close => {
                 proc.closes += 1;
@@ -389,7 +373,7 @@ impl Model {
                     pid,
                     state,
                     peer,
-                    tuple: tuple(t.local, t.remote),
+                    tuple: key,
                     seen_ns: t.mono_ns,
                     inherited_from,
                 };
@@ -484,24 +468,41 @@ impl Model {
     /// Counts a closing socket's TIME_WAIT entry whose event never came (see
     /// `recover_skipped`), due at `deadline_ns`. The socket is already out of `socks`.
     fn recover(&mut self, s: &Sock, deadline_ns: u64) {
-        let proc = self.procs.entry(s.pid).or_default();
+        self.tw_recovered += 1;
+        let entered_ns = deadline_ns.saturating_sub(self.limits.timewait_len_ns);
+        self.enter_timewait(s.pid, s.peer, s.tuple, (entered_ns, deadline_ns), true);
+    }
+
+    /// A TIME_WAIT entry for `pid` toward `peer` (interned already): counted as a close and an
+    /// entry, alive from `when.0` until `when.1` (a dump corrects that from the kernel's timer).
+    /// `recovered`: counted without its event (see `recover_skipped`).
+    fn enter_timewait(
+        &mut self,
+        pid: u32,
+        peer: PeerKey,
+        key: Tuple,
+        (entered_ns, deadline_ns): (u64, u64),
+        recovered: bool,
+    ) {
+        let proc = self.procs.entry(pid).or_default();
         proc.closes += 1;
         proc.tw_entered += 1;
         proc.tw_now += 1;
-        if let Some(p) = proc.peers.get_mut(&s.peer) {
+        if let Some(p) = proc.peers.get_mut(&peer) {
             p.tw_entered += 1;
             p.tw_now += 1;
         }
         self.tw_entered_total += 1;
-        self.tw_recovered += 1;
         let tw = TwSock {
-            pid: s.pid,
-            peer: s.peer,
-            entered_ns: deadline_ns.saturating_sub(self.limits.timewait_len_ns),
+            pid,
+            peer,
+            entered_ns,
             deadline_ns,
-            recovered: true,
+            recovered,
         };
-        if let Some(old) = self.timewait.insert(s.tuple, tw) {
+        // A 4-tuple is in TIME_WAIT once at most; a new entry means the kernel reused it
+        // (tcp_tw_reuse) and the old timewait socket is gone.
+        if let Some(old) = self.timewait.insert(key, tw) {
             self.uncount_tw(&old);
         }
     }
