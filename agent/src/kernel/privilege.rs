@@ -166,8 +166,8 @@ pub fn names(caps: &[Cap], conjunction: &str) -> String {
 pub fn explain(missing: &[Cap]) -> String {
     format!(
         "needs root, or the capabilities CAP_BPF and CAP_PERFMON to load its eBPF program and \
-         attach it to tracepoints (missing: {}; full function also needs CAP_DAC_READ_SEARCH and \
-         CAP_SYS_PTRACE); run it with sudo",
+         attach it to tracepoints (missing: {}; full function also needs CAP_DAC_READ_SEARCH, \
+         CAP_SYS_PTRACE and CAP_SYS_NICE); run it with sudo",
         names(missing, "and")
     )
 }
