@@ -32,6 +32,10 @@ pub mod offsets {
     pub mod send_reset {
         pub const SKADDR: usize = 16;
     }
+    /// `syscalls:sys_exit_accept4` and `syscalls:sys_exit_accept` share this layout.
+    pub mod sys_exit {
+        pub const RET: usize = 16;
+    }
 }
 
 /// Kernel TCP states (include/net/tcp_states.h).
@@ -63,9 +67,11 @@ pub mod how {
     /// Captured from the current task at a transition the owner makes itself (connect, listen,
     /// close, shutdown).
     pub const OWNER: u32 = 1;
-    /// An accepted socket the process has not closed yet: the owner of the listener on its local
-    /// port.
+    /// An accepted socket no process has taken yet: the owner of the listener on its local
+    /// port (and network namespace), a guess where several processes share that port.
     pub const LISTENER: u32 = 2;
+    /// Captured from the task whose accept() returned this socket: the process that holds it.
+    pub const ACCEPTED: u32 = 3;
 }
 
 /// `Event::flags` bits.
@@ -81,6 +87,9 @@ pub mod flags {
     pub const FLUSHED: u32 = 1 << 3;
     /// The current task made this transition itself (it was captured as the owner).
     pub const OWNER_MADE: u32 = 1 << 4;
+    /// Not a state change: a process took the socket with accept() and is its owner from now
+    /// on (`oldstate == newstate`, the state it is in).
+    pub const ACCEPTED: u32 = 1 << 5;
 }
 
 /// Index of each counter in the `STATS` per-CPU array.
@@ -95,9 +104,12 @@ pub mod stat {
     pub const UNATTRIBUTED: u32 = 3;
     /// Accepted sockets whose listener was not known.
     pub const LISTENER_MISS: u32 = 4;
-    /// Events dropped by the in-kernel `--pid` / `--port` filters.
+    /// Events dropped by the in-kernel `--pid` / `--port` / `--netns` filters.
     pub const FILTERED: u32 = 5;
-    pub const COUNT: u32 = 6;
+    /// accept() returned a socket the kernel program could not find in its socket table (a
+    /// socket table full, or the fd could not be followed to its socket).
+    pub const ACCEPT_MISS: u32 = 6;
+    pub const COUNT: u32 = 7;
 }
 
 /// Map names, shared so a rename cannot silently break the agent.
@@ -112,10 +124,26 @@ pub mod maps {
 
 /// Global names patched by the loader.
 pub mod globals {
-    /// `u32`: bit 0 = filter on owner pid, bit 1 = filter on port.
+    /// `u32`: bit 0 = filter on owner pid, bit 1 = filter on port, bit 2 = on network namespace.
     pub const FILTERS: &str = "FILTERS";
     pub const FILTER_PID: u32 = 1 << 0;
     pub const FILTER_PORT: u32 = 1 << 1;
+    pub const FILTER_NETNS: u32 = 1 << 2;
+    /// `u32`: the network namespace `--netns` keeps (with `FILTER_NETNS`).
+    pub const NETNS_FILTER: &str = "NETNS_FILTER";
+    /// `u32`: 1 when the kernel struct offsets below were resolved from BTF; 0 leaves the
+    /// namespace at 0 and the accept programs unattached.
+    pub const BTF_OK: &str = "BTF_OK";
+    /// `u32` byte offsets into kernel structs, from the kernel's BTF (see
+    /// agent/src/kernel/btf.rs): `struct sock` to its `struct net *`, and so on.
+    pub const OFF_SOCK_NET: &str = "OFF_SOCK_NET";
+    pub const OFF_NET_INUM: &str = "OFF_NET_INUM";
+    pub const OFF_TASK_FILES: &str = "OFF_TASK_FILES";
+    pub const OFF_FILES_FDT: &str = "OFF_FILES_FDT";
+    pub const OFF_FDTABLE_FD: &str = "OFF_FDTABLE_FD";
+    pub const OFF_FDTABLE_MAX_FDS: &str = "OFF_FDTABLE_MAX_FDS";
+    pub const OFF_FILE_PRIVATE_DATA: &str = "OFF_FILE_PRIVATE_DATA";
+    pub const OFF_SOCKET_SK: &str = "OFF_SOCKET_SK";
 }
 
 /// Program names (the function names in `src/main.rs`).
@@ -124,6 +152,8 @@ pub mod programs {
     pub const DESTROY: &str = "tcp_destroy_sock";
     pub const RECEIVE_RESET: &str = "tcp_receive_reset";
     pub const SEND_RESET: &str = "tcp_send_reset";
+    pub const ACCEPT4: &str = "sys_exit_accept4";
+    pub const ACCEPT: &str = "sys_exit_accept";
 }
 
 pub const COMM_LEN: usize = 16;
@@ -140,6 +170,23 @@ pub struct Owner {
     pub how: u32,
     pub cgroup_id: u64,
     pub comm: [u8; COMM_LEN],
+}
+
+/// Where a connection runs: family, ports and addresses, as the transitions report them.
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Ends {
+    /// `AF_INET` or `AF_INET6`.
+    pub family: u16,
+    /// Local port, host order.
+    pub sport: u16,
+    /// Remote port, host order.
+    pub dport: u16,
+    pub _pad: u16,
+    /// Local address; IPv4 uses the first 4 bytes.
+    pub saddr: [u8; 16],
+    /// Remote address; IPv4 uses the first 4 bytes.
+    pub daddr: [u8; 16],
 }
 
 /// One TCP state transition, as sent through the ring buffer.
@@ -159,17 +206,11 @@ pub struct Event {
     pub flags: u32,
     /// Process id of the task that was current when the tracepoint fired (often not the owner).
     pub current_tgid: u32,
-    /// `AF_INET` or `AF_INET6`.
-    pub family: u16,
-    /// Local port, host order.
-    pub sport: u16,
-    /// Remote port, host order.
-    pub dport: u16,
-    pub _pad: u16,
-    /// Local address; IPv4 uses the first 4 bytes.
-    pub saddr: [u8; 16],
-    /// Remote address; IPv4 uses the first 4 bytes.
-    pub daddr: [u8; 16],
+    /// The socket's network namespace (the inode `ls -Li /proc/PID/ns/net` shows); 0 when not
+    /// known (the kernel's BTF gave no offsets).
+    pub netns: u32,
+    pub _pad: u32,
+    pub ends: Ends,
 }
 
 /// Per-socket state kept in the kernel, keyed by skaddr.
@@ -181,10 +222,27 @@ pub struct SockEntry {
     pub flags: u32,
     /// 1 when `pending` holds a close waiting for `tcp:tcp_destroy_sock`.
     pub has_pending: u32,
+    /// The socket's network namespace, read once per socket life.
+    pub netns: u32,
+    /// Its state after the last transition (what an accept event reports).
+    pub state: u32,
+    /// As of its last life's start: what an accept event reports.
+    pub ends: Ends,
     pub pending: Event,
 }
 
-/// A listening socket's owner, keyed by local port.
+/// The key of a listener: its network namespace and local port. Listeners that share a port
+/// in one namespace (SO_REUSEPORT, a pre-fork server's workers) share an entry: a child socket's
+/// tracepoint does not say which listener it came from. accept() then names the real owner.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ListenerKey {
+    pub netns: u32,
+    pub port: u16,
+    pub _pad: u16,
+}
+
+/// A listening socket's owner.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ListenerEntry {
@@ -193,11 +251,13 @@ pub struct ListenerEntry {
 }
 
 pub const EVENT_SIZE: usize = size_of::<Event>();
-const _: () = assert!(EVENT_SIZE == 112);
+const _: () = assert!(EVENT_SIZE == 120);
 const _: () = assert!(align_of::<Event>() == 8);
 // The kernel program stores the addresses as whole words (`addr16` in src/main.rs).
-const _: () = assert!(core::mem::offset_of!(Event, saddr) % 8 == 0);
-const _: () = assert!(core::mem::offset_of!(Event, daddr) % 8 == 0);
+const _: () = assert!(core::mem::offset_of!(Ends, saddr) % 8 == 0);
+const _: () = assert!(core::mem::offset_of!(Ends, daddr) % 8 == 0);
+const _: () = assert!(size_of::<Ends>() == 40);
+const _: () = assert!(size_of::<SockEntry>().is_multiple_of(8));
 
 #[cfg(feature = "user")]
 mod user {
@@ -210,4 +270,6 @@ mod user {
     unsafe impl aya::Pod for super::SockEntry {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::ListenerEntry {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::ListenerKey {}
 }

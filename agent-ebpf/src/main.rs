@@ -13,14 +13,17 @@ use core::mem::MaybeUninit;
 use aya_ebpf::{
     EbpfContext, Global,
     bindings::BPF_RB_NO_WAKEUP,
-    helpers::{bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_ktime_get_ns, generated},
+    helpers::{
+        bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
+        bpf_probe_read_kernel, generated,
+    },
     macros::{map, tracepoint},
     maps::{HashMap, PerCpuArray, RingBuf},
     programs::TracePointContext,
 };
 use aya_log_ebpf::warn;
 use twtrace_ebpf::{
-    AF_INET, AF_INET6, COMM_LEN, Event, IPPROTO_TCP, ListenerEntry, MAX_PID_FILTER,
+    AF_INET, AF_INET6, COMM_LEN, Event, IPPROTO_TCP, ListenerEntry, ListenerKey, MAX_PID_FILTER,
     MAX_PORT_FILTER, Owner, SockEntry, flags, globals, how, offsets, stat, tcp_state,
 };
 
@@ -37,10 +40,11 @@ static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);
 #[map]
 static SOCKETS: HashMap<u64, SockEntry> = HashMap::with_max_entries(262_144, 0);
 
-/// Listening sockets by local port: the best owner of an accepted socket until its process closes
-/// it. Keyed by port alone; two listeners on one port (SO_REUSEPORT, other namespaces) share it.
+/// Listening sockets by network namespace and local port: the best owner of an accepted socket
+/// until a process accept()s it. Listeners sharing a port in one namespace (SO_REUSEPORT, a
+/// pre-fork server) share an entry (see `ListenerKey`).
 #[map]
-static LISTENERS: HashMap<u16, ListenerEntry> = HashMap::with_max_entries(16_384, 0);
+static LISTENERS: HashMap<ListenerKey, ListenerEntry> = HashMap::with_max_entries(16_384, 0);
 
 #[map]
 static PID_FILTER: HashMap<u32, u8> = HashMap::with_max_entries(MAX_PID_FILTER, 0);
@@ -51,6 +55,56 @@ static PORT_FILTER: HashMap<u16, u8> = HashMap::with_max_entries(MAX_PORT_FILTER
 /// `globals::FILTER_*` bits, set by the loader.
 #[unsafe(no_mangle)]
 static FILTERS: Global<u32> = Global::new(0);
+
+/// The namespace `--netns` keeps.
+#[unsafe(no_mangle)]
+static NETNS_FILTER: Global<u32> = Global::new(0);
+
+/// Kernel struct offsets, from the kernel's BTF (the agent resolves them: CO-RE relocations are
+/// not available to this Rust program). With `BTF_OK` 0 none of them is used: sockets have
+/// namespace 0 and the accept programs are not attached.
+#[unsafe(no_mangle)]
+static BTF_OK: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+static OFF_SOCK_NET: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+static OFF_NET_INUM: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+static OFF_TASK_FILES: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+static OFF_FILES_FDT: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+static OFF_FDTABLE_FD: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+static OFF_FDTABLE_MAX_FDS: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+static OFF_FILE_PRIVATE_DATA: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+static OFF_SOCKET_SK: Global<u32> = Global::new(0);
+
+/// Reads a kernel value at `base + offset` with bpf_probe_read_kernel, which checks the
+/// address and fails instead of faulting. None on failure (a NULL pointer on the way).
+#[inline(always)]
+fn kread<T>(base: u64, offset: u32) -> Option<T> {
+    if base == 0 {
+        return None;
+    }
+    // SAFETY: the helper validates the address itself; a bad one returns an error, and `T` is a
+    // plain integer, valid for any bytes.
+    unsafe { bpf_probe_read_kernel((base + u64::from(offset)) as *const T) }.ok()
+}
+
+/// The network namespace of the socket at `skaddr`: sk->__sk_common.skc_net.net->ns.inum.
+/// 0 when not known.
+#[inline(always)]
+fn netns_of(skaddr: u64) -> u32 {
+    if BTF_OK.load() == 0 {
+        return 0;
+    }
+    kread::<u64>(skaddr, OFF_SOCK_NET.load())
+        .and_then(|net| kread::<u32>(net, OFF_NET_INUM.load()))
+        .unwrap_or(0)
+}
 
 #[inline(always)]
 fn count(index: u32) {
@@ -126,11 +180,15 @@ fn passes_filters(ev: &Event) -> bool {
     }
     if filters & globals::FILTER_PORT != 0 {
         // SAFETY: as above.
-        let hit =
-            unsafe { PORT_FILTER.get(ev.sport).is_some() || PORT_FILTER.get(ev.dport).is_some() };
+        let hit = unsafe {
+            PORT_FILTER.get(ev.ends.sport).is_some() || PORT_FILTER.get(ev.ends.dport).is_some()
+        };
         if !hit {
             return false;
         }
+    }
+    if filters & globals::FILTER_NETNS != 0 && ev.netns != NETNS_FILTER.load() {
+        return false;
     }
     true
 }
@@ -232,16 +290,16 @@ fn try_set_state(ctx: &TracePointContext) -> Result<(), i64> {
     ev.oldstate = oldstate;
     ev.newstate = newstate;
     ev.current_tgid = ctx.tgid();
-    ev.family = family;
-    ev.sport = field(ctx, o::SPORT)?;
-    ev.dport = field(ctx, o::DPORT)?;
+    ev.ends.family = family;
+    ev.ends.sport = field(ctx, o::SPORT)?;
+    ev.ends.dport = field(ctx, o::DPORT)?;
     // For AF_INET6 sockets the IPv4 fields hold junk, and vice versa.
     if family == AF_INET {
-        addr4(ctx, o::SADDR, &mut ev.saddr)?;
-        addr4(ctx, o::DADDR, &mut ev.daddr)?;
+        addr4(ctx, o::SADDR, &mut ev.ends.saddr)?;
+        addr4(ctx, o::DADDR, &mut ev.ends.daddr)?;
     } else if family == AF_INET6 {
-        addr16(ctx, o::SADDR_V6, &mut ev.saddr)?;
-        addr16(ctx, o::DADDR_V6, &mut ev.daddr)?;
+        addr16(ctx, o::SADDR_V6, &mut ev.ends.saddr)?;
+        addr16(ctx, o::DADDR_V6, &mut ev.ends.daddr)?;
     }
 
     // The socket's entry, looked up once for the whole transition: each hash lookup is a cache
@@ -264,6 +322,23 @@ fn try_set_state(ctx: &TracePointContext) -> Result<(), i64> {
     }
 
     use tcp_state::*;
+    // The namespace is read from the socket once per life (two probe reads) and kept in its
+    // entry. A life starts at CLOSE -> * or as a listener's child; an entry made by `mark` has
+    // none yet.
+    let new_life = oldstate == CLOSE || (oldstate == LISTEN && newstate == SYN_RECV);
+    ev.netns = match entry {
+        // SAFETY: see `entry` above.
+        Some(entry) if !new_life && unsafe { (*entry).netns } != 0 => unsafe { (*entry).netns },
+        _ => netns_of(skaddr),
+    };
+    if let Some(entry) = entry {
+        // SAFETY: see `entry` above.
+        unsafe {
+            (*entry).netns = ev.netns;
+            (*entry).state = newstate;
+        }
+    }
+
     // Transitions only the owner's own system calls make (connect, listen, close/shutdown, and a
     // listener's close or exit), so the current task is the owner.
     let owner_made = matches!(
@@ -284,13 +359,13 @@ fn try_set_state(ctx: &TracePointContext) -> Result<(), i64> {
                 if oldstate == CLOSE {
                     // Leaving CLOSE is a new life for this address: forget earlier flags. Written
                     // in place: an insert would take the bucket lock and search again.
-                    restart(&mut *entry, &ev.owner);
+                    restart(&mut *entry, ev);
                 } else {
                     copy_words(&mut (*entry).owner, &ev.owner);
                 }
             },
             None => {
-                track(ctx, skaddr, &ev.owner, None);
+                track(ctx, skaddr, ev, false);
             }
         }
         if newstate == LISTEN {
@@ -299,11 +374,11 @@ fn try_set_state(ctx: &TracePointContext) -> Result<(), i64> {
             copy_words(&mut listener.owner, &ev.owner);
             listener.skaddr = skaddr;
             #[expect(clippy::needless_borrows_for_generic_args, reason = "see `track`")]
-            let _ = LISTENERS.insert(ev.sport, &*listener, 0);
+            let _ = LISTENERS.insert(listener_key(ev), &*listener, 0);
         }
     } else if oldstate == LISTEN && newstate == SYN_RECV {
         // A child socket cloned from the listener (inet_csk_clone_lock), in softirq.
-        if let Some(listener) = LISTENERS.get_ptr(ev.sport) {
+        if let Some(listener) = LISTENERS.get_ptr(listener_key(ev)) {
             // SAFETY: a hash map value pointer, valid for this program's run; read at once.
             copy_words(&mut ev.owner, unsafe { &(*listener).owner });
             ev.owner.how = how::LISTENER;
@@ -313,9 +388,9 @@ fn try_set_state(ctx: &TracePointContext) -> Result<(), i64> {
         }
         match entry {
             // SAFETY: see `entry` above.
-            Some(entry) => restart(unsafe { &mut *entry }, &ev.owner),
+            Some(entry) => restart(unsafe { &mut *entry }, ev),
             None => {
-                track(ctx, skaddr, &ev.owner, None);
+                track(ctx, skaddr, ev, false);
             }
         }
     } else {
@@ -332,7 +407,7 @@ fn try_set_state(ctx: &TracePointContext) -> Result<(), i64> {
                 }
             }
             None => {
-                if holds_close(oldstate, newstate, 0) && track(ctx, skaddr, &ev.owner, Some(ev)) {
+                if holds_close(oldstate, newstate, 0) && track(ctx, skaddr, ev, true) {
                     return Ok(());
                 }
             }
@@ -343,24 +418,36 @@ fn try_set_state(ctx: &TracePointContext) -> Result<(), i64> {
     if oldstate == LISTEN
         && newstate == CLOSE
         // SAFETY: a hash map value pointer, read and compared at once, in this program's run.
-        && LISTENERS.get_ptr(ev.sport).is_some_and(|l| unsafe {
+        && LISTENERS.get_ptr(listener_key(ev)).is_some_and(|l| unsafe {
             (*l).skaddr == skaddr || ((*l).skaddr == 0 && (*l).owner.tgid == ev.owner.tgid)
         })
     {
-        let _ = LISTENERS.remove(ev.sport);
+        let _ = LISTENERS.remove(listener_key(ev));
     }
     emit(ev);
     Ok(())
 }
 
-/// Starts tracking a socket twtrace has no entry for, with a close held back if `pending`.
-/// Returns whether the entry was made.
 #[inline(always)]
-fn track(ctx: &TracePointContext, skaddr: u64, owner: &Owner, pending: Option<&Event>) -> bool {
+fn listener_key(ev: &Event) -> ListenerKey {
+    ListenerKey {
+        netns: ev.netns,
+        port: ev.ends.sport,
+        _pad: 0,
+    }
+}
+
+/// Starts tracking a socket twtrace has no entry for (owner, namespace, state and ends from
+/// `ev`), with `ev` held back as a close if `pending`. Returns whether the entry was made.
+#[inline(always)]
+fn track(ctx: &TracePointContext, skaddr: u64, ev: &Event, pending: bool) -> bool {
     let mut slot = MaybeUninit::<SockEntry>::uninit();
     let entry = zeroed_in(&mut slot);
-    copy_words(&mut entry.owner, owner);
-    if let Some(ev) = pending {
+    copy_words(&mut entry.owner, &ev.owner);
+    entry.netns = ev.netns;
+    entry.state = ev.newstate;
+    copy_words(&mut entry.ends, &ev.ends);
+    if pending {
         copy_words(&mut entry.pending, ev);
         entry.has_pending = 1;
     }
@@ -379,11 +466,12 @@ fn track(ctx: &TracePointContext, skaddr: u64, owner: &Owner, pending: Option<&E
     true
 }
 
-/// Starts a new life in an existing entry: the new owner, no flags, nothing held. Only the
-/// fields that matter are written, not the whole held event.
+/// Starts a new life in an existing entry: the owner and ends of `ev`, no flags, nothing held.
+/// Only the fields that matter are written, not the whole held event.
 #[inline(always)]
-fn restart(entry: &mut SockEntry, owner: &Owner) {
-    copy_words(&mut entry.owner, owner);
+fn restart(entry: &mut SockEntry, ev: &Event) {
+    copy_words(&mut entry.owner, &ev.owner);
+    copy_words(&mut entry.ends, &ev.ends);
     entry.flags = 0;
     entry.has_pending = 0;
 }
@@ -465,6 +553,73 @@ fn mark(skaddr: u64, bit: u32, create: bool) {
         }
         None => {}
     }
+}
+
+#[tracepoint]
+pub fn sys_exit_accept4(ctx: TracePointContext) -> u32 {
+    accepted(&ctx);
+    0
+}
+
+#[tracepoint]
+pub fn sys_exit_accept(ctx: TracePointContext) -> u32 {
+    accepted(&ctx);
+    0
+}
+
+/// accept() returned a socket to the current task: that process holds it, whichever process
+/// owns the listener (a pre-fork server's workers, SO_REUSEPORT groups). The returned fd is
+/// followed to its socket (current->files->fdt->fd[ret]->private_data->sk, offsets from BTF),
+/// the socket's entry takes the current task as owner, and an `ACCEPTED` event tells the agent.
+/// Runs in the accepting task's context, without the socket's lock: a softirq transition of
+/// the same socket on another CPU may read the owner while it is written here, and then names
+/// the listener's owner once more; the agent keeps the accepted owner (see `Model::apply`).
+#[inline(always)]
+fn accepted(ctx: &TracePointContext) -> Option<()> {
+    if BTF_OK.load() == 0 {
+        return None;
+    }
+    let ret: i64 = field(ctx, offsets::sys_exit::RET).ok()?;
+    let fd = u64::try_from(ret).ok()?;
+    // SAFETY: helper without preconditions; available to tracepoint programs.
+    let task = unsafe { generated::bpf_get_current_task() };
+    let files: u64 = kread(task, OFF_TASK_FILES.load())?;
+    let fdt: u64 = kread(files, OFF_FILES_FDT.load())?;
+    let max_fds: u32 = kread(fdt, OFF_FDTABLE_MAX_FDS.load())?;
+    if fd >= u64::from(max_fds) {
+        return None;
+    }
+    let fds: u64 = kread(fdt, OFF_FDTABLE_FD.load())?;
+    let file: u64 = kread(fds + fd * 8, 0)?;
+    let socket: u64 = kread(file, OFF_FILE_PRIVATE_DATA.load())?;
+    let sk: u64 = kread(socket, OFF_SOCKET_SK.load())?;
+    let Some(entry) = SOCKETS.get_ptr_mut(sk) else {
+        count(stat::ACCEPT_MISS);
+        return None;
+    };
+    // SAFETY: a hash map value pointer, valid for this program's run (see the doc comment for
+    // the softirq that may write it meanwhile).
+    let entry = unsafe { &mut *entry };
+    // Owned already (its process made a transition itself), or no transition seen yet.
+    if entry.owner.how == how::OWNER || entry.owner.how == how::ACCEPTED || entry.state == 0 {
+        return None;
+    }
+    let mut slot = MaybeUninit::<Event>::uninit();
+    let ev = zeroed_in(&mut slot);
+    fill_current_owner(&mut ev.owner);
+    ev.owner.how = how::ACCEPTED;
+    copy_words(&mut entry.owner, &ev.owner);
+    // SAFETY: helper without preconditions; available to tracepoint programs.
+    ev.ts_ns = unsafe { bpf_ktime_get_ns() };
+    ev.skaddr = sk;
+    ev.oldstate = entry.state;
+    ev.newstate = entry.state;
+    ev.flags = flags::ACCEPTED | flags::OWNER_MADE | entry.flags;
+    ev.current_tgid = ev.owner.tgid;
+    ev.netns = entry.netns;
+    copy_words(&mut ev.ends, &entry.ends);
+    emit(ev);
+    Some(())
 }
 
 #[cfg(not(test))]

@@ -347,6 +347,12 @@ pub struct FilterArgs {
     /// Only connections with this local or remote port (repeat or comma-separate for several).
     #[arg(long, value_name = "PORT", value_delimiter = ',', value_parser = clap::value_parser!(u16).range(1..))]
     pub port: Vec<u16>,
+
+    /// Only sockets of this network namespace: its inode (as `ls -Li /proc/PID/ns/net` or
+    /// `lsns -t net` show it), a path to it (/proc/PID/ns/net, /run/netns/NAME) or the NAME of
+    /// `ip netns`.
+    #[arg(long, value_name = "INODE|PATH")]
+    pub netns: Option<String>,
 }
 
 impl FilterArgs {
@@ -363,7 +369,16 @@ impl FilterArgs {
                 anyhow::bail!("no process with pid {pid}");
             }
         }
+        self.netns_id()?;
         Ok(())
+    }
+
+    /// `--netns` as a namespace inode.
+    pub fn netns_id(&self) -> anyhow::Result<Option<u32>> {
+        self.netns
+            .as_deref()
+            .map(crate::kernel::netns::parse_arg)
+            .transpose()
     }
 }
 
@@ -541,6 +556,7 @@ mod tests {
     #[test]
     fn validate_rejects_missing_pids_and_too_many_values() {
         let missing = FilterArgs {
+            netns: None,
             pid: vec![u32::MAX - 1],
             port: vec![],
         };
@@ -552,11 +568,13 @@ mod tests {
                 .contains("no process with pid")
         );
         let own = FilterArgs {
+            netns: None,
             pid: vec![std::process::id()],
             port: vec![],
         };
         own.validate().expect("own pid exists");
         let many = FilterArgs {
+            netns: None,
             pid: vec![],
             port: (1..=65).collect(),
         };

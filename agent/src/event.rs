@@ -7,7 +7,7 @@ use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
 };
 
-use twtrace_ebpf::{AF_INET, AF_INET6, COMM_LEN, EVENT_SIZE, how};
+use twtrace_ebpf::{AF_INET, AF_INET6, COMM_LEN, EVENT_SIZE, flags, how};
 
 pub use crate::state::Reset;
 use crate::{
@@ -20,8 +20,11 @@ use crate::{
 pub enum Attribution {
     /// The process made a transition of this socket itself (connect, listen, close, shutdown).
     Owner,
-    /// An accepted socket the process has not closed yet: owner of the listener on its port.
+    /// An accepted socket no process has taken with accept() yet: owner of the listener on its
+    /// port (a guess where several processes share the port).
     Listener,
+    /// The process whose accept() returned the socket.
+    Accepted,
     /// No owner-made transition was seen (the socket predates twtrace).
     Unknown,
     /// The owner the kernel program remembers has exited (or its pid now belongs to another
@@ -36,6 +39,7 @@ impl Attribution {
         match self {
             Self::Owner => "owner",
             Self::Listener => "listener",
+            Self::Accepted => "accepted",
             Self::Unknown => "unknown",
             Self::Inherited => "inherited",
         }
@@ -116,6 +120,8 @@ pub struct Transition {
     /// The task that was current when the tracepoint fired, for comparison with tools that
     /// report that one.
     pub current_pid: u32,
+    /// The socket's network namespace (nsfs inode); 0 when not known.
+    pub netns: u32,
     pub family: Family,
     pub local: SocketAddr,
     pub remote: SocketAddr,
@@ -123,6 +129,15 @@ pub struct Transition {
     /// As reported: `TimeWait` where inferred.
     pub new: TcpState,
     pub reset: Option<Reset>,
+}
+
+impl Transition {
+    /// Not a state change but a process taking the socket with accept(): it owns it from now on
+    /// (`attribution` is `Accepted`, `old` and `new` the state it is in). The kernel never
+    /// reports a transition to the same state otherwise.
+    pub fn is_accept(&self) -> bool {
+        self.old == self.new
+    }
 }
 
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
@@ -151,7 +166,7 @@ pub fn decode(bytes: &[u8]) -> Result<Transition, DecodeError> {
 
 /// Converts a wire record, validating every tag.
 pub fn from_wire(raw: &twtrace_ebpf::Event) -> Result<Transition, DecodeError> {
-    let family = match raw.family {
+    let family = match raw.ends.family {
         AF_INET => Family::Ipv4,
         AF_INET6 => Family::Ipv6,
         other => return Err(DecodeError::Family(other)),
@@ -159,12 +174,19 @@ pub fn from_wire(raw: &twtrace_ebpf::Event) -> Result<Transition, DecodeError> {
     let attribution = match raw.owner.how {
         how::OWNER => Attribution::Owner,
         how::LISTENER => Attribution::Listener,
+        how::ACCEPTED => Attribution::Accepted,
         how::UNKNOWN => Attribution::Unknown,
         other => return Err(DecodeError::Attribution(other)),
     };
     let old = TcpState::try_from(raw.oldstate)?;
     let raw_new = TcpState::try_from(raw.newstate)?;
-    let (new, reset) = infer::reported(old, raw_new, raw.flags);
+    let (new, reset) = if raw.flags & flags::ACCEPTED != 0 {
+        // Not a transition: nothing to infer.
+        (raw_new, None)
+    } else {
+        infer::reported(old, raw_new, raw.flags)
+    };
+    let ends = &raw.ends;
     Ok(Transition {
         mono_ns: raw.ts_ns,
         skaddr: raw.skaddr,
@@ -174,9 +196,10 @@ pub fn from_wire(raw: &twtrace_ebpf::Event) -> Result<Transition, DecodeError> {
         cgroup_id: raw.owner.cgroup_id,
         attribution,
         current_pid: raw.current_tgid,
+        netns: raw.netns,
         family,
-        local: SocketAddr::new(addr(family, raw.saddr), raw.sport),
-        remote: SocketAddr::new(addr(family, raw.daddr), raw.dport),
+        local: SocketAddr::new(addr(family, ends.saddr), ends.sport),
+        remote: SocketAddr::new(addr(family, ends.daddr), ends.dport),
         old,
         new,
         reset,
@@ -203,7 +226,7 @@ pub fn unmap(ip: IpAddr) -> IpAddr {
 
 #[cfg(test)]
 pub(crate) mod tests {
-    use twtrace_ebpf::{Owner, flags, tcp_state};
+    use twtrace_ebpf::{Ends, Owner, tcp_state};
 
     use super::*;
 
@@ -224,12 +247,16 @@ pub(crate) mod tests {
             newstate: new,
             flags: 0,
             current_tgid: 99,
-            family: AF_INET,
-            sport: 51000,
-            dport: 8080,
+            netns: 4026531840,
             _pad: 0,
-            saddr: [127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
-            daddr: [10, 1, 2, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            ends: Ends {
+                family: AF_INET,
+                sport: 51000,
+                dport: 8080,
+                _pad: 0,
+                saddr: [127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+                daddr: [10, 1, 2, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            },
         }
     }
 
@@ -258,6 +285,20 @@ pub(crate) mod tests {
         assert_eq!(t.attribution, Attribution::Owner);
         assert_eq!(t.cookie, None);
         assert_eq!(t.current_pid, 99);
+        assert_eq!(t.netns, 4026531840);
+        assert!(!t.is_accept());
+    }
+
+    #[test]
+    fn an_accept_record_is_no_transition() {
+        let mut ev = wire(tcp_state::CLOSE_WAIT, tcp_state::CLOSE_WAIT);
+        ev.flags = flags::ACCEPTED | flags::OWNER_MADE;
+        ev.owner.how = how::ACCEPTED;
+        let t = from_wire(&ev).expect("decodes");
+        assert!(t.is_accept());
+        assert_eq!((t.old, t.new), (TcpState::CloseWait, TcpState::CloseWait));
+        assert_eq!(t.attribution, Attribution::Accepted);
+        assert_eq!(t.reset, None);
     }
 
     #[test]
@@ -276,7 +317,7 @@ pub(crate) mod tests {
     #[test]
     fn bad_tags_are_errors() {
         let mut ev = wire(tcp_state::SYN_SENT, tcp_state::ESTABLISHED);
-        ev.family = 1;
+        ev.ends.family = 1;
         assert_eq!(from_wire(&ev), Err(DecodeError::Family(1)));
         let mut ev = wire(tcp_state::SYN_SENT, 77);
         assert_eq!(from_wire(&ev), Err(DecodeError::State(UnknownState(77))));
@@ -288,9 +329,9 @@ pub(crate) mod tests {
     #[test]
     fn ipv6_and_v4_mapped_addresses() {
         let mut ev = wire(tcp_state::SYN_SENT, tcp_state::ESTABLISHED);
-        ev.family = AF_INET6;
-        ev.saddr = Ipv6Addr::LOCALHOST.octets();
-        ev.daddr = Ipv4Addr::new(192, 0, 2, 7).to_ipv6_mapped().octets();
+        ev.ends.family = AF_INET6;
+        ev.ends.saddr = Ipv6Addr::LOCALHOST.octets();
+        ev.ends.daddr = Ipv4Addr::new(192, 0, 2, 7).to_ipv6_mapped().octets();
         let t = from_wire(&ev).expect("decodes");
         assert_eq!(t.family, Family::Ipv6);
         assert_eq!(t.local.ip(), IpAddr::V6(Ipv6Addr::LOCALHOST));

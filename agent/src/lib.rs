@@ -13,6 +13,7 @@
 
 pub mod cli;
 pub mod clock;
+pub mod container;
 pub mod event;
 pub mod infer;
 pub mod kernel;

@@ -29,11 +29,14 @@ use crate::{
 pub struct Selection {
     pub pids: Vec<u32>,
     pub ports: Vec<u16>,
+    /// Only this network namespace's sockets.
+    pub netns: Option<u32>,
 }
 
 impl Selection {
     pub fn event(&self, t: &Transition) -> bool {
         self.pid(t.pid)
+            && self.netns.is_none_or(|n| n == t.netns)
             && (self.ports.is_empty()
                 || self.ports.contains(&t.local.port())
                 || self.ports.contains(&t.remote.port()))
@@ -62,6 +65,7 @@ impl Selection {
             } else {
                 self.ports.clone()
             },
+            netns: self.netns.or(other.netns),
         }
     }
 }
@@ -115,6 +119,7 @@ pub struct Core<'a> {
     /// The kernel program's counters at the first stats item: losses count from there.
     base: Option<KernelStats>,
     timewait_kernel: Option<u64>,
+    namespaces: Option<u32>,
     first_ns: Option<u64>,
     last_ns: Option<u64>,
     last_snapshot_ns: Option<u64>,
@@ -150,6 +155,7 @@ impl<'a> Core<'a> {
             tally: Tally::default(),
             base: None,
             timewait_kernel: None,
+            namespaces: None,
             first_ns: None,
             last_ns: None,
             last_snapshot_ns: None,
@@ -229,6 +235,9 @@ impl<'a> Core<'a> {
             k.sockets
                 .retain(|s| ports.contains(&s.local.port()) || ports.contains(&s.remote.port()));
         }
+        if let Some(netns) = self.selection.netns {
+            k.sockets.retain(|s| s.netns == netns);
+        }
         if let Some(model) = self.model.as_mut() {
             // The model asks only about sockets it has no owner for, or whose owner exited;
             // what it is told is kept with the dump, so a replay of it gets the same answers.
@@ -273,6 +282,9 @@ impl<'a> Core<'a> {
         if s.timewait_kernel.is_some() {
             self.timewait_kernel = s.timewait_kernel;
         }
+        if s.namespaces.is_some() {
+            self.namespaces = s.namespaces;
+        }
         for sink in &mut self.sinks {
             sink.stats(s, &self.tally)?;
         }
@@ -304,10 +316,21 @@ impl<'a> Core<'a> {
         let outside = Outside {
             lost_events: self.tally.kernel.lost_total(),
             timewait_kernel: self.timewait_kernel,
+            namespaces: self.namespaces,
         };
         let time = jiff::Timestamp::try_from(self.clock.to_system_time(now_ns))?;
-        let processes = &self.processes;
-        let snap = Arc::new(model.snapshot(now_ns, time, outside, &|pid| processes.exists(pid)));
+        let processes = &mut self.processes;
+        let mut snap = model.snapshot(now_ns, time, outside, &|pid| processes.exists(pid));
+        for row in &mut snap.processes {
+            if row.cgroup_id != 0
+                && let Some(c) = processes.container(row.cgroup_id)
+            {
+                row.runtime = Some(c.runtime.name());
+                row.pod_uid = c.pod_uid;
+                row.container = Some(c.id);
+            }
+        }
+        let snap = Arc::new(snap);
         self.last_snapshot_ns = Some(now_ns);
         self.since_snapshot = 0;
         self.snapshots += 1;
@@ -620,6 +643,7 @@ mod tests {
 
     fn connection(i: u64, pid: u32, comm: &str, t0: u64) -> Vec<Transition> {
         let base = Transition {
+            netns: 0,
             mono_ns: t0,
             skaddr: 0x1000 + i,
             cookie: None,
@@ -754,6 +778,7 @@ mod tests {
         // --pid of another process: nothing.
         let sink = Collect::default();
         let sel = Selection {
+            netns: None,
             pids: vec![1],
             ports: vec![],
         };
@@ -790,6 +815,7 @@ mod tests {
         let mut c = core(&sink, Selection::default(), Cadence::default(), 0);
         for (ns, lost) in [(0, 5), (S, 7), (2 * S, 12)] {
             c.item(Item::Stats(Stats {
+                namespaces: None,
                 mono_ns: ns,
                 kernel: KernelStats {
                     lost,
@@ -811,10 +837,12 @@ mod tests {
     #[test]
     fn selections_combine() {
         let recorded = Selection {
+            netns: None,
             pids: vec![1, 2],
             ports: vec![80],
         };
         let asked = Selection {
+            netns: None,
             pids: vec![2, 3],
             ports: vec![],
         };
@@ -867,6 +895,7 @@ mod tests {
             0,
         );
         let socket = crate::model::KernelSocket {
+            netns: 0,
             state: TcpState::CloseWait,
             local: "127.0.0.1:5000".parse().expect("addr"),
             remote: "127.0.0.1:6000".parse().expect("addr"),

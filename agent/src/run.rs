@@ -11,7 +11,8 @@ use anyhow::Context as _;
 
 use crate::{
     cli::{Cli, Command, Export, FilterArgs, LiveArgs, RecordArgs, ReportArgs, TraceArgs, When},
-    kernel::tracer::Options,
+    container::CgroupPaths,
+    kernel::{procnet, tracer::Options},
     pipeline::{self, Cadence, Core, Outcome, Selection, Signals, Stopped},
     recording::{
         Filters, Header, Writer, header_now, human_size,
@@ -54,19 +55,21 @@ fn stdout() -> io::BufWriter<io::StdoutLock<'static>> {
     io::BufWriter::with_capacity(64 * 1024, io::stdout().lock())
 }
 
-fn options(filter: &FilterArgs, verbose: bool) -> Options {
-    Options {
+fn options(filter: &FilterArgs, verbose: bool) -> anyhow::Result<Options> {
+    Ok(Options {
         pids: filter.pid.clone(),
         ports: filter.port.clone(),
+        netns: filter.netns_id()?,
         verbose,
-    }
+    })
 }
 
-fn selection(filter: &FilterArgs) -> Selection {
-    Selection {
+fn selection(filter: &FilterArgs) -> anyhow::Result<Selection> {
+    Ok(Selection {
         pids: filter.pid.clone(),
         ports: filter.port.clone(),
-    }
+        netns: filter.netns_id()?,
+    })
 }
 
 /// Starts the live source and tells the user (the `twtrace: tracing` line is also what scripts
@@ -84,7 +87,7 @@ fn start_live(opts: &Options, cadence: live::Cadence, announce: bool) -> anyhow:
         };
         say(&format!(
             "twtrace: tracing TCP state changes{}{stop}",
-            describe_filters(&opts.pids, &opts.ports)
+            describe_filters(&opts.pids, &opts.ports, opts.netns)
         ));
     }
     Ok(source)
@@ -122,7 +125,7 @@ async fn trace(args: TraceArgs, verbose: bool) -> anyhow::Result<()> {
     } else {
         Format::Text
     };
-    let select = selection(&args.filter);
+    let select = selection(&args.filter)?;
     if let Some(path) = &args.from {
         let mut source = Recording::open(path, Window::default(), 0.0)?;
         let printer = Printer::new(stdout(), format, source.header().clock());
@@ -139,7 +142,7 @@ async fn trace(args: TraceArgs, verbose: bool) -> anyhow::Result<()> {
         return outcome.error.map_or(Ok(()), Err);
     }
     args.filter.validate()?;
-    let opts = options(&args.filter, verbose);
+    let opts = options(&args.filter, verbose)?;
     let cadence = live::Cadence {
         stats: Duration::from_secs(1),
         // The kernel's table tells which sockets an exited owner left to another process.
@@ -147,7 +150,8 @@ async fn trace(args: TraceArgs, verbose: bool) -> anyhow::Result<()> {
         duration: None,
     };
     let mut source = start_live(&opts, cadence, true)?;
-    let printer = Printer::new(stdout(), format, source.clock());
+    let printer = Printer::new(stdout(), format, source.clock())
+        .with_containers(CgroupPaths::new(procnet::cgroup2_mount()));
     let sinks: Vec<Box<dyn Sink>> = vec![Box::new(TraceSink::new(printer, true))];
     let core = new_core(
         &source,
@@ -205,7 +209,11 @@ async fn leaderboard(args: LiveArgs, verbose: bool) -> anyhow::Result<()> {
     if let Some(path) = &args.from {
         let mut source = Recording::open(path, Window::default(), args.speed)?;
         let header = source.header().clone();
-        let filters = describe_filters(&header.filters.pids, &header.filters.ports);
+        let filters = describe_filters(
+            &header.filters.pids,
+            &header.filters.ports,
+            header.filters.netns,
+        );
         if !tui {
             say(&format!(
                 "twtrace: replaying {} (recorded on {} from {}{filters}) at {}",
@@ -225,13 +233,13 @@ async fn leaderboard(args: LiveArgs, verbose: bool) -> anyhow::Result<()> {
             header.hostname
         );
         view = view_sink(title, &mut sinks);
-        let select = recorded_selection(&header).and(&selection(&args.filter));
+        let select = recorded_selection(&header).and(&selection(&args.filter)?);
         let core = new_core(&source, sinks, Box::new(Recorded), select, cadence);
         return finish(run_pipeline(&mut source, core, false, view).await?);
     }
 
     args.filter.validate()?;
-    let opts = options(&args.filter, verbose);
+    let opts = options(&args.filter, verbose)?;
     // Created before the tracer starts, so a file that cannot be written costs no attach.
     let recorder = match &args.record {
         // No progress lines: the leaderboard itself shows what is going on.
@@ -247,7 +255,10 @@ async fn leaderboard(args: LiveArgs, verbose: bool) -> anyhow::Result<()> {
         Ok(s) => s,
         Err(e) => return Err(discard(recorder, args.record.as_deref(), e)),
     };
-    let title = format!("twtrace{}", describe_filters(&opts.pids, &opts.ports));
+    let title = format!(
+        "twtrace{}",
+        describe_filters(&opts.pids, &opts.ports, opts.netns)
+    );
     view = view_sink(title, &mut sinks);
     if let (Some(sink), Some(path)) = (recorder, &args.record) {
         if !tui {
@@ -259,7 +270,7 @@ async fn leaderboard(args: LiveArgs, verbose: bool) -> anyhow::Result<()> {
         &source,
         sinks,
         Box::new(ProcFs::new()),
-        selection(&args.filter),
+        selection(&args.filter)?,
         cadence,
     );
     finish(run_pipeline(&mut source, core, false, view).await?)
@@ -270,6 +281,7 @@ fn recorded_selection(header: &Header) -> Selection {
     Selection {
         pids: header.filters.pids.clone(),
         ports: header.filters.ports.clone(),
+        netns: header.filters.netns,
     }
 }
 
@@ -286,6 +298,7 @@ fn file_recorder(
         Filters {
             pids: opts.pids.clone(),
             ports: opts.ports.clone(),
+            netns: opts.netns,
         },
     );
     if let Some(max) = max_size {
@@ -328,7 +341,7 @@ fn discard<T>(recorder: Option<T>, path: Option<&Path>, e: anyhow::Error) -> any
 /// `twtrace record`: the stream to a file, or the flight recorder.
 async fn record(args: RecordArgs, verbose: bool) -> anyhow::Result<()> {
     args.filter.validate()?;
-    let opts = options(&args.filter, verbose);
+    let opts = options(&args.filter, verbose)?;
     let path = args.output.as_path();
     let live_cadence = live::Cadence {
         stats: Duration::from_secs(1),
@@ -355,6 +368,7 @@ async fn record(args: RecordArgs, verbose: bool) -> anyhow::Result<()> {
                 Filters {
                     pids: opts.pids.clone(),
                     ports: opts.ports.clone(),
+                    netns: opts.netns,
                 },
             );
             let ring = Ring::new(
@@ -385,7 +399,7 @@ async fn record(args: RecordArgs, verbose: bool) -> anyhow::Result<()> {
     let mut source = source;
     say(&format!(
         "twtrace: tracing TCP state changes{}{}",
-        describe_filters(&opts.pids, &opts.ports),
+        describe_filters(&opts.pids, &opts.ports, opts.netns),
         if args.duration.is_some() {
             ""
         } else {
@@ -396,7 +410,7 @@ async fn record(args: RecordArgs, verbose: bool) -> anyhow::Result<()> {
         &source,
         sinks,
         Box::new(ProcFs::new()),
-        selection(&args.filter),
+        selection(&args.filter)?,
         Cadence::default(),
     );
     let outcome = run_pipeline(&mut source, core, true, None).await?;
@@ -416,7 +430,7 @@ async fn report(args: ReportArgs) -> anyhow::Result<()> {
         until_ns: args.until.map(|w| mono_of(w, &header)),
     };
     let mut source = Recording::open(&args.file, window, 0.0)?;
-    let select = recorded_selection(&header).and(&selection(&args.filter));
+    let select = recorded_selection(&header).and(&selection(&args.filter)?);
     let sink: Box<dyn Sink> = match args.export {
         Some(Export::Jsonl) => Box::new(TraceSink::new(
             Printer::new(stdout(), Format::Json, header.clock()),
@@ -467,7 +481,7 @@ pub(crate) fn is_broken_pipe(e: &anyhow::Error) -> bool {
 }
 
 /// ` (pid 1,2; port 80)`, or nothing without filters.
-pub(crate) fn describe_filters(pids: &[u32], ports: &[u16]) -> String {
+pub(crate) fn describe_filters(pids: &[u32], ports: &[u16], netns: Option<u32>) -> String {
     fn join<T: ToString>(v: &[T]) -> String {
         v.iter()
             .map(ToString::to_string)
@@ -480,6 +494,9 @@ pub(crate) fn describe_filters(pids: &[u32], ports: &[u16]) -> String {
     }
     if !ports.is_empty() {
         parts.push(format!("port {}", join(ports)));
+    }
+    if let Some(netns) = netns {
+        parts.push(format!("netns {netns}"));
     }
     if parts.is_empty() {
         String::new()
@@ -494,8 +511,11 @@ mod tests {
 
     #[test]
     fn filters_are_described() {
-        assert_eq!(describe_filters(&[], &[]), "");
-        assert_eq!(describe_filters(&[1, 2], &[80]), " (pid 1,2; port 80)");
+        assert_eq!(describe_filters(&[], &[], None), "");
+        assert_eq!(
+            describe_filters(&[1, 2], &[80], Some(4026531840)),
+            " (pid 1,2; port 80; netns 4026531840)"
+        );
     }
 
     #[test]

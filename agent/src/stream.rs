@@ -52,7 +52,10 @@ pub struct KernelTruth {
 pub struct Stats {
     pub mono_ns: u64,
     pub kernel: KernelStats,
+    /// sockstat's `tw`, summed over every network namespace read.
     pub timewait_kernel: Option<u64>,
+    /// Network namespaces whose sockets were read (None: only twtrace's own).
+    pub namespaces: Option<u32>,
 }
 
 /// Counters kept by the kernel program, summed over CPUs.
@@ -73,6 +76,9 @@ pub struct KernelStats {
     /// Tracepoint hits the kernel skipped because another BPF program was running on that CPU
     /// (the programs' `recursion_misses`): events lost before the program ran.
     pub skipped: u64,
+    /// accept() returned a socket the kernel program had no entry for (its owner stays the
+    /// listener's until a reconcile asks /proc).
+    pub accept_miss: u64,
 }
 
 impl KernelStats {
@@ -86,6 +92,7 @@ impl KernelStats {
             listener_miss: self.listener_miss.saturating_sub(base.listener_miss),
             filtered: self.filtered.saturating_sub(base.filtered),
             skipped: self.skipped.saturating_sub(base.skipped),
+            accept_miss: self.accept_miss.saturating_sub(base.accept_miss),
         }
     }
 
@@ -126,6 +133,10 @@ impl Tally {
             (
                 self.kernel.listener_miss,
                 "accepted sockets with no known listener",
+            ),
+            (
+                self.kernel.accept_miss,
+                "accept()s of sockets not in the socket table",
             ),
             (self.undecodable, "undecodable"),
         ];

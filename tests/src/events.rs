@@ -26,6 +26,12 @@ pub struct Event {
     #[serde(default)]
     pub reset: Option<String>,
     pub current_pid: u32,
+    /// The socket's network namespace (nsfs inode), 0 when twtrace could not tell.
+    #[serde(default)]
+    pub netns: u32,
+    /// Not a transition: the process accept()ed the socket (`old == new`).
+    #[serde(default)]
+    pub accept: bool,
     /// The line as twtrace printed it, for evidence in failure messages.
     #[serde(skip)]
     pub raw: String,
@@ -64,8 +70,19 @@ impl Event {
         if !["ipv4", "ipv6"].contains(&self.family.as_str()) {
             bad.push(format!("family {:?}", self.family));
         }
-        if !["owner", "listener", "unknown", "inherited"].contains(&self.attribution.as_str()) {
+        if !["owner", "listener", "accepted", "unknown", "inherited"]
+            .contains(&self.attribution.as_str())
+        {
             bad.push(format!("attribution {:?}", self.attribution));
+        }
+        if self.accept != (self.old == self.new) {
+            bad.push(format!(
+                "accept {} but {} -> {}",
+                self.accept, self.old, self.new
+            ));
+        }
+        if self.accept && self.attribution != "accepted" {
+            bad.push(format!("accept attributed to {:?}", self.attribution));
         }
         if let Some(reset) = &self.reset
             && !["received", "sent"].contains(&reset.as_str())

@@ -9,6 +9,7 @@
 //! failing or panicking test never leaves a tracer or a driver behind.
 
 pub mod live;
+pub mod netns;
 pub mod record;
 
 mod drive;

@@ -2,6 +2,8 @@
 //! the capability check, the kernel's socket table ([`sockdiag`]) and other processes' /proc
 //! entries ([`procnet`]). Nothing outside this folder and `crate::source::live` touches them.
 
+pub mod btf;
+pub mod netns;
 pub mod privilege;
 pub mod procnet;
 pub mod progstats;

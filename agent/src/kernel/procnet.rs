@@ -60,11 +60,22 @@ pub fn choose_owners(
         .collect()
 }
 
-/// The rows of /proc/net/tcp and /proc/net/tcp6 (this network namespace's TCP sockets). A table
-/// that cannot be read is skipped: a kernel without IPv6 has no tcp6, nothing to learn there.
-fn tcp_sockets() -> Vec<TcpNetEntry> {
+/// The rows of /proc/<pid>/net/tcp and tcp6: the TCP sockets of that process's network
+/// namespace (None: twtrace's own). A table that cannot be read is skipped: a kernel without
+/// IPv6 has no tcp6, and a process may exit meanwhile; nothing to learn there.
+fn tcp_sockets(pid: Option<u32>) -> Vec<TcpNetEntry> {
     let mut rows = Vec::new();
-    for table in [procfs::net::tcp(), procfs::net::tcp6()] {
+    let tables = match pid {
+        None => [procfs::net::tcp(), procfs::net::tcp6()],
+        Some(pid) => match Process::new(i32::try_from(pid).unwrap_or(i32::MAX)) {
+            Ok(p) => [p.tcp(), p.tcp6()],
+            Err(e) => {
+                log::debug!("TCP socket tables of pid {pid} not read: {e}");
+                return rows;
+            }
+        },
+    };
+    for table in tables {
         match table {
             Ok(table) => rows.extend(table),
             // procfs's error names the file.
@@ -74,18 +85,33 @@ fn tcp_sockets() -> Vec<TcpNetEntry> {
     rows
 }
 
-/// The listening sockets of this network namespace with their owning processes.
-pub fn existing_listeners() -> Vec<(u16, Owner)> {
-    let by_port = listening_inodes(&tcp_sockets());
-    if by_port.is_empty() {
+/// The listening sockets of each network namespace with their owning processes, keyed by
+/// (namespace, port). `namespaces` names each namespace with a process inside it, whose
+/// /proc/<pid>/net/tcp{,6} shows that namespace's sockets; pid None reads twtrace's own. Socket
+/// inodes are unique across namespaces, so one walk of every process's fds finds all holders.
+pub fn existing_listeners(namespaces: &[(u32, Option<u32>)]) -> Vec<((u32, u16), Owner)> {
+    let tables: Vec<(u32, BTreeMap<u16, Vec<u64>>)> = namespaces
+        .iter()
+        .map(|&(netns, pid)| (netns, listening_inodes(&tcp_sockets(pid))))
+        .filter(|(_, by_port)| !by_port.is_empty())
+        .collect();
+    if tables.is_empty() {
         return Vec::new();
     }
-    let wanted: HashSet<u64> = by_port.values().flatten().copied().collect();
+    let wanted: HashSet<u64> = tables
+        .iter()
+        .flat_map(|(_, by_port)| by_port.values().flatten().copied())
+        .collect();
     let holders = socket_holders(&wanted);
     let cgroup_root = cgroup2_mount();
-    choose_owners(&by_port, &holders)
-        .into_iter()
-        .map(|(port, pid)| (port, owner_of(pid, cgroup_root.as_deref())))
+    tables
+        .iter()
+        .flat_map(|(netns, by_port)| {
+            choose_owners(by_port, &holders)
+                .into_iter()
+                .map(move |(port, pid)| ((*netns, port), pid))
+        })
+        .map(|(key, pid)| (key, owner_of(pid, cgroup_root.as_deref())))
         .collect()
 }
 
@@ -252,7 +278,7 @@ mod tests {
         let port = listener.local_addr().expect("addr").port();
         let client = TcpStream::connect(("127.0.0.1", port)).expect("connect");
         let (accepted, _) = listener.accept().expect("accept");
-        let by_port = listening_inodes(&tcp_sockets());
+        let by_port = listening_inodes(&tcp_sockets(None));
         // The accepted connection has the listener's local port but is not a listener.
         assert_eq!(by_port.get(&port), Some(&vec![inode_of(&listener)]));
         let client_port = client.local_addr().expect("addr").port();
@@ -297,10 +323,11 @@ mod tests {
     fn finds_its_own_listener() {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
         let port = listener.local_addr().expect("addr").port();
-        let owners = existing_listeners();
+        // Read through this process's /proc/<pid>/net, tagged as namespace 7.
+        let owners = existing_listeners(&[(7, Some(std::process::id()))]);
         let (_, owner) = owners
             .iter()
-            .find(|(p, _)| *p == port)
+            .find(|(key, _)| *key == (7, port))
             .expect("own listener found");
         assert_eq!(owner.tgid, std::process::id());
         assert_eq!(owner.how, how::OWNER);

@@ -68,6 +68,15 @@ const RECV_BUF: usize = 64 * 1024;
 /// nlmsghdr (16 bytes) + struct inet_diag_req_v2 (56 bytes, include/uapi/linux/inet_diag.h).
 const REQUEST_LEN: usize = 16 + 56;
 
+/// TCPDIAG_GETSOCK (include/uapi/linux/inet_diag.h): the request of sock_diag's predecessor,
+/// which the kernel still serves (net/ipv4/inet_diag.c `inet_diag_dump_compat()`). Its dump asks
+/// for family AF_UNSPEC: IPv4 and IPv6 sockets in one walk of the kernel's socket hash instead of
+/// one walk per family. Answers are the same `inet_diag_msg`, under this message type.
+const TCPDIAG_GETSOCK: u16 = 18;
+
+/// nlmsghdr (16 bytes) + struct inet_diag_req (60 bytes, include/uapi/linux/inet_diag.h).
+const COMPAT_REQUEST_LEN: usize = 16 + 60;
+
 /// All TCP sockets of this network namespace, IPv4 and IPv6 (two dumps), every state.
 pub fn dump_tcp() -> anyhow::Result<Vec<DiagSocket>> {
     let mut out = Vec::new();
@@ -84,10 +93,24 @@ pub struct SockDiag {
     /// Sequence number of the last request; answers to earlier ones (left over from a dump that
     /// failed half-way) are ignored.
     seq: u32,
+    /// The kernel refused the one-walk TCPDIAG_GETSOCK dump once: one dump per family since.
+    one_walk_refused: bool,
 }
 
 impl SockDiag {
     pub fn open() -> anyhow::Result<Self> {
+        Self::with_buffer(vec![0; RECV_BUF])
+    }
+
+    /// A socket with no receive buffer of its own, for a caller that keeps many (one per network
+    /// namespace, `crate::kernel::netns`) and dumps them one after another through
+    /// [`SockDiag::dump_tcp_with`]: one shared 64 KiB buffer instead of one per namespace. (Its
+    /// [`SockDiag::dump_tcp_into`] allocates one on first use.)
+    pub fn open_bare() -> anyhow::Result<Self> {
+        Self::with_buffer(Vec::new())
+    }
+
+    fn with_buffer(buf: Vec<u8>) -> anyhow::Result<Self> {
         let mut socket =
             Socket::new(NETLINK_SOCK_DIAG).context("sock_diag: cannot open a netlink socket")?;
         socket
@@ -95,9 +118,54 @@ impl SockDiag {
             .context("sock_diag: cannot bind the netlink socket")?;
         Ok(Self {
             socket,
-            buf: vec![0; RECV_BUF],
+            buf,
             seq: 0,
+            one_walk_refused: false,
         })
+    }
+
+    /// The sockets of [`SockDiag::dump_tcp_into`] into `out` (cleared first), received into
+    /// `buf` (grown to the needed size if smaller) instead of the socket's own buffer, and in
+    /// one TCPDIAG_GETSOCK dump for both families: the kernel walks its socket hash, which
+    /// every network namespace shares (unless net.ipv4.tcp_child_ehash_entries is set), once
+    /// instead of twice. With many namespaces that walk is the whole cost: for 50 namespaces
+    /// and 30,000 sockets, 105 to 170 ms instead of 175 to 350 ms here (the netns module's
+    /// `measure_dump_all`). Falls back to a dump per family for good if the kernel refuses it.
+    pub fn dump_tcp_with(
+        &mut self,
+        buf: &mut Vec<u8>,
+        out: &mut Vec<DiagSocket>,
+    ) -> anyhow::Result<()> {
+        std::mem::swap(&mut self.buf, buf);
+        let result = self.dump_tcp_one_walk(out);
+        std::mem::swap(&mut self.buf, buf);
+        result
+    }
+
+    fn dump_tcp_one_walk(&mut self, out: &mut Vec<DiagSocket>) -> anyhow::Result<()> {
+        if self.one_walk_refused {
+            return self.dump_tcp_into(out);
+        }
+        out.clear();
+        self.seq = self.seq.wrapping_add(1);
+        let mut skipped = 0usize;
+        match self.receive(&compat_request(self.seq), out, &mut skipped) {
+            Ok(()) => {
+                warn_skipped(skipped);
+                Ok(())
+            }
+            Err(e) => {
+                // Refused for good only if the usual dump works: a failure of both is not about
+                // the request.
+                self.dump_tcp_into(out)?;
+                log::debug!(
+                    "sock_diag: the one-walk TCPDIAG_GETSOCK dump failed ({e:#}); one dump per \
+                     family from now on"
+                );
+                self.one_walk_refused = true;
+                Ok(())
+            }
+        }
     }
 
     /// [`dump_tcp`] into `out`, which is cleared first.
@@ -108,9 +176,7 @@ impl SockDiag {
             self.seq = self.seq.wrapping_add(1);
             self.dump_family(family, out, &mut skipped)?;
         }
-        if skipped > 0 {
-            log::warn!("sock_diag: skipped {skipped} malformed messages in the TCP socket dump");
-        }
+        warn_skipped(skipped);
         Ok(())
     }
 
@@ -121,10 +187,23 @@ impl SockDiag {
         skipped: &mut usize,
     ) -> anyhow::Result<()> {
         let request = request(family, self.seq)?;
+        self.receive(&request, out, skipped)
+    }
+
+    /// Sends a dump request numbered `self.seq` and appends its answers to `out`.
+    fn receive(
+        &mut self,
+        request: &[u8],
+        out: &mut Vec<DiagSocket>,
+        skipped: &mut usize,
+    ) -> anyhow::Result<()> {
+        if self.buf.len() < RECV_BUF {
+            self.buf.resize(RECV_BUF, 0);
+        }
         // The kernel's netlink socket is port 0; sending to it needs no connect().
         let kernel = netlink_sys::SocketAddr::new(0, 0);
         self.socket
-            .send_to(&request, &kernel, 0)
+            .send_to(request, &kernel, 0)
             .context("sock_diag dump failed")?;
         loop {
             // MSG_TRUNC makes recv() return the datagram's real length, so a truncated one is
@@ -145,6 +224,29 @@ impl SockDiag {
             }
         }
     }
+}
+
+fn warn_skipped(skipped: usize) {
+    if skipped > 0 {
+        log::warn!("sock_diag: skipped {skipped} malformed messages in the TCP socket dump");
+    }
+}
+
+/// A TCPDIAG_GETSOCK `inet_diag_req` dump request for every TCP socket, both families. Built by
+/// hand: netlink-packet-sock-diag knows only `inet_diag_req_v2`.
+fn compat_request(seq: u32) -> [u8; COMPAT_REQUEST_LEN] {
+    let mut bytes = [0; COMPAT_REQUEST_LEN];
+    let (header, req) = bytes.split_at_mut(16);
+    // struct nlmsghdr: length, type, flags, sequence number, port id (0 for the kernel).
+    header[..4].copy_from_slice(&(COMPAT_REQUEST_LEN as u32).to_ne_bytes());
+    header[4..6].copy_from_slice(&TCPDIAG_GETSOCK.to_ne_bytes());
+    header[6..8].copy_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
+    header[8..12].copy_from_slice(&seq.to_ne_bytes());
+    // struct inet_diag_req: idiag_family (a dump replaces it with AF_UNSPEC), src_len, dst_len,
+    // ext (no attributes), the 48-byte socket id (zero: no filter), idiag_states, idiag_dbs.
+    req[0] = AF_INET;
+    req[52..56].copy_from_slice(&all_states().bits().to_ne_bytes());
+    bytes
 }
 
 /// An `inet_diag_req_v2` dump request for every TCP socket of one family.
@@ -206,16 +308,18 @@ fn parse_datagram(
         let len = msg.length() as usize;
         if msg.sequence_number() == seq {
             match msg.message_type() {
-                SOCK_DIAG_BY_FAMILY => match InetResponseHeader::parse(msg.payload())
-                    .ok()
-                    .and_then(|h| from_header(&h))
-                {
-                    Some(mut socket) => {
-                        socket.expires_ms = expires_ms(msg.payload());
-                        out.push(socket);
+                SOCK_DIAG_BY_FAMILY | TCPDIAG_GETSOCK => {
+                    match InetResponseHeader::parse(msg.payload())
+                        .ok()
+                        .and_then(|h| from_header(&h))
+                    {
+                        Some(mut socket) => {
+                            socket.expires_ms = expires_ms(msg.payload());
+                            out.push(socket);
+                        }
+                        None => *skipped += 1,
                     }
-                    None => *skipped += 1,
-                },
+                }
                 NLMSG_DONE => {
                     // netlink_dump_done() (net/netlink/af_netlink.c) puts the dump's status in
                     // the payload: a negative errno when the dump itself failed.
@@ -699,6 +803,68 @@ mod tests {
         let (r, out, skipped) = parse(&d);
         assert_eq!(r.unwrap(), Progress::More);
         assert_eq!((out.len(), skipped), (0, 0));
+    }
+
+    #[test]
+    fn compat_request_is_an_inet_diag_req() {
+        let r = compat_request(9);
+        let msg = NetlinkBuffer::new_checked(&r[..]).unwrap();
+        assert_eq!(msg.length() as usize, r.len());
+        assert_eq!(msg.message_type(), TCPDIAG_GETSOCK);
+        assert_eq!(msg.flags(), NLM_F_REQUEST | NLM_F_DUMP);
+        assert_eq!(msg.sequence_number(), 9);
+        let p = msg.payload();
+        assert_eq!(p.len(), 60);
+        assert_eq!(p[0], AF_INET);
+        assert!(p[1..52].iter().all(|&b| b == 0));
+        assert_eq!(u32::from_ne_bytes([p[52], p[53], p[54], p[55]]), 0xffe);
+        assert_eq!(&p[56..], [0; 4]);
+    }
+
+    #[test]
+    fn one_walk_and_per_family_dumps_agree() {
+        std::thread::spawn(|| {
+            // SAFETY: unshare() changes only this thread's network namespace, a fresh one that
+            // dies with the thread: the dumps see exactly the sockets made here.
+            assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0);
+            // `lo` is down in a new namespace: wildcard addresses need no interface.
+            let _v4 = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+            let _v6 = std::net::TcpListener::bind("[::]:0").unwrap();
+            let mut diag = SockDiag::open_bare().unwrap();
+            let (mut buf, mut per_family, mut one_walk, mut fallback) =
+                (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+            diag.dump_tcp_with(&mut buf, &mut one_walk).unwrap();
+            assert!(!diag.one_walk_refused);
+            diag.dump_tcp_into(&mut per_family).unwrap();
+            diag.one_walk_refused = true;
+            diag.dump_tcp_with(&mut buf, &mut fallback).unwrap();
+            let key = |s: &DiagSocket| (s.local.is_ipv6(), s.local.port());
+            for dump in [&mut per_family, &mut one_walk, &mut fallback] {
+                dump.sort_by_key(key);
+            }
+            assert_eq!(per_family.len(), 2);
+            assert_eq!(
+                per_family.iter().map(|s| s.family).collect::<Vec<_>>(),
+                [Family::Ipv4, Family::Ipv6]
+            );
+            assert_eq!(one_walk, per_family);
+            assert_eq!(fallback, per_family);
+        })
+        .join()
+        .unwrap();
+    }
+
+    #[test]
+    fn compat_answers_parse_like_sock_diag_ones() {
+        let d = nlmsg(
+            TCPDIAG_GETSOCK,
+            1,
+            &diag_msg(AF_INET, 6, 3, 1, 2, v4([1; 4]), v4([2; 4]), 1, 0),
+        );
+        let (r, out, skipped) = parse(&d);
+        assert_eq!(r.unwrap(), Progress::More);
+        assert_eq!((out.len(), skipped), (1, 0));
+        assert!(out[0].timewait);
     }
 
     #[test]

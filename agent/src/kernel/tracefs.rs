@@ -80,6 +80,21 @@ pub const LAYOUTS: &[Layout] = &[
         fields: &[("skaddr", offsets::send_reset::SKADDR, 8)],
         optional: true,
     },
+    // Who accept()ed a socket: its owner, where a listener is shared (see `accepted` in the
+    // kernel program). Without them an accepted socket stays the listener's owner's until a
+    // reconcile asks /proc.
+    Layout {
+        category: "syscalls",
+        name: "sys_exit_accept4",
+        fields: &[("ret", offsets::sys_exit::RET, 8)],
+        optional: true,
+    },
+    Layout {
+        category: "syscalls",
+        name: "sys_exit_accept",
+        fields: &[("ret", offsets::sys_exit::RET, 8)],
+        optional: true,
+    },
 ];
 
 /// Parses a tracepoint `format` file into its fields.

@@ -13,9 +13,9 @@ use aya::{
     programs::{ProgramError, TracePoint},
 };
 use tokio::io::{Interest, unix::AsyncFd};
-use twtrace_ebpf::{ListenerEntry, globals, maps, programs, stat};
+use twtrace_ebpf::{ListenerEntry, ListenerKey, globals, maps, programs, stat};
 
-use super::{privilege, procnet, progstats, tracefs};
+use super::{btf, netns, privilege, procnet, progstats, tracefs};
 use crate::{
     event::{self, DecodeError, Transition},
     stream::KernelStats,
@@ -43,6 +43,8 @@ pub struct Options {
     pub pids: Vec<u32>,
     /// Only connections with one of these ports, local or remote (empty: all).
     pub ports: Vec<u16>,
+    /// Only sockets of this network namespace (nsfs inode).
+    pub netns: Option<u32>,
     /// Show the verifier's log on load errors and the kernel program's debug messages.
     pub verbose: bool,
 }
@@ -63,6 +65,9 @@ pub struct Tracer {
     pub undecodable: u64,
     /// The programs that are attached, by name.
     attached: Vec<&'static str>,
+    /// Whether events carry their socket's network namespace (the kernel's BTF gave the
+    /// offsets); without it every socket is in namespace 0.
+    pub netns_known: bool,
 }
 
 impl Tracer {
@@ -110,10 +115,48 @@ impl Tracer {
         if !opts.ports.is_empty() {
             filters |= globals::FILTER_PORT;
         }
-        let mut ebpf = EbpfLoader::new()
+        if opts.netns.is_some() {
+            filters |= globals::FILTER_NETNS;
+        }
+        // Namespaces and accept() need kernel struct offsets; without them twtrace works as it
+        // did before it knew namespaces, and says so.
+        let offsets = match btf::resolve() {
+            Ok(o) => Some(o),
+            Err(e) if opts.netns.is_some() => {
+                return Err(e.context("--netns needs the kernel struct offsets from BTF"));
+            }
+            Err(e) => {
+                notices.push(format!(
+                    "{e:#}: network namespaces are not told apart (every socket shows as \
+                     namespace 0) and accept() is not followed (accepted sockets stay with \
+                     the listener's owner until a reconcile asks /proc)"
+                ));
+                None
+            }
+        };
+        let o = offsets.unwrap_or_default();
+        let btf_ok = u32::from(offsets.is_some());
+        let netns_filter = opts.netns.unwrap_or(0);
+        let mut loader = EbpfLoader::new();
+        loader
             .map_max_entries(maps::EVENTS, RING_BYTES)
             .override_global(globals::FILTERS, &filters, true)
-            .override_global("AYA_LOG_LEVEL", &log_level, false)
+            .override_global(globals::NETNS_FILTER, &netns_filter, true)
+            .override_global(globals::BTF_OK, &btf_ok, true)
+            .override_global("AYA_LOG_LEVEL", &log_level, false);
+        for (name, value) in [
+            (globals::OFF_SOCK_NET, &o.sock_net),
+            (globals::OFF_NET_INUM, &o.net_inum),
+            (globals::OFF_TASK_FILES, &o.task_files),
+            (globals::OFF_FILES_FDT, &o.files_fdt),
+            (globals::OFF_FDTABLE_FD, &o.fdtable_fd),
+            (globals::OFF_FDTABLE_MAX_FDS, &o.fdtable_max_fds),
+            (globals::OFF_FILE_PRIVATE_DATA, &o.file_private_data),
+            (globals::OFF_SOCKET_SK, &o.socket_sk),
+        ] {
+            loader.override_global(name, value, true);
+        }
+        let mut ebpf = loader
             .load(EBPF_OBJECT)
             .context("loading the eBPF object failed")?;
 
@@ -121,18 +164,37 @@ impl Tracer {
             start_kernel_logger(&mut ebpf);
         }
         fill_filters(&mut ebpf, opts)?;
-        let seeded = seed_listeners(&mut ebpf)?;
-        log::debug!("learnt {seeded} existing listening ports from /proc");
+        // Each namespace's listeners, read through a process inside it; without namespaces,
+        // twtrace's own (all of them namespace 0, as the kernel program then says).
+        let namespaces: Vec<(u32, Option<u32>)> = if offsets.is_some() {
+            netns::enumerate()
+                .into_iter()
+                .filter_map(|ns| Some((ns.id, Some(ns.pid?))))
+                .collect()
+        } else {
+            vec![(0, None)]
+        };
+        let seeded = seed_listeners(&mut ebpf, &namespaces)?;
+        log::debug!(
+            "learnt {seeded} existing listening ports from /proc in {} namespaces",
+            namespaces.len()
+        );
 
         let hooks = [
             (programs::SET_STATE, "sock", "inet_sock_set_state"),
             (programs::DESTROY, "tcp", "tcp_destroy_sock"),
             (programs::RECEIVE_RESET, "tcp", "tcp_receive_reset"),
             (programs::SEND_RESET, "tcp", "tcp_send_reset"),
+            (programs::ACCEPT4, "syscalls", "sys_exit_accept4"),
+            (programs::ACCEPT, "syscalls", "sys_exit_accept"),
         ];
         let mut attached = Vec::new();
         for (prog_name, category, tp) in hooks {
             if degraded.iter().any(|(l, _)| l.name == tp) {
+                continue;
+            }
+            // Following an accepted fd to its socket needs the offsets.
+            if category == "syscalls" && offsets.is_none() {
                 continue;
             }
             let prog: &mut TracePoint = ebpf
@@ -162,6 +224,7 @@ impl Tracer {
             notices,
             undecodable: 0,
             attached,
+            netns_known: offsets.is_some(),
         })
     }
 
@@ -193,6 +256,7 @@ impl Tracer {
             listener_miss: get(stat::LISTENER_MISS),
             filtered: get(stat::FILTERED),
             skipped: self.skipped(),
+            accept_miss: get(stat::ACCEPT_MISS),
         }
     }
 
@@ -239,20 +303,24 @@ fn undecodable_event(count: &mut u64, e: &DecodeError) {
 }
 
 /// Tells the kernel program who owns the listeners that existed before it was attached, so their
-/// accepted connections are attributed from the first packet on.
-fn seed_listeners(ebpf: &mut Ebpf) -> anyhow::Result<usize> {
-    let mut map: BpfHashMap<_, u16, ListenerEntry> =
+/// accepted connections are attributed from the first packet on. `namespaces`: (namespace, a
+/// process inside it).
+fn seed_listeners(ebpf: &mut Ebpf, namespaces: &[(u32, Option<u32>)]) -> anyhow::Result<usize> {
+    let mut map: BpfHashMap<_, ListenerKey, ListenerEntry> =
         BpfHashMap::try_from(map_mut(ebpf, maps::LISTENERS)?)
             .with_context(|| format!("map {}", maps::LISTENERS))?;
-    let listeners = procnet::existing_listeners();
-    for (port, owner) in &listeners {
+    let listeners = procnet::existing_listeners(namespaces);
+    for &((netns, port), owner) in &listeners {
         // skaddr 0: /proc hides kernel addresses; the kernel side matches the owner instead.
-        let entry = ListenerEntry {
-            owner: *owner,
-            skaddr: 0,
+        let entry = ListenerEntry { owner, skaddr: 0 };
+        let key = ListenerKey {
+            netns,
+            port,
+            _pad: 0,
         };
-        map.insert(port, entry, 0)
-            .with_context(|| format!("recording the listener on port {port}"))?;
+        map.insert(key, entry, 0).with_context(|| {
+            format!("recording the listener on port {port} of network namespace {netns}")
+        })?;
     }
     Ok(listeners.len())
 }

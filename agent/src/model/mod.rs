@@ -41,19 +41,20 @@ const TW_SLACK_MAX_NS: u64 = 4_500_000_000;
 /// How many TIME_WAIT-per-interval samples a process keeps for its sparkline.
 pub const HISTORY_LEN: usize = 60;
 
-/// A connection's 4-tuple, hashed to 64 bits: the maps hold up to the kernel's whole
+/// A connection's 4-tuple and network namespace, hashed to 64 bits (pods on one host use the
+/// same addresses, each in its own namespace): the maps hold up to the kernel's whole
 /// TIME_WAIT table (tcp_max_tw_buckets, 131,072 here), where two 32-byte SocketAddrs per entry
 /// would double the agent's memory. A collision among 10^5 live tuples has a probability of
 /// about 10^-10.
 type Tuple = u64;
 
-fn tuple(local: SocketAddr, remote: SocketAddr) -> Tuple {
+fn tuple(netns: u32, local: SocketAddr, remote: SocketAddr) -> Tuple {
     // One hasher for the whole process, so equal tuples hash equally across calls; seeded at
     // random once, so peers cannot pick colliding tuples ahead. foldhash, not SipHash: this
     // runs for every event, and SipHash was the largest single item of the agent's profile.
     static HASHER: std::sync::LazyLock<foldhash::fast::RandomState> =
         std::sync::LazyLock::new(foldhash::fast::RandomState::default);
-    HASHER.hash_one((local, remote))
+    HASHER.hash_one((netns, local, remote))
 }
 
 /// Bounds and ageing.
@@ -95,6 +96,9 @@ struct Sock {
     /// The owner the kernel program still names for it, when that process has exited (or its
     /// pid was reused) and `pid` is the process found holding the socket now.
     inherited_from: Option<u32>,
+    /// Its owner is the listener's, a guess until a process accept()s it (or /proc names the
+    /// process holding it: `reconcile` asks).
+    by_listener: bool,
 }
 
 /// A TIME_WAIT socket twtrace attributed.
@@ -127,6 +131,10 @@ impl Peer {
 #[derive(Clone, Debug, Default)]
 struct Proc {
     comm: Comm,
+    /// The network namespace of its latest socket.
+    netns: u32,
+    /// Its cgroup v2 id, from the kernel program.
+    cgroup_id: u64,
     tw_entered: u64,
     opens: u64,
     closes: u64,
@@ -163,6 +171,8 @@ impl Proc {
 /// One socket in the kernel's table (from sock_diag), as the model needs it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct KernelSocket {
+    /// Its network namespace (nsfs inode); 0 when namespaces are not known.
+    pub netns: u32,
     pub state: TcpState,
     pub local: SocketAddr,
     pub remote: SocketAddr,
@@ -191,6 +201,7 @@ pub enum ProcStatus {
 pub struct Outside {
     pub lost_events: u64,
     pub timewait_kernel: Option<u64>,
+    pub namespaces: Option<u32>,
 }
 
 /// The model's hash maps and sets. Hashing was a fifth of the agent's CPU at peak with the
@@ -256,6 +267,10 @@ impl Model {
     /// Applies one transition. Returns the owner it is shown with when that is not the one
     /// the kernel program named: the process that inherited the socket from an exited owner.
     pub fn apply(&mut self, t: &Transition) -> Option<(u32, Comm)> {
+        if t.is_accept() {
+            self.accept(t);
+            return None;
+        }
         if t.attribution == Attribution::Unknown {
             self.unattributed_events += 1;
         }
@@ -264,7 +279,7 @@ impl Model {
             return None;
         }
         // The 4-tuple's key, hashed once for all the maps below.
-        let key = tuple(t.local, t.remote);
+        let key = tuple(t.netns, t.local, t.remote);
         // The entry of a TIME_WAIT a reconciliation already counted: the event was not skipped
         // after all, only still in the ring buffer while the kernel's table was dumped. Counted
         // once; it is no longer "recovered".
@@ -319,9 +334,17 @@ impl Model {
         let inherited_from = previous
             .and_then(|s| s.inherited_from)
             .filter(|&old| old == t.pid);
+        // An accepted socket keeps its acceptor when a softirq transition raced the accept and
+        // still names the listener's owner (see `accepted` in the kernel program).
+        let accepted_already =
+            previous.is_some_and(|s| !s.by_listener) && t.attribution == Attribution::Listener;
         let pid = match previous {
-            Some(s) if t.pid == 0 || inherited_from.is_some() => s.pid,
+            Some(s) if t.pid == 0 || inherited_from.is_some() || accepted_already => s.pid,
             _ => t.pid,
+        };
+        let by_listener = match previous {
+            Some(s) if accepted_already || t.pid == 0 => s.by_listener,
+            _ => t.attribution == Attribution::Listener,
         };
         // A new connection on a 4-tuple in TIME_WAIT means the kernel killed that timewait
         // socket: tcp_tw_reuse handed its port to connect(), or a SYN reached it and went to
@@ -343,6 +366,12 @@ impl Model {
         let proc = self.procs.entry(pid).or_default();
         if t.pid != 0 && pid == t.pid {
             proc.comm = t.comm;
+            if t.cgroup_id != 0 {
+                proc.cgroup_id = t.cgroup_id;
+            }
+        }
+        if t.netns != 0 {
+            proc.netns = t.netns;
         }
         let shown = inherited_from.map(|_| (pid, proc.comm));
         proc.last_ns = proc.last_ns.max(t.mono_ns);
@@ -376,12 +405,59 @@ impl Model {
                     tuple: key,
                     seen_ns: t.mono_ns,
                     inherited_from,
+                    by_listener,
                 };
                 self.count(&sock);
                 self.socks.insert(t.skaddr, sock);
             }
         }
         shown
+    }
+
+    /// A process took a socket with accept(): it owns the socket from now on, with its open,
+    /// instead of the listener's owner (a pre-fork server's master, or whichever worker of an
+    /// SO_REUSEPORT group registered last).
+    fn accept(&mut self, t: &Transition) {
+        let key = tuple(t.netns, t.local, t.remote);
+        let (old, born_here) = match self.socks.remove(&t.skaddr) {
+            Some(s) => (s, true),
+            None => match self.seeded.remove(&key) {
+                Some(s) => (s, false),
+                // Already closed, or never seen: nothing to move.
+                None => return,
+            },
+        };
+        self.uncount(&old);
+        let cap = self.limits.max_peers_per_process;
+        if old.pid != t.pid
+            && old.by_listener
+            && let Some(p) = self.procs.get_mut(&old.pid)
+        {
+            p.opens = p.opens.saturating_sub(1);
+        }
+        let proc = self.procs.entry(t.pid).or_default();
+        proc.comm = t.comm;
+        proc.netns = t.netns;
+        proc.cgroup_id = t.cgroup_id;
+        proc.last_ns = proc.last_ns.max(t.mono_ns);
+        if old.pid != t.pid && old.by_listener {
+            proc.opens += 1;
+        }
+        let peer = proc.intern_peer(PeerKey::of(true, t.local, t.remote), cap);
+        let sock = Sock {
+            pid: t.pid,
+            peer,
+            seen_ns: t.mono_ns,
+            inherited_from: None,
+            by_listener: false,
+            ..old
+        };
+        self.count(&sock);
+        if born_here {
+            self.socks.insert(t.skaddr, sock);
+        } else {
+            self.seeded.insert(key, sock);
+        }
     }
 
     /// Adds a socket's gauges to its process and peer (the peer was interned by the caller).
@@ -520,10 +596,10 @@ impl Model {
         keep: &dyn Fn(u32) -> bool,
         status: &mut dyn FnMut(u32) -> ProcStatus,
     ) {
-        let listening: Set<u16> = kernel
+        let listening: Set<(u32, u16)> = kernel
             .iter()
             .filter(|k| k.state == TcpState::Listen)
-            .map(|k| k.local.port())
+            .map(|k| (k.netns, k.local.port()))
             .collect();
 
         // TIME_WAIT: the kernel drops them after 60 s or when tcp_tw_reuse hands the port on.
@@ -536,7 +612,7 @@ impl Model {
         let kernel_tw: Map<Tuple, u64> = kernel
             .iter()
             .filter(|k| k.timewait)
-            .map(|k| (tuple(k.local, k.remote), deadline(k)))
+            .map(|k| (tuple(k.netns, k.local, k.remote), deadline(k)))
             .collect();
         // Aged ones the kernel still has are late (the timer wheel fires a 60 s timer in a
         // bucket up to a few hundred ms after its deadline, more at low HZ) or were re-armed:
@@ -580,9 +656,17 @@ impl Model {
         }
         self.before_start_tw.clear();
         for k in kernel.iter().filter(|k| {
-            k.timewait && keep(0) && !self.timewait.contains_key(&tuple(k.local, k.remote))
+            k.timewait
+                && keep(0)
+                && !self
+                    .timewait
+                    .contains_key(&tuple(k.netns, k.local, k.remote))
         }) {
-            let peer = PeerKey::of(listening.contains(&k.local.port()), k.local, k.remote);
+            let peer = PeerKey::of(
+                listening.contains(&(k.netns, k.local.port())),
+                k.local,
+                k.remote,
+            );
             self.before_start_tw.push((deadline(k), peer));
         }
 
@@ -593,7 +677,7 @@ impl Model {
         let kernel_full: Map<Tuple, &KernelSocket> = kernel
             .iter()
             .filter(|k| !k.timewait && gauge(k.state) != (0, 0))
-            .map(|k| (tuple(k.local, k.remote), k))
+            .map(|k| (tuple(k.netns, k.local, k.remote), k))
             .collect();
         let gone: Vec<u64> = self
             .socks
@@ -631,11 +715,14 @@ impl Model {
             .map(|&pid| (pid, status(pid)))
             .filter(|&(_, st)| st != ProcStatus::Alive)
             .collect();
+        // Sockets still attributed to their listener's owner are asked about too, as `ss -p`
+        // would: the process holding one is its owner, whatever the kernel path missed (an
+        // accept() it could not follow, a socket accepted before twtrace started).
         let stale: Vec<u64> = self
             .socks
             .values()
             .chain(self.seeded.values())
-            .filter(|s| statuses.contains_key(&s.pid))
+            .filter(|s| statuses.contains_key(&s.pid) || s.by_listener)
             .filter_map(|s| kernel_full.get(&s.tuple).map(|k| k.inode))
             .collect();
         let known: Set<Tuple> = self.socks.values().map(|s| s.tuple).collect();
@@ -700,7 +787,8 @@ impl Model {
             let tw_delta = proc.tw_entered - tw;
             proc.rates = (
                 per_s(tw_delta),
-                per_s(proc.opens - opens),
+                // An accept() moves an open from the listener's owner to the worker.
+                per_s(proc.opens.saturating_sub(opens)),
                 per_s(proc.closes - closes),
             );
             proc.prev = (proc.tw_entered, proc.opens, proc.closes);
@@ -757,6 +845,7 @@ impl Model {
         let totals = Totals {
             timewait_now: processes.iter().map(|p| p.timewait_now).sum(),
             timewait_kernel: outside.timewait_kernel,
+            namespaces: outside.namespaces,
             close_wait_now: processes.iter().map(|p| p.close_wait_now).sum(),
             established_now: processes.iter().map(|p| p.established_now).sum(),
             timewait_entered: self.tw_entered_total,
@@ -839,6 +928,11 @@ fn row(pid: u32, p: &Proc, before_start_tw: &Map<PeerKey, u64>) -> Option<Proces
         } else {
             p.comm.to_str().into_owned()
         },
+        netns: p.netns,
+        cgroup_id: p.cgroup_id,
+        container: None,
+        runtime: None,
+        pod_uid: None,
         timewait_entered: p.tw_entered,
         timewait_per_s: p.rates.0,
         timewait_now: tw_now,
@@ -883,6 +977,7 @@ mod tests {
             remote: &str,
         ) -> Self {
             Self(Transition {
+                netns: 0,
                 mono_ns: S,
                 skaddr,
                 cookie: None,
@@ -1085,6 +1180,7 @@ mod tests {
 
     fn kernel_tw(cookie: u64, local: &str, remote: &str) -> KernelSocket {
         KernelSocket {
+            netns: 0,
             state: TimeWait,
             local: addr(local),
             remote: addr(remote),
@@ -1328,6 +1424,7 @@ mod tests {
         let mut m = Model::new(0, Limits::default());
         let (l, r) = ("127.0.0.1:40000", "127.0.0.1:8080");
         let kernel = [KernelSocket {
+            netns: 0,
             state: CloseWait,
             local: addr(l),
             remote: addr(r),
@@ -1390,6 +1487,7 @@ mod tests {
                 .0,
         );
         let kernel = [KernelSocket {
+            netns: 0,
             state: Established,
             local: addr(cl),
             remote: addr(srv),
@@ -1591,6 +1689,7 @@ mod tests {
             S,
             t,
             Outside {
+                namespaces: None,
                 lost_events: 5,
                 timewait_kernel: Some(9),
             },
@@ -1606,6 +1705,7 @@ mod tests {
     /// A CLOSE_WAIT leaker's socket at the reconcile: the kernel's view of one socket.
     fn full(state: TcpState, local: &str, remote: &str, inode: u64) -> KernelSocket {
         KernelSocket {
+            netns: 0,
             state,
             local: addr(local),
             remote: addr(remote),
@@ -1617,6 +1717,162 @@ mod tests {
     }
 
     const CHILD: u32 = 11;
+
+    const WORKER: u32 = 21;
+    const WORKER2: u32 = 22;
+
+    impl Ev {
+        fn netns(mut self, n: u32) -> Self {
+            self.0.netns = n;
+            self
+        }
+    }
+
+    /// A connection accepted through `SERVER`'s listener whose client closed first: the server
+    /// socket waits in CLOSE_WAIT, attributed to the listener's owner.
+    fn accepted_close_wait(m: &mut Model, skaddr: u64, cl: &str, netns: u32) {
+        let (srv, l) = ("0.0.0.0:8080", Attribution::Listener);
+        for ev in [
+            Ev::new(SERVER, skaddr, Listen, SynRecv, srv, cl).by(l),
+            Ev::new(SERVER, skaddr, SynRecv, Established, srv, cl).by(l),
+            Ev::new(SERVER, skaddr, Established, CloseWait, srv, cl).by(l),
+        ] {
+            m.apply(&ev.netns(netns).0);
+        }
+    }
+
+    fn accept(pid: u32, skaddr: u64, state: TcpState, cl: &str) -> Transition {
+        Ev::new(pid, skaddr, state, state, "0.0.0.0:8080", cl)
+            .by(Attribution::Accepted)
+            .0
+    }
+
+    #[test]
+    fn the_same_addresses_in_two_namespaces_are_two_sockets() {
+        let mut m = Model::new(0, Limits::default());
+        let cl = "10.0.0.2:40000";
+        accepted_close_wait(&mut m, 1, cl, 4_026_532_001);
+        accepted_close_wait(&mut m, 2, cl, 4_026_532_002);
+        let s = snap(&mut m, S);
+        assert_eq!(proc(&s, SERVER).close_wait_now, 2);
+        // The kernel has both, one in each namespace: nothing is dropped or seeded.
+        let kernel = [
+            KernelSocket {
+                netns: 4_026_532_001,
+                ..full(CloseWait, "0.0.0.0:8080", cl, 0)
+            },
+            KernelSocket {
+                netns: 4_026_532_002,
+                ..full(CloseWait, "0.0.0.0:8080", cl, 0)
+            },
+        ];
+        m.reconcile(&kernel, 2 * S, &mut no_owners, &|_| true, &mut |_| {
+            ProcStatus::Alive
+        });
+        let s = snap(&mut m, 3 * S);
+        assert_eq!(proc(&s, SERVER).close_wait_now, 2);
+        assert_eq!(s.totals.close_wait_now, 2);
+        // One namespace's dump alone keeps one of them.
+        m.reconcile(&kernel[..1], 4 * S, &mut no_owners, &|_| true, &mut |_| {
+            ProcStatus::Alive
+        });
+        assert_eq!(snap(&mut m, 5 * S).totals.close_wait_now, 1);
+    }
+
+    #[test]
+    fn an_accept_moves_the_socket_and_its_open_to_the_worker() {
+        let mut m = Model::new(0, Limits::default());
+        let (cl1, cl2) = ("127.0.0.1:40001", "127.0.0.1:40002");
+        accepted_close_wait(&mut m, 1, cl1, 7);
+        accepted_close_wait(&mut m, 2, cl2, 7);
+        let s = snap(&mut m, S);
+        assert_eq!(
+            (proc(&s, SERVER).close_wait_now, proc(&s, SERVER).opens),
+            (2, 2)
+        );
+        assert_eq!(m.apply(&accept(WORKER, 1, CloseWait, cl1)), None);
+        let mut t = accept(WORKER2, 2, CloseWait, cl2);
+        t.netns = 7;
+        m.apply(&t);
+        let s = snap(&mut m, 2 * S);
+        assert_eq!(proc(&s, SERVER).close_wait_now, 0);
+        assert_eq!(proc(&s, SERVER).opens, 0);
+        for w in [WORKER, WORKER2] {
+            assert_eq!(
+                (proc(&s, w).close_wait_now, proc(&s, w).opens),
+                (1, 1),
+                "{w}"
+            );
+        }
+        // A softirq transition that raced the accept still names the listener's owner: the
+        // worker keeps it.
+        let late = Ev::new(SERVER, 2, CloseWait, LastAck, "0.0.0.0:8080", cl2)
+            .by(Attribution::Listener)
+            .netns(7);
+        m.apply(&late.0);
+        let s = snap(&mut m, 3 * S);
+        assert_eq!(proc(&s, WORKER2).close_wait_now, 0, "it left CLOSE_WAIT");
+        assert_eq!(proc(&s, SERVER).close_wait_now, 0);
+        assert_eq!(proc(&s, WORKER).close_wait_now, 1);
+        // An accept of a socket twtrace no longer tracks changes nothing.
+        m.apply(&accept(WORKER, 99, Established, cl1));
+        assert_eq!(snap(&mut m, 4 * S).totals.established_now, 0);
+    }
+
+    #[test]
+    fn sockets_still_with_their_listener_are_asked_about_at_each_reconcile() {
+        let mut m = Model::new(0, Limits::default());
+        let (cl1, cl2) = ("127.0.0.1:40001", "127.0.0.1:40002");
+        accepted_close_wait(&mut m, 1, cl1, 0);
+        accepted_close_wait(&mut m, 2, cl2, 0);
+        let kernel = [
+            full(CloseWait, "0.0.0.0:8080", cl1, 101),
+            full(CloseWait, "0.0.0.0:8080", cl2, 102),
+        ];
+        let mut asked = Vec::new();
+        m.reconcile(
+            &kernel,
+            S,
+            &mut |inodes: &[u64]| {
+                asked.extend_from_slice(inodes);
+                // A worker holds the first; the listener's owner itself the second.
+                HashMap::from([
+                    (101, (WORKER, Comm::from("worker"))),
+                    (102, (SERVER, Comm::from("server"))),
+                ])
+            },
+            &|_| true,
+            &mut |_| ProcStatus::Alive,
+        );
+        asked.sort_unstable();
+        assert_eq!(asked, vec![101, 102]);
+        let s = snap(&mut m, 2 * S);
+        assert_eq!(proc(&s, WORKER).close_wait_now, 1);
+        assert_eq!(proc(&s, SERVER).close_wait_now, 1);
+        // Both are settled: nothing is asked again.
+        let mut asked = Vec::new();
+        m.reconcile(
+            &kernel,
+            3 * S,
+            &mut |inodes: &[u64]| {
+                asked.extend_from_slice(inodes);
+                HashMap::new()
+            },
+            &|_| true,
+            &mut |_| ProcStatus::Alive,
+        );
+        assert!(asked.is_empty(), "{asked:?}");
+        // The moved socket's next event, still naming the listener's owner, stays the worker's.
+        let shown = m.apply(
+            &Ev::new(SERVER, 1, CloseWait, LastAck, "0.0.0.0:8080", cl1)
+                .by(Attribution::Listener)
+                .0,
+        );
+        assert_eq!(shown, None);
+        let s = snap(&mut m, 4 * S);
+        assert_eq!(proc(&s, WORKER).close_wait_now, 0);
+        assert_eq!(proc(&s, SERVER).close_wait_now, 1);
+    }
 
     #[test]
     fn a_socket_whose_owner_exited_goes_to_the_process_holding_it() {

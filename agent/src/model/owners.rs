@@ -14,7 +14,7 @@ impl Model {
         new: &[&KernelSocket],
         owners: &HashMap<u64, (u32, Comm)>,
         dump_ns: u64,
-        listening: &Set<u16>,
+        listening: &Set<(u32, u16)>,
         keep: &dyn Fn(u32) -> bool,
     ) {
         for k in new {
@@ -28,22 +28,29 @@ impl Model {
             let proc = self.procs.entry(pid).or_default();
             if pid != 0 {
                 proc.comm = comm;
+                proc.netns = k.netns;
             }
             let cap = self.limits.max_peers_per_process;
             let peer = proc.intern_peer(
-                PeerKey::of(listening.contains(&k.local.port()), k.local, k.remote),
+                PeerKey::of(
+                    listening.contains(&(k.netns, k.local.port())),
+                    k.local,
+                    k.remote,
+                ),
                 cap,
             );
+            let key = tuple(k.netns, k.local, k.remote);
             let sock = Sock {
                 pid,
                 state: k.state,
                 peer,
-                tuple: tuple(k.local, k.remote),
+                tuple: key,
                 seen_ns: dump_ns,
                 inherited_from: None,
+                by_listener: false,
             };
             self.count(&sock);
-            self.seeded.insert(tuple(k.local, k.remote), sock);
+            self.seeded.insert(key, sock);
         }
     }
 
@@ -54,7 +61,7 @@ impl Model {
         &mut self,
         owners: &HashMap<u64, (u32, Comm)>,
         kernel_full: &Map<Tuple, &KernelSocket>,
-        listening: &Set<u16>,
+        listening: &Set<(u32, u16)>,
     ) {
         let holder = |s: &Sock| -> Option<(u32, Comm, &KernelSocket)> {
             let k = kernel_full.get(&s.tuple)?;
@@ -69,24 +76,45 @@ impl Model {
             .filter_map(|(skaddr, s)| {
                 let (pid, comm, k) = holder(s)?;
                 let key = match s.peer {
-                    PeerKey::Other => {
-                        PeerKey::of(listening.contains(&k.local.port()), k.local, k.remote)
-                    }
+                    PeerKey::Other => PeerKey::of(
+                        listening.contains(&(k.netns, k.local.port())),
+                        k.local,
+                        k.remote,
+                    ),
                     key => key,
                 };
                 Some((skaddr, *s, pid, comm, key))
             })
             .collect();
+        // Held by the listener's owner itself: the guess was right, no need to ask again.
+        for s in self.socks.values_mut().chain(self.seeded.values_mut()) {
+            if s.by_listener
+                && kernel_full
+                    .get(&s.tuple)
+                    .and_then(|k| owners.get(&k.inode))
+                    .is_some_and(|&(pid, _)| pid == s.pid)
+            {
+                s.by_listener = false;
+            }
+        }
         let cap = self.limits.max_peers_per_process;
         for (skaddr, old, pid, comm, key) in moved {
             self.uncount(&old);
             let proc = self.procs.entry(pid).or_default();
             proc.comm = comm;
             let peer = proc.intern_peer(key, cap);
+            // A socket that was only the listener's guess was never its owner's: the process
+            // holding it is the owner, not an heir.
+            let inherited_from = if old.by_listener {
+                None
+            } else {
+                old.inherited_from.or((old.pid != 0).then_some(old.pid))
+            };
             let sock = Sock {
                 pid,
                 peer,
-                inherited_from: old.inherited_from.or((old.pid != 0).then_some(old.pid)),
+                inherited_from,
+                by_listener: false,
                 ..old
             };
             self.count(&sock);

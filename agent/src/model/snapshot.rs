@@ -33,8 +33,11 @@ pub struct Snapshot {
 pub struct Totals {
     /// TIME_WAIT sockets alive now, as twtrace counts them (owned ones plus "(before start)").
     pub timewait_now: u64,
-    /// The kernel's own count (`tw` in /proc/net/sockstat), when readable.
+    /// The kernel's own count (`tw` in /proc/net/sockstat), when readable: summed over every
+    /// network namespace read.
     pub timewait_kernel: Option<u64>,
+    /// Network namespaces whose sockets the kernel's counts cover (None: twtrace's own only).
+    pub namespaces: Option<u32>,
     pub close_wait_now: u64,
     pub established_now: u64,
     /// TIME_WAIT entries since start.
@@ -52,6 +55,22 @@ pub struct Totals {
 pub struct ProcessRow {
     pub pid: u32,
     pub comm: String,
+    /// The network namespace (nsfs inode) of its latest socket; 0 when not known.
+    pub netns: u32,
+    /// Its cgroup (v2 id, as the kernel program captured it); 0 when not known. Not in the
+    /// JSON: the container it names is.
+    #[serde(skip)]
+    pub cgroup_id: u64,
+    /// The container the process runs in (full id), when its cgroup path names one: docker,
+    /// containerd, cri-o or podman layouts. Filled live, from the cgroup hierarchy.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
+    /// `docker`, `containerd`, `cri-o` or `podman`, with `container`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<&'static str>,
+    /// The Kubernetes pod UID its cgroup path carries.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod_uid: Option<String>,
     /// The process has exited (or its pid now belongs to another process): its row stays until
     /// its sockets are gone and it has been idle a while, as the counts it made still matter.
     pub exited: bool,

@@ -1,4 +1,4 @@
-//! The recording file format, version 2.
+//! The recording file format, version 3.
 //!
 //! ```text
 //! file   = preamble header-json chunk*
@@ -25,7 +25,10 @@
 //!
 //! Versions: 1 had only full dumps (tag 2, without the sequence number that now ends it).
 //! Version 2 added deltas; a version-1 reader would skip them as unknown tags and silently lose
-//! most dumps, hence the bump. This reader reads both.
+//! most dumps, hence the bump. Version 3 added network namespaces: an event ends with its
+//! namespace (u32), a socket of a dump carries one when its flag byte says so, and an event's
+//! attribution may be 4 (accepted); a version-2 reader would refuse those socket flags and
+//! attributions mid-file, so the version says it up front. This reader reads all three.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
@@ -42,7 +45,7 @@ use crate::{
 
 pub const FILE_MAGIC: &[u8; 8] = b"TWTRACE\0";
 pub const CHUNK_MAGIC: &[u8; 8] = b"TWCHUNK\0";
-pub const VERSION: u16 = 2;
+pub const VERSION: u16 = 3;
 pub const PREAMBLE_LEN: usize = 20;
 pub const CHUNK_HEADER_LEN: usize = 20;
 /// A chunk is written once its payload reaches this size (and at least once a second).
@@ -91,6 +94,9 @@ pub struct Header {
 pub struct Filters {
     pub pids: Vec<u32>,
     pub ports: Vec<u16>,
+    /// `--netns` (added with version 3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns: Option<u32>,
 }
 
 pub const FORMAT_NAME: &str = "twtrace-recording";
@@ -178,6 +184,7 @@ pub fn encode_event(out: &mut BytesMut, t: &Transition) {
         // Recorders store events as the kernel sent them, so this is not written today; it is
         // decoded all the same, so a file that has it reads.
         Attribution::Inherited => 3,
+        Attribution::Accepted => 4,
     });
     out.put_u32_le(t.current_pid);
     out.put_u8(match t.family {
@@ -193,6 +200,8 @@ pub fn encode_event(out: &mut BytesMut, t: &Transition) {
         Some(Reset::Received) => 1,
         Some(Reset::Sent) => 2,
     });
+    // Since version 3; a record of an older file ends before it (namespace 0, not known).
+    out.put_u32_le(t.netns);
     end_record(out, at);
 }
 
@@ -214,6 +223,9 @@ pub fn encode_stats(out: &mut BytesMut, s: &Stats) {
     // Added after version 1 was out: at the end, where a reader of the first release of
     // version 1 ignores it (it reads a record's fields and skips the rest of its length).
     out.put_u64_le(k.skipped);
+    // Version 3.
+    out.put_u64_le(k.accept_miss);
+    put_opt(out, s.namespaces.map(u64::from));
     end_record(out, at);
 }
 
@@ -465,6 +477,7 @@ fn decode_event(b: &mut &[u8]) -> Result<Transition, RecordError> {
         1 => Attribution::Listener,
         2 => Attribution::Unknown,
         3 => Attribution::Inherited,
+        4 => Attribution::Accepted,
         other => return Err(bad("attribution", other)),
     };
     let current_pid = get_u32(b)?;
@@ -483,6 +496,7 @@ fn decode_event(b: &mut &[u8]) -> Result<Transition, RecordError> {
         2 => Some(Reset::Sent),
         other => return Err(bad("reset", other)),
     };
+    let netns = if b.is_empty() { 0 } else { get_u32(b)? };
     Ok(Transition {
         mono_ns,
         skaddr,
@@ -492,6 +506,7 @@ fn decode_event(b: &mut &[u8]) -> Result<Transition, RecordError> {
         cgroup_id,
         attribution,
         current_pid,
+        netns,
         family,
         local,
         remote,
@@ -509,6 +524,8 @@ pub(super) const MIN_SOCKET_LEN: usize = 1 + 7 + 7 + 3;
 pub(super) const SOCK_STATE: u8 = 0x0f;
 pub(super) const SOCK_TIMEWAIT: u8 = 0x10;
 pub(super) const SOCK_EXPIRES_MS: u8 = 0x20;
+/// Since version 3: the socket's network namespace follows its timer, as a varint.
+pub(super) const SOCK_NETNS: u8 = 0x40;
 pub(super) const OWNER_LEN: usize = 12 + COMM_LEN;
 
 fn decode_stats(b: &mut &[u8]) -> Result<Stats, RecordError> {
@@ -521,14 +538,29 @@ fn decode_stats(b: &mut &[u8]) -> Result<Stats, RecordError> {
         listener_miss: get_u64(b)?,
         filtered: get_u64(b)?,
         skipped: 0,
+        accept_miss: 0,
     };
     let timewait_kernel = get_opt(b)?;
     // Absent in recordings made before it was added.
     let skipped = if b.remaining() >= 8 { get_u64(b)? } else { 0 };
+    // Absent before version 3.
+    let accept_miss = if b.remaining() >= 8 { get_u64(b)? } else { 0 };
+    let namespaces = if b.is_empty() {
+        None
+    } else {
+        let v = get_opt(b)?;
+        v.map(|n| u32::try_from(n).map_err(|_| bad("namespace count", n)))
+            .transpose()?
+    };
     Ok(Stats {
         mono_ns,
-        kernel: KernelStats { skipped, ..kernel },
+        kernel: KernelStats {
+            skipped,
+            accept_miss,
+            ..kernel
+        },
         timewait_kernel,
+        namespaces,
     })
 }
 

@@ -14,6 +14,7 @@
 //!          | owner count u32 | owner* | seq varint        (version 1: without seq)
 //! socket = state and flags u8 | local addr | remote addr | cookie varint | inode varint
 //!          | timer varint (ms when a whole number of them, else ns)
+//!          | netns varint (version 3, when the flags say so: namespace 0 is left out)
 //! owner  = inode u64 | pid u32 | comm [u8; 16]
 //! delta  = dump_ns u64 | timewait_kernel (flag u8, u64) | seq varint
 //!          | socket count varint | op* | owner count varint | op*
@@ -47,10 +48,10 @@ use bytes::{Buf, BufMut, BytesMut};
 use twtrace_ebpf::COMM_LEN;
 
 use super::format::{
-    MIN_SOCKET_LEN, OWNER_LEN, RecordError, SOCK_EXPIRES_MS, SOCK_STATE, SOCK_TIMEWAIT, TAG_KERNEL,
-    TAG_KERNEL_BASE, TAG_KERNEL_DELTA, bad, begin_record, comm_bytes, end_record, get_addr,
-    get_comm, get_opt, get_u8, get_u32, get_u64, get_varint, put_addr, put_opt, put_varint,
-    state_code,
+    MIN_SOCKET_LEN, OWNER_LEN, RecordError, SOCK_EXPIRES_MS, SOCK_NETNS, SOCK_STATE, SOCK_TIMEWAIT,
+    TAG_KERNEL, TAG_KERNEL_BASE, TAG_KERNEL_DELTA, bad, begin_record, comm_bytes, end_record,
+    get_addr, get_comm, get_opt, get_u8, get_u32, get_u64, get_varint, put_addr, put_opt,
+    put_varint, state_code,
 };
 use crate::{event::Comm, model::KernelSocket, state::TcpState, stream::KernelTruth};
 
@@ -331,7 +332,7 @@ fn addr_key(a: SocketAddr) -> AddrKey {
 }
 
 impl Element for KernelSocket {
-    type Key = (u8, AddrKey, AddrKey, u64, u64);
+    type Key = (u8, AddrKey, AddrKey, u64, u64, u32);
 
     fn key(&self) -> Self::Key {
         (
@@ -340,6 +341,7 @@ impl Element for KernelSocket {
             addr_key(self.remote),
             self.cookie,
             self.inode,
+            self.netns,
         )
     }
 
@@ -369,13 +371,17 @@ impl Element for KernelSocket {
         out.put_u8(
             state_code(self.state)
                 | if self.timewait { SOCK_TIMEWAIT } else { 0 }
-                | if ms { SOCK_EXPIRES_MS } else { 0 },
+                | if ms { SOCK_EXPIRES_MS } else { 0 }
+                | if self.netns != 0 { SOCK_NETNS } else { 0 },
         );
         put_addr(out, self.local);
         put_addr(out, self.remote);
         put_varint(out, self.cookie);
         put_varint(out, self.inode);
         put_varint(out, timer_field(self.expires_ns));
+        if self.netns != 0 {
+            put_varint(out, u64::from(self.netns));
+        }
     }
 
     fn len(&self) -> usize {
@@ -384,11 +390,16 @@ impl Element for KernelSocket {
             + varint_len(self.cookie)
             + varint_len(self.inode)
             + varint_len(timer_field(self.expires_ns))
+            + if self.netns != 0 {
+                varint_len(u64::from(self.netns))
+            } else {
+                0
+            }
     }
 
     fn get(b: &mut &[u8]) -> Result<Self, RecordError> {
         let flags = get_u8(b)?;
-        if flags & !(SOCK_STATE | SOCK_TIMEWAIT | SOCK_EXPIRES_MS) != 0 {
+        if flags & !(SOCK_STATE | SOCK_TIMEWAIT | SOCK_EXPIRES_MS | SOCK_NETNS) != 0 {
             return Err(bad("socket flags", flags));
         }
         let code = flags & SOCK_STATE;
@@ -405,6 +416,12 @@ impl Element for KernelSocket {
         } else {
             expires
         };
+        let netns = if flags & SOCK_NETNS != 0 {
+            let v = get_varint(b)?;
+            u32::try_from(v).map_err(|_| bad("network namespace", v))?
+        } else {
+            0
+        };
         Ok(KernelSocket {
             state,
             timewait: flags & SOCK_TIMEWAIT != 0,
@@ -413,6 +430,7 @@ impl Element for KernelSocket {
             cookie,
             inode,
             expires_ns,
+            netns,
         })
     }
 }
@@ -814,6 +832,7 @@ pub(crate) mod tests {
 
     fn tw_socket(id: u64, expires_ms: u64) -> KernelSocket {
         KernelSocket {
+            netns: 0,
             state: TcpState::TimeWait,
             local: SocketAddr::new(
                 IpAddr::V4(Ipv4Addr::LOCALHOST),
@@ -1084,6 +1103,7 @@ pub(crate) mod tests {
         )
             .prop_map(
                 |(state, local, remote, cookie, inode, timewait, expires_ns)| KernelSocket {
+                    netns: 0,
                     state,
                     local,
                     remote,

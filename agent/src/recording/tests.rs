@@ -33,6 +33,7 @@ pub(crate) fn header() -> Header {
         sysctls: vec![("net.ipv4.tcp_tw_reuse".into(), "2".into())],
         command_line: vec!["twtrace".into(), "record".into()],
         filters: Filters {
+            netns: None,
             pids: vec![],
             ports: vec![8080],
         },
@@ -42,6 +43,7 @@ pub(crate) fn header() -> Header {
 
 pub(crate) fn event(i: u64) -> Transition {
     Transition {
+        netns: 4_026_531_840,
         mono_ns: 1_000_000_000 + i * 1000,
         skaddr: 0xffff_8880_0000_0000 + i,
         cookie: i.is_multiple_of(3).then_some(i * 7),
@@ -64,6 +66,7 @@ pub(crate) fn kernel_truth() -> KernelTruth {
         dump_ns: 3_000_000_000,
         sockets: vec![
             KernelSocket {
+                netns: 0,
                 state: TcpState::TimeWait,
                 local: "127.0.0.1:40001".parse().expect("addr"),
                 remote: "127.0.0.1:8080".parse().expect("addr"),
@@ -73,6 +76,7 @@ pub(crate) fn kernel_truth() -> KernelTruth {
                 expires_ns: 59_000_000_000,
             },
             KernelSocket {
+                netns: 4_026_532_999,
                 state: TcpState::CloseWait,
                 local: "[::1]:40002".parse().expect("addr"),
                 remote: "[2001:db8::1]:443".parse().expect("addr"),
@@ -89,8 +93,10 @@ pub(crate) fn kernel_truth() -> KernelTruth {
 
 pub(crate) fn stats() -> Stats {
     Stats {
+        namespaces: Some(3),
         mono_ns: 4_000_000_000,
         kernel: KernelStats {
+            accept_miss: 2,
             events: 1,
             lost: 2,
             table_full: 3,
@@ -169,25 +175,72 @@ fn kernel_truth_and_stats_round_trip() {
     assert_eq!(round_trip(&s), s);
 }
 
+/// A record as an older version wrote it: `buf`'s single record without its last `cut` bytes.
+fn shortened(buf: &[u8], cut: usize) -> Vec<u8> {
+    let len = u32::from_le_bytes(buf[1..5].try_into().expect("4 bytes")) - cut as u32;
+    let mut old = vec![buf[0]];
+    old.extend_from_slice(&len.to_le_bytes());
+    old.extend_from_slice(&buf[5..buf.len() - cut]);
+    old
+}
+
+/// What version 3 added at the end of a stats record: accept misses and the namespace count
+/// (8 bytes, and 9 for an optional number).
+const STATS_V3_TAIL: usize = 8 + 9;
+
 #[test]
 fn a_stats_record_from_before_the_skipped_counter_reads_as_zero_skipped() {
     let mut buf = BytesMut::new();
-    encode(&mut buf, &Item::Stats(stats()));
-    // The same record as the first release of version 1 wrote it: without the last 8 bytes.
-    let len = u32::from_le_bytes(buf[1..5].try_into().expect("4 bytes")) - 8;
-    let mut old = vec![buf[0]];
-    old.extend_from_slice(&len.to_le_bytes());
-    old.extend_from_slice(&buf[5..buf.len() - 8]);
+    let s = Stats {
+        namespaces: None,
+        ..stats()
+    };
+    encode(&mut buf, &Item::Stats(s));
+    // The same record as the first release of version 1 wrote it: without the skipped count
+    // and what version 3 added.
+    let old = shortened(&buf, 8 + STATS_V3_TAIL);
     let mut out = Vec::new();
     decode_items(&old, &mut out).expect("decodes");
     let want = Stats {
         kernel: KernelStats {
             skipped: 0,
-            ..stats().kernel
+            accept_miss: 0,
+            ..s.kernel
         },
-        ..stats()
+        ..s
     };
     assert_eq!(out, vec![Item::Stats(want)]);
+}
+
+#[test]
+fn a_version_2_stats_record_has_no_accept_misses_and_no_namespace_count() {
+    let mut buf = BytesMut::new();
+    let s = Stats {
+        namespaces: None,
+        ..stats()
+    };
+    encode(&mut buf, &Item::Stats(s));
+    let mut out = Vec::new();
+    decode_items(&shortened(&buf, STATS_V3_TAIL), &mut out).expect("decodes");
+    let want = Stats {
+        kernel: KernelStats {
+            accept_miss: 0,
+            ..s.kernel
+        },
+        ..s
+    };
+    assert_eq!(out, vec![Item::Stats(want)]);
+}
+
+#[test]
+fn a_version_2_event_has_namespace_zero() {
+    let mut buf = BytesMut::new();
+    let t = event(3);
+    assert_ne!(t.netns, 0, "the fixture has a namespace");
+    encode(&mut buf, &Item::Event(t));
+    let mut out = Vec::new();
+    decode_items(&shortened(&buf, 4), &mut out).expect("decodes");
+    assert_eq!(out, vec![Item::Event(Transition { netns: 0, ..t })]);
 }
 
 #[test]
@@ -359,9 +412,9 @@ fn files_that_are_not_readable_recordings_are_one_clear_error() {
     assert!(open_error(&[0u8; 4096]).contains("not a twtrace recording"));
     let (bytes, _) = file_with(&sample_chunks());
     let mut newer = bytes.clone();
-    newer[8] = 3;
+    newer[8] = 4;
     let e = open_error(&newer);
-    assert!(e.contains("version 3 is newer"), "{e}");
+    assert!(e.contains("version 4 is newer"), "{e}");
     let mut bad_header = bytes.clone();
     bad_header[PREAMBLE_LEN + 3] ^= 1;
     assert!(open_error(&bad_header).contains("header is damaged"));
@@ -483,6 +536,7 @@ fn arb_event() -> impl Strategy<Value = Transition> {
                 (v6, local, remote),
                 (old, new, reset),
             )| Transition {
+                netns: 0,
                 mono_ns,
                 skaddr,
                 cookie,
@@ -517,6 +571,7 @@ fn arb_kernel() -> impl Strategy<Value = KernelTruth> {
     )
         .prop_map(
             |(state, local, remote, cookie, inode, timewait, expires_ns)| KernelSocket {
+                netns: 0,
                 state,
                 local,
                 remote,
@@ -549,8 +604,10 @@ pub(crate) fn arb_record() -> impl Strategy<Value = Item> {
         1 => arb_kernel().prop_map(Item::Kernel),
         1 => (any::<u64>(), any::<[u64; 7]>(), any::<Option<u64>>()).prop_map(|(mono_ns, k, tw)| {
             Item::Stats(Stats {
+                namespaces: None,
                 mono_ns,
                 kernel: KernelStats {
+                    accept_miss: 0,
                     events: k[0],
                     lost: k[1],
                     table_full: k[2],
@@ -731,6 +788,26 @@ fn record_tags(chunk: &[u8]) -> Vec<u8> {
 /// before kernel dumps became deltas), with the helpers above as they were then; recordings of
 /// that version are in the wild and must keep reading.
 fn version1_items() -> Vec<Item> {
+    // What version 1 could say: no namespaces, no accept misses.
+    let kernel_truth = || {
+        let mut k = kernel_truth();
+        for s in &mut k.sockets {
+            s.netns = 0;
+        }
+        k
+    };
+    let event = |i| Transition {
+        netns: 0,
+        ..event(i)
+    };
+    let stats = || Stats {
+        namespaces: None,
+        kernel: KernelStats {
+            accept_miss: 0,
+            ..stats().kernel
+        },
+        ..stats()
+    };
     let mut later = kernel_truth();
     later.dump_ns += 2_000_000_000;
     later.sockets[0].expires_ns -= 2_000_000_000;

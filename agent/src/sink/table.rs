@@ -56,9 +56,13 @@ fn print_json(out: &mut impl Write, snap: &Snapshot) -> io::Result<()> {
 /// A plain table for pipes and logs: header line, then the top processes.
 pub fn print_table(out: &mut impl Write, snap: &Snapshot, top: usize) -> io::Result<()> {
     let t = &snap.totals;
-    let kernel = t
+    let mut kernel = t
         .timewait_kernel
         .map_or_else(|| "?".to_owned(), |k| k.to_string());
+    // The kernel's count covers this many network namespaces (the host's and every pod's).
+    if let Some(n) = t.namespaces {
+        kernel.push_str(&format!(" in {n} netns"));
+    }
     writeln!(
         out,
         "{}  TIME_WAIT now {} (kernel {})  CLOSE_WAIT {}  ESTABLISHED {}  TIME_WAIT/s {:.1}  lost {}{}  unattributed {}",
@@ -138,6 +142,7 @@ mod tests {
             lost_events: 0,
             unattributed_events: 2,
             totals: Totals {
+                namespaces: None,
                 timewait_now: 5,
                 timewait_kernel: Some(6),
                 close_wait_now: 1,

@@ -10,6 +10,7 @@ use jiff::Timestamp;
 use super::{End, Sink};
 use crate::{
     clock::WallClock,
+    container::{CgroupPaths, Container},
     event::Transition,
     stream::{Stats, Tally},
     text::{escape, write_json},
@@ -29,6 +30,9 @@ pub struct Printer<W: Write> {
     clock: WallClock,
     header_done: bool,
     error: Option<io::Error>,
+    /// Live: the owners' cgroups, to name their containers. A recording's cgroup ids belong
+    /// to the machine it was made on, so a replay names none.
+    cgroups: Option<CgroupPaths>,
 }
 
 impl<W: Write> Printer<W> {
@@ -39,7 +43,21 @@ impl<W: Write> Printer<W> {
             clock,
             header_done: false,
             error: None,
+            cgroups: None,
         }
+    }
+
+    /// Names each owner's container from its cgroup (live only: see `cgroups`).
+    pub fn with_containers(mut self, cgroups: CgroupPaths) -> Self {
+        self.cgroups = Some(cgroups);
+        self
+    }
+
+    fn container(&mut self, t: &Transition) -> Option<Container> {
+        if t.cgroup_id == 0 {
+            return None;
+        }
+        self.cgroups.as_mut()?.container(t.cgroup_id)
     }
 
     pub fn print(&mut self, t: &Transition) {
@@ -79,6 +97,7 @@ impl<W: Write> Printer<W> {
     /// of twtrace's own ASCII words, so only the name goes through the escaping serializer.
     fn json(&mut self, t: &Transition) -> io::Result<()> {
         let time = self.wall_time(t)?;
+        let container = self.container(t);
         let out = &mut self.out;
         // RFC 3339 in UTC to the microsecond, the rest cut off.
         write!(out, "{{\"time\":\"{time:.6}\",\"pid\":{},\"comm\":", t.pid)?;
@@ -102,10 +121,26 @@ impl<W: Write> Printer<W> {
         if let Some(reset) = t.reset {
             write!(out, ",\"reset\":\"{}\"", reset.name())?;
         }
+        if t.is_accept() {
+            // Not a state change: the process took the socket with accept() (old == new).
+            write!(out, ",\"accept\":true")?;
+        }
+        // Container ids and pod UIDs are hex digits and dashes (the parser accepts no other).
+        if let Some(c) = container {
+            write!(
+                out,
+                ",\"container\":\"{}\",\"runtime\":\"{}\"",
+                c.id,
+                c.runtime.name()
+            )?;
+            if let Some(pod) = &c.pod_uid {
+                write!(out, ",\"pod_uid\":\"{pod}\"")?;
+            }
+        }
         writeln!(
             out,
-            ",\"current_pid\":{},\"cgroup_id\":{}}}",
-            t.current_pid, t.cgroup_id
+            ",\"current_pid\":{},\"cgroup_id\":{},\"netns\":{}}}",
+            t.current_pid, t.cgroup_id, t.netns
         )
     }
 
@@ -135,7 +170,11 @@ impl<W: Write> Printer<W> {
             escape(&name)
         };
         let peers = format!("{} -> {}", t.local, t.remote);
-        let states = format!("{} -> {}", t.old, t.new);
+        let states = if t.is_accept() {
+            format!("accept() in {}", t.new)
+        } else {
+            format!("{} -> {}", t.old, t.new)
+        };
         let mut by = t.attribution.name().to_owned();
         if let Some(r) = t.reset {
             by.push_str(", reset ");

@@ -383,6 +383,7 @@ mod tests {
             lost_events: 7,
             unattributed_events: 8,
             totals: Totals {
+                namespaces: None,
                 timewait_now: 1,
                 timewait_kernel: Some(2),
                 close_wait_now: 3,

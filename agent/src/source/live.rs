@@ -14,8 +14,10 @@ use tokio::time::{Instant, Interval, interval_at};
 use super::{Processes, Source};
 use crate::{
     clock::{WallClock, monotonic_ns},
+    container::{CgroupPaths, Container},
     event::Comm,
     kernel::{
+        netns::{AllNamespaces, NetnsId},
         procnet,
         sockdiag::{self, DiagSocket, SockDiag},
         tracer::{Options, Tracer},
@@ -37,11 +39,23 @@ pub struct Cadence {
     pub duration: Option<Duration>,
 }
 
+/// Where the kernel's socket table is read.
+enum Tables {
+    /// Every network namespace on the host (events carry namespaces).
+    All(AllNamespaces),
+    /// twtrace's own namespace only: the kernel gave no offsets for namespaces, so events
+    /// carry namespace 0 and so does this table.
+    Own(SockDiag),
+}
+
 pub struct Live {
     tracer: Tracer,
     ports: HashSet<u16>,
-    diag: Option<SockDiag>,
-    dump: Vec<DiagSocket>,
+    /// Only this namespace's sockets (`--netns`).
+    netns: Option<NetnsId>,
+    tables: Option<Tables>,
+    dump: Vec<(NetnsId, DiagSocket)>,
+    own_dump: Vec<DiagSocket>,
     stats_tick: Interval,
     reconcile_tick: Option<Interval>,
     deadline: Option<Instant>,
@@ -55,16 +69,19 @@ impl Live {
     /// Checks privileges and the kernel, loads and attaches the program. Needs a tokio runtime.
     pub fn start(opts: &Options, cadence: Cadence) -> anyhow::Result<Self> {
         let tracer = Tracer::start(opts)?;
-        let diag = match cadence.reconcile {
-            Some(_) => Some(SockDiag::open()?),
+        let tables = match cadence.reconcile {
+            Some(_) if tracer.netns_known => Some(Tables::All(AllNamespaces::new())),
+            Some(_) => Some(Tables::Own(SockDiag::open()?)),
             None => None,
         };
         let now = Instant::now();
         Ok(Self {
             tracer,
             ports: opts.ports.iter().copied().collect(),
-            diag,
+            netns: opts.netns,
+            tables,
             dump: Vec::new(),
+            own_dump: Vec::new(),
             stats_tick: interval_at(now + cadence.stats, cadence.stats),
             reconcile_tick: cadence
                 .reconcile
@@ -82,11 +99,24 @@ impl Live {
         &self.tracer.notices
     }
 
-    fn stats(&self) -> Stats {
+    fn stats(&mut self) -> Stats {
+        let (timewait_kernel, namespaces) = self.timewait_kernel();
         Stats {
             mono_ns: monotonic_ns(),
             kernel: self.tracer.stats(),
-            timewait_kernel: sockdiag::sockstat().ok().map(|s| s.tw),
+            timewait_kernel,
+            namespaces,
+        }
+    }
+
+    /// sockstat's `tw` of every namespace read (or of `--netns`'s), and how many those are.
+    fn timewait_kernel(&mut self) -> (Option<u64>, Option<u32>) {
+        match &mut self.tables {
+            Some(Tables::All(all)) => {
+                let (tw, n) = all.timewait(self.netns);
+                (tw, Some(n))
+            }
+            _ => (sockdiag::sockstat().ok().map(|s| s.tw), None),
         }
     }
 
@@ -94,23 +124,34 @@ impl Live {
     /// already queued go first, so the dump is never older than what the model knows.
     fn reconcile(&mut self, f: &mut dyn FnMut(Item) -> Flow) -> anyhow::Result<()> {
         self.drain(f);
-        let Some(diag) = self.diag.as_mut() else {
-            return Ok(());
-        };
         let dump_ns = monotonic_ns();
-        diag.dump_tcp_into(&mut self.dump)
-            .context("reading the kernel's socket table")?;
+        match self.tables.as_mut() {
+            None => return Ok(()),
+            Some(Tables::All(all)) => {
+                let dumped = all.dump_all(self.netns, &mut self.dump);
+                for (id, why) in &dumped.failed {
+                    log::debug!("network namespace {id}: {why}");
+                }
+            }
+            Some(Tables::Own(diag)) => {
+                diag.dump_tcp_into(&mut self.own_dump)
+                    .context("reading the kernel's socket table")?;
+                self.dump.clear();
+                self.dump.extend(self.own_dump.iter().map(|&d| (0, d)));
+            }
+        }
         let ports = &self.ports;
         let sockets = self
             .dump
             .iter()
-            .filter(|d| {
+            .filter(|(_, d)| {
                 ports.is_empty()
                     || ports.contains(&d.local.port())
                     || ports.contains(&d.remote.port())
             })
-            .filter_map(|d| {
+            .filter_map(|&(netns, d)| {
                 Some(KernelSocket {
+                    netns,
                     state: TcpState::try_from(u32::from(d.state)).ok()?,
                     local: d.local,
                     remote: d.remote,
@@ -126,7 +167,7 @@ impl Live {
             sockets,
             // Filled by the pipeline with what the model asks for (see `Processes`).
             owners: Vec::new(),
-            timewait_kernel: sockdiag::sockstat().ok().map(|s| s.tw),
+            timewait_kernel: self.timewait_kernel().0,
         }));
         Ok(())
     }
@@ -231,6 +272,7 @@ impl Source for Live {
 /// The model's questions answered from /proc, as `ss -p` does.
 pub struct ProcFs {
     cgroup_root: Option<PathBuf>,
+    cgroups: CgroupPaths,
     /// Each pid's start time (clock ticks after boot) when first asked about: a pid that
     /// shows another start time later belongs to another process.
     started: HashMap<u32, u64>,
@@ -238,8 +280,10 @@ pub struct ProcFs {
 
 impl ProcFs {
     pub fn new() -> Self {
+        let cgroup_root = procnet::cgroup2_mount();
         Self {
-            cgroup_root: procnet::cgroup2_mount(),
+            cgroups: CgroupPaths::new(cgroup_root.clone()),
+            cgroup_root,
             started: HashMap::new(),
         }
     }
@@ -270,6 +314,10 @@ impl Processes for ProcFs {
 
     fn exists(&self, pid: u32) -> bool {
         Path::new(&format!("/proc/{pid}")).exists()
+    }
+
+    fn container(&mut self, cgroup_id: u64) -> Option<Container> {
+        self.cgroups.container(cgroup_id)
     }
 
     fn status(&mut self, pid: u32) -> ProcStatus {

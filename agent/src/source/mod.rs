@@ -9,6 +9,7 @@ use std::collections::HashMap;
 
 use crate::{
     clock::WallClock,
+    container::Container,
     event::Comm,
     model::ProcStatus,
     stream::{Flow, Item, KernelTruth},
@@ -68,6 +69,12 @@ pub trait Processes {
     /// processes the model counts sockets for.
     fn status(&mut self, _pid: u32) -> ProcStatus {
         ProcStatus::Alive
+    }
+
+    /// The container a cgroup (v2 id) belongs to. Live only: a recording's cgroup ids are the
+    /// recording machine's.
+    fn container(&mut self, _cgroup_id: u64) -> Option<Container> {
+        None
     }
 }
 

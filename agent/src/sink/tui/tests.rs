@@ -45,6 +45,11 @@ fn accepted(raddr: &str, lport: u16, tw: u64, est: u64) -> PeerRow {
 
 fn process(pid: u32, comm: &str, tw_per_s: f64, tw: u64, peers: Vec<PeerRow>) -> ProcessRow {
     ProcessRow {
+        netns: 0,
+        cgroup_id: 0,
+        container: None,
+        runtime: None,
+        pod_uid: None,
         pid,
         comm: comm.to_owned(),
         exited: false,
@@ -115,6 +120,7 @@ pub(super) fn demo_snapshot() -> Snapshot {
         lost_events: 0,
         unattributed_events: 12,
         totals: Totals {
+            namespaces: None,
             timewait_now: 37_881,
             timewait_kernel: Some(37_902),
             close_wait_now: 217,

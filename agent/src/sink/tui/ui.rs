@@ -80,10 +80,13 @@ fn render_header(frame: &mut Frame, area: Rect, app: &App, snap: &Snapshot) {
     if snap.lost_events > 0 {
         items.push(lost.clone());
     }
-    let kernel = match t.timewait_kernel {
+    let mut kernel = match t.timewait_kernel {
         Some(k) => k.to_string(),
         None => "n/a".to_owned(),
     };
+    if let Some(n) = t.namespaces {
+        kernel.push_str(&format!(" in {n} netns"));
+    }
     let mut tw = item("TIME_WAIT now", t.timewait_now.to_string());
     tw.spans.push(Span::from(" kernel ").dim());
     tw.spans.push(Span::from(kernel).bold());
