@@ -17,6 +17,9 @@ Examples:
   twtrace --from incident.twr --speed 10
                                         replay a recording into the leaderboard, ten times as fast
   sudo twtrace --record incident.twr    watch the leaderboard and record everything meanwhile
+  sudo twtrace --netns /run/netns/blue  only one network namespace (a pod's: /proc/PID/ns/net)
+  sudo twtrace trace --json | jq -c 'select(.container) | {pid, container, pod_uid, new}'
+                                        transitions of processes in containers, with their ids
 
 twtrace attributes each transition to the process that owns the socket, not to whichever task
 the kernel happened to run when a packet arrived (what tcpstates and bpftrace print).";
@@ -124,6 +127,9 @@ twtrace would have shown had it been started at --since and stopped at --until."
 pub struct RecordArgs {
     #[command(flatten)]
     pub filter: FilterArgs,
+
+    #[command(flatten)]
+    pub tracer: TracerArgs,
 
     /// The recording to write (with --ring: the directory for captures).
     #[arg(short, long, value_name = "FILE")]
@@ -241,6 +247,9 @@ pub struct LiveArgs {
     #[command(flatten)]
     pub filter: FilterArgs,
 
+    #[command(flatten)]
+    pub tracer: TracerArgs,
+
     /// Print one JSON object per interval instead of the full-screen view.
     #[arg(long)]
     pub json: bool,
@@ -299,6 +308,7 @@ impl Default for LiveArgs {
     fn default() -> Self {
         Self {
             filter: FilterArgs::default(),
+            tracer: TracerArgs::default(),
             json: false,
             once: false,
             interval: 1.0,
@@ -329,6 +339,9 @@ pub struct TraceArgs {
     #[command(flatten)]
     pub filter: FilterArgs,
 
+    #[command(flatten)]
+    pub tracer: TracerArgs,
+
     /// Write JSON Lines (one object per transition) instead of text.
     #[arg(long)]
     pub json: bool,
@@ -336,6 +349,17 @@ pub struct TraceArgs {
     /// Print the events of a recording (`twtrace record`) instead of tracing; no root needed.
     #[arg(long, value_name = "FILE")]
     pub from: Option<std::path::PathBuf>,
+}
+
+/// How the kernel side traces (live commands).
+#[derive(Debug, Args, Default, Clone)]
+pub struct TracerArgs {
+    /// Do not follow accept(): accepted sockets stay with the listener's owner until a reconcile
+    /// finds who holds them. Following it enables a syscall tracepoint, which makes every system
+    /// call of every process on the host slower by about 30 ns while twtrace runs (the kernel
+    /// sends all of them through its slow path then); this avoids that on syscall-heavy hosts.
+    #[arg(long)]
+    pub no_accept: bool,
 }
 
 #[derive(Debug, Args, Default, Clone)]

@@ -10,7 +10,10 @@ use std::{
 use anyhow::Context as _;
 
 use crate::{
-    cli::{Cli, Command, Export, FilterArgs, LiveArgs, RecordArgs, ReportArgs, TraceArgs, When},
+    cli::{
+        Cli, Command, Export, FilterArgs, LiveArgs, RecordArgs, ReportArgs, TraceArgs, TracerArgs,
+        When,
+    },
     container::CgroupPaths,
     kernel::{procnet, tracer::Options},
     pipeline::{self, Cadence, Core, Outcome, Selection, Signals, Stopped},
@@ -55,11 +58,12 @@ fn stdout() -> io::BufWriter<io::StdoutLock<'static>> {
     io::BufWriter::with_capacity(64 * 1024, io::stdout().lock())
 }
 
-fn options(filter: &FilterArgs, verbose: bool) -> anyhow::Result<Options> {
+fn options(filter: &FilterArgs, tracer: &TracerArgs, verbose: bool) -> anyhow::Result<Options> {
     Ok(Options {
         pids: filter.pid.clone(),
         ports: filter.port.clone(),
         netns: filter.netns_id()?,
+        follow_accept: !tracer.no_accept,
         verbose,
     })
 }
@@ -142,7 +146,7 @@ async fn trace(args: TraceArgs, verbose: bool) -> anyhow::Result<()> {
         return outcome.error.map_or(Ok(()), Err);
     }
     args.filter.validate()?;
-    let opts = options(&args.filter, verbose)?;
+    let opts = options(&args.filter, &args.tracer, verbose)?;
     let cadence = live::Cadence {
         stats: Duration::from_secs(1),
         // The kernel's table tells which sockets an exited owner left to another process.
@@ -239,7 +243,7 @@ async fn leaderboard(args: LiveArgs, verbose: bool) -> anyhow::Result<()> {
     }
 
     args.filter.validate()?;
-    let opts = options(&args.filter, verbose)?;
+    let opts = options(&args.filter, &args.tracer, verbose)?;
     // Created before the tracer starts, so a file that cannot be written costs no attach.
     let recorder = match &args.record {
         // No progress lines: the leaderboard itself shows what is going on.
@@ -341,7 +345,7 @@ fn discard<T>(recorder: Option<T>, path: Option<&Path>, e: anyhow::Error) -> any
 /// `twtrace record`: the stream to a file, or the flight recorder.
 async fn record(args: RecordArgs, verbose: bool) -> anyhow::Result<()> {
     args.filter.validate()?;
-    let opts = options(&args.filter, verbose)?;
+    let opts = options(&args.filter, &args.tracer, verbose)?;
     let path = args.output.as_path();
     let live_cadence = live::Cadence {
         stats: Duration::from_secs(1),

@@ -32,6 +32,13 @@ pub struct Event {
     /// Not a transition: the process accept()ed the socket (`old == new`).
     #[serde(default)]
     pub accept: bool,
+    /// The owner's container (full id), runtime and pod UID, when its cgroup names them.
+    #[serde(default)]
+    pub container: Option<String>,
+    #[serde(default)]
+    pub runtime: Option<String>,
+    #[serde(default)]
+    pub pod_uid: Option<String>,
     /// The line as twtrace printed it, for evidence in failure messages.
     #[serde(skip)]
     pub raw: String,

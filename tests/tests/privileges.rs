@@ -487,7 +487,13 @@ fn least_set_attributes_everything() {
         Vec::<&String>::new(),
     );
     let server_side = run.server_side();
-    c.count("server-side events", &server_side, 1 + 5 * N);
+    // Five transitions per connection, the listener's close, and each accept().
+    c.count("server-side events", &server_side, 1 + 6 * N);
+    let accepts = select(&server_side, |e| e.accept);
+    c.count("accept() events", &accepts, N);
+    c.all("accept() names the server", &accepts, |e| {
+        e.attribution == "accepted"
+    });
     c.all(
         "server-side events have the server pid",
         &server_side,
@@ -531,7 +537,13 @@ fn without_sys_nice_says_what_it_risks() {
         ],
     );
     let server_side = run.server_side();
-    c.count("server-side events", &server_side, 1 + 5 * N);
+    // Five transitions per connection, the listener's close, and each accept().
+    c.count("server-side events", &server_side, 1 + 6 * N);
+    let accepts = select(&server_side, |e| e.accept);
+    c.count("accept() events", &accepts, N);
+    c.all("accept() names the server", &accepts, |e| {
+        e.attribution == "accepted"
+    });
     c.all(
         "server-side events have the server pid",
         &server_side,

@@ -45,6 +45,8 @@ pub struct Options {
     pub ports: Vec<u16>,
     /// Only sockets of this network namespace (nsfs inode).
     pub netns: Option<u32>,
+    /// Follow accept() to name the process that takes an accepted socket (see `--no-accept`).
+    pub follow_accept: bool,
     /// Show the verifier's log on load errors and the kernel program's debug messages.
     pub verbose: bool,
 }
@@ -194,7 +196,7 @@ impl Tracer {
                 continue;
             }
             // Following an accepted fd to its socket needs the offsets.
-            if category == "syscalls" && offsets.is_none() {
+            if category == "syscalls" && (offsets.is_none() || !opts.follow_accept) {
                 continue;
             }
             let prog: &mut TracePoint = ebpf

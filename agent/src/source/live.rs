@@ -56,6 +56,8 @@ pub struct Live {
     tables: Option<Tables>,
     dump: Vec<(NetnsId, DiagSocket)>,
     own_dump: Vec<DiagSocket>,
+    /// Namespaces that could not be read were announced (once per run).
+    unread_said: bool,
     stats_tick: Interval,
     reconcile_tick: Option<Interval>,
     deadline: Option<Instant>,
@@ -82,6 +84,7 @@ impl Live {
             tables,
             dump: Vec::new(),
             own_dump: Vec::new(),
+            unread_said: false,
             stats_tick: interval_at(now + cadence.stats, cadence.stats),
             reconcile_tick: cadence
                 .reconcile
@@ -131,6 +134,20 @@ impl Live {
                 let dumped = all.dump_all(self.netns, &mut self.dump);
                 for (id, why) in &dumped.failed {
                     log::debug!("network namespace {id}: {why}");
+                }
+                // Said once: entering another namespace needs CAP_SYS_ADMIN (setns), and
+                // without it the kernel's counts silently shrink to twtrace's own.
+                if let Some((id, why)) = dumped.failed.first()
+                    && !self.unread_said
+                {
+                    self.unread_said = true;
+                    log::warn!(
+                        "the sockets of {} of {} network namespaces cannot be read (namespace \
+                         {id}: {why}); their events are still traced, but the kernel's counts \
+                         leave them out (entering a namespace needs CAP_SYS_ADMIN)",
+                        dumped.failed.len(),
+                        dumped.namespaces
+                    );
                 }
             }
             Some(Tables::Own(diag)) => {
