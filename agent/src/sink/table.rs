@@ -53,7 +53,19 @@ fn print_json(out: &mut impl Write, snap: &Snapshot) -> io::Result<()> {
     out.flush()
 }
 
-/// A plain table for pipes and logs: header line, then the top processes.
+/// A container id's first 12 characters, as `docker ps` and `crictl ps` show it (the whole id
+/// when shorter).
+pub(super) fn short_id(id: &str) -> &str {
+    // `get`, not indexing: a row's id may be anything, a cut inside a character included.
+    id.get(..12).unwrap_or(id)
+}
+
+/// Cells of the CONTAINER column: a short id.
+const CONTAINER_W: usize = 12;
+
+/// A plain table for pipes and logs: header line, then the top processes. A CONTAINER column
+/// (short id, or `-`) follows COMM when one of the rows shown runs in a container; without any,
+/// the table is as it always was, so scripts reading a host without containers see no change.
 pub fn print_table(out: &mut impl Write, snap: &Snapshot, top: usize) -> io::Result<()> {
     let t = &snap.totals;
     let mut kernel = t
@@ -80,32 +92,35 @@ pub fn print_table(out: &mut impl Write, snap: &Snapshot, top: usize) -> io::Res
         },
         snap.unattributed_events
     )?;
+    let shown = &snap.processes[..top.min(snap.processes.len())];
+    let containers = shown.iter().any(|p| p.container.is_some());
+    write!(out, "{:>7} {:<16} ", "PID", "COMM")?;
+    if containers {
+        write!(out, "{:<CONTAINER_W$} ", "CONTAINER")?;
+    }
     writeln!(
         out,
-        "{:>7} {:<16} {:>8} {:>9} {:>7} {:>7} {:>7} {:>7} {:>8} {:>6}  TOP PEER",
-        "PID",
-        "COMM",
-        "TW/s",
-        "TW_TOTAL",
-        "TW_NOW",
-        "CW_NOW",
-        "EST_NOW",
-        "OPEN/s",
-        "CLOSE/s",
-        "RESETS"
+        "{:>8} {:>9} {:>7} {:>7} {:>7} {:>7} {:>8} {:>6}  TOP PEER",
+        "TW/s", "TW_TOTAL", "TW_NOW", "CW_NOW", "EST_NOW", "OPEN/s", "CLOSE/s", "RESETS"
     )?;
-    for p in snap.processes.iter().take(top) {
+    for p in shown {
         let peer = p
             .peers
             .first()
             .map_or_else(String::new, |r| r.peer.to_string());
         // Escaped before it is cut to the column, so the width counts what is printed.
         let comm: String = escape(&p.comm).chars().take(16).collect();
+        write!(out, "{:>7} {:<16} ", p.pid, comm)?;
+        if containers {
+            // Hex as parsed from the cgroup path; escaped and cut all the same, as the row's
+            // fields are anyone's to fill and the columns after it must stay aligned.
+            let id = p.container.as_deref().map_or("-", short_id);
+            let id: String = escape(id).chars().take(CONTAINER_W).collect();
+            write!(out, "{id:<CONTAINER_W$} ")?;
+        }
         writeln!(
             out,
-            "{:>7} {:<16} {:>8.1} {:>9} {:>7} {:>7} {:>7} {:>7.1} {:>8.1} {:>6}  {exited}{peer}",
-            p.pid,
-            comm,
+            "{:>8.1} {:>9} {:>7} {:>7} {:>7} {:>7.1} {:>8.1} {:>6}  {exited}{peer}",
             p.timewait_per_s,
             p.timewait_entered,
             p.timewait_now,
@@ -240,6 +255,93 @@ mod tests {
         assert!(!text.trim_end().contains(char::is_control), "{text:?}");
         let v: serde_json::Value = serde_json::from_str(&text).expect("json");
         assert_eq!(v["processes"][0]["comm"], "\u{9b}2J\x1b\n");
+    }
+
+    fn table(snap: &Snapshot, top: usize) -> String {
+        let mut out = Vec::new();
+        print_table(&mut out, snap, top).expect("print");
+        String::from_utf8(out).expect("utf8")
+    }
+
+    const ID: &str = "3f9a8b7c6d5e4f30a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718";
+
+    #[test]
+    fn container_column_only_when_a_shown_row_has_a_container() {
+        // None: the table as it always was (a namespace alone does not add the column).
+        let mut snap = sample();
+        snap.processes[0].netns = 4_026_532_417;
+        let plain = table(&snap, 20);
+        assert!(!plain.contains("CONTAINER"), "{plain}");
+        assert_eq!(plain, table(&sample(), 20));
+
+        // One row in a container, one not: short id and "-", the columns after it aligned.
+        snap.processes[0].container = Some(ID.to_owned());
+        snap.processes[0].runtime = Some("docker");
+        snap.processes.push(ProcessRow {
+            pid: 7,
+            comm: "sshd".into(),
+            peers: vec![PeerRow::new(PeerKey::Out {
+                raddr: "10.0.0.2".parse().expect("addr"),
+                rport: 22,
+            })],
+            ..ProcessRow::default()
+        });
+        let text = table(&snap, 20);
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(
+            lines[1].starts_with("    PID COMM             CONTAINER        TW/s  TW_TOTAL"),
+            "{}",
+            lines[1]
+        );
+        assert!(
+            lines[2].starts_with("     42 a-very-long-comm 3f9a8b7c6d5e      3.0 "),
+            "{}",
+            lines[2]
+        );
+        assert!(!text.contains(&ID[..13]), "{text}");
+        assert!(
+            lines[3].starts_with("      7 sshd             -                 0.0 "),
+            "{}",
+            lines[3]
+        );
+        // The free-length TOP PEER column starts at the same place on every line.
+        let at = lines[1].find("TOP PEER").expect("title");
+        assert_eq!(lines[2].find("[::1]:443"), Some(at), "{text}");
+        assert_eq!(lines[3].find("10.0.0.2:22"), Some(at), "{text}");
+        // Exactly the width of the column and its separator more than without it.
+        assert_eq!(lines[2].len(), sample_row_len() + 13, "{text}");
+
+        // Only the rows shown count: a container beyond --top adds nothing.
+        snap.processes.swap(0, 1);
+        let text = table(&snap, 1);
+        assert!(!text.contains("CONTAINER"), "{text}");
+        assert!(text.contains("(1 more processes"), "{text}");
+    }
+
+    #[test]
+    fn container_column_escapes_and_cuts_what_it_is_given() {
+        // Ids come from cgroup paths as lowercase hex, but the row's fields are public.
+        let mut snap = sample();
+        snap.processes[0].container = Some("\x1b[2J\nabcdef".into());
+        let text = table(&snap, 20);
+        assert!(
+            !text.contains(|c: char| c.is_control() && c != '\n'),
+            "{text:?}"
+        );
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 4, "{text:?}");
+        assert!(
+            lines[2].contains(r" a-very-long-comm \x1b[2J\nabc      3.0 "),
+            "{}",
+            lines[2]
+        );
+        assert_eq!(lines[2].len(), sample_row_len() + 13, "{}", lines[2]);
+        // Cut after escaping, so the width counts what is printed.
+        assert!(!lines[2].contains("abcd"), "{}", lines[2]);
+        // A cut inside a character gives the whole (short) text rather than a panic.
+        assert_eq!(short_id("ééééééé"), "ééééééé".get(..12).expect("boundary"));
+        assert_eq!(short_id("aé"), "aé");
+        assert_eq!(short_id("aaaaaaaaaaaé"), "aaaaaaaaaaaé");
     }
 
     /// The length of the row of [`sample`], whose name fills its column.

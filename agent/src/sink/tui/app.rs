@@ -8,10 +8,11 @@
 
 use std::cell::Cell;
 use std::cmp::Ordering;
+use std::collections::HashMap;
 use std::sync::Arc;
 
 pub use super::rows::PeerGroup;
-use super::rows::{Matcher, build_groups, directed, other_last, peer_order, settle};
+use super::rows::{Matcher, build_groups, common_netns, directed, other_last, peer_order, settle};
 use crate::model::snapshot::{PeerKey, PeerRow, ProcessRow, Snapshot};
 
 /// What the body of the screen shows.
@@ -176,6 +177,8 @@ pub enum Action {
     /// Empties the filter and stops editing it.
     FilterClear,
     TogglePause,
+    /// Shows or hides the CONTAINER column of the process view.
+    ToggleContainers,
     ToggleHelp,
     CloseHelp,
 }
@@ -217,6 +220,8 @@ pub struct App {
     filter_number: Option<u32>,
     editing_filter: bool,
     help: bool,
+    /// The CONTAINER column is shown. Off at start: it costs up to 14 cells a narrow terminal needs.
+    containers: bool,
 
     // Derived from the shown snapshot, the filter and the sorts (see `refresh`).
     /// Indices into `processes`, filtered and sorted.
@@ -232,6 +237,10 @@ pub struct App {
     drill_rows: Vec<usize>,
     /// Reused to format peer labels while filtering.
     scratch: String,
+    /// The network namespace most processes share (see `rows::common_netns`).
+    common_netns: u32,
+    /// Reused to count rows per namespace.
+    netns_counts: HashMap<u32, usize>,
 }
 
 /// Identity of the selected rows, kept across a refresh so the selection follows the same
@@ -274,6 +283,7 @@ impl App {
             filter_number: None,
             editing_filter: false,
             help: false,
+            containers: false,
             process_rows: Vec::new(),
             members: Vec::new(),
             groups: Vec::new(),
@@ -281,6 +291,8 @@ impl App {
             drill_process: None,
             drill_rows: Vec::new(),
             scratch: String::new(),
+            common_netns: 0,
+            netns_counts: HashMap::new(),
         };
         app.refresh(Anchor::default(), true);
         app
@@ -339,6 +351,16 @@ impl App {
 
     pub fn help_shown(&self) -> bool {
         self.help
+    }
+
+    pub fn containers_shown(&self) -> bool {
+        self.containers
+    }
+
+    /// The network namespace most rows of the shown snapshot share, 0 when none is known: the
+    /// CONTAINER column names any other.
+    pub fn common_netns(&self) -> u32 {
+        self.common_netns
     }
 
     pub fn filter(&self) -> &str {
@@ -518,6 +540,7 @@ impl App {
                     self.frozen = Some(Arc::clone(&self.live));
                 }
             }
+            Action::ToggleContainers => self.containers = !self.containers,
             Action::ToggleHelp => self.help = !self.help,
             Action::CloseHelp => self.help = false,
         }
@@ -627,6 +650,7 @@ impl App {
         // Peers across processes.
         if regroup {
             build_groups(&snap, &mut self.members, &mut self.groups);
+            self.common_netns = common_netns(procs, &mut self.netns_counts);
         }
         self.peer_rows.clear();
         for (gi, g) in self.groups.iter().enumerate() {

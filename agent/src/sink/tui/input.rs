@@ -20,10 +20,14 @@ pub const HELP: &[(&str, &str)] = &[
     ("Tab  p", "processes / peers"),
     ("s", "next sort column"),
     ("S  r", "reverse the sort"),
-    ("1-9  0", "sort on that column (again: reverse)"),
+    (
+        "1-9  0",
+        "sort on that column (again: reverse; CONTAINER not counted)",
+    ),
+    ("c", "show / hide the CONTAINER column (see below)"),
     (
         "/",
-        "filter: comm, pid, port or address (Enter keeps, Esc clears)",
+        "filter: comm, pid, port, address, container id or netns inode",
     ),
     ("space", "pause / resume (the picture stays frozen)"),
     ("?", "this help"),
@@ -77,6 +81,7 @@ pub fn action(app: &App, key: KeyEvent) -> Option<Action> {
         KeyCode::Char(c @ '1'..='9') => Action::SortBy(usize::from(c as u8 - b'1')),
         KeyCode::Char('/') => Action::FilterStart,
         KeyCode::Char(' ') => Action::TogglePause,
+        KeyCode::Char('c') => Action::ToggleContainers,
         KeyCode::Char('?') | KeyCode::F(1) => Action::ToggleHelp,
         _ => return None,
     })

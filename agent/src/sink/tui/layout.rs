@@ -60,11 +60,21 @@ pub(super) const MAX_COMM: u16 = 15;
 /// "[ffff:...:ffff]:65535".
 pub(super) const MAX_PEER: u16 = 47;
 
-/// Display order; the first ten are `ProcCol::ALL`, then TOP PEER. Text columns get their
-/// preferred width from what they show.
-pub(super) const PROCESS_COLS: [Col; 11] = [
+/// "ns:4026532001": the widest the CONTAINER column gets (a short container id is 12).
+pub(super) const MAX_CONTAINER: u16 = 13;
+
+/// Where CONTAINER sits in [`PROCESS_COLS`]. It is not sortable: the digit keys pick the other
+/// columns, so they mean the same column whether it is shown or not.
+pub(super) const CONTAINER_COL: usize = 2;
+
+/// Display order: `ProcCol::ALL` with CONTAINER after COMM, then TOP PEER. Text columns get
+/// their preferred width from what they show. CONTAINER, shown only when asked for, ranks with
+/// PID: whoever turns it on wants it more than the counts after TW NOW.
+pub(super) const PROCESS_COLS: [Col; 12] = [
     col("PID", 7, 2),
     text_col("COMM", MAX_COMM, 6, 1, false),
+    // Its minimum is the title's width; drawing sets both from what is on screen.
+    text_col("CONTAINER", MAX_CONTAINER, 9, 2, false),
     col("TW/s", 8, 0),
     col("TW TOTAL", 9, 5),
     col("TW NOW", 7, 3),
@@ -86,7 +96,13 @@ pub(super) const PEER_COLS: [Col; 6] = [
     text_col("PROCESSES", 30, 10, 4, true),
 ];
 
-/// Width of each column in `avail` cells (0: left out). Columns are placed in order of
+/// The [`PROCESS_COLS`] index of `ProcCol::ALL[sort]`.
+pub(super) fn process_display_col(sort: usize) -> usize {
+    if sort < CONTAINER_COL { sort } else { sort + 1 }
+}
+
+/// Width of each column in `avail` cells (0: left out; a column whose preferred width is 0 is
+/// always left out, which is how a hidden one is asked for). Columns are placed in order of
 /// importance, each at its preferred width if that fits, else at its minimum; what is left
 /// then widens the shrunk ones, and the rest goes to the fill column. The sorted column is
 /// ranked right after the most important one, so the reason for the order stays in view.
@@ -104,6 +120,9 @@ pub(super) fn widths<const N: usize>(cols: &[Col; N], avail: u16, sorted: usize)
     for &i in &order {
         let sep = u16::from(used > 0);
         let c = &cols[i];
+        if c.width == 0 {
+            continue;
+        }
         let want = if c.fill { c.min } else { c.width.max(c.min) };
         for width in [want, c.min] {
             if used.saturating_add(sep).saturating_add(width) <= avail {

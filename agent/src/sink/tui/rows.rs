@@ -2,12 +2,15 @@
 //! processes, the filter's matcher, and the orderings the views share.
 
 use std::{
+    borrow::Cow,
     cmp::{Ordering, Reverse},
+    collections::HashMap,
     fmt::Write as _,
     ops::Range,
 };
 
 use crate::model::snapshot::{PeerKey, PeerRow, ProcessRow, Snapshot};
+use crate::sink::table::short_id;
 
 /// One peer across all processes: the sums of its rows and the processes behind it.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -80,9 +83,39 @@ pub(super) fn build_groups(
     }
 }
 
+/// The network namespace most rows of `procs` share (0 when no row knows its own): on a host
+/// that is the host's, so a row in another one is in a pod or a container even when no runtime
+/// was recognised from its cgroup. A tie goes to the lowest inode, which is the host's: recent
+/// kernels give the initial namespace a fixed inode below every allocated one (4026531833,
+/// 0xEFFFFFF9, against allocations from 0xF0000000), and older ones allocated it at boot.
+pub(super) fn common_netns(procs: &[ProcessRow], counts: &mut HashMap<u32, usize>) -> u32 {
+    counts.clear();
+    for p in procs.iter().filter(|p| p.netns != 0) {
+        *counts.entry(p.netns).or_default() += 1;
+    }
+    counts
+        .iter()
+        .max_by_key(|&(&ns, &n)| (n, Reverse(ns)))
+        .map_or(0, |(&ns, _)| ns)
+}
+
+/// What the CONTAINER column shows for `p`: its container's short id; else, when its network
+/// namespace is known and is not `common` (see [`common_netns`]), `ns:INODE`; else `-`.
+pub(super) fn container_label(p: &ProcessRow, common: u32) -> Cow<'_, str> {
+    match &p.container {
+        Some(id) => Cow::Borrowed(short_id(id)),
+        None if p.netns != 0 && p.netns != common => Cow::Owned(format!("ns:{}", p.netns)),
+        None => Cow::Borrowed("-"),
+    }
+}
+
 /// What the filter text matches. Text matches a comm or a peer label ("10.0.0.5:5432",
-/// "→:80") as a case-insensitive substring; a number matches a pid or a port exactly, because
-/// "80" as a substring would also pick pid 1802 and port 8080.
+/// "→:80") as a case-insensitive substring, and a container id as a prefix (as `docker` and
+/// `crictl` take ids: the short id or the full one both work, and a few hex letters typed for
+/// a comm hit one id in thousands rather than any of the 64 places a substring could). A
+/// number matches a pid, a port or a network namespace inode exactly, because "80" as a
+/// substring would also pick pid 1802 and port 8080; the three ranges do not overlap (pids
+/// stay under 2^22, inodes start near 2^32 - 2^28).
 pub(super) struct Matcher<'a> {
     pub(super) lower: &'a str,
     pub(super) number: Option<u32>,
@@ -96,8 +129,13 @@ impl Matcher<'_> {
     /// The process itself (not its peers) matches.
     pub(super) fn owner(&self, p: &ProcessRow) -> bool {
         match self.number {
-            Some(n) => p.pid == n,
-            None => contains_ci(&p.comm, self.lower),
+            Some(n) => p.pid == n || (p.netns != 0 && p.netns == n),
+            None => {
+                contains_ci(&p.comm, self.lower)
+                    || p.container
+                        .as_deref()
+                        .is_some_and(|id| starts_with_ci(id, self.lower))
+            }
         }
     }
 
@@ -126,6 +164,14 @@ impl Matcher<'_> {
 pub(super) fn contains_ci(haystack: &str, needle: &str) -> bool {
     let (h, n) = (haystack.as_bytes(), needle.as_bytes());
     n.is_empty() || h.windows(n.len()).any(|w| w.eq_ignore_ascii_case(n))
+}
+
+/// `needle` is already ASCII-lowercased.
+fn starts_with_ci(haystack: &str, needle: &str) -> bool {
+    haystack
+        .as_bytes()
+        .get(..needle.len())
+        .is_some_and(|h| h.eq_ignore_ascii_case(needle.as_bytes()))
 }
 
 pub(super) fn directed(o: Ordering, descending: bool) -> Ordering {

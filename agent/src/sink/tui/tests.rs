@@ -133,6 +133,42 @@ pub(super) fn demo_snapshot() -> Snapshot {
     }
 }
 
+/// The host's network namespace in [`containerised`].
+const HOST_NS: u32 = 4_026_531_833;
+/// A pod's namespace whose runtime no cgroup layout names.
+const POD_NS: u32 = 4_026_532_417;
+const JAVA_ID: &str = "3f9a8b7c6d5e4f30a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718";
+const JAVA_POD: &str = "6b1e0c5a-2f4d-4c1b-9e8a-7d6c5b4a3f21";
+
+/// [`demo_snapshot`] on a Kubernetes node: java in a containerd container of a pod, nginx in
+/// a namespace of its own with no container recognised, curl and the rest on the host, and
+/// one row whose namespace is unknown.
+fn containerised() -> Snapshot {
+    let mut snap = demo_snapshot();
+    for p in &mut snap.processes {
+        match p.pid {
+            4242 => {
+                p.netns = 4_026_532_301;
+                p.container = Some(JAVA_ID.to_owned());
+                p.runtime = Some("containerd");
+                p.pod_uid = Some(JAVA_POD.to_owned());
+            }
+            811 => p.netns = POD_NS,
+            31337 => p.netns = HOST_NS,
+            _ => {}
+        }
+    }
+    snap.processes.push(process(
+        99,
+        "sshd",
+        0.0,
+        1,
+        vec![peer("10.0.0.2", 22, 1, 0, 0, 1)],
+    ));
+    snap.processes.last_mut().expect("row").netns = HOST_NS;
+    snap
+}
+
 fn app_with(snap: Snapshot) -> App {
     App::new("twtrace — pid 4242", Arc::new(snap))
 }
@@ -514,11 +550,278 @@ fn help_overlay() {
     press(&mut app, "?");
     let buf = draw(&app, 100, 30);
     assert!(has(&buf, "pause / resume"), "{}", screen(&buf));
+    assert!(
+        has(&buf, "show / hide the CONTAINER column"),
+        "{}",
+        screen(&buf)
+    );
+    assert!(has(&buf, "ns:INODE"), "{}", screen(&buf));
     handle(&mut app, key(KeyCode::Esc));
     assert!(!app.help_shown());
     let buf = draw(&app, 100, 30);
     assert!(!has(&buf, "pause / resume"));
     assert!(has(&buf, "? help"), "footer help line:\n{}", screen(&buf));
+}
+
+#[test]
+fn container_column_toggles_with_c() {
+    let mut app = app_with(containerised());
+    assert!(!app.containers_shown(), "off by default");
+    assert_eq!(app.common_netns(), HOST_NS);
+    let buf = draw(&app, 140, 12);
+    assert!(!has(&buf, "CONTAINER"), "{}", screen(&buf));
+    assert!(!has(&buf, &JAVA_ID[..12]), "{}", screen(&buf));
+
+    press(&mut app, "c");
+    assert!(app.containers_shown());
+    let buf = draw(&app, 140, 12);
+    let text = screen(&buf);
+    // After COMM, before TW/s.
+    let (comm_x, header_y) = find(&buf, "COMM").expect("COMM");
+    let (x, y) = find(&buf, "CONTAINER").expect("CONTAINER");
+    let (tw_x, _) = find(&buf, "TW/s").expect("TW/s");
+    assert!(y == header_y && comm_x < x && x < tw_x, "{text}");
+    // Each row's cell, left-aligned under the title.
+    let cell = |comm: &str| {
+        let (_, y) = find(&buf, comm).expect("row");
+        lines(&buf)[usize::from(y)]
+            .chars()
+            .skip(usize::from(x))
+            .take(13)
+            .collect::<String>()
+    };
+    // The short id, as `docker ps` shows it.
+    assert_eq!(cell("java"), format!("{} ", &JAVA_ID[..12]), "{text}");
+    assert!(
+        !text.contains(&JAVA_ID[..13]),
+        "the id is cut at 12:
+{text}"
+    );
+    // No container known, but not the namespace most rows share: it stands out.
+    assert_eq!(cell("nginx"), format!("ns:{POD_NS}"), "{text}");
+    // On the host.
+    assert_eq!(cell("curl").trim_end(), "-", "{text}");
+    assert_eq!(cell("sshd").trim_end(), "-", "{text}");
+    // Namespace unknown.
+    assert_eq!(cell(BEFORE_START).trim_end(), "-", "{text}");
+
+    // The digit keys pick the same columns whether it is shown or not.
+    press(&mut app, "4");
+    assert_eq!(app.process_sort(), (ProcCol::TwTotal, true));
+    let buf = draw(&app, 140, 12);
+    assert!(has(&buf, "TW TOTAL▼"), "{}", screen(&buf));
+
+    // In the other views it changes nothing; c again hides it.
+    press(&mut app, "\t");
+    let buf = draw(&app, 140, 12);
+    assert!(!has(&buf, "CONTAINER"), "{}", screen(&buf));
+    press(&mut app, "\tc");
+    assert!(!app.containers_shown());
+    let buf = draw(&app, 140, 12);
+    assert!(!has(&buf, "CONTAINER"), "{}", screen(&buf));
+    assert!(!has(&buf, &JAVA_ID[..12]), "{}", screen(&buf));
+    assert!(!has(&buf, "ns:"), "{}", screen(&buf));
+}
+
+#[test]
+fn container_column_without_containers_or_namespaces() {
+    // A replay (no containers) where every row shares one namespace, or none is known: a
+    // column of dashes, as narrow as its title.
+    for netns in [0, HOST_NS] {
+        let mut snap = demo_snapshot();
+        for p in &mut snap.processes {
+            p.netns = netns;
+        }
+        let mut app = app_with(snap);
+        press(&mut app, "c");
+        assert_eq!(app.common_netns(), netns);
+        let buf = draw(&app, 140, 12);
+        let text = screen(&buf);
+        let header = format!("COMM{}CONTAINER{}TW/s▼", " ".repeat(11), " ".repeat(4));
+        assert!(has(&buf, &header), "{text}");
+        let row = format!("java{}-{}812.4", " ".repeat(11), " ".repeat(12));
+        assert!(has(&buf, &row), "{text}");
+        assert!(!text.contains("ns:"), "{text}");
+    }
+}
+
+#[test]
+fn container_column_fits_80_columns() {
+    let mut app = app_with(containerised());
+    press(&mut app, "c");
+    let buf = draw(&app, 80, 14);
+    let text = screen(&buf);
+    println!("{text}");
+    // The id whole, the essentials still there.
+    for s in [
+        "PID",
+        "COMM",
+        "CONTAINER",
+        "TW/s▼",
+        "TW NOW",
+        "CW NOW",
+        "java",
+        "4242",
+        "812.4",
+        &JAVA_ID[..12],
+        "ns:4026532417",
+        "(before start)",
+    ] {
+        assert!(
+            text.contains(s),
+            "{s} missing:
+{text}"
+        );
+    }
+    assert!(
+        !text.contains('…'),
+        "nothing cut:
+{text}"
+    );
+    // Numbers still right-aligned under their titles, the id left-aligned under its own.
+    let (title_x, _) = find(&buf, "TW/s▼").expect("title");
+    let (value_x, _) = find(&buf, "812.4").expect("value");
+    assert_eq!(title_x, value_x, "{text}");
+    let (id_title_x, _) = find(&buf, "CONTAINER").expect("title");
+    let (id_x, _) = find(&buf, &JAVA_ID[..12]).expect("id");
+    assert_eq!(id_title_x, id_x, "{text}");
+    // Without it, the same terminal has room for the top peer again.
+    press(&mut app, "c");
+    let buf = draw(&app, 80, 14);
+    assert!(has(&buf, "TOP PEER"), "{}", screen(&buf));
+}
+
+#[test]
+fn container_column_on_tiny_terminals_does_not_panic() {
+    for w in 0..=50 {
+        for h in 0..=8 {
+            for keys in ["c", "c\n", "c?"] {
+                let mut app = app_with(containerised());
+                press(&mut app, keys);
+                let _ = draw(&app, w, h);
+            }
+        }
+    }
+}
+
+#[test]
+fn drill_down_header_says_where_the_process_runs() {
+    let mut app = app_with(containerised());
+    handle(&mut app, key(KeyCode::Enter));
+    assert_eq!(app.view(), View::Process(4242));
+    for (w, h) in [(160, 24), (120, 20), (80, 24)] {
+        let buf = draw(&app, w, h);
+        let text = screen(&buf);
+        for s in [
+            "java pid 4242".to_owned(),
+            format!("container {JAVA_ID}"),
+            "runtime containerd".to_owned(),
+            format!("pod {JAVA_POD}"),
+            "netns 4026532301".to_owned(),
+            // The peer table is still there.
+            "10.0.3.18:5432".to_owned(),
+        ] {
+            assert!(text.contains(&s), "{w}x{h}: {s} missing:\n{text}");
+        }
+        // On lines of their own, under the counts.
+        let (_, counts_y) = find(&buf, "java pid 4242").expect("title");
+        let (_, id_y) = find(&buf, "container ").expect("id");
+        assert!(id_y > counts_y, "{text}");
+    }
+    // A process with only a namespace says just that; one with nothing known, nothing.
+    press(&mut app, "\t\t/nginx\n\n");
+    assert_eq!(app.view(), View::Process(811));
+    let buf = draw(&app, 120, 24);
+    assert!(has(&buf, &format!("netns {POD_NS}")), "{}", screen(&buf));
+    assert!(!has(&buf, "container "), "{}", screen(&buf));
+    assert!(!has(&buf, "runtime "), "{}", screen(&buf));
+    let mut app = app_with(demo_snapshot());
+    handle(&mut app, key(KeyCode::Enter));
+    let buf = draw(&app, 120, 24);
+    assert!(!has(&buf, "netns "), "{}", screen(&buf));
+    let mut app = app_with(containerised());
+    handle(&mut app, key(KeyCode::Enter));
+    // Narrower than the full id: the short one, never a cut one.
+    let buf = draw(&app, 60, 20);
+    let text = screen(&buf);
+    assert!(
+        has(&buf, &format!("container {}  ", &JAVA_ID[..12])),
+        "{text}"
+    );
+    assert!(!text.contains(&JAVA_ID[..13]), "{text}");
+    // Small drill-downs keep the table.
+    for h in 0..=12 {
+        let buf = draw(&app, 80, h);
+        if h >= 10 {
+            assert!(has(&buf, "10.0.3.17:5432"), "{h}:\n{}", screen(&buf));
+        }
+    }
+}
+
+#[test]
+fn common_netns_is_the_most_shared_then_the_lowest() {
+    use std::collections::HashMap;
+
+    use super::rows::{common_netns, container_label};
+
+    let mut counts = HashMap::new();
+    let row = |netns: u32| ProcessRow {
+        netns,
+        ..ProcessRow::default()
+    };
+    assert_eq!(common_netns(&[], &mut counts), 0);
+    // Unknown namespaces do not count, however many.
+    let rows = [row(0), row(0), row(0), row(7)];
+    assert_eq!(common_netns(&rows, &mut counts), 7);
+    let rows = [row(9), row(8), row(9), row(8), row(5)];
+    assert_eq!(
+        common_netns(&rows, &mut counts),
+        8,
+        "a tie goes to the lowest"
+    );
+    let rows = [row(9), row(8), row(9)];
+    assert_eq!(common_netns(&rows, &mut counts), 9);
+    // A container wins over its namespace, shared or not.
+    let mut p = row(9);
+    p.container = Some("abc".to_owned());
+    assert_eq!(container_label(&p, 9), "abc", "a short id given as is");
+    p.container = Some(JAVA_ID.to_owned());
+    assert_eq!(container_label(&p, 1), JAVA_ID[..12]);
+    p.container = None;
+    assert_eq!(container_label(&p, 9), "-");
+    assert_eq!(container_label(&p, 1), "ns:9");
+    assert_eq!(container_label(&row(0), 1), "-");
+}
+
+#[test]
+fn filter_matches_container_ids_and_namespaces() {
+    let pids = |app: &App| -> Vec<u32> {
+        app.process_rows()
+            .iter()
+            .map(|&i| app.snapshot().processes[i].pid)
+            .collect()
+    };
+    // With the column hidden too: the filter means the same whatever is shown.
+    let mut app = app_with(containerised());
+    for f in [&JAVA_ID[..12], JAVA_ID, "3F9A", &JAVA_ID[..3]] {
+        press(&mut app, &format!("/{f}\n"));
+        assert_eq!(pids(&app), [4242], "{f}");
+        handle(&mut app, key(KeyCode::Esc));
+    }
+    // A prefix, not any substring of the id.
+    press(&mut app, &format!("/{}\n", &JAVA_ID[1..13]));
+    assert!(pids(&app).is_empty());
+    handle(&mut app, key(KeyCode::Esc));
+    // An inode, exactly: every process in that namespace.
+    press(&mut app, &format!("/{HOST_NS}\n"));
+    assert_eq!(pids(&app), [31337, 99]);
+    handle(&mut app, key(KeyCode::Esc));
+    press(&mut app, &format!("/{}\n", &POD_NS.to_string()[..6]));
+    assert!(pids(&app).is_empty(), "not a prefix of an inode");
+    handle(&mut app, key(KeyCode::Esc));
+    // The peer view keeps the peers of matching processes.
+    press(&mut app, &format!("\t/{}\n", &JAVA_ID[..12]));
+    assert_eq!(app.peer_rows().len(), 3);
 }
 
 // ---- input -------------------------------------------------------------------------------

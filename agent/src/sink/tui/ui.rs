@@ -23,6 +23,8 @@ use ratatui::widgets::{Block, Borders, Cell, Clear, Paragraph, Row, Sparkline, T
 use super::app::{App, PeerCol, PeerGroup, ProcCol, View};
 use super::input::HELP;
 use super::layout::*;
+use super::rows::container_label;
+use crate::sink::table::short_id;
 use crate::{
     model::snapshot::{BEFORE_START, ProcessRow, Snapshot},
     text::escape,
@@ -120,28 +122,37 @@ fn item(label: &'static str, value: String) -> Line<'static> {
 }
 
 /// Lays items out left to right, wrapping between items (never inside one), in order of
-/// importance: what does not fit in the area is left out.
+/// importance: what does not fit in the area is left out, and an item wider than the area is
+/// cut.
 fn flow(frame: &mut Frame, area: Rect, items: &[Line]) {
     let buf = frame.buffer_mut();
-    let (mut x, mut y) = (area.x, area.y);
-    for it in items {
-        if y >= area.bottom() {
+    for ((x, y), it) in flow_places(items, area.width).zip(items) {
+        if y >= area.height {
             break;
         }
-        let w = u16::try_from(it.width()).unwrap_or(u16::MAX);
-        let gap = if x > area.x { GAP } else { 0 };
-        if x > area.x && x.saturating_add(gap).saturating_add(w) > area.right() {
-            y += 1;
-            x = area.x;
-            if y >= area.bottom() {
-                break;
-            }
-        }
-        let start = if x > area.x { x + GAP } else { x };
-        let avail = area.right().saturating_sub(start);
-        let (end, _) = buf.set_line(start, y, it, avail);
-        x = end;
+        buf.set_line(area.x + x, area.y + y, it, area.width - x);
     }
+}
+
+/// Lines [`flow`] needs to show all of `items` in `width` cells.
+fn flow_height(items: &[Line], width: u16) -> u16 {
+    flow_places(items, width).last().map_or(0, |(_, y)| y + 1)
+}
+
+/// Where [`flow`] puts each item: (column, line) from the area's corner, the column always
+/// within `width`.
+fn flow_places<'a>(items: &'a [Line], width: u16) -> impl Iterator<Item = (u16, u16)> + 'a {
+    let (mut x, mut y) = (0u16, 0u16);
+    items.iter().map(move |it| {
+        let w = u16::try_from(it.width()).unwrap_or(u16::MAX);
+        if x > 0 && x.saturating_add(GAP).saturating_add(w) > width {
+            y = y.saturating_add(1);
+            x = 0;
+        }
+        let start = if x > 0 { x + GAP } else { 0 };
+        x = start.saturating_add(w).min(width);
+        (start, y)
+    })
 }
 
 fn duration(secs: f64) -> String {
@@ -186,10 +197,12 @@ fn render_processes(frame: &mut Frame, area: Rect, app: &App, snap: &Snapshot) {
         message(frame, table, text);
         return;
     }
-    let sorted = ProcCol::ALL
-        .iter()
-        .position(|&c| c == sort_col)
-        .unwrap_or(0);
+    let sorted = process_display_col(
+        ProcCol::ALL
+            .iter()
+            .position(|&c| c == sort_col)
+            .unwrap_or(0),
+    );
     let visible = usize::from(table.height.saturating_sub(1));
     let offset = app.scroll_offset(visible);
     let window = || {
@@ -200,6 +213,20 @@ fn render_processes(frame: &mut Frame, area: Rect, app: &App, snap: &Snapshot) {
     };
     let mut cols = PROCESS_COLS;
     cols[1].width = text_width(window().map(|p| escape(&p.comm)), cols[1].min, MAX_COMM);
+    let common = app.common_netns();
+    let container = &mut cols[CONTAINER_COL];
+    if app.containers_shown() {
+        // As wide as what is on screen, never cut: a cut id would name another container.
+        container.width = text_width(
+            window().map(|p| escape(&container_label(p, common)).into_owned()),
+            container.min,
+            MAX_CONTAINER,
+        );
+        container.min = container.width;
+    } else {
+        container.width = 0;
+        container.min = 0;
+    }
     let w = widths(&cols, table.width, sorted);
     let selected = app.selected();
     let body = rows
@@ -212,7 +239,7 @@ fn render_processes(frame: &mut Frame, area: Rect, app: &App, snap: &Snapshot) {
             let row = Row::new(
                 (0..cols.len())
                     .filter(|&c| w[c] > 0)
-                    .map(|c| process_cell(p, c, w[c])),
+                    .map(|c| process_cell(p, c, w[c], common)),
             );
             let row = row_style(row, n == selected, p.pid == 0 && p.comm == BEFORE_START);
             // An exited process keeps its row while its counts matter; dimmed, and its name
@@ -237,7 +264,8 @@ fn row_style(row: Row<'_>, selected: bool, before_start: bool) -> Row<'_> {
     row.style(style)
 }
 
-fn process_cell(p: &ProcessRow, c: usize, width: u16) -> Cell<'_> {
+/// Column `c` of [`PROCESS_COLS`] for `p`; `common` is the namespace most rows share.
+fn process_cell(p: &ProcessRow, c: usize, width: u16, common: u32) -> Cell<'_> {
     match c {
         0 if p.pid == 0 => Cell::from(Line::from("-").right_aligned()),
         0 => num(u64::from(p.pid)),
@@ -245,14 +273,16 @@ fn process_cell(p: &ProcessRow, c: usize, width: u16) -> Cell<'_> {
             Cell::from(fit(&format!("{} (exited)", escape(&p.comm)), width).into_owned())
         }
         1 => Cell::from(fit_name(&p.comm, width)),
-        2 => rate(p.timewait_per_s),
-        3 => num(p.timewait_entered),
-        4 => num(p.timewait_now),
-        5 => num(p.close_wait_now),
-        6 => num(p.established_now),
-        7 => rate(p.opens_per_s),
-        8 => rate(p.closes_per_s),
-        9 => num(p.resets),
+        // Ids are hex as parsed from the cgroup path, but the row's fields are anyone's to fill.
+        CONTAINER_COL => Cell::from(fit_name(&container_label(p, common), width).into_owned()),
+        3 => rate(p.timewait_per_s),
+        4 => num(p.timewait_entered),
+        5 => num(p.timewait_now),
+        6 => num(p.close_wait_now),
+        7 => num(p.established_now),
+        8 => rate(p.opens_per_s),
+        9 => rate(p.closes_per_s),
+        10 => num(p.resets),
         _ => match p.peers.first() {
             Some(r) => Cell::from(fit(&peer_label(r), width).into_owned()),
             None => Cell::from("-"),
@@ -415,8 +445,17 @@ fn render_drill(frame: &mut Frame, area: Rect, app: &App, snap: &Snapshot, pid: 
         _ => 0,
     };
     let summary_h = if area.height >= 10 { 2 } else { 1 };
-    let [summary, cap, spark, rest] = Layout::vertical([
+    // Where the process runs, on lines of its own: a 64-hex id does not share a line well.
+    let place = placement(p, area.width);
+    let place_h = match area.height {
+        h if h >= 14 => 3,
+        h if h >= 8 => 1,
+        _ => 0,
+    };
+    let place_h = flow_height(&place, area.width).min(place_h);
+    let [summary, place_area, cap, spark, rest] = Layout::vertical([
         Constraint::Length(summary_h),
+        Constraint::Length(place_h),
         Constraint::Length(u16::from(spark_h > 0)),
         Constraint::Length(spark_h),
         Constraint::Fill(1),
@@ -446,6 +485,7 @@ fn render_drill(frame: &mut Frame, area: Rect, app: &App, snap: &Snapshot, pid: 
         item("resets", p.resets.to_string()),
     ];
     flow(frame, summary, &items);
+    flow(frame, place_area, &place);
 
     if spark_h > 0 {
         // The newest values matter most: when the history is wider than the area, drop the
@@ -520,6 +560,35 @@ fn render_drill(frame: &mut Frame, area: Rect, app: &App, snap: &Snapshot, pid: 
     );
 }
 
+/// What is known of where `p` runs, most telling first: its container (full id, or the short
+/// one when the full one would not fit in `width`), the runtime, the pod, the network
+/// namespace. Empty when nothing is.
+fn placement(p: &ProcessRow, width: u16) -> Vec<Line<'static>> {
+    let mut items = Vec::new();
+    // Hex, UUIDs and runtime names as parsed from cgroup paths; escaped all the same, as the
+    // row's fields are anyone's to fill.
+    if let Some(id) = &p.container {
+        let full = item("container", escape(id).into_owned());
+        // A cut id looks whole and names nothing; the short one is what `docker ps` shows.
+        let short = || item("container", escape(short_id(id)).into_owned());
+        items.push(if full.width() <= usize::from(width) {
+            full
+        } else {
+            short()
+        });
+    }
+    if let Some(runtime) = p.runtime {
+        items.push(item("runtime", escape(runtime).into_owned()));
+    }
+    if let Some(uid) = &p.pod_uid {
+        items.push(item("pod", escape(uid).into_owned()));
+    }
+    if p.netns != 0 {
+        items.push(item("netns", p.netns.to_string()));
+    }
+    items
+}
+
 // ---- footer and help ---------------------------------------------------------------------
 
 fn render_footer(frame: &mut Frame, area: Rect, app: &App) {
@@ -531,7 +600,8 @@ fn render_footer(frame: &mut Frame, area: Rect, app: &App) {
             Span::from("/").bold(),
             Span::from(app.filter()).yellow(),
             Span::from("█"),
-            Span::from("  Enter keep  Esc clear  (comm, pid, port or address)").dim(),
+            Span::from("  Enter keep  Esc clear  (comm, pid, port, address, container or netns)")
+                .dim(),
         ]);
         frame.render_widget(line, area);
         return;
@@ -546,6 +616,8 @@ fn render_footer(frame: &mut Frame, area: Rect, app: &App) {
             ("/", "filter"),
             ("space", "pause"),
             ("?", "help"),
+            // Last: the line is cut at 80 columns, and the keys above matter more.
+            ("c", "container"),
         ],
         View::Peers => &[
             ("q", "quit"),
@@ -582,6 +654,8 @@ const LEGEND: &[&str] = &[
     "(before start): sockets older than twtrace, owner unknown.",
     "Many TW/s toward one peer: connection churn (no pooling/keep-alive).",
     "CW NOW growing: the process does not close() sockets the peer closed.",
+    "CONTAINER (c): short id; if none, ns:INODE when the process's network",
+    "namespace is not the one most rows share (a pod of an unknown runtime).",
 ];
 
 fn render_help(frame: &mut Frame, area: Rect) {
