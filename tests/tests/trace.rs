@@ -94,8 +94,10 @@ struct Run<'a> {
     client: u32,
     server_comm: &'static str,
     client_comm: &'static str,
-    /// The events of the connections between the peers (see [`Filter`]).
+    /// The transitions of the connections between the peers (see [`Filter`]).
     events: Vec<&'a Event>,
+    /// Their accept() lines (not transitions: kept apart, see `Event::accept`).
+    accepts: Vec<&'a Event>,
 }
 
 impl<'a> Run<'a> {
@@ -200,10 +202,11 @@ fn run(test: &str, checks: impl FnOnce(&mut Checks, &Run)) {
     eprintln!("[{test}] run took {:?}", started.elapsed());
     let (port, server, client) = (peers.port(), peers.server.pid(), peers.client.pid());
     let summary = trace.summary();
-    let events = match s.filter {
+    let all = match s.filter {
         Filter::Port => trace.on_port(port),
         Filter::ClientPid => trace.events.iter().collect(),
     };
+    let (accepts, events): (Vec<&Event>, Vec<&Event>) = all.into_iter().partition(|e| e.accept);
     print_breakdown(
         test,
         &trace,
@@ -224,6 +227,7 @@ fn run(test: &str, checks: impl FnOnce(&mut Checks, &Run)) {
             server_comm: s.server_comm,
             client_comm: s.client_comm,
             events,
+            accepts,
         },
     );
     c.finish();
@@ -260,10 +264,22 @@ fn client_closes_first() {
         );
         let close_wait = select(&server_side, |e| e.new == CLOSE_WAIT);
         c.count("server-side CLOSE_WAIT", &close_wait, run.n);
+        // Through the listener until the server's accept() returned the socket, the server
+        // itself after; which one depends on whether the client's FIN came first.
         c.all(
-            "server-side CLOSE_WAIT: server pid, attribution listener",
+            "server-side CLOSE_WAIT: server pid, attribution listener or accepted",
             &close_wait,
-            |e| e.pid == run.server && e.comm == run.server_comm && e.attribution == "listener",
+            |e| {
+                e.pid == run.server
+                    && e.comm == run.server_comm
+                    && ["listener", "accepted"].contains(&e.attribution.as_str())
+            },
+        );
+        c.count("accept() lines", &run.accepts, run.n);
+        c.all(
+            "accept() lines: server pid, attribution accepted, server side",
+            &run.accepts,
+            |e| e.pid == run.server && e.attribution == "accepted" && e.lport == run.port,
         );
     });
 }
