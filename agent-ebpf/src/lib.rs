@@ -104,7 +104,7 @@ pub mod stat {
     pub const UNATTRIBUTED: u32 = 3;
     /// Accepted sockets whose listener was not known.
     pub const LISTENER_MISS: u32 = 4;
-    /// Events dropped by the in-kernel `--pid` / `--port` / `--netns` filters.
+    /// Events dropped by the in-kernel `--pid` / `--port` / `--netns` / `--cgroup` filters.
     pub const FILTERED: u32 = 5;
     /// accept() returned a socket the kernel program could not find in its socket table (a
     /// socket table full, or the fd could not be followed to its socket).
@@ -120,15 +120,18 @@ pub mod maps {
     pub const LISTENERS: &str = "LISTENERS";
     pub const PID_FILTER: &str = "PID_FILTER";
     pub const PORT_FILTER: &str = "PORT_FILTER";
+    pub const CGROUP_FILTER: &str = "CGROUP_FILTER";
 }
 
 /// Global names patched by the loader.
 pub mod globals {
-    /// `u32`: bit 0 = filter on owner pid, bit 1 = filter on port, bit 2 = on network namespace.
+    /// `u32`: bit 0 = filter on owner pid, bit 1 = filter on port, bit 2 = on network namespace,
+    /// bit 3 = on the owner's cgroup.
     pub const FILTERS: &str = "FILTERS";
     pub const FILTER_PID: u32 = 1 << 0;
     pub const FILTER_PORT: u32 = 1 << 1;
     pub const FILTER_NETNS: u32 = 1 << 2;
+    pub const FILTER_CGROUP: u32 = 1 << 3;
     /// `u32`: the network namespace `--netns` keeps (with `FILTER_NETNS`).
     pub const NETNS_FILTER: &str = "NETNS_FILTER";
     /// `u32`: 1 when the kernel struct offsets below were resolved from BTF; 0 leaves the
@@ -159,6 +162,10 @@ pub mod programs {
 pub const COMM_LEN: usize = 16;
 pub const MAX_PID_FILTER: u32 = 64;
 pub const MAX_PORT_FILTER: u32 = 64;
+/// Cgroups `--cgroup` can hold: the chosen one and everything below it. A Kubernetes node's
+/// `/kubepods` has a few per container (pod, container, sometimes a sandbox), so this is room
+/// for thousands of containers; a bigger tree is said once (agent/src/kernel/tracer.rs).
+pub const MAX_CGROUP_FILTER: u32 = 16_384;
 
 /// The process a socket belongs to.
 #[repr(C)]

@@ -23,8 +23,9 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::warn;
 use twtrace_ebpf::{
-    AF_INET, AF_INET6, COMM_LEN, Event, IPPROTO_TCP, ListenerEntry, ListenerKey, MAX_PID_FILTER,
-    MAX_PORT_FILTER, Owner, SockEntry, flags, globals, how, offsets, stat, tcp_state,
+    AF_INET, AF_INET6, COMM_LEN, Event, IPPROTO_TCP, ListenerEntry, ListenerKey, MAX_CGROUP_FILTER,
+    MAX_PID_FILTER, MAX_PORT_FILTER, Owner, SockEntry, flags, globals, how, offsets, stat,
+    tcp_state,
 };
 
 /// Sized by the agent at load time (`RING_BYTES` in agent/src/kernel/tracer.rs); this is a fallback.
@@ -51,6 +52,13 @@ static PID_FILTER: HashMap<u32, u8> = HashMap::with_max_entries(MAX_PID_FILTER, 
 
 #[map]
 static PORT_FILTER: HashMap<u16, u8> = HashMap::with_max_entries(MAX_PORT_FILTER, 0);
+
+/// `--cgroup`: the cgroup v2 ids (directory inodes) of the chosen cgroup and every cgroup below
+/// it. The agent fills it before attaching and keeps it current as cgroups come and go
+/// (`Tracer::refresh_cgroup_filter` in agent/src/kernel/tracer.rs): an id lookup here is one
+/// hash probe per event, where matching the path prefix would need the whole ancestry.
+#[map]
+static CGROUP_FILTER: HashMap<u64, u8> = HashMap::with_max_entries(MAX_CGROUP_FILTER, 0);
 
 /// `globals::FILTER_*` bits, set by the loader.
 #[unsafe(no_mangle)]
@@ -189,6 +197,14 @@ fn passes_filters(ev: &Event) -> bool {
     }
     if filters & globals::FILTER_NETNS != 0 && ev.netns != NETNS_FILTER.load() {
         return false;
+    }
+    if filters & globals::FILTER_CGROUP != 0 {
+        // An unknown owner (cgroup 0: a socket from before the start) is never in the map, so
+        // it does not pass: which cgroup it belongs to is not known.
+        // SAFETY: as above.
+        if unsafe { CGROUP_FILTER.get(ev.owner.cgroup_id) }.is_none() {
+            return false;
+        }
     }
     true
 }

@@ -18,6 +18,8 @@ Examples:
                                         replay a recording into the leaderboard, ten times as fast
   sudo twtrace --record incident.twr    watch the leaderboard and record everything meanwhile
   sudo twtrace --netns /run/netns/blue  only one network namespace (a pod's: /proc/PID/ns/net)
+  sudo twtrace --cgroup /system.slice/docker-<id>.scope
+                                        only one container's sockets (its cgroup and below)
   sudo twtrace trace --json | jq -c 'select(.container) | {pid, container, pod_uid, new}'
                                         transitions of processes in containers, with their ids
 
@@ -377,6 +379,14 @@ pub struct FilterArgs {
     /// `ip netns`.
     #[arg(long, value_name = "INODE|PATH")]
     pub netns: Option<String>,
+
+    /// Only sockets whose owner is in this cgroup v2 or below it: its path as the `0::` line of
+    /// /proc/PID/cgroup shows it (/kubepods/burstable/pod<uid>, /system.slice/docker-<id>.scope),
+    /// with or without the mount in front (/sys/fs/cgroup/...). A cgroup made below it later
+    /// counts from about a second after its creation. Sockets whose owner is not known (made
+    /// before the start) are not shown. Live only.
+    #[arg(long, value_name = "PATH")]
+    pub cgroup: Option<String>,
 }
 
 impl FilterArgs {
@@ -394,6 +404,32 @@ impl FilterArgs {
             }
         }
         self.netns_id()?;
+        self.cgroup_dir()?;
+        Ok(())
+    }
+
+    /// `--cgroup` as a directory of the cgroup v2 hierarchy mounted here.
+    pub fn cgroup_dir(&self) -> anyhow::Result<Option<crate::container::CgroupDir>> {
+        self.cgroup
+            .as_deref()
+            .map(|arg| {
+                crate::container::CgroupDir::resolve(
+                    arg,
+                    crate::kernel::procnet::cgroup2_mount().as_deref(),
+                )
+            })
+            .transpose()
+    }
+
+    /// Refuses what a replay cannot do: `--cgroup` needs the live hierarchy, since a recording
+    /// holds each owner's cgroup id, not its path (and the ids are the recording machine's).
+    pub fn check_replay(&self) -> anyhow::Result<()> {
+        if let Some(arg) = &self.cgroup {
+            anyhow::bail!(
+                "--cgroup {arg} works only live: a recording keeps each owner's cgroup id, not \
+                 its path (record with --cgroup to keep only one cgroup's sockets)"
+            );
+        }
         Ok(())
     }
 
@@ -580,9 +616,8 @@ mod tests {
     #[test]
     fn validate_rejects_missing_pids_and_too_many_values() {
         let missing = FilterArgs {
-            netns: None,
             pid: vec![u32::MAX - 1],
-            port: vec![],
+            ..FilterArgs::default()
         };
         assert!(
             missing
@@ -592,16 +627,41 @@ mod tests {
                 .contains("no process with pid")
         );
         let own = FilterArgs {
-            netns: None,
             pid: vec![std::process::id()],
-            port: vec![],
+            ..FilterArgs::default()
         };
         own.validate().expect("own pid exists");
         let many = FilterArgs {
-            netns: None,
-            pid: vec![],
             port: (1..=65).collect(),
+            ..FilterArgs::default()
         };
         assert!(many.validate().is_err());
+    }
+
+    #[test]
+    fn cgroup_is_checked_and_refused_in_replays() {
+        let cli = parse(&["trace", "--cgroup", "/system.slice"]).expect("parses");
+        let Some(Command::Trace(args)) = cli.command else {
+            panic!("trace expected")
+        };
+        assert_eq!(args.filter.cgroup.as_deref(), Some("/system.slice"));
+        let e = args.filter.check_replay().expect_err("a replay refuses it");
+        assert!(format!("{e:#}").contains("works only live"), "{e:#}");
+        assert!(!format!("{e:#}").contains('\n'), "one line: {e:#}");
+        FilterArgs::default()
+            .check_replay()
+            .expect("no --cgroup, nothing to refuse");
+
+        let missing = FilterArgs {
+            cgroup: Some("/twtrace-no-such-cgroup-anywhere".into()),
+            ..FilterArgs::default()
+        };
+        let e = missing.validate().expect_err("no such cgroup");
+        let text = format!("{e:#}");
+        assert!(
+            text.starts_with("--cgroup /twtrace-no-such-cgroup-anywhere: "),
+            "{text}"
+        );
+        assert!(!text.contains('\n'), "one line: {text}");
     }
 }

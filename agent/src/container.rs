@@ -45,6 +45,11 @@
 //! [`pod_uid`] still finds the pod around a conmon cgroup.
 //!
 //! Only lowercase hex is accepted, as every runtime writes it; anything else is not ours to guess.
+//!
+//! # `--cgroup`
+//!
+//! The same walk, limited to one subtree, gives the ids `--cgroup` keeps in the kernel
+//! ([`subtree_ids`], [`CgroupIds`]): the kernel program compares ids, not paths.
 
 use std::{
     collections::HashMap,
@@ -299,8 +304,20 @@ fn walk(root: &Path) -> HashMap<u64, String> {
         return paths;
     };
     paths.insert(meta.ino(), "/".to_owned());
-    let mut pending = vec![(root.to_path_buf(), String::new(), 0)];
-    while let Some((dir, path, depth)) = pending.pop() {
+    visit_dirs(root, String::new(), |entry, path| {
+        let child = format!("{path}/{}", entry.file_name().to_string_lossy());
+        paths.insert(entry.ino(), child.clone());
+        child
+    });
+    paths
+}
+
+/// Calls `visit` for every directory below `root`, down to [`MAX_DEPTH`] levels, with the value
+/// `visit` returned for its parent (`top` for `root`'s children). What cannot be read (a cgroup
+/// removed during the walk) is skipped.
+fn visit_dirs<T>(root: &Path, top: T, mut visit: impl FnMut(&fs::DirEntry, &T) -> T) {
+    let mut pending = vec![(root.to_path_buf(), top, 0)];
+    while let Some((dir, parent, depth)) = pending.pop() {
         if depth >= MAX_DEPTH {
             continue;
         }
@@ -313,14 +330,197 @@ fn walk(root: &Path) -> HashMap<u64, String> {
             if !entry.file_type().is_ok_and(|t| t.is_dir()) {
                 continue;
             }
-            let child = format!("{path}/{}", entry.file_name().to_string_lossy());
-            // readdir's inode number, which on cgroupfs (kernfs) is the one stat reports: one
-            // syscall less per cgroup than a metadata call.
-            paths.insert(entry.ino(), child.clone());
-            pending.push((entry.path(), child, depth + 1));
+            // readdir's inode number (`DirEntry::ino`) is, on cgroupfs (kernfs), the one stat
+            // reports: one syscall less per cgroup than a metadata call.
+            let value = visit(&entry, &parent);
+            pending.push((entry.path(), value, depth + 1));
         }
     }
-    paths
+}
+
+/// A `--cgroup` argument, checked: a directory in the cgroup v2 hierarchy.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CgroupDir {
+    /// Its path relative to the v2 mount, from `/` (as the `0::` line of `/proc/<pid>/cgroup`
+    /// shows it); the root is `/`.
+    pub path: String,
+    /// The directory itself: the mount joined with `path`.
+    pub dir: PathBuf,
+}
+
+impl CgroupDir {
+    /// `arg` ([`cgroup_path`]) as a directory of the v2 hierarchy mounted at `mount`
+    /// ([`crate::kernel::procnet::cgroup2_mount`]); anything else is refused in one line.
+    pub fn resolve(arg: &str, mount: Option<&Path>) -> anyhow::Result<Self> {
+        let Some(mount) = mount else {
+            anyhow::bail!("--cgroup {arg}: no cgroup v2 hierarchy is mounted");
+        };
+        let path = cgroup_path(arg, mount)?;
+        let dir = mount.join(path.trim_start_matches('/'));
+        // symlink_metadata: a link is not a cgroup (cgroupfs has none), whatever it points at.
+        match fs::symlink_metadata(&dir) {
+            Ok(meta) if meta.is_dir() => Ok(Self { path, dir }),
+            Ok(_) => anyhow::bail!(
+                "--cgroup {arg}: {} is not a directory of the cgroup v2 hierarchy (mounted at {})",
+                dir.display(),
+                mount.display()
+            ),
+            Err(e) => anyhow::bail!(
+                "--cgroup {arg}: {} is not a directory of the cgroup v2 hierarchy (mounted at \
+                 {}): {e}",
+                dir.display(),
+                mount.display()
+            ),
+        }
+    }
+}
+
+/// A `--cgroup` argument as a path in the cgroup v2 hierarchy mounted at `mount`, from `/`:
+/// given with the mount in front or without it (`/sys/fs/cgroup/unified/x` and `/x` are the
+/// same there), with or without the leading `/`; `.` and repeated or trailing `/` are dropped.
+/// `..` is refused: it could leave the hierarchy, and no cgroup path needs it. Only the text is
+/// looked at; [`CgroupDir::resolve`] checks the directory.
+pub fn cgroup_path(arg: &str, mount: &Path) -> anyhow::Result<String> {
+    use std::path::Component;
+    if arg.is_empty() {
+        anyhow::bail!("--cgroup needs a path in the cgroup v2 hierarchy, such as /system.slice");
+    }
+    let given = Path::new(arg);
+    // Component-wise: `/sys/fs/cgroup/unifiedx` does not start with `/sys/fs/cgroup/unified`.
+    let inside = given.strip_prefix(mount).unwrap_or(given);
+    let mut path = String::new();
+    for part in inside.components() {
+        match part {
+            Component::Normal(name) => {
+                path.push('/');
+                path.push_str(&name.to_string_lossy());
+            }
+            Component::ParentDir => anyhow::bail!(
+                "--cgroup {arg}: `..` is not allowed; give the cgroup's path as \
+                 /proc/PID/cgroup shows it"
+            ),
+            Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
+        }
+    }
+    if path.is_empty() {
+        path.push('/');
+    }
+    Ok(path)
+}
+
+/// The ids of `dir` and of every cgroup below it (directory inodes, which are the cgroup ids
+/// on cgroupfs), down to [`MAX_DEPTH`] levels below `dir`, without following symbolic links.
+/// Empty when `dir` is gone.
+pub fn subtree_ids(dir: &Path) -> Vec<u64> {
+    let Ok(meta) = fs::symlink_metadata(dir) else {
+        return Vec::new();
+    };
+    if !meta.is_dir() {
+        return Vec::new();
+    }
+    let mut ids = vec![meta.ino()];
+    visit_dirs(dir, (), |entry, _| ids.push(entry.ino()));
+    ids
+}
+
+/// How long a removed cgroup's id stays in the `--cgroup` filter. A stopped container's sockets
+/// outlive its cgroup (orphaned connections finish their close, usually within
+/// `tcp_fin_timeout`, 60 s by default), and their transitions still carry the removed cgroup's
+/// id. Keeping an id costs only room: 64-bit cgroup ids are never handed out again.
+pub const GONE_KEPT_FOR: Duration = Duration::from_secs(120);
+
+/// The cgroup ids a `--cgroup` filter holds in the kernel, at most `capacity` of them: every
+/// cgroup a walk of the chosen subtree finds, and the removed ones for [`GONE_KEPT_FOR`]. When
+/// there is no room, removed ones make way first (the longest gone first); what still does not
+/// fit is left out and counted, and tried again at the next walk.
+#[derive(Debug)]
+pub struct CgroupIds {
+    capacity: usize,
+    /// id -> since when its cgroup has not been found (None: found by the latest walk).
+    held: HashMap<u64, Option<Instant>>,
+    left_out: usize,
+}
+
+/// What the kernel's map must lose and gain, in that order (removals make the room).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct IdChanges {
+    pub remove: Vec<u64>,
+    pub add: Vec<u64>,
+}
+
+impl CgroupIds {
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            capacity,
+            held: HashMap::new(),
+            left_out: 0,
+        }
+    }
+
+    /// Takes the ids a walk found at `now` ([`subtree_ids`]); returns the changes for the map.
+    pub fn update(&mut self, found: &[u64], now: Instant) -> IdChanges {
+        let found_set: std::collections::HashSet<u64> = found.iter().copied().collect();
+        let mut changes = IdChanges::default();
+        self.held.retain(|&id, gone| {
+            if found_set.contains(&id) {
+                *gone = None;
+                return true;
+            }
+            let since = *gone.get_or_insert(now);
+            let keep = now.saturating_duration_since(since) < GONE_KEPT_FOR;
+            if !keep {
+                changes.remove.push(id);
+            }
+            keep
+        });
+        let new: Vec<u64> = found
+            .iter()
+            .copied()
+            .filter(|id| !self.held.contains_key(id))
+            .collect();
+        let room = self.capacity.saturating_sub(self.held.len());
+        if new.len() > room {
+            let mut gone: Vec<(Instant, u64)> = self
+                .held
+                .iter()
+                .filter_map(|(&id, &since)| Some((since?, id)))
+                .collect();
+            gone.sort_unstable();
+            for (_, id) in gone.into_iter().take(new.len() - room) {
+                self.held.remove(&id);
+                changes.remove.push(id);
+            }
+        }
+        let room = self.capacity.saturating_sub(self.held.len());
+        self.left_out = new.len().saturating_sub(room);
+        changes.add = new.into_iter().take(room).collect();
+        for &id in &changes.add {
+            self.held.insert(id, None);
+        }
+        changes
+    }
+
+    /// `id` could not be added to the map after all (the kernel refused it): it counts as left
+    /// out, and the next walk tries again.
+    pub fn not_added(&mut self, id: u64) {
+        if self.held.remove(&id).is_some() {
+            self.left_out += 1;
+        }
+    }
+
+    /// Cgroups the latest walk found that are not in the filter.
+    pub fn left_out(&self) -> usize {
+        self.left_out
+    }
+
+    /// Ids in the filter now.
+    pub fn len(&self) -> usize {
+        self.held.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.held.is_empty()
+    }
 }
 
 #[cfg(test)]
@@ -668,6 +868,192 @@ mod tests {
         assert_eq!(paths.container(1), None);
         let mut gone = CgroupPaths::new(Some(PathBuf::from("/nonexistent/twtrace")));
         assert_eq!(gone.path(1), None);
+    }
+
+    #[test]
+    fn cgroup_paths_with_or_without_the_mount_are_the_same() {
+        let hybrid = Path::new("/sys/fs/cgroup/unified");
+        let path = |arg: &str| cgroup_path(arg, hybrid).map_err(|e| format!("{e:#}"));
+        let pod = format!("/kubepods/burstable/pod{UID}");
+        for arg in [
+            pod.clone(),
+            format!("/sys/fs/cgroup/unified{pod}"),
+            format!("/sys/fs/cgroup/unified/{pod}/"),
+            format!("kubepods/burstable/pod{UID}"),
+            format!("//kubepods/./burstable//pod{UID}/."),
+        ] {
+            assert_eq!(path(&arg).as_deref(), Ok(pod.as_str()), "{arg}");
+        }
+        // The root, however it is written.
+        for arg in [
+            "/",
+            "/sys/fs/cgroup/unified",
+            "/sys/fs/cgroup/unified/",
+            ".",
+        ] {
+            assert_eq!(path(arg).as_deref(), Ok("/"), "{arg}");
+        }
+        // Only a whole-component prefix is the mount: anything else is a path inside it (and
+        // then, in the hierarchy, most likely no directory at all).
+        assert_eq!(
+            path("/sys/fs/cgroup/unifiedx/a").as_deref(),
+            Ok("/sys/fs/cgroup/unifiedx/a")
+        );
+        assert_eq!(
+            path("/sys/fs/cgroup/system.slice").as_deref(),
+            Ok("/sys/fs/cgroup/system.slice"),
+            "the v1 layout's path is not the v2 mount's"
+        );
+        // On a host with the v2 hierarchy alone.
+        assert_eq!(
+            cgroup_path(
+                "/sys/fs/cgroup/system.slice/docker-x.scope",
+                Path::new("/sys/fs/cgroup")
+            )
+            .ok()
+            .as_deref(),
+            Some("/system.slice/docker-x.scope")
+        );
+        for bad in ["", "/a/../..", "..", "/sys/fs/cgroup/unified/.."] {
+            let e = path(bad).expect_err(bad);
+            assert!(e.starts_with("--cgroup"), "{e}");
+            assert!(!e.contains('\n'), "one line: {e}");
+        }
+    }
+
+    #[test]
+    fn a_cgroup_must_be_a_directory_of_the_hierarchy() {
+        let tree = TempTree::new("resolve");
+        let scope = tree
+            .0
+            .join("system.slice")
+            .join(format!("docker-{ID}.scope"));
+        fs::create_dir_all(&scope).unwrap();
+        fs::write(tree.0.join("system.slice/cgroup.procs"), "").unwrap();
+        symlink(&scope, tree.0.join("link")).unwrap();
+        let root = Some(tree.0.as_path());
+
+        let want = CgroupDir {
+            path: format!("/system.slice/docker-{ID}.scope"),
+            dir: scope.clone(),
+        };
+        let given = format!("{}/system.slice/docker-{ID}.scope", tree.0.display());
+        assert_eq!(CgroupDir::resolve(&given, root).unwrap(), want);
+        assert_eq!(CgroupDir::resolve(&want.path, root).unwrap(), want);
+        assert_eq!(CgroupDir::resolve("/", root).unwrap().dir, tree.0);
+
+        for (arg, why) in [
+            ("/system.slice/nothing", "No such file"),
+            ("/system.slice/cgroup.procs", "is not a directory"),
+            ("/link", "is not a directory"),
+        ] {
+            let e = format!("{:#}", CgroupDir::resolve(arg, root).expect_err(arg));
+            assert!(e.starts_with(&format!("--cgroup {arg}: ")), "{e}");
+            assert!(e.contains(why) && e.contains("cgroup v2 hierarchy"), "{e}");
+            assert!(!e.contains('\n'), "one line: {e}");
+        }
+        let e = format!("{:#}", CgroupDir::resolve("/x", None).expect_err("no v2"));
+        assert_eq!(e, "--cgroup /x: no cgroup v2 hierarchy is mounted");
+    }
+
+    #[test]
+    fn a_subtree_is_its_directory_and_every_one_below_without_links_or_files() {
+        let tree = TempTree::new("subtree");
+        let pod = tree.0.join("kubepods/burstable").join(format!("pod{UID}"));
+        fs::create_dir_all(pod.join(ID)).unwrap();
+        fs::create_dir_all(pod.join(ID2).join("init.scope")).unwrap();
+        fs::create_dir_all(tree.0.join("kubepods/besteffort")).unwrap();
+        fs::write(pod.join("cgroup.procs"), "").unwrap();
+        // A link back up must not be followed (it would loop) nor counted.
+        symlink(&tree.0, pod.join("up")).unwrap();
+
+        let mut ids = subtree_ids(&pod);
+        ids.sort_unstable();
+        let mut want: Vec<u64> = [
+            pod.clone(),
+            pod.join(ID),
+            pod.join(ID2),
+            pod.join(ID2).join("init.scope"),
+        ]
+        .iter()
+        .map(|d| ino(d))
+        .collect();
+        want.sort_unstable();
+        assert_eq!(ids, want);
+        assert_eq!(subtree_ids(&pod.join(ID)), vec![ino(&pod.join(ID))]);
+        assert!(subtree_ids(&pod.join("cgroup.procs")).is_empty());
+        assert!(
+            subtree_ids(&pod.join("up")).is_empty(),
+            "a link is no cgroup"
+        );
+        assert!(subtree_ids(&tree.0.join("gone")).is_empty());
+
+        // Bounded depth, counted from the subtree's top.
+        let mut deep = tree.0.join("deep");
+        for _ in 0..MAX_DEPTH + 2 {
+            deep.push("d");
+        }
+        fs::create_dir_all(&deep).unwrap();
+        assert_eq!(subtree_ids(&tree.0.join("deep")).len(), MAX_DEPTH + 1);
+    }
+
+    #[test]
+    fn the_filter_follows_the_tree_and_keeps_removed_cgroups_a_while() {
+        let t0 = Instant::now();
+        let mut ids = CgroupIds::new(8);
+        let c = ids.update(&[1, 2, 3], t0);
+        assert_eq!((c.remove, c.add), (vec![], vec![1, 2, 3]));
+        // A new cgroup appears, another goes: only the new one is added, the gone one stays.
+        let c = ids.update(&[1, 2, 4], t0 + Duration::from_secs(1));
+        assert_eq!((c.remove, c.add), (vec![], vec![4]));
+        assert_eq!(ids.len(), 4);
+        // Nothing changes: nothing to do.
+        let c = ids.update(&[1, 2, 4], t0 + Duration::from_secs(2));
+        assert_eq!(c, IdChanges::default());
+        // GONE_KEPT_FOR after it was first missed, it leaves.
+        let c = ids.update(&[1, 2, 4], t0 + Duration::from_secs(1) + GONE_KEPT_FOR);
+        assert_eq!((c.remove, c.add), (vec![3], vec![]));
+        assert_eq!((ids.len(), ids.left_out()), (3, 0));
+        // A cgroup back before its time is simply still there.
+        let c = ids.update(&[1, 4], t0 + GONE_KEPT_FOR * 2);
+        assert_eq!(c, IdChanges::default());
+        let c = ids.update(&[1, 2, 4], t0 + GONE_KEPT_FOR * 2 + Duration::from_secs(1));
+        assert_eq!(c, IdChanges::default());
+    }
+
+    #[test]
+    fn a_full_filter_makes_room_from_the_longest_gone_then_leaves_out_and_counts() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        let mut ids = CgroupIds::new(4);
+        ids.update(&[1, 2, 3, 4], t0);
+        ids.update(&[1, 2, 4], t0 + s(1)); // 3 gone at 1 s
+        ids.update(&[1, 4], t0 + s(2)); // 2 gone at 2 s
+        // Two new ones: the two gone ones make way, 3 (longer gone) first.
+        let c = ids.update(&[1, 4, 5], t0 + s(3));
+        assert_eq!((c.remove, c.add), (vec![3], vec![5]));
+        let c = ids.update(&[1, 4, 5, 6, 7, 8], t0 + s(4));
+        assert_eq!((c.remove, c.add.len()), (vec![2], 1));
+        assert_eq!((ids.len(), ids.left_out()), (4, 2));
+        // Present cgroups are never pushed out for new ones; the left-out ones get in once
+        // there is room.
+        let kept = c.add[0];
+        let c = ids.update(&[1, 4, 5, 6, 7, 8], t0 + s(5));
+        assert_eq!((c, ids.left_out()), (IdChanges::default(), 2));
+        let others: Vec<u64> = [6, 7, 8].into_iter().filter(|&i| i != kept).collect();
+        let found: Vec<u64> = [5, kept].into_iter().chain(others.clone()).collect();
+        let c = ids.update(&found, t0 + s(6) + GONE_KEPT_FOR);
+        assert_eq!((c.remove, c.add), (vec![1, 4], others));
+        assert_eq!((ids.len(), ids.left_out()), (4, 0));
+
+        // What the kernel refused counts as left out, and is tried again.
+        let mut ids = CgroupIds::new(4);
+        let c = ids.update(&[1, 2], t0);
+        assert_eq!(c.add, vec![1, 2]);
+        ids.not_added(2);
+        assert_eq!((ids.len(), ids.left_out()), (1, 1));
+        assert_eq!(ids.update(&[1, 2], t0 + s(1)).add, vec![2]);
+        assert_eq!(ids.left_out(), 0);
     }
 
     /// A cgroup made for the test, with a child process in it: on drop (pass or fail) the child is

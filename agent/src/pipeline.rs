@@ -31,6 +31,14 @@ pub struct Selection {
     pub ports: Vec<u16>,
     /// Only this network namespace's sockets.
     pub netns: Option<u32>,
+    /// `--cgroup`: only sockets whose owner is in this cgroup (its v2 path) or below it.
+    ///
+    /// Events are not checked here: an event carries only its owner's cgroup id, and live the
+    /// kernel program already kept only the ids of this cgroup and those below it (a set the
+    /// tracer keeps current as cgroups come and go). A replay refuses `--cgroup`
+    /// (`FilterArgs::check_replay`), and a recording made with it holds only those sockets.
+    /// What it changes here is the kernel's table: see [`Selection::table_socket`].
+    pub cgroup: Option<String>,
 }
 
 impl Selection {
@@ -46,6 +54,15 @@ impl Selection {
     /// belong only when no pid was asked for.
     pub fn pid(&self, pid: u32) -> bool {
         self.pids.is_empty() || self.pids.contains(&pid)
+    }
+
+    /// Whether a socket the kernel's table has and no event showed (one from before the start),
+    /// held by `pid` (0: no holder found), belongs in the view. As [`Selection::pid`], except
+    /// that under `--cgroup` none does: the table does not say whose cgroup a socket is in, and
+    /// the holder's cgroup is not looked up, so such sockets stay out, as unowned ones do under
+    /// `--pid`.
+    pub fn table_socket(&self, pid: u32) -> bool {
+        self.cgroup.is_none() && self.pid(pid)
     }
 
     /// Both selections at once (a recording made with `--pid`, replayed with another).
@@ -66,6 +83,7 @@ impl Selection {
                 self.ports.clone()
             },
             netns: self.netns.or(other.netns),
+            cgroup: self.cgroup.clone().or_else(|| other.cgroup.clone()),
         }
     }
 }
@@ -260,7 +278,7 @@ impl<'a> Core<'a> {
                 &k.sockets,
                 k.dump_ns,
                 &mut owners,
-                &|pid| selection.pid(pid),
+                &|pid| selection.table_socket(pid),
                 &mut status,
             );
             found.sort_unstable_by_key(|&(inode, _, _)| inode);
@@ -778,9 +796,8 @@ mod tests {
         // --pid of another process: nothing.
         let sink = Collect::default();
         let sel = Selection {
-            netns: None,
             pids: vec![1],
-            ports: vec![],
+            ..Selection::default()
         };
         let mut c = core(&sink, sel, Cadence::default(), S);
         feed(&mut c, &two_seconds());
@@ -837,19 +854,80 @@ mod tests {
     #[test]
     fn selections_combine() {
         let recorded = Selection {
-            netns: None,
             pids: vec![1, 2],
             ports: vec![80],
+            cgroup: Some("/system.slice".into()),
+            ..Selection::default()
         };
         let asked = Selection {
-            netns: None,
             pids: vec![2, 3],
-            ports: vec![],
+            ..Selection::default()
         };
         let both = recorded.and(&asked);
         assert_eq!((both.pids, both.ports), (vec![2], vec![80]));
+        assert_eq!(both.cgroup.as_deref(), Some("/system.slice"));
         let none = Selection::default().and(&asked);
         assert_eq!(none.pids, vec![2, 3]);
+        assert_eq!(none.cgroup, None);
+    }
+
+    #[test]
+    fn under_a_cgroup_filter_no_socket_from_before_the_start_is_shown() {
+        let all = Selection::default();
+        assert!(all.table_socket(0) && all.table_socket(77));
+        let pid = Selection {
+            pids: vec![77],
+            ..Selection::default()
+        };
+        assert!(!pid.table_socket(0) && pid.table_socket(77) && !pid.table_socket(78));
+        let cgroup = Selection {
+            cgroup: Some("/kubepods".into()),
+            ..Selection::default()
+        };
+        // Events are the kernel's business (it filtered them); the table's sockets stay out.
+        assert!(cgroup.pid(77));
+        assert!(!cgroup.table_socket(0) && !cgroup.table_socket(77));
+
+        // Through the pipeline: a dump's CLOSE_WAIT socket and TIME_WAIT socket from before
+        // the start, held by a process /proc names, count only without --cgroup.
+        let socket = |timewait: bool, port: u16| crate::model::KernelSocket {
+            netns: 0,
+            state: if timewait {
+                TcpState::TimeWait
+            } else {
+                TcpState::CloseWait
+            },
+            local: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port),
+            remote: "127.0.0.1:6000".parse().expect("addr"),
+            cookie: 1,
+            inode: if timewait { 0 } else { 4242 },
+            timewait,
+            expires_ns: 30 * S,
+        };
+        for (selection, counted) in [(all, (1, 1)), (cgroup, (0, 0))] {
+            let sink = Collect::default();
+            let mut c = Core::new(
+                vec![Box::new(sink.clone())],
+                Box::new(OneOwner(Rc::default())),
+                selection,
+                Cadence::default(),
+                header().clock(),
+                0,
+            );
+            c.item(Item::Kernel(KernelTruth {
+                dump_ns: S / 2,
+                sockets: vec![socket(false, 5000), socket(true, 5001)],
+                owners: Vec::new(),
+                timewait_kernel: None,
+            }));
+            c.item(Item::Stats(Stats {
+                mono_ns: S,
+                ..Stats::default()
+            }));
+            let snaps = sink.0.borrow().0.clone();
+            let t = &snaps.last().expect("a snapshot").totals;
+            assert_eq!((t.close_wait_now, t.timewait_now), counted);
+        }
     }
 
     /// Keeps the kernel dumps it is handed; wants the model but no snapshots, as a recorder.

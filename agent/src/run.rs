@@ -63,16 +63,30 @@ fn options(filter: &FilterArgs, tracer: &TracerArgs, verbose: bool) -> anyhow::R
         pids: filter.pid.clone(),
         ports: filter.port.clone(),
         netns: filter.netns_id()?,
+        cgroup: filter.cgroup_dir()?,
         follow_accept: !tracer.no_accept,
         verbose,
     })
 }
 
+/// What a live command shows (with [`options`], what its kernel program keeps).
 fn selection(filter: &FilterArgs) -> anyhow::Result<Selection> {
     Ok(Selection {
         pids: filter.pid.clone(),
         ports: filter.port.clone(),
         netns: filter.netns_id()?,
+        cgroup: filter.cgroup_dir()?.map(|c| c.path),
+    })
+}
+
+/// What a replay of a recording shows, beyond the recording's own filters.
+fn replay_selection(filter: &FilterArgs) -> anyhow::Result<Selection> {
+    filter.check_replay()?;
+    Ok(Selection {
+        pids: filter.pid.clone(),
+        ports: filter.port.clone(),
+        netns: filter.netns_id()?,
+        cgroup: None,
     })
 }
 
@@ -91,7 +105,7 @@ fn start_live(opts: &Options, cadence: live::Cadence, announce: bool) -> anyhow:
         };
         say(&format!(
             "twtrace: tracing TCP state changes{}{stop}",
-            describe_filters(&opts.pids, &opts.ports, opts.netns)
+            describe_options(opts)
         ));
     }
     Ok(source)
@@ -129,8 +143,8 @@ async fn trace(args: TraceArgs, verbose: bool) -> anyhow::Result<()> {
     } else {
         Format::Text
     };
-    let select = selection(&args.filter)?;
     if let Some(path) = &args.from {
+        let select = replay_selection(&args.filter)?;
         let mut source = Recording::open(path, Window::default(), 0.0)?;
         let printer = Printer::new(stdout(), format, source.header().clock());
         let sinks: Vec<Box<dyn Sink>> = vec![Box::new(TraceSink::new(printer, false))];
@@ -146,6 +160,7 @@ async fn trace(args: TraceArgs, verbose: bool) -> anyhow::Result<()> {
         return outcome.error.map_or(Ok(()), Err);
     }
     args.filter.validate()?;
+    let select = selection(&args.filter)?;
     let opts = options(&args.filter, &args.tracer, verbose)?;
     let cadence = live::Cadence {
         stats: Duration::from_secs(1),
@@ -211,12 +226,14 @@ async fn leaderboard(args: LiveArgs, verbose: bool) -> anyhow::Result<()> {
     };
 
     if let Some(path) = &args.from {
+        let asked = replay_selection(&args.filter)?;
         let mut source = Recording::open(path, Window::default(), args.speed)?;
         let header = source.header().clone();
         let filters = describe_filters(
             &header.filters.pids,
             &header.filters.ports,
             header.filters.netns,
+            header.filters.cgroup.as_deref(),
         );
         if !tui {
             say(&format!(
@@ -237,7 +254,7 @@ async fn leaderboard(args: LiveArgs, verbose: bool) -> anyhow::Result<()> {
             header.hostname
         );
         view = view_sink(title, &mut sinks);
-        let select = recorded_selection(&header).and(&selection(&args.filter)?);
+        let select = recorded_selection(&header).and(&asked);
         let core = new_core(&source, sinks, Box::new(Recorded), select, cadence);
         return finish(run_pipeline(&mut source, core, false, view).await?);
     }
@@ -259,10 +276,7 @@ async fn leaderboard(args: LiveArgs, verbose: bool) -> anyhow::Result<()> {
         Ok(s) => s,
         Err(e) => return Err(discard(recorder, args.record.as_deref(), e)),
     };
-    let title = format!(
-        "twtrace{}",
-        describe_filters(&opts.pids, &opts.ports, opts.netns)
-    );
+    let title = format!("twtrace{}", describe_options(&opts));
     view = view_sink(title, &mut sinks);
     if let (Some(sink), Some(path)) = (recorder, &args.record) {
         if !tui {
@@ -286,6 +300,17 @@ fn recorded_selection(header: &Header) -> Selection {
         pids: header.filters.pids.clone(),
         ports: header.filters.ports.clone(),
         netns: header.filters.netns,
+        cgroup: header.filters.cgroup.clone(),
+    }
+}
+
+/// The filters a live command records in its header.
+fn recorded_filters(opts: &Options) -> Filters {
+    Filters {
+        pids: opts.pids.clone(),
+        ports: opts.ports.clone(),
+        netns: opts.netns,
+        cgroup: opts.cgroup.as_ref().map(|c| c.path.clone()),
     }
 }
 
@@ -297,14 +322,7 @@ fn file_recorder(
     opts: &Options,
     progress: bool,
 ) -> anyhow::Result<FileRecorder> {
-    let header = header_now(
-        std::env::args().collect(),
-        Filters {
-            pids: opts.pids.clone(),
-            ports: opts.ports.clone(),
-            netns: opts.netns,
-        },
-    );
+    let header = header_now(std::env::args().collect(), recorded_filters(opts));
     if let Some(max) = max_size {
         let least = smallest_limit(&header);
         if max < least {
@@ -367,14 +385,7 @@ async fn record(args: RecordArgs, verbose: bool) -> anyhow::Result<()> {
         Some(span) => {
             // Opened before the tracer starts: a bad directory costs no attach.
             let dir = CaptureDir::open(path)?;
-            let header = header_now(
-                std::env::args().collect(),
-                Filters {
-                    pids: opts.pids.clone(),
-                    ports: opts.ports.clone(),
-                    netns: opts.netns,
-                },
-            );
+            let header = header_now(std::env::args().collect(), recorded_filters(&opts));
             let ring = Ring::new(
                 dir,
                 header,
@@ -403,7 +414,7 @@ async fn record(args: RecordArgs, verbose: bool) -> anyhow::Result<()> {
     let mut source = source;
     say(&format!(
         "twtrace: tracing TCP state changes{}{}",
-        describe_filters(&opts.pids, &opts.ports, opts.netns),
+        describe_options(&opts),
         if args.duration.is_some() {
             ""
         } else {
@@ -434,7 +445,7 @@ async fn report(args: ReportArgs) -> anyhow::Result<()> {
         until_ns: args.until.map(|w| mono_of(w, &header)),
     };
     let mut source = Recording::open(&args.file, window, 0.0)?;
-    let select = recorded_selection(&header).and(&selection(&args.filter)?);
+    let select = recorded_selection(&header).and(&replay_selection(&args.filter)?);
     let sink: Box<dyn Sink> = match args.export {
         Some(Export::Jsonl) => Box::new(TraceSink::new(
             Printer::new(stdout(), Format::Json, header.clock()),
@@ -484,8 +495,23 @@ pub(crate) fn is_broken_pipe(e: &anyhow::Error) -> bool {
     })
 }
 
+/// [`describe_filters`] of a live command's options.
+fn describe_options(opts: &Options) -> String {
+    describe_filters(
+        &opts.pids,
+        &opts.ports,
+        opts.netns,
+        opts.cgroup.as_ref().map(|c| c.path.as_str()),
+    )
+}
+
 /// ` (pid 1,2; port 80)`, or nothing without filters.
-pub(crate) fn describe_filters(pids: &[u32], ports: &[u16], netns: Option<u32>) -> String {
+pub(crate) fn describe_filters(
+    pids: &[u32],
+    ports: &[u16],
+    netns: Option<u32>,
+    cgroup: Option<&str>,
+) -> String {
     fn join<T: ToString>(v: &[T]) -> String {
         v.iter()
             .map(ToString::to_string)
@@ -502,6 +528,9 @@ pub(crate) fn describe_filters(pids: &[u32], ports: &[u16], netns: Option<u32>) 
     if let Some(netns) = netns {
         parts.push(format!("netns {netns}"));
     }
+    if let Some(cgroup) = cgroup {
+        parts.push(format!("cgroup {cgroup}"));
+    }
     if parts.is_empty() {
         String::new()
     } else {
@@ -515,10 +544,14 @@ mod tests {
 
     #[test]
     fn filters_are_described() {
-        assert_eq!(describe_filters(&[], &[], None), "");
+        assert_eq!(describe_filters(&[], &[], None, None), "");
         assert_eq!(
-            describe_filters(&[1, 2], &[80], Some(4026531840)),
+            describe_filters(&[1, 2], &[80], Some(4026531840), None),
             " (pid 1,2; port 80; netns 4026531840)"
+        );
+        assert_eq!(
+            describe_filters(&[], &[], None, Some("/kubepods/burstable")),
+            " (cgroup /kubepods/burstable)"
         );
     }
 

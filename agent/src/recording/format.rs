@@ -97,6 +97,11 @@ pub struct Filters {
     /// `--netns` (added with version 3).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub netns: Option<u32>,
+    /// `--cgroup`: the cgroup's path in the v2 hierarchy. The recording holds only that
+    /// cgroup's sockets (and those below it) whose owner was known. Added within version 3:
+    /// absent means none, and a reader that predates it ignores it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<String>,
 }
 
 pub const FORMAT_NAME: &str = "twtrace-recording";
@@ -580,4 +585,28 @@ pub fn chunk_crc(len_and_count: &[u8], payload: &[u8]) -> u32 {
     hasher.update(len_and_count);
     hasher.update(payload);
     hasher.finalize()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Filters;
+
+    #[test]
+    fn a_cgroup_filter_is_written_only_when_given_and_read_back() {
+        let none = Filters {
+            pids: vec![1],
+            ..Filters::default()
+        };
+        let json = serde_json::to_string(&none).unwrap();
+        assert!(!json.contains("cgroup"), "{json}");
+        let with = Filters {
+            cgroup: Some("/kubepods/burstable".into()),
+            ..none
+        };
+        let json = serde_json::to_string(&with).unwrap();
+        assert_eq!(serde_json::from_str::<Filters>(&json).unwrap(), with);
+        // A header written before the field existed.
+        let old: Filters = serde_json::from_str(r#"{"pids":[],"ports":[80]}"#).unwrap();
+        assert_eq!(old.cgroup, None);
+    }
 }

@@ -33,9 +33,8 @@ pub(crate) fn header() -> Header {
         sysctls: vec![("net.ipv4.tcp_tw_reuse".into(), "2".into())],
         command_line: vec!["twtrace".into(), "record".into()],
         filters: Filters {
-            netns: None,
-            pids: vec![],
             ports: vec![8080],
+            ..Filters::default()
         },
         note: None,
     }

@@ -58,6 +58,9 @@ pub struct Live {
     own_dump: Vec<DiagSocket>,
     /// Namespaces that could not be read were announced (once per run).
     unread_said: bool,
+    /// For the user, printed by the pipeline after the batch (deferred under the full-screen
+    /// view, which a line on stderr would garble).
+    warnings: Vec<String>,
     stats_tick: Interval,
     reconcile_tick: Option<Interval>,
     deadline: Option<Instant>,
@@ -85,6 +88,7 @@ impl Live {
             dump: Vec::new(),
             own_dump: Vec::new(),
             unread_said: false,
+            warnings: Vec::new(),
             stats_tick: interval_at(now + cadence.stats, cadence.stats),
             reconcile_tick: cadence
                 .reconcile
@@ -237,6 +241,8 @@ impl Source for Live {
         match woke {
             Woke::Events => {}
             Woke::Stats => {
+                // `--cgroup`: cgroups made since the last tick join the kernel's filter.
+                self.warnings.extend(self.tracer.refresh_cgroup_filter());
                 self.drain(f);
                 f(Item::Stats(self.stats()));
             }
@@ -283,6 +289,10 @@ impl Source for Live {
 
     fn undecodable(&self) -> u64 {
         self.tracer.undecodable
+    }
+
+    fn take_warnings(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.warnings)
     }
 }
 
