@@ -335,9 +335,15 @@ impl Model {
             .and_then(|s| s.inherited_from)
             .filter(|&old| old == t.pid);
         // An accepted socket keeps its acceptor when a softirq transition raced the accept and
-        // still names the listener's owner (see `accepted` in the kernel program).
-        let accepted_already =
-            previous.is_some_and(|s| !s.by_listener) && t.attribution == Attribution::Listener;
+        // still names the listener's owner (see `accepted` in the kernel program), or when a
+        // reconcile found the process holding it. Not across lives (the previous socket at
+        // this address is another connection), and not for a socket the dump saw before its
+        // events with no holder yet (pid 0: still in the accept queue): the listener's owner
+        // is the better guess there.
+        let new_life = matches!(t.old, TcpState::Close | TcpState::Listen);
+        let accepted_already = !new_life
+            && previous.is_some_and(|s| !s.by_listener && s.pid != 0)
+            && t.attribution == Attribution::Listener;
         let pid = match previous {
             Some(s) if t.pid == 0 || inherited_from.is_some() || accepted_already => s.pid,
             _ => t.pid,
@@ -1817,6 +1823,36 @@ mod tests {
         // An accept of a socket twtrace no longer tracks changes nothing.
         m.apply(&accept(WORKER, 99, Established, cl1));
         assert_eq!(snap(&mut m, 4 * S).totals.established_now, 0);
+    }
+
+    #[test]
+    fn a_child_the_dump_saw_first_goes_to_the_listener_owner_with_its_open() {
+        let mut m = Model::new(0, Limits::default());
+        let cl = "127.0.0.1:40001";
+        // The dump raced the ring buffer: the accepted socket is in the kernel's table, in the
+        // accept queue, held by nobody.
+        let kernel = [full(Established, "0.0.0.0:8080", cl, 0)];
+        m.reconcile(&kernel, S, &mut no_owners, &|_| true, &mut |_| {
+            ProcStatus::Alive
+        });
+        accepted_close_wait(&mut m, 1, cl, 0);
+        let s = snap(&mut m, 2 * S);
+        assert_eq!(proc(&s, SERVER).opens, 1);
+        assert_eq!(proc(&s, SERVER).close_wait_now, 1);
+        assert_eq!(counter_or_zero(&s, 0, |p| p.opens), 0);
+        // A new life at the same address after a socket the reconcile gave to a worker is the
+        // listener's again.
+        m.apply(&accept(WORKER, 1, CloseWait, cl));
+        m.apply(&Ev::new(WORKER, 1, CloseWait, LastAck, "0.0.0.0:8080", cl).0);
+        m.apply(&Ev::new(WORKER, 1, LastAck, Close, "0.0.0.0:8080", cl).0);
+        accepted_close_wait(&mut m, 1, "127.0.0.1:40002", 0);
+        let s = snap(&mut m, 3 * S);
+        assert_eq!(proc(&s, SERVER).close_wait_now, 1);
+        assert_eq!(proc(&s, WORKER).close_wait_now, 0);
+    }
+
+    fn counter_or_zero(s: &Snapshot, pid: u32, f: impl Fn(&ProcessRow) -> u64) -> u64 {
+        s.processes.iter().find(|p| p.pid == pid).map_or(0, f)
     }
 
     #[test]
