@@ -19,7 +19,22 @@ fn fail(message: &str) -> ExitCode {
     ExitCode::FAILURE
 }
 
+/// Keeps glibc from moving large buffers onto its heap. By default glibc serves allocations
+/// above 128 KiB with their own mapping, returned to the kernel when freed, but it raises that
+/// threshold to the size of each such block freed (up to 32 MiB). Start-up reads the kernel's
+/// BTF twice (aya's loader reads the 5.5 MB file) and frees it, after which the agent's large,
+/// short-lived buffers (a socket-table dump, a growing map) come from the heap, which keeps the
+/// memory. Measured with `trace`, idle after start: heap 21.6 MB without this, against 15.7 MB
+/// for the build before twtrace read BTF itself; `MALLOC_MMAP_THRESHOLD_=131072`, which does the
+/// same as this, gave VmHWM 53 MB instead of 61 MB after 4 s of churn.
+fn pin_mmap_threshold() {
+    const THRESHOLD: libc::c_int = 128 * 1024;
+    // SAFETY: mallopt only sets an allocator parameter; called before any thread exists.
+    unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, THRESHOLD) };
+}
+
 fn main() -> ExitCode {
+    pin_mmap_threshold();
     let cli = Cli::parse_checked();
     let level = match cli.verbose {
         0 => log::LevelFilter::Warn,

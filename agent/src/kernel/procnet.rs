@@ -15,7 +15,6 @@ use std::{
 
 use procfs::{
     ProcError,
-    net::{TcpNetEntry, TcpState},
     process::{FDTarget, Process, all_processes},
 };
 use twtrace_ebpf::{COMM_LEN, Owner, how};
@@ -28,13 +27,13 @@ pub fn socket_inode(link: &str) -> Option<u64> {
     }
 }
 
-/// Listening sockets by local port with their inodes. Port 0 rows (none in practice) are dropped.
-pub fn listening_inodes(sockets: &[TcpNetEntry]) -> BTreeMap<u16, Vec<u64>> {
-    let mut by_port: BTreeMap<u16, Vec<u64>> = BTreeMap::new();
-    for s in sockets {
-        let port = s.local_address.port();
-        if s.state == TcpState::Listen && port != 0 && s.inode != 0 {
-            by_port.entry(port).or_default().push(s.inode);
+/// Listening sockets (namespace, local port, inode) grouped by (namespace, port). Port 0 and
+/// inode 0 rows (none in practice) are dropped.
+pub fn listening_inodes(sockets: &[(u32, u16, u64)]) -> BTreeMap<(u32, u16), Vec<u64>> {
+    let mut by_port: BTreeMap<(u32, u16), Vec<u64>> = BTreeMap::new();
+    for &(netns, port, inode) in sockets {
+        if port != 0 && inode != 0 {
+            by_port.entry((netns, port)).or_default().push(inode);
         }
     }
     by_port
@@ -43,10 +42,10 @@ pub fn listening_inodes(sockets: &[TcpNetEntry]) -> BTreeMap<u16, Vec<u64>> {
 /// For each port, the owner among the processes holding one of its listening sockets. Forked
 /// servers share a listener between parent and workers; the lowest pid (usually the parent,
 /// which opened it) is chosen so the answer does not depend on directory order.
-pub fn choose_owners(
-    by_port: &BTreeMap<u16, Vec<u64>>,
+pub fn choose_owners<K: Ord + Copy>(
+    by_port: &BTreeMap<K, Vec<u64>>,
     holders: &HashMap<u64, Vec<u32>>,
-) -> BTreeMap<u16, u32> {
+) -> BTreeMap<K, u32> {
     by_port
         .iter()
         .filter_map(|(&port, inodes)| {
@@ -60,57 +59,20 @@ pub fn choose_owners(
         .collect()
 }
 
-/// The rows of /proc/<pid>/net/tcp and tcp6: the TCP sockets of that process's network
-/// namespace (None: twtrace's own). A table that cannot be read is skipped: a kernel without
-/// IPv6 has no tcp6, and a process may exit meanwhile; nothing to learn there.
-fn tcp_sockets(pid: Option<u32>) -> Vec<TcpNetEntry> {
-    let mut rows = Vec::new();
-    let tables = match pid {
-        None => [procfs::net::tcp(), procfs::net::tcp6()],
-        Some(pid) => match Process::new(i32::try_from(pid).unwrap_or(i32::MAX)) {
-            Ok(p) => [p.tcp(), p.tcp6()],
-            Err(e) => {
-                log::debug!("TCP socket tables of pid {pid} not read: {e}");
-                return rows;
-            }
-        },
-    };
-    for table in tables {
-        match table {
-            Ok(table) => rows.extend(table),
-            // procfs's error names the file.
-            Err(e) => log::debug!("TCP socket table not read: {e}"),
-        }
-    }
-    rows
-}
-
-/// The listening sockets of each network namespace with their owning processes, keyed by
-/// (namespace, port). `namespaces` names each namespace with a process inside it, whose
-/// /proc/<pid>/net/tcp{,6} shows that namespace's sockets; pid None reads twtrace's own. Socket
-/// inodes are unique across namespaces, so one walk of every process's fds finds all holders.
-pub fn existing_listeners(namespaces: &[(u32, Option<u32>)]) -> Vec<((u32, u16), Owner)> {
-    let tables: Vec<(u32, BTreeMap<u16, Vec<u64>>)> = namespaces
-        .iter()
-        .map(|&(netns, pid)| (netns, listening_inodes(&tcp_sockets(pid))))
-        .filter(|(_, by_port)| !by_port.is_empty())
-        .collect();
-    if tables.is_empty() {
+/// The owners of listening sockets that existed before twtrace started, keyed by (namespace,
+/// port): `listening` holds (namespace, port, inode) of each, from listener-only sock_diag dumps
+/// of every namespace. Socket inodes are unique across namespaces, so one walk of every
+/// process's fds finds all holders.
+pub fn existing_listeners(listening: &[(u32, u16, u64)]) -> Vec<((u32, u16), Owner)> {
+    let by_port = listening_inodes(listening);
+    if by_port.is_empty() {
         return Vec::new();
     }
-    let wanted: HashSet<u64> = tables
-        .iter()
-        .flat_map(|(_, by_port)| by_port.values().flatten().copied())
-        .collect();
+    let wanted: HashSet<u64> = by_port.values().flatten().copied().collect();
     let holders = socket_holders(&wanted);
     let cgroup_root = cgroup2_mount();
-    tables
-        .iter()
-        .flat_map(|(netns, by_port)| {
-            choose_owners(by_port, &holders)
-                .into_iter()
-                .map(move |(port, pid)| ((*netns, port), pid))
-        })
+    choose_owners(&by_port, &holders)
+        .into_iter()
         .map(|(key, pid)| (key, owner_of(pid, cgroup_root.as_deref())))
         .collect()
 }
@@ -226,11 +188,9 @@ fn cgroup_id(process: &Process, root: &Path) -> u64 {
 #[cfg(test)]
 mod tests {
     use std::{
-        net::{TcpListener, TcpStream},
+        net::TcpListener,
         os::fd::{AsFd, AsRawFd as _},
     };
-
-    use procfs::{FromReadSI as _, net::TcpNetEntries};
 
     use super::*;
 
@@ -241,52 +201,24 @@ mod tests {
         socket_inode(&link.to_string_lossy()).expect("a socket:[N] link")
     }
 
-    /// Rows as the kernel prints them (a listener, a TIME_WAIT socket, a listener of uid 1000;
-    /// IPv6: a listener on a port the IPv4 table has too), parsed by procfs.
-    fn sample_rows() -> Vec<TcpNetEntry> {
-        const TCP: &str = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
-   0: 00000000:07E8 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1644 1 00000000ff4e9776 100 0 0 10 0
-   1: 0100007F:8000 0100007F:8F5B 06 00000000:00000000 03:0000122A 00000000     0        0 0 3 00000000f60116c9
-   2: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000  1000        0 99 1 0000000000000000 100 0 0 10 0
-";
-        const TCP6: &str = "  sl  local_address                         remote_address                        st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
-   0: 00000000000000000000000001000000:1F90 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 100 1 0000000000000000 100 0 0 10 0
-";
-        let info = procfs::current_system_info();
-        let mut rows = TcpNetEntries::from_read(TCP.as_bytes(), info)
-            .expect("tcp sample")
-            .0;
-        rows.extend(
-            TcpNetEntries::from_read(TCP6.as_bytes(), info)
-                .expect("tcp6 sample")
-                .0,
-        );
-        rows
-    }
-
     #[test]
-    fn only_listeners_count_and_ports_gather_their_inodes() {
-        let by_port = listening_inodes(&sample_rows());
-        assert_eq!(by_port.get(&2024), Some(&vec![1644]));
-        assert_eq!(by_port.get(&8080), Some(&vec![99, 100]));
-        assert_eq!(by_port.len(), 2, "the TIME_WAIT row is not a listener");
-    }
-
-    #[test]
-    fn a_live_listener_is_read_from_proc_net_tcp() {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-        let port = listener.local_addr().expect("addr").port();
-        let client = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-        let (accepted, _) = listener.accept().expect("accept");
-        let by_port = listening_inodes(&tcp_sockets(None));
-        // The accepted connection has the listener's local port but is not a listener.
-        assert_eq!(by_port.get(&port), Some(&vec![inode_of(&listener)]));
-        let client_port = client.local_addr().expect("addr").port();
-        assert!(
-            !by_port.contains_key(&client_port),
-            "a client is no listener"
+    fn listeners_are_grouped_by_namespace_and_port() {
+        let by_port = listening_inodes(&[
+            (7, 2024, 1644),
+            (7, 8080, 99),
+            (7, 8080, 100),
+            (9, 8080, 101),
+            (7, 0, 5),
+            (7, 9000, 0),
+        ]);
+        assert_eq!(
+            by_port,
+            BTreeMap::from([
+                ((7, 2024), vec![1644]),
+                ((7, 8080), vec![99, 100]),
+                ((9, 8080), vec![101]),
+            ])
         );
-        drop((client, accepted));
     }
 
     #[test]
@@ -323,8 +255,8 @@ mod tests {
     fn finds_its_own_listener() {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
         let port = listener.local_addr().expect("addr").port();
-        // Read through this process's /proc/<pid>/net, tagged as namespace 7.
-        let owners = existing_listeners(&[(7, Some(std::process::id()))]);
+        // As a listener-only dump gives it, tagged as namespace 7.
+        let owners = existing_listeners(&[(7, port, inode_of(&listener))]);
         let (_, owner) = owners
             .iter()
             .find(|(key, _)| *key == (7, port))

@@ -95,6 +95,8 @@ pub struct SockDiag {
     seq: u32,
     /// The kernel refused the one-walk TCPDIAG_GETSOCK dump once: one dump per family since.
     one_walk_refused: bool,
+    /// Which states a dump asks for (all, unless [`SockDiag::only_listeners`]).
+    states: StateFlags,
 }
 
 impl SockDiag {
@@ -121,7 +123,16 @@ impl SockDiag {
             buf,
             seq: 0,
             one_walk_refused: false,
+            states: all_states(),
         })
+    }
+
+    /// Makes its dumps ask for listening sockets only: the kernel filters by state while it
+    /// walks, so the answer is a few sockets even when the table holds 100,000 in TIME_WAIT
+    /// (what /proc/net/tcp would list and twtrace would parse to find them).
+    pub fn only_listeners(mut self) -> Self {
+        self.states = StateFlags::LISTEN;
+        self
     }
 
     /// The sockets of [`SockDiag::dump_tcp_into`] into `out` (cleared first), received into
@@ -149,7 +160,11 @@ impl SockDiag {
         out.clear();
         self.seq = self.seq.wrapping_add(1);
         let mut skipped = 0usize;
-        match self.receive(&compat_request(self.seq), out, &mut skipped) {
+        match self.receive(
+            &compat_request(self.seq, self.states.clone()),
+            out,
+            &mut skipped,
+        ) {
             Ok(()) => {
                 warn_skipped(skipped);
                 Ok(())
@@ -186,7 +201,7 @@ impl SockDiag {
         out: &mut Vec<DiagSocket>,
         skipped: &mut usize,
     ) -> anyhow::Result<()> {
-        let request = request(family, self.seq)?;
+        let request = request(family, self.seq, self.states.clone())?;
         self.receive(&request, out, skipped)
     }
 
@@ -234,7 +249,7 @@ fn warn_skipped(skipped: usize) {
 
 /// A TCPDIAG_GETSOCK `inet_diag_req` dump request for every TCP socket, both families. Built by
 /// hand: netlink-packet-sock-diag knows only `inet_diag_req_v2`.
-fn compat_request(seq: u32) -> [u8; COMPAT_REQUEST_LEN] {
+fn compat_request(seq: u32, states: StateFlags) -> [u8; COMPAT_REQUEST_LEN] {
     let mut bytes = [0; COMPAT_REQUEST_LEN];
     let (header, req) = bytes.split_at_mut(16);
     // struct nlmsghdr: length, type, flags, sequence number, port id (0 for the kernel).
@@ -245,12 +260,12 @@ fn compat_request(seq: u32) -> [u8; COMPAT_REQUEST_LEN] {
     // struct inet_diag_req: idiag_family (a dump replaces it with AF_UNSPEC), src_len, dst_len,
     // ext (no attributes), the 48-byte socket id (zero: no filter), idiag_states, idiag_dbs.
     req[0] = AF_INET;
-    req[52..56].copy_from_slice(&all_states().bits().to_ne_bytes());
+    req[52..56].copy_from_slice(&states.bits().to_ne_bytes());
     bytes
 }
 
 /// An `inet_diag_req_v2` dump request for every TCP socket of one family.
-fn request(family: u8, seq: u32) -> anyhow::Result<[u8; REQUEST_LEN]> {
+fn request(family: u8, seq: u32, states: StateFlags) -> anyhow::Result<[u8; REQUEST_LEN]> {
     let mut header = NetlinkHeader::default();
     header.flags = NLM_F_REQUEST | NLM_F_DUMP;
     header.sequence_number = seq;
@@ -265,7 +280,7 @@ fn request(family: u8, seq: u32) -> anyhow::Result<[u8; REQUEST_LEN]> {
             family,
             protocol: IPPROTO_TCP,
             extensions: ExtensionFlags::empty(),
-            states: all_states(),
+            states,
             socket_id,
         })
         .into(),
@@ -807,7 +822,7 @@ mod tests {
 
     #[test]
     fn compat_request_is_an_inet_diag_req() {
-        let r = compat_request(9);
+        let r = compat_request(9, all_states());
         let msg = NetlinkBuffer::new_checked(&r[..]).unwrap();
         assert_eq!(msg.length() as usize, r.len());
         assert_eq!(msg.message_type(), TCPDIAG_GETSOCK);
@@ -869,7 +884,7 @@ mod tests {
 
     #[test]
     fn request_is_an_inet_diag_req_v2() {
-        let r = request(AF_INET6, 2).unwrap();
+        let r = request(AF_INET6, 2, all_states()).unwrap();
         let msg = NetlinkBuffer::new_checked(&r[..]).unwrap();
         assert_eq!(msg.message_type(), SOCK_DIAG_BY_FAMILY);
         assert_eq!(msg.flags(), NLM_F_REQUEST | NLM_F_DUMP);

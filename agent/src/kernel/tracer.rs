@@ -20,7 +20,7 @@ use aya::{
 use tokio::io::{Interest, unix::AsyncFd};
 use twtrace_ebpf::{ListenerEntry, ListenerKey, MAX_CGROUP_FILTER, globals, maps, programs, stat};
 
-use super::{btf, netns, privilege, procnet, progstats, tracefs};
+use super::{btf, netns, privilege, procnet, progstats, sockdiag, tracefs};
 use crate::{
     container::{self, CgroupDir, CgroupIds},
     event::{self, DecodeError, Transition},
@@ -188,21 +188,27 @@ impl Tracer {
             }
             None => None,
         };
-        // Each namespace's listeners, read through a process inside it; without namespaces,
+        // The listeners from before the start, of every namespace; without namespaces,
         // twtrace's own (all of them namespace 0, as the kernel program then says).
-        let namespaces: Vec<(u32, Option<u32>)> = if offsets.is_some() {
-            netns::enumerate()
-                .into_iter()
-                .filter_map(|ns| Some((ns.id, Some(ns.pid?))))
+        let listening: Vec<(u32, u16, u64)> = if offsets.is_some() {
+            let (found, failed) = netns::listeners(opts.netns);
+            for (id, why) in &failed {
+                log::debug!("listeners of network namespace {id} not read: {why}");
+            }
+            found
+                .iter()
+                .map(|(id, d)| (*id, d.local.port(), d.inode))
                 .collect()
         } else {
-            vec![(0, None)]
+            let mut own = Vec::new();
+            sockdiag::SockDiag::open()?
+                .only_listeners()
+                .dump_tcp_into(&mut own)
+                .context("listing the listening sockets")?;
+            own.iter().map(|d| (0, d.local.port(), d.inode)).collect()
         };
-        let seeded = seed_listeners(&mut ebpf, &namespaces)?;
-        log::debug!(
-            "learnt {seeded} existing listening ports from /proc in {} namespaces",
-            namespaces.len()
-        );
+        let seeded = seed_listeners(&mut ebpf, &listening)?;
+        log::debug!("learnt {seeded} existing listening ports from sock_diag and /proc");
 
         let hooks = [
             (programs::SET_STATE, "sock", "inet_sock_set_state"),
@@ -345,13 +351,13 @@ fn undecodable_event(count: &mut u64, e: &DecodeError) {
 }
 
 /// Tells the kernel program who owns the listeners that existed before it was attached, so their
-/// accepted connections are attributed from the first packet on. `namespaces`: (namespace, a
-/// process inside it).
-fn seed_listeners(ebpf: &mut Ebpf, namespaces: &[(u32, Option<u32>)]) -> anyhow::Result<usize> {
+/// accepted connections are attributed from the first packet on. `listening`: (namespace, port,
+/// inode) of each listening socket.
+fn seed_listeners(ebpf: &mut Ebpf, listening: &[(u32, u16, u64)]) -> anyhow::Result<usize> {
     let mut map: BpfHashMap<_, ListenerKey, ListenerEntry> =
         BpfHashMap::try_from(map_mut(ebpf, maps::LISTENERS)?)
             .with_context(|| format!("map {}", maps::LISTENERS))?;
-    let listeners = procnet::existing_listeners(namespaces);
+    let listeners = procnet::existing_listeners(listening);
     for &((netns, port), owner) in &listeners {
         // skaddr 0: /proc hides kernel addresses; the kernel side matches the owner instead.
         let entry = ListenerEntry { owner, skaddr: 0 };
