@@ -372,27 +372,35 @@ fn enter(ns: &File) -> anyhow::Result<()> {
 /// and the namespaces that could not be read. What twtrace needs at start-up to learn the
 /// listeners from before it: a listener-only dump, which the kernel filters while it walks,
 /// instead of every socket (100,000 TIME_WAIT rows in /proc/net/tcp at peak churn).
-pub fn listeners(only: Option<NetnsId>) -> (Vec<(NetnsId, DiagSocket)>, Vec<Unread>) {
+pub fn listeners(only: Option<NetnsId>) -> (Vec<DiagSocket>, Vec<Unread>) {
     let mut found = enumerate();
     if let Some(id) = only {
         found.retain(|ns| ns.id == id);
     }
     let own = own().ok();
-    let (mut buf, mut scratch) = (Vec::new(), Vec::new());
+    let mut buf = Vec::new();
     let (mut out, mut failed) = (Vec::new(), Vec::new());
     for ns in &found {
         let dumped = Handle::open(ns, own).and_then(|handle| {
             handle
                 .diag
                 .only_listeners()
-                .dump_tcp_with(&mut buf, &mut scratch)
+                .append_tcp_with(&mut buf, &mut out)
         });
         match dumped {
-            Ok(()) => out.extend(scratch.iter().map(|&socket| (ns.id, socket))),
+            Ok(()) => tag(&mut out, ns.id),
             Err(e) => failed.push((ns.id, format!("{e:#}"))),
         }
     }
     (out, failed)
+}
+
+/// Marks the sockets appended to `out` since the last tag (those with namespace 0, as a
+/// dump gives them) as read in namespace `id`.
+fn tag(out: &mut [DiagSocket], id: NetnsId) {
+    for socket in out.iter_mut().rev().take_while(|s| s.netns == 0) {
+        socket.netns = id;
+    }
 }
 
 /// A namespace whose sockets could not be read, and why (one line).
@@ -419,8 +427,6 @@ pub struct AllNamespaces {
     open: BTreeMap<NetnsId, Handle>,
     /// The receive buffer all the sockets share (they are dumped one after another).
     buf: Vec<u8>,
-    /// One namespace's sockets before they are tagged.
-    scratch: Vec<DiagSocket>,
     /// One sockstat file's text.
     text: Vec<u8>,
 }
@@ -434,11 +440,7 @@ impl AllNamespaces {
     /// then dumps every TCP socket of each into `out` (cleared first), tagged with its
     /// namespace. Blocking, for about the kernel time the module documentation gives. `only`:
     /// just that namespace (`--netns`).
-    pub fn dump_all(
-        &mut self,
-        only: Option<NetnsId>,
-        out: &mut Vec<(NetnsId, DiagSocket)>,
-    ) -> Dumped {
+    pub fn dump_all(&mut self, only: Option<NetnsId>, out: &mut Vec<DiagSocket>) -> Dumped {
         out.clear();
         let mut found = enumerate();
         if let Some(id) = only {
@@ -462,11 +464,16 @@ impl AllNamespaces {
         }
         let mut tw = Vec::with_capacity(self.open.len());
         for (&id, handle) in &mut self.open {
-            if let Err(e) = handle.diag.dump_tcp_with(&mut self.buf, &mut self.scratch) {
+            let start = out.len();
+            if let Err(e) = handle.diag.append_tcp_with(&mut self.buf, out) {
                 failed.push((id, format!("{e:#}")));
                 continue;
             }
-            out.extend(self.scratch.iter().map(|&socket| (id, socket)));
+            if let Some(new) = out.get_mut(start..) {
+                for socket in new {
+                    socket.netns = id;
+                }
+            }
             let count = match handle.tw(&mut self.text) {
                 Ok(count) => Some(count),
                 Err(e) => {
@@ -532,11 +539,11 @@ mod tests {
         assert!(failed.is_empty(), "{failed:?}");
         let mine: Vec<_> = found
             .iter()
-            .filter(|(_, d)| d.local.port() == port || d.remote.port() == port)
+            .filter(|d| d.local.port() == port || d.remote.port() == port)
             .collect();
         assert_eq!(mine.len(), 1, "the listener, not the connection: {mine:?}");
-        let (id, d) = mine[0];
-        assert_eq!((*id, d.state), (own, 10));
+        let d = mine[0];
+        assert_eq!((d.netns, d.state), (own, 10));
         assert_ne!(d.inode, 0);
         drop((client, accepted));
     }
@@ -707,14 +714,14 @@ mod tests {
     /// for a moment), at most 5 s.
     fn dump_until(
         all: &mut AllNamespaces,
-        out: &mut Vec<(NetnsId, DiagSocket)>,
+        out: &mut Vec<DiagSocket>,
         id: NetnsId,
         want: usize,
     ) -> Dumped {
         let start = Instant::now();
         loop {
             let dumped = all.dump_all(None, out);
-            let n = out.iter().filter(|(ns, _)| *ns == id).count();
+            let n = out.iter().filter(|s| s.netns == id).count();
             if n == want || start.elapsed() > Duration::from_secs(5) {
                 return dumped;
             }
@@ -722,11 +729,11 @@ mod tests {
         }
     }
 
-    fn states(out: &[(NetnsId, DiagSocket)], id: NetnsId) -> Vec<(u8, bool)> {
+    fn states(out: &[DiagSocket], id: NetnsId) -> Vec<(u8, bool)> {
         let mut s: Vec<_> = out
             .iter()
-            .filter(|(ns, _)| *ns == id)
-            .map(|(_, s)| (s.state, s.timewait))
+            .filter(|s| s.netns == id)
+            .map(|s| (s.state, s.timewait))
             .collect();
         s.sort();
         s
@@ -781,15 +788,14 @@ mod tests {
         );
         let v6: Vec<_> = out
             .iter()
-            .filter(|(ns, s)| *ns == ida && s.family == Family::Ipv6)
-            .map(|(_, s)| (s.state, s.local.ip()))
+            .filter(|s| s.netns == ida && s.family == Family::Ipv6)
+            .map(|s| (s.state, s.local.ip()))
             .collect();
         assert_eq!(v6, [(10, IpAddr::from(Ipv6Addr::LOCALHOST))]);
         let listen = out
             .iter()
-            .find(|(ns, s)| *ns == ida && s.state == 10 && s.family == Family::Ipv4)
-            .unwrap()
-            .1;
+            .find(|s| s.netns == ida && s.state == 10 && s.family == Family::Ipv4)
+            .unwrap();
         assert_eq!(
             listen.local,
             SocketAddr::from(([127, 0, 0, 1], port)),
@@ -980,7 +986,7 @@ mod tests {
         );
         // The dump and sockstat agree, namespace by namespace (nothing expires in a minute).
         for &id in &ids {
-            let timewait = out.iter().filter(|(ns, s)| *ns == id && s.timewait).count();
+            let timewait = out.iter().filter(|s| s.netns == id && s.timewait).count();
             assert_eq!(timewait, per_ns);
             assert_eq!(tw_of(&dumped, id), Some(Some(per_ns as u64)));
         }

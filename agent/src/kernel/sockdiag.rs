@@ -27,6 +27,9 @@ use crate::event::{Family, unmap};
 /// One socket as inet_diag reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DiagSocket {
+    /// The network namespace it was read in (nsfs inode): set by `crate::kernel::netns`, 0
+    /// from a plain dump.
+    pub netns: u32,
     pub family: Family,
     /// Kernel TCP state number (include/net/tcp_states.h: 1 ESTABLISHED ... 6 TIME_WAIT,
     /// 8 CLOSE_WAIT, 10 LISTEN...). For a timewait socket the kernel reports its substate
@@ -147,17 +150,33 @@ impl SockDiag {
         buf: &mut Vec<u8>,
         out: &mut Vec<DiagSocket>,
     ) -> anyhow::Result<()> {
+        out.clear();
+        self.append_tcp_with(buf, out)
+    }
+
+    /// [`SockDiag::dump_tcp_with`] appending to `out` instead of replacing it (one vector for
+    /// every namespace: no copy, no second vector of a namespace's sockets). On failure `out`
+    /// is as it was.
+    pub fn append_tcp_with(
+        &mut self,
+        buf: &mut Vec<u8>,
+        out: &mut Vec<DiagSocket>,
+    ) -> anyhow::Result<()> {
+        let start = out.len();
         std::mem::swap(&mut self.buf, buf);
         let result = self.dump_tcp_one_walk(out);
         std::mem::swap(&mut self.buf, buf);
+        if result.is_err() {
+            out.truncate(start);
+        }
         result
     }
 
     fn dump_tcp_one_walk(&mut self, out: &mut Vec<DiagSocket>) -> anyhow::Result<()> {
+        let start = out.len();
         if self.one_walk_refused {
-            return self.dump_tcp_into(out);
+            return self.append_tcp_into(out);
         }
-        out.clear();
         self.seq = self.seq.wrapping_add(1);
         let mut skipped = 0usize;
         match self.receive(
@@ -172,7 +191,8 @@ impl SockDiag {
             Err(e) => {
                 // Refused for good only if the usual dump works: a failure of both is not about
                 // the request.
-                self.dump_tcp_into(out)?;
+                out.truncate(start);
+                self.append_tcp_into(out)?;
                 log::debug!(
                     "sock_diag: the one-walk TCPDIAG_GETSOCK dump failed ({e:#}); one dump per \
                      family from now on"
@@ -186,6 +206,11 @@ impl SockDiag {
     /// [`dump_tcp`] into `out`, which is cleared first.
     pub fn dump_tcp_into(&mut self, out: &mut Vec<DiagSocket>) -> anyhow::Result<()> {
         out.clear();
+        self.append_tcp_into(out)
+    }
+
+    /// One dump per family, appended to `out`.
+    fn append_tcp_into(&mut self, out: &mut Vec<DiagSocket>) -> anyhow::Result<()> {
         let mut skipped = 0usize;
         for family in [AF_INET, AF_INET6] {
             self.seq = self.seq.wrapping_add(1);
@@ -379,6 +404,7 @@ fn from_header(h: &InetResponseHeader) -> Option<DiagSocket> {
     };
     let id = &h.socket_id;
     Some(DiagSocket {
+        netns: 0,
         family,
         state: h.state,
         local: SocketAddr::new(unmap(id.source_address), id.source_port),

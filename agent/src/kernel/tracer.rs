@@ -197,7 +197,7 @@ impl Tracer {
             }
             found
                 .iter()
-                .map(|(id, d)| (*id, d.local.port(), d.inode))
+                .map(|d| (d.netns, d.local.port(), d.inode))
                 .collect()
         } else {
             let mut own = Vec::new();

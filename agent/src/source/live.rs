@@ -54,8 +54,8 @@ pub struct Live {
     /// Only this namespace's sockets (`--netns`).
     netns: Option<NetnsId>,
     tables: Option<Tables>,
-    dump: Vec<(NetnsId, DiagSocket)>,
-    own_dump: Vec<DiagSocket>,
+    /// The last dump (each socket tagged with its namespace), reused.
+    dump: Vec<DiagSocket>,
     /// Namespaces that could not be read were announced (once per run).
     unread_said: bool,
     /// For the user, printed by the pipeline after the batch (deferred under the full-screen
@@ -86,7 +86,6 @@ impl Live {
             netns: opts.netns,
             tables,
             dump: Vec::new(),
-            own_dump: Vec::new(),
             unread_said: false,
             warnings: Vec::new(),
             stats_tick: interval_at(now + cadence.stats, cadence.stats),
@@ -155,24 +154,22 @@ impl Live {
                 }
             }
             Some(Tables::Own(diag)) => {
-                diag.dump_tcp_into(&mut self.own_dump)
+                diag.dump_tcp_into(&mut self.dump)
                     .context("reading the kernel's socket table")?;
-                self.dump.clear();
-                self.dump.extend(self.own_dump.iter().map(|&d| (0, d)));
             }
         }
         let ports = &self.ports;
         let sockets = self
             .dump
             .iter()
-            .filter(|(_, d)| {
+            .filter(|d| {
                 ports.is_empty()
                     || ports.contains(&d.local.port())
                     || ports.contains(&d.remote.port())
             })
-            .filter_map(|&(netns, d)| {
+            .filter_map(|d| {
                 Some(KernelSocket {
-                    netns,
+                    netns: d.netns,
                     state: TcpState::try_from(u32::from(d.state)).ok()?,
                     local: d.local,
                     remote: d.remote,
