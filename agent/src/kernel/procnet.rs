@@ -2,9 +2,10 @@
 //!
 //! The kernel program learns a listener's owner when it sees `CLOSE -> LISTEN`; a server started
 //! before twtrace never shows that, so its accepted connections would be unattributed until the
-//! server closed them. At start-up the listening sockets are read from /proc/net/tcp{,6} and
-//! matched to processes through the socket inodes in /proc/<pid>/fd, as `ss -p` does. The
-//! `procfs` crate reads and parses every one of these files.
+//! server closed them. At start-up the listening sockets of every network namespace come from
+//! listener-only sock_diag dumps (`crate::kernel::netns::listeners`) and are matched to
+//! processes through the socket inodes in /proc/<pid>/fd, as `ss -p` does. The `procfs` crate
+//! reads and parses those.
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
