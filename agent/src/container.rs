@@ -95,9 +95,15 @@ pub struct Container {
 impl Container {
     /// The id's first 12 characters, as `docker ps` and `crictl ps` show it.
     pub fn short_id(&self) -> &str {
-        // `get`, not indexing: the fields are public, so a hand-built id may be short.
-        self.id.get(..12).unwrap_or(&self.id)
+        short_id(&self.id)
     }
+}
+
+/// A container id as `docker ps` shows it: its first 12 characters.
+pub fn short_id(id: &str) -> &str {
+    // `get`, not indexing: an id from a row or a hand-built one may be short, or be cut inside a
+    // character.
+    id.get(..12).unwrap_or(id)
 }
 
 /// The container a cgroup path belongs to, if the path has one of the layouts in the module

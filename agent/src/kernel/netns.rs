@@ -382,25 +382,31 @@ pub fn listeners(only: Option<NetnsId>) -> (Vec<DiagSocket>, Vec<Unread>) {
     let (mut out, mut failed) = (Vec::new(), Vec::new());
     for ns in &found {
         let dumped = Handle::open(ns, own).and_then(|handle| {
-            handle
-                .diag
-                .only_listeners()
-                .append_tcp_with(&mut buf, &mut out)
+            append_tagged(&mut handle.diag.only_listeners(), &mut buf, &mut out, ns.id)
         });
-        match dumped {
-            Ok(()) => tag(&mut out, ns.id),
-            Err(e) => failed.push((ns.id, format!("{e:#}"))),
+        if let Err(e) = dumped {
+            failed.push((ns.id, format!("{e:#}")));
         }
     }
     (out, failed)
 }
 
-/// Marks the sockets appended to `out` since the last tag (those with namespace 0, as a
-/// dump gives them) as read in namespace `id`.
-fn tag(out: &mut [DiagSocket], id: NetnsId) {
-    for socket in out.iter_mut().rev().take_while(|s| s.netns == 0) {
-        socket.netns = id;
+/// Appends the TCP sockets `diag` dumps (its states) to `out`, tagged with namespace `id`;
+/// `buf` is the receive buffer the namespaces share. On failure `out` is as it was.
+fn append_tagged(
+    diag: &mut SockDiag,
+    buf: &mut Vec<u8>,
+    out: &mut Vec<DiagSocket>,
+    id: NetnsId,
+) -> anyhow::Result<()> {
+    let start = out.len();
+    diag.append_tcp_with(buf, out)?;
+    if let Some(new) = out.get_mut(start..) {
+        for socket in new {
+            socket.netns = id;
+        }
     }
+    Ok(())
 }
 
 /// A namespace whose sockets could not be read, and why (one line).
@@ -464,15 +470,9 @@ impl AllNamespaces {
         }
         let mut tw = Vec::with_capacity(self.open.len());
         for (&id, handle) in &mut self.open {
-            let start = out.len();
-            if let Err(e) = handle.diag.append_tcp_with(&mut self.buf, out) {
+            if let Err(e) = append_tagged(&mut handle.diag, &mut self.buf, out, id) {
                 failed.push((id, format!("{e:#}")));
                 continue;
-            }
-            if let Some(new) = out.get_mut(start..) {
-                for socket in new {
-                    socket.netns = id;
-                }
             }
             let count = match handle.tw(&mut self.text) {
                 Ok(count) => Some(count),

@@ -7,6 +7,7 @@ use std::{
 
 use super::Sink;
 use crate::{
+    container::short_id,
     model::snapshot::{Snapshot, WholeSeconds},
     text::{escape, write_json},
 };
@@ -51,13 +52,6 @@ fn print_json(out: &mut impl Write, snap: &Snapshot) -> io::Result<()> {
     write_json(&mut *out, snap)?;
     out.write_all(b"\n")?;
     out.flush()
-}
-
-/// A container id's first 12 characters, as `docker ps` and `crictl ps` show it (the whole id
-/// when shorter).
-pub(super) fn short_id(id: &str) -> &str {
-    // `get`, not indexing: a row's id may be anything, a cut inside a character included.
-    id.get(..12).unwrap_or(id)
 }
 
 /// Cells of the CONTAINER column: a short id.

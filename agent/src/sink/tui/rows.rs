@@ -9,8 +9,8 @@ use std::{
     ops::Range,
 };
 
+use crate::container::short_id;
 use crate::model::snapshot::{PeerKey, PeerRow, ProcessRow, Snapshot};
-use crate::sink::table::short_id;
 
 /// One peer across all processes: the sums of its rows and the processes behind it.
 #[derive(Debug, Clone, Default, PartialEq)]

@@ -24,7 +24,7 @@ use super::app::{App, PeerCol, PeerGroup, ProcCol, View};
 use super::input::HELP;
 use super::layout::*;
 use super::rows::container_label;
-use crate::sink::table::short_id;
+use crate::container::short_id;
 use crate::{
     model::snapshot::{BEFORE_START, ProcessRow, Snapshot},
     text::escape,
