@@ -8,6 +8,8 @@
 //! Every wait has a timeout, and every child process is killed when its guard is dropped, so a
 //! failing or panicking test never leaves a tracer or a driver behind.
 
+pub mod cgroup;
+pub mod child;
 pub mod live;
 pub mod netns;
 pub mod record;

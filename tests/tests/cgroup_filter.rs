@@ -7,67 +7,17 @@
 //! may be printed, all of them. The test makes its cgroups in the v2 hierarchy and removes them,
 //! also on failure. Run as root with `cargo xtask test`; without root it prints `SKIPPED`.
 
-use std::{
-    fs,
-    path::{Path, PathBuf},
-    process::Command,
-    time::Duration,
-};
+use std::{path::Path, process::Command, time::Duration};
 
 use twtrace_tests::{
-    Checks, Client, ClientOpts, DRIVER_TIMEOUT, Mode, Server, TIME_WAIT, Twtrace, select,
-    skip_unless_root, twtrace_bin,
+    Checks, Client, ClientOpts, DRIVER_TIMEOUT, Mode, Server, TIME_WAIT, Twtrace,
+    cgroup::{Cgroups, cgroup2_root},
+    select, skip_unless_root, twtrace_bin,
 };
 
 /// How long a cgroup made while twtrace runs may take to join its filter: the filter is
 /// refreshed on the live source's stats tick, once a second.
 const REFRESH_WAIT: Duration = Duration::from_millis(2500);
-
-/// The cgroup v2 mount (`/sys/fs/cgroup` or, on hybrid hosts, `/sys/fs/cgroup/unified`).
-fn cgroup2_root() -> Option<PathBuf> {
-    let mounts = fs::read_to_string("/proc/self/mountinfo").ok()?;
-    mounts.lines().find_map(|line| {
-        let (left, right) = line.split_once(" - ")?;
-        let mount = left.split_whitespace().nth(4)?;
-        (right.split_whitespace().next() == Some("cgroup2")).then(|| PathBuf::from(mount))
-    })
-}
-
-/// Cgroups made by the test; on drop, whatever is inside goes back to the root cgroup and the
-/// directories are removed, the last made first.
-struct Cgroups {
-    root: PathBuf,
-    dirs: Vec<PathBuf>,
-}
-
-impl Cgroups {
-    fn make(&mut self, dir: PathBuf) -> PathBuf {
-        fs::create_dir(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
-        self.dirs.push(dir.clone());
-        dir
-    }
-
-    fn enter(dir: &Path, pid: u32) {
-        let procs = dir.join("cgroup.procs");
-        fs::write(&procs, pid.to_string())
-            .unwrap_or_else(|e| panic!("moving {pid} into {}: {e}", procs.display()));
-    }
-}
-
-impl Drop for Cgroups {
-    fn drop(&mut self) {
-        for d in self.dirs.iter().rev() {
-            if let Ok(pids) = fs::read_to_string(d.join("cgroup.procs")) {
-                for pid in pids.lines() {
-                    let _ = fs::write(self.root.join("cgroup.procs"), pid);
-                }
-            }
-            if let Err(e) = fs::remove_dir(d) {
-                eprintln!("could not remove cgroup {}: {e}", d.display());
-            }
-        }
-    }
-}
 
 #[test]
 fn only_sockets_of_the_cgroup_and_below_also_of_a_cgroup_made_after_the_start() {
@@ -82,10 +32,7 @@ fn only_sockets_of_the_cgroup_and_below_also_of_a_cgroup_made_after_the_start() 
     const N: usize = 4;
     let driver = Path::new(env!("CARGO_BIN_EXE_tcpdrive"));
     let name = format!("twtrace-cgfilter-{}", std::process::id());
-    let mut cgroups = Cgroups {
-        root: root.clone(),
-        dirs: Vec::new(),
-    };
+    let mut cgroups = Cgroups::new(root.clone());
     let chosen = cgroups.make(root.join(&name));
     let server = Server::start(driver, "127.0.0.1:0", 2 * N, Mode::ClientFirst, "twcg-srv");
     // Given with the mount in front: the same cgroup as `/<name>`.

@@ -4,71 +4,28 @@
 //! makes the cgroups in the v2 hierarchy and removes them, also on failure.
 //! Run as root with `cargo xtask test`; without root every test prints `SKIPPED` and passes.
 
-use std::{fs, path::PathBuf, time::Duration};
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use twtrace_tests::{
-    Client, ClientOpts, DRIVER_TIMEOUT, Mode, Server, Twtrace, select, skip_unless_root,
+    Client, ClientOpts, DRIVER_TIMEOUT, Mode, Server, Twtrace,
+    cgroup::{Cgroups, cgroup2_root},
+    select, skip_unless_root,
 };
 
 const CONTAINER: &str = "4f9b2c7e1d3a5b6c8e0f1a2b3c4d5e6f7a8b9c0d1e2f3a4b5c6d7e8f9a0b1c2d";
 const POD: &str = "3f1c9a52-7b4e-4d8a-9c6f-2e5b8d0a1f47";
 
-/// The cgroup v2 mount (`/sys/fs/cgroup` or, on hybrid hosts, `/sys/fs/cgroup/unified`).
-fn cgroup2_root() -> Option<PathBuf> {
-    let mounts = fs::read_to_string("/proc/self/mountinfo").ok()?;
-    mounts.lines().find_map(|line| {
-        let (left, right) = line.split_once(" - ")?;
-        let mount = left.split_whitespace().nth(4)?;
-        (right.split_whitespace().next() == Some("cgroup2")).then(|| PathBuf::from(mount))
-    })
-}
-
-/// `<root>/twtrace-test-<pid>/kubepods/burstable/pod<POD>/<CONTAINER>`; on drop, whatever is
-/// inside goes back to the root cgroup and the directories are removed, deepest first.
-struct PodCgroup {
-    root: PathBuf,
-    dirs: Vec<PathBuf>,
-}
-
-impl PodCgroup {
-    fn new(root: PathBuf) -> Self {
-        let top = root.join(format!("twtrace-test-{}", std::process::id()));
-        let mut dirs = vec![top.clone()];
-        for part in ["kubepods", "burstable", &format!("pod{POD}"), CONTAINER] {
-            let next = dirs.last().expect("top").join(part);
-            dirs.push(next);
-        }
-        let cg = Self { root, dirs };
-        for d in &cg.dirs {
-            fs::create_dir(d).unwrap_or_else(|e| panic!("mkdir {}: {e}", d.display()));
-        }
-        cg
+/// `<root>/twtrace-test-<pid>/kubepods/burstable/pod<POD>/<CONTAINER>`, the layout of a pod's
+/// container under the kubelet with containerd (cgroupfs driver); returns the container's.
+fn pod_container(cgroups: &mut Cgroups, root: &Path) -> PathBuf {
+    let mut dir = cgroups.make(root.join(format!("twtrace-test-{}", std::process::id())));
+    for part in ["kubepods", "burstable", &format!("pod{POD}"), CONTAINER] {
+        dir = cgroups.make(dir.join(part));
     }
-
-    fn leaf(&self) -> &PathBuf {
-        self.dirs.last().expect("leaf")
-    }
-
-    fn enter(&self, pid: u32) {
-        let procs = self.leaf().join("cgroup.procs");
-        fs::write(&procs, pid.to_string())
-            .unwrap_or_else(|e| panic!("moving {pid} into {}: {e}", procs.display()));
-    }
-}
-
-impl Drop for PodCgroup {
-    fn drop(&mut self) {
-        for d in self.dirs.iter().rev() {
-            if let Ok(pids) = fs::read_to_string(d.join("cgroup.procs")) {
-                for pid in pids.lines() {
-                    let _ = fs::write(self.root.join("cgroup.procs"), pid);
-                }
-            }
-            if let Err(e) = fs::remove_dir(d) {
-                eprintln!("could not remove cgroup {}: {e}", d.display());
-            }
-        }
-    }
+    dir
 }
 
 #[test]
@@ -83,7 +40,8 @@ fn events_of_a_process_in_a_pod_container_carry_its_id() {
     };
     const N: usize = 3;
     let driver = std::path::Path::new(env!("CARGO_BIN_EXE_tcpdrive"));
-    let cgroup = PodCgroup::new(root);
+    let mut cgroups = Cgroups::new(root.clone());
+    let container = pod_container(&mut cgroups, &root);
     let server = Server::start(driver, "127.0.0.1:0", N, Mode::ClientFirst, "twct-srv");
     let trace = Twtrace::start(&["--port".into(), server.port.to_string()]);
     let mut client = Client::start(
@@ -97,7 +55,7 @@ fn events_of_a_process_in_a_pod_container_carry_its_id() {
             ..ClientOpts::default()
         },
     );
-    cgroup.enter(client.pid());
+    Cgroups::enter(&container, client.pid());
     client.go();
     client.guard.wait_success(DRIVER_TIMEOUT);
     let mut server = server;

@@ -18,7 +18,6 @@
 //! done.
 
 use std::{
-    ffi::CString,
     io::{self, Write as _},
     net::{SocketAddr, TcpStream},
     os::{
@@ -30,6 +29,7 @@ use std::{
 };
 
 use clap::{Parser, ValueEnum};
+use twtrace_tests::child::{say, set_comm};
 
 /// The kernel keeps 15 bytes of a process name.
 const MAX_COMM: usize = 15;
@@ -73,22 +73,6 @@ fn parse_comm(value: &str) -> Result<String, String> {
         return Err(format!("1 to {MAX_COMM} bytes without NUL"));
     }
     Ok(value.to_owned())
-}
-
-fn set_comm(comm: &str) -> io::Result<()> {
-    let name = CString::new(comm).map_err(io::Error::other)?;
-    // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes from the pointer,
-    // which stays valid for the call.
-    if unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr() as libc::c_ulong, 0, 0, 0) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-fn say(line: &str) -> io::Result<()> {
-    let mut out = io::stdout().lock();
-    writeln!(out, "{line}")?;
-    out.flush()
 }
 
 fn connect_all(addr: SocketAddr, count: u64) -> io::Result<Vec<TcpStream>> {

@@ -18,13 +18,13 @@
 //! listening, then `worker <i> <pid>` for each worker. Runs until killed; workers die with the
 //! parent (PR_SET_PDEATHSIG), so killing the parent cleans up everything.
 
-use std::ffi::CString;
 use std::io::{self, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::process::ExitCode;
 
 use clap::{Parser, ValueEnum};
+use twtrace_tests::child::{say, set_comm};
 
 const MAX_COMM: usize = 15;
 const BACKLOG: libc::c_int = 4096;
@@ -245,19 +245,4 @@ fn park() -> io::Result<()> {
     loop {
         std::thread::park();
     }
-}
-
-fn set_comm(name: &str) -> io::Result<()> {
-    let c = CString::new(name).map_err(io::Error::other)?;
-    // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes, which `c` is.
-    if unsafe { libc::prctl(libc::PR_SET_NAME, c.as_ptr()) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-fn say(line: &str) -> io::Result<()> {
-    let mut out = io::stdout().lock();
-    writeln!(out, "{line}")?;
-    out.flush()
 }
