@@ -14,6 +14,7 @@
 pub mod cli;
 pub mod clock;
 pub mod container;
+pub mod diagnosis;
 pub mod event;
 pub mod infer;
 pub mod kernel;
