@@ -32,9 +32,17 @@ pub mod offsets {
     pub mod send_reset {
         pub const SKADDR: usize = 16;
     }
-    /// `syscalls:sys_exit_accept4` and `syscalls:sys_exit_accept` share this layout.
+    /// `syscalls:sys_exit_accept4`, `sys_exit_accept`, `sys_exit_connect` and `sys_exit_bind`
+    /// share this layout.
     pub mod sys_exit {
         pub const RET: usize = 16;
+    }
+    /// `syscalls:sys_enter_connect` (`uservaddr`) and `syscalls:sys_enter_bind` (`umyaddr`):
+    /// the arguments, each 8 bytes wide whatever its C type.
+    pub mod sys_enter_sockaddr {
+        pub const FD: usize = 16;
+        pub const ADDR: usize = 24;
+        pub const ADDRLEN: usize = 32;
     }
 }
 
@@ -58,6 +66,22 @@ pub mod tcp_state {
 pub const AF_INET: u16 = 2;
 pub const AF_INET6: u16 = 10;
 pub const IPPROTO_TCP: u16 = 6;
+pub const SOCK_STREAM: u16 = 1;
+
+/// The errnos a failed connect() or bind() is reported for (asm-generic/errno*.h; the same on
+/// every architecture twtrace builds for).
+pub mod errno {
+    pub const EAGAIN: u16 = 11;
+    pub const EADDRINUSE: u16 = 98;
+    pub const EADDRNOTAVAIL: u16 = 99;
+    pub const ENOBUFS: u16 = 105;
+}
+
+/// Which system call failed (`Event::call`, with `flags::SYSCALL_FAILED`).
+pub mod call {
+    pub const CONNECT: u16 = 1;
+    pub const BIND: u16 = 2;
+}
 
 /// How the owner in an event was learnt (`Owner::how`).
 pub mod how {
@@ -90,6 +114,11 @@ pub mod flags {
     /// Not a state change: a process took the socket with accept() and is its owner from now
     /// on (`oldstate == newstate`, the state it is in).
     pub const ACCEPTED: u32 = 1 << 5;
+    /// Not a state change: a connect() or bind() on a TCP socket failed with one of the errnos
+    /// of [`crate::errno`] (`Event::call` and `Event::errno` say which). The destination of a
+    /// connect() is in `ends.daddr`/`dport`, the address of a bind() in `saddr`/`sport`; the
+    /// owner is the calling task; `oldstate == newstate == CLOSE`.
+    pub const SYSCALL_FAILED: u32 = 1 << 6;
 }
 
 /// Index of each counter in the `STATS` per-CPU array.
@@ -121,6 +150,7 @@ pub mod maps {
     pub const PID_FILTER: &str = "PID_FILTER";
     pub const PORT_FILTER: &str = "PORT_FILTER";
     pub const CGROUP_FILTER: &str = "CGROUP_FILTER";
+    pub const CALLS: &str = "CALLS";
 }
 
 /// Global names patched by the loader.
@@ -147,6 +177,10 @@ pub mod globals {
     pub const OFF_FDTABLE_MAX_FDS: &str = "OFF_FDTABLE_MAX_FDS";
     pub const OFF_FILE_PRIVATE_DATA: &str = "OFF_FILE_PRIVATE_DATA";
     pub const OFF_SOCKET_SK: &str = "OFF_SOCKET_SK";
+    /// `struct sock` to its `sk_protocol` and `sk_type` (both u16): a failed connect()/bind() is
+    /// reported for TCP stream sockets only.
+    pub const OFF_SOCK_PROTOCOL: &str = "OFF_SOCK_PROTOCOL";
+    pub const OFF_SOCK_TYPE: &str = "OFF_SOCK_TYPE";
 }
 
 /// Program names (the function names in `src/main.rs`).
@@ -157,6 +191,10 @@ pub mod programs {
     pub const SEND_RESET: &str = "tcp_send_reset";
     pub const ACCEPT4: &str = "sys_exit_accept4";
     pub const ACCEPT: &str = "sys_exit_accept";
+    pub const ENTER_CONNECT: &str = "sys_enter_connect";
+    pub const EXIT_CONNECT: &str = "sys_exit_connect";
+    pub const ENTER_BIND: &str = "sys_enter_bind";
+    pub const EXIT_BIND: &str = "sys_exit_bind";
 }
 
 pub const COMM_LEN: usize = 16;
@@ -216,7 +254,10 @@ pub struct Event {
     /// The socket's network namespace (the inode `ls -Li /proc/PID/ns/net` shows); 0 when not
     /// known (the kernel's BTF gave no offsets).
     pub netns: u32,
-    pub _pad: u32,
+    /// With `flags::SYSCALL_FAILED`: the errno the call returned (one of [`errno`]); else 0.
+    pub errno: u16,
+    /// With `flags::SYSCALL_FAILED`: which call failed (one of [`call`]); else 0.
+    pub call: u16,
     pub ends: Ends,
 }
 
@@ -257,6 +298,33 @@ pub struct ListenerEntry {
     pub skaddr: u64,
 }
 
+/// A connect() or bind() between its enter and exit tracepoints: the sockaddr as the caller
+/// passed it, copied from user memory at the enter. `CALLS` holds one per thread slot (see
+/// [`MAX_CALLS`]), owned by the thread whose `pid_tgid` it holds.
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CallArgs {
+    /// The calling thread (`bpf_get_current_pid_tgid()`); 0 when the slot is free.
+    pub pid_tgid: u64,
+    pub fd: u32,
+    /// One of [`call`].
+    pub call: u16,
+    /// `AF_INET` or `AF_INET6` (other families are not kept).
+    pub family: u16,
+    /// Host order.
+    pub port: u16,
+    pub _pad: [u16; 3],
+    /// IPv4 uses the first 4 bytes.
+    pub addr: [u8; 16],
+}
+
+/// Slots of `CALLS`, an array indexed by thread id modulo this (a power of two): a thread's
+/// call lives in its slot from its enter to its exit. Two threads share a slot only if their
+/// ids differ by a multiple of it, and only if both are inside connect()/bind() at the same
+/// moment can one of their failures go unreported (or, rarer still, carry the other's address).
+pub const MAX_CALLS: u32 = 16_384;
+const _: () = assert!(MAX_CALLS.is_power_of_two());
+
 pub const EVENT_SIZE: usize = size_of::<Event>();
 const _: () = assert!(EVENT_SIZE == 120);
 const _: () = assert!(align_of::<Event>() == 8);
@@ -265,6 +333,8 @@ const _: () = assert!(core::mem::offset_of!(Ends, saddr) % 8 == 0);
 const _: () = assert!(core::mem::offset_of!(Ends, daddr) % 8 == 0);
 const _: () = assert!(size_of::<Ends>() == 40);
 const _: () = assert!(size_of::<SockEntry>().is_multiple_of(8));
+const _: () = assert!(size_of::<CallArgs>() == 40);
+const _: () = assert!(core::mem::offset_of!(CallArgs, addr) % 8 == 0);
 
 #[cfg(feature = "user")]
 mod user {
@@ -279,4 +349,6 @@ mod user {
     unsafe impl aya::Pod for super::ListenerEntry {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::ListenerKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::CallArgs {}
 }

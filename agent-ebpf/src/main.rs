@@ -18,14 +18,14 @@ use aya_ebpf::{
         bpf_probe_read_kernel, generated,
     },
     macros::{map, tracepoint},
-    maps::{HashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, PerCpuArray, RingBuf},
     programs::TracePointContext,
 };
 use aya_log_ebpf::warn;
 use twtrace_ebpf::{
-    AF_INET, AF_INET6, COMM_LEN, Event, IPPROTO_TCP, ListenerEntry, ListenerKey, MAX_CGROUP_FILTER,
-    MAX_PID_FILTER, MAX_PORT_FILTER, Owner, SockEntry, flags, globals, how, offsets, stat,
-    tcp_state,
+    AF_INET, AF_INET6, COMM_LEN, CallArgs, Event, IPPROTO_TCP, ListenerEntry, ListenerKey,
+    MAX_CALLS, MAX_CGROUP_FILTER, MAX_PID_FILTER, MAX_PORT_FILTER, Owner, SOCK_STREAM, SockEntry,
+    call, errno, flags, globals, how, offsets, stat, tcp_state,
 };
 
 /// Sized by the agent at load time (`RING_BYTES` in agent/src/kernel/tracer.rs); this is a fallback.
@@ -60,6 +60,14 @@ static PORT_FILTER: HashMap<u16, u8> = HashMap::with_max_entries(MAX_PORT_FILTER
 #[map]
 static CGROUP_FILTER: HashMap<u64, u8> = HashMap::with_max_entries(MAX_CGROUP_FILTER, 0);
 
+/// connect() and bind() calls in progress, one slot per thread (indexed by thread id modulo
+/// `MAX_CALLS`): the address the caller passed, copied at `sys_enter_*` for `sys_exit_*` to
+/// report if the call fails; the exit frees the slot. An array, not a hash map keyed by
+/// pid_tgid: its lookup is inlined by the verifier and nothing is inserted or deleted, which
+/// took the two programs from ~575 to ~240 ns per connect() (docs/kernel.md §6).
+#[map]
+static CALLS: Array<CallArgs> = Array::with_max_entries(MAX_CALLS, 0);
+
 /// `globals::FILTER_*` bits, set by the loader.
 #[unsafe(no_mangle)]
 static FILTERS: Global<u32> = Global::new(0);
@@ -89,6 +97,10 @@ static OFF_FDTABLE_MAX_FDS: Global<u32> = Global::new(0);
 static OFF_FILE_PRIVATE_DATA: Global<u32> = Global::new(0);
 #[unsafe(no_mangle)]
 static OFF_SOCKET_SK: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+static OFF_SOCK_PROTOCOL: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+static OFF_SOCK_TYPE: Global<u32> = Global::new(0);
 
 /// Reads a kernel value at `base + offset` with bpf_probe_read_kernel, which checks the
 /// address and fails instead of faulting. None on failure (a NULL pointer on the way).
@@ -597,18 +609,7 @@ fn accepted(ctx: &TracePointContext) -> Option<()> {
     }
     let ret: i64 = field(ctx, offsets::sys_exit::RET).ok()?;
     let fd = u64::try_from(ret).ok()?;
-    // SAFETY: helper without preconditions; available to tracepoint programs.
-    let task = unsafe { generated::bpf_get_current_task() };
-    let files: u64 = kread(task, OFF_TASK_FILES.load())?;
-    let fdt: u64 = kread(files, OFF_FILES_FDT.load())?;
-    let max_fds: u32 = kread(fdt, OFF_FDTABLE_MAX_FDS.load())?;
-    if fd >= u64::from(max_fds) {
-        return None;
-    }
-    let fds: u64 = kread(fdt, OFF_FDTABLE_FD.load())?;
-    let file: u64 = kread(fds + fd * 8, 0)?;
-    let socket: u64 = kread(file, OFF_FILE_PRIVATE_DATA.load())?;
-    let sk: u64 = kread(socket, OFF_SOCKET_SK.load())?;
+    let sk = sock_of_fd(fd)?;
     let Some(entry) = SOCKETS.get_ptr_mut(sk) else {
         count(stat::ACCEPT_MISS);
         return None;
@@ -634,6 +635,212 @@ fn accepted(ctx: &TracePointContext) -> Option<()> {
     ev.current_tgid = ev.owner.tgid;
     ev.netns = entry.netns;
     copy_words(&mut ev.ends, &entry.ends);
+    emit(ev);
+    Some(())
+}
+
+/// The `struct sock` behind file descriptor `fd` of the current task:
+/// current->files->fdt->fd[fd]->private_data->sk (offsets from BTF; bounded by fdt->max_fds).
+/// Only for an fd that is a socket: the kernel said so (accept() returned it, connect() or
+/// bind() failed with a socket's errno on it).
+#[inline(always)]
+fn sock_of_fd(fd: u64) -> Option<u64> {
+    // SAFETY: helper without preconditions; available to tracepoint programs.
+    let task = unsafe { generated::bpf_get_current_task() };
+    let files: u64 = kread(task, OFF_TASK_FILES.load())?;
+    let fdt: u64 = kread(files, OFF_FILES_FDT.load())?;
+    let max_fds: u32 = kread(fdt, OFF_FDTABLE_MAX_FDS.load())?;
+    if fd >= u64::from(max_fds) {
+        return None;
+    }
+    let fds: u64 = kread(fdt, OFF_FDTABLE_FD.load())?;
+    let file: u64 = kread(fds + fd * 8, 0)?;
+    let socket: u64 = kread(file, OFF_FILE_PRIVATE_DATA.load())?;
+    kread(socket, OFF_SOCKET_SK.load())
+}
+
+#[tracepoint]
+pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
+    remember(&ctx, call::CONNECT);
+    0
+}
+
+#[tracepoint]
+pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
+    failed(&ctx, call::CONNECT);
+    0
+}
+
+#[tracepoint]
+pub fn sys_enter_bind(ctx: TracePointContext) -> u32 {
+    remember(&ctx, call::BIND);
+    0
+}
+
+#[tracepoint]
+pub fn sys_exit_bind(ctx: TracePointContext) -> u32 {
+    failed(&ctx, call::BIND);
+    0
+}
+
+/// The `CALLS` slot of the thread `pid_tgid`.
+#[inline(always)]
+fn call_slot(pid_tgid: u64) -> Option<*mut CallArgs> {
+    CALLS.get_ptr_mut((pid_tgid as u32) & (MAX_CALLS - 1))
+}
+
+/// At a connect()'s or bind()'s entry: copies the address the caller passed (family, port,
+/// IPv4 or IPv6 address) from user memory into the thread's `CALLS` slot, for the exit to
+/// report if the call fails. Every connect() and bind() on the host comes here, so it does as
+/// little as it can: one read of user memory, and stores into the slot only for AF_INET and
+/// AF_INET6 addresses.
+#[inline(always)]
+fn remember(ctx: &TracePointContext, which: u16) -> Option<()> {
+    use offsets::sys_enter_sockaddr as o;
+    let uaddr: u64 = field(ctx, o::ADDR).ok()?;
+    let addrlen: u64 = field(ctx, o::ADDRLEN).ok()?;
+    // sockaddr_in is 16 bytes; sockaddr_in6's address ends at byte 24. Anything shorter is
+    // refused by the kernel (EINVAL) for these families.
+    if addrlen < 16 {
+        return None;
+    }
+    // The first 24 bytes as words: family (2), port (2, network order), then the IPv4 address
+    // (4) or IPv6 flow info (4) and the IPv6 address (16). Read straight into words, so no
+    // struct copy is made, and zeroed by `zeroed_in` (`[0; 3]` is a call of the byte-loop
+    // memset, see `copy_words`).
+    let mut buf = MaybeUninit::<[u64; 3]>::uninit();
+    let words = zeroed_in(&mut buf);
+    let len: u32 = if addrlen >= 24 { 24 } else { 16 };
+    // SAFETY: the helper reads `len` (16 or 24) bytes of user memory into `words`, which has
+    // 24; an address it may not read makes it fail (and zero `words`), never fault.
+    let rc = unsafe {
+        generated::bpf_probe_read_user(words.as_mut_ptr().cast(), len, uaddr as *const _)
+    };
+    if rc != 0 {
+        return None;
+    }
+    let head = words[0].to_ne_bytes();
+    let family = u16::from_ne_bytes([head[0], head[1]]);
+    if family != AF_INET && !(family == AF_INET6 && len == 24) {
+        return None;
+    }
+    let fd = field::<u64>(ctx, o::FD).ok()? as u32;
+    let id = bpf_get_current_pid_tgid();
+    let slot = call_slot(id)?;
+    // SAFETY: an array map value, valid for this program's run and 8-byte aligned, as is its
+    // `addr` (lib.rs); the slot belongs to this thread now (another thread's call in it is
+    // overwritten: see `MAX_CALLS`). The owner is cleared first and set last, so that an exit
+    // of a thread sharing the slot mostly finds another owner and leaves it; nothing orders
+    // these plain stores across CPUs, so two threads in their calls at once in one slot can
+    // also mix their fields (the rare case `MAX_CALLS` describes).
+    unsafe {
+        (*slot).pid_tgid = 0;
+        (*slot).fd = fd;
+        (*slot).call = which;
+        (*slot).family = family;
+        (*slot).port = u16::from_be_bytes([head[2], head[3]]);
+        let dst = (*slot).addr.as_mut_ptr().cast::<u64>();
+        if family == AF_INET {
+            // The address's 4 bytes first, as they are in memory; the rest zero.
+            dst.write(0);
+            dst.add(1).write(0);
+            dst.cast::<u32>()
+                .write(u32::from_ne_bytes([head[4], head[5], head[6], head[7]]));
+        } else {
+            dst.write(words[1]);
+            dst.add(1).write(words[2]);
+        }
+        (*slot).pid_tgid = id;
+    }
+    Some(())
+}
+
+/// The errno a connect() or bind() returning `ret` is reported for, if any: the port pool
+/// and address errors (an EINPROGRESS of a non-blocking connect() is no failure).
+#[inline(always)]
+fn failure_errno(which: u16, ret: i64) -> Option<u16> {
+    let e = u16::try_from(ret.checked_neg()?).ok()?;
+    let reported = if which == call::CONNECT {
+        e == errno::EADDRNOTAVAIL || e == errno::EAGAIN || e == errno::ENOBUFS
+    } else {
+        e == errno::EADDRINUSE || e == errno::EADDRNOTAVAIL
+    };
+    reported.then_some(e)
+}
+
+/// At a connect()'s or bind()'s exit: frees the thread's slot, and when the call failed with
+/// one of the reported errnos on a TCP socket, sends a `SYSCALL_FAILED` event naming the
+/// calling task, the address it asked for and the socket's namespace. A call that succeeded
+/// costs a load and a store.
+#[inline(always)]
+fn failed(ctx: &TracePointContext, which: u16) -> Option<()> {
+    let id = bpf_get_current_pid_tgid();
+    let slot = call_slot(id)?;
+    // SAFETY: an array map value, valid for this program's run (this holds for every access
+    // to `slot` here); it is this thread's while it holds this thread's pid_tgid, and only this
+    // thread's enter writes that.
+    let owner = unsafe { (*slot).pid_tgid };
+    if owner != id {
+        return None;
+    }
+    let ret: i64 = field(ctx, offsets::sys_exit::RET).ok()?;
+    let Some(errno) = failure_errno(which, ret) else {
+        // SAFETY: see `slot` above.
+        unsafe { (*slot).pid_tgid = 0 };
+        return None;
+    };
+    // SAFETY: see `slot` above; `addr` is 8-byte aligned (lib.rs).
+    let (fd, args_call, family, port, hi, lo) = unsafe {
+        let addr = (*slot).addr.as_ptr().cast::<u64>();
+        let read = (
+            (*slot).fd,
+            (*slot).call,
+            (*slot).family,
+            (*slot).port,
+            addr.read(),
+            addr.add(1).read(),
+        );
+        (*slot).pid_tgid = 0;
+        read
+    };
+    // Following the fd needs the BTF offsets (the loader attaches these programs only with
+    // them).
+    if args_call != which || BTF_OK.load() == 0 {
+        return None;
+    }
+    let sk = sock_of_fd(u64::from(fd))?;
+    // A TCP stream socket: a raw socket of protocol 6 fails bind() the same way.
+    let protocol: u16 = kread(sk, OFF_SOCK_PROTOCOL.load())?;
+    let kind: u16 = kread(sk, OFF_SOCK_TYPE.load())?;
+    if protocol != IPPROTO_TCP || kind != SOCK_STREAM {
+        return None;
+    }
+    let mut slot = MaybeUninit::<Event>::uninit();
+    let ev = zeroed_in(&mut slot);
+    // SAFETY: helper without preconditions; available to tracepoint programs.
+    ev.ts_ns = unsafe { bpf_ktime_get_ns() };
+    ev.skaddr = sk;
+    fill_current_owner(&mut ev.owner);
+    ev.oldstate = tcp_state::CLOSE;
+    ev.newstate = tcp_state::CLOSE;
+    ev.flags = flags::SYSCALL_FAILED | flags::OWNER_MADE;
+    ev.current_tgid = ev.owner.tgid;
+    ev.netns = netns_of(sk);
+    ev.errno = errno;
+    ev.call = which;
+    ev.ends.family = family;
+    let dst = if which == call::CONNECT {
+        ev.ends.dport = port;
+        ev.ends.daddr.as_mut_ptr().cast::<u64>()
+    } else {
+        ev.ends.sport = port;
+        ev.ends.saddr.as_mut_ptr().cast::<u64>()
+    };
+    // SAFETY: the address arrays of `Event` lie at 8-byte aligned offsets (lib.rs).
+    unsafe {
+        dst.write(hi);
+        dst.add(1).write(lo);
+    }
     emit(ev);
     Some(())
 }

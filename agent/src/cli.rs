@@ -161,10 +161,11 @@ pub struct RecordArgs {
     /// A condition checked every second on the leaderboard's snapshot, e.g. 'timewait_now>20000',
     /// 'close_wait_now[comm=java]>500', 'timewait_per_s[pid=42]>=1000' (repeatable). Fields:
     /// totals (timewait_now, timewait_kernel, close_wait_now, established_now, timewait_entered,
-    /// timewait_per_s, lost_events, unattributed_events) or, with [pid=N] or [comm=NAME] (summed
-    /// over processes of that name), a process's (timewait_entered, timewait_per_s, timewait_now,
-    /// close_wait_now, established_now, opens, opens_per_s, closes, closes_per_s, resets). A
-    /// trigger fires when its condition becomes true.
+    /// timewait_per_s, lost_events, unattributed_events, connect_failures, bind_failures) or,
+    /// with [pid=N] or [comm=NAME] (summed over processes of that name), a process's
+    /// (timewait_entered, timewait_per_s, timewait_now, close_wait_now, established_now, opens,
+    /// opens_per_s, closes, closes_per_s, resets, connect_failures, bind_failures). A trigger
+    /// fires when its condition becomes true.
     #[arg(long, value_name = "EXPR", requires = "ring")]
     pub trigger: Vec<crate::sink::trigger::Trigger>,
 
@@ -356,12 +357,14 @@ pub struct TraceArgs {
 /// How the kernel side traces (live commands).
 #[derive(Debug, Args, Default, Clone)]
 pub struct TracerArgs {
-    /// Do not follow accept(): accepted sockets stay with the listener's owner until a reconcile
-    /// finds who holds them. Following it enables a syscall tracepoint, which makes every system
-    /// call of every process on the host slower by about 30 ns while twtrace runs (the kernel
-    /// sends all of them through its slow path then); this avoids that on syscall-heavy hosts.
-    #[arg(long)]
-    pub no_accept: bool,
+    /// Attach no syscall tracepoints: accept() is not followed (accepted sockets stay with the
+    /// listener's owner until a reconcile finds who holds them) and failed connect()/bind()
+    /// calls are not counted. Any syscall tracepoint makes every system call of every process
+    /// on the host slower by about 30 ns while twtrace runs (the kernel sends all of them
+    /// through its slow path then); this avoids that on syscall-heavy hosts. `--no-accept` is
+    /// its older name.
+    #[arg(long, visible_alias = "no-accept")]
+    pub no_syscall_hooks: bool,
 }
 
 #[derive(Debug, Args, Default, Clone)]
@@ -488,6 +491,19 @@ mod tests {
         assert_eq!(args.filter.pid, vec![1, 2, 3]);
         assert!(args.json);
         assert_eq!(cli.verbose, 1);
+    }
+
+    #[test]
+    fn no_syscall_hooks_keeps_its_old_name() {
+        for flag in ["--no-syscall-hooks", "--no-accept"] {
+            let cli = parse(&["trace", flag]).expect("parses");
+            let Some(Command::Trace(args)) = cli.command else {
+                panic!("trace expected")
+            };
+            assert!(args.tracer.no_syscall_hooks, "{flag}");
+            assert!(parse(&[flag]).expect("parses").live.tracer.no_syscall_hooks);
+        }
+        assert!(!parse(&[]).expect("parses").live.tracer.no_syscall_hooks);
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
 };
 
-use twtrace_ebpf::{AF_INET, AF_INET6, COMM_LEN, EVENT_SIZE, flags, how};
+use twtrace_ebpf::{AF_INET, AF_INET6, COMM_LEN, EVENT_SIZE, call, errno, flags, how};
 
 pub use crate::state::Reset;
 use crate::{
@@ -103,6 +103,74 @@ impl From<&str> for Comm {
     }
 }
 
+/// A system call whose failures twtrace counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Call {
+    Connect,
+    Bind,
+}
+
+impl Call {
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Connect => "connect",
+            Self::Bind => "bind",
+        }
+    }
+}
+
+/// An errno as a system call returned it (positive).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Errno(pub u16);
+
+impl Errno {
+    pub const EAGAIN: Self = Self(errno::EAGAIN);
+    pub const EADDRINUSE: Self = Self(errno::EADDRINUSE);
+    pub const EADDRNOTAVAIL: Self = Self(errno::EADDRNOTAVAIL);
+    pub const ENOBUFS: Self = Self(errno::ENOBUFS);
+
+    /// The symbolic name and the C library's message, for the errnos twtrace reports.
+    fn known(self) -> Option<(&'static str, &'static str)> {
+        Some(match self {
+            Self::EAGAIN => ("EAGAIN", "Resource temporarily unavailable"),
+            Self::EADDRINUSE => ("EADDRINUSE", "Address already in use"),
+            Self::EADDRNOTAVAIL => ("EADDRNOTAVAIL", "Cannot assign requested address"),
+            Self::ENOBUFS => ("ENOBUFS", "No buffer space available"),
+            _ => return None,
+        })
+    }
+
+    /// `EADDRNOTAVAIL`; `errno 42` for one twtrace has no name for (a newer recording's).
+    pub fn name(self) -> Cow<'static, str> {
+        match self.known() {
+            Some((name, _)) => Cow::Borrowed(name),
+            None => Cow::Owned(format!("errno {}", self.0)),
+        }
+    }
+
+    /// What strerror() says: `Cannot assign requested address`.
+    pub fn message(self) -> Option<&'static str> {
+        self.known().map(|(_, message)| message)
+    }
+}
+
+impl fmt::Display for Errno {
+    /// `EADDRNOTAVAIL (Cannot assign requested address)`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.message() {
+            Some(message) => write!(f, "{} ({message})", self.name()),
+            None => f.write_str(&self.name()),
+        }
+    }
+}
+
+/// A connect() or bind() on a TCP socket that failed (see [`Transition::failure`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SyscallFailure {
+    pub call: Call,
+    pub errno: Errno,
+}
+
 /// One TCP state transition of one socket, attributed to the socket's owner.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Transition {
@@ -129,14 +197,33 @@ pub struct Transition {
     /// As reported: `TimeWait` where inferred.
     pub new: TcpState,
     pub reset: Option<Reset>,
+    /// Not a state change but a failed connect() or bind() on a TCP socket: the calling process
+    /// is `pid`, the destination of a connect() is `remote` (`local` unspecified, port 0), the
+    /// address of a bind() `local` (`remote` unspecified); `old` and `new` are CLOSE, the
+    /// socket's state after the failure.
+    pub failure: Option<SyscallFailure>,
 }
 
 impl Transition {
     /// Not a state change but a process taking the socket with accept(): it owns it from now on
     /// (`attribution` is `Accepted`, `old` and `new` the state it is in). The kernel never
-    /// reports a transition to the same state otherwise.
+    /// reports a transition to the same state otherwise (a failure, which has them equal too,
+    /// is no accept).
     pub fn is_accept(&self) -> bool {
-        self.old == self.new
+        self.failure.is_none() && self.old == self.new
+    }
+
+    /// A failed connect() or bind(), not a transition (see [`Transition::failure`]).
+    pub fn is_failure(&self) -> bool {
+        self.failure.is_some()
+    }
+
+    /// The port a failure is about: a connect()'s destination port, a bind()'s local one.
+    pub fn failure_port(&self) -> Option<u16> {
+        self.failure.map(|f| match f.call {
+            Call::Connect => self.remote.port(),
+            Call::Bind => self.local.port(),
+        })
     }
 }
 
@@ -150,6 +237,8 @@ pub enum DecodeError {
     State(#[from] UnknownState),
     #[error("unknown attribution {0}")]
     Attribution(u32),
+    #[error("unknown failed system call {0}")]
+    Call(u16),
 }
 
 /// Decodes one ring-buffer record. Never panics, whatever the bytes.
@@ -180,7 +269,20 @@ pub fn from_wire(raw: &twtrace_ebpf::Event) -> Result<Transition, DecodeError> {
     };
     let old = TcpState::try_from(raw.oldstate)?;
     let raw_new = TcpState::try_from(raw.newstate)?;
-    let (new, reset) = if raw.flags & flags::ACCEPTED != 0 {
+    let failure = if raw.flags & flags::SYSCALL_FAILED != 0 {
+        let call = match raw.call {
+            call::CONNECT => Call::Connect,
+            call::BIND => Call::Bind,
+            other => return Err(DecodeError::Call(other)),
+        };
+        Some(SyscallFailure {
+            call,
+            errno: Errno(raw.errno),
+        })
+    } else {
+        None
+    };
+    let (new, reset) = if raw.flags & (flags::ACCEPTED | flags::SYSCALL_FAILED) != 0 {
         // Not a transition: nothing to infer.
         (raw_new, None)
     } else {
@@ -203,6 +305,7 @@ pub fn from_wire(raw: &twtrace_ebpf::Event) -> Result<Transition, DecodeError> {
         old,
         new,
         reset,
+        failure,
     })
 }
 
@@ -248,7 +351,8 @@ pub(crate) mod tests {
             flags: 0,
             current_tgid: 99,
             netns: 4026531840,
-            _pad: 0,
+            errno: 0,
+            call: 0,
             ends: Ends {
                 family: AF_INET,
                 sport: 51000,
@@ -299,6 +403,87 @@ pub(crate) mod tests {
         assert_eq!((t.old, t.new), (TcpState::CloseWait, TcpState::CloseWait));
         assert_eq!(t.attribution, Attribution::Accepted);
         assert_eq!(t.reset, None);
+    }
+
+    /// A connect() to 10.1.2.3:8080 that failed with EADDRNOTAVAIL, as the kernel sends it.
+    pub(crate) fn failed_connect() -> twtrace_ebpf::Event {
+        let mut ev = wire(tcp_state::CLOSE, tcp_state::CLOSE);
+        ev.flags = flags::SYSCALL_FAILED | flags::OWNER_MADE;
+        ev.call = call::CONNECT;
+        ev.errno = errno::EADDRNOTAVAIL;
+        ev.ends.sport = 0;
+        ev.ends.saddr = [0; 16];
+        ev.current_tgid = ev.owner.tgid;
+        ev
+    }
+
+    #[test]
+    fn a_failed_connect_is_a_failure_not_an_accept() {
+        let t = from_wire(&failed_connect()).expect("decodes");
+        assert_eq!(
+            t.failure,
+            Some(SyscallFailure {
+                call: Call::Connect,
+                errno: Errno::EADDRNOTAVAIL
+            })
+        );
+        assert!(t.is_failure());
+        assert!(!t.is_accept());
+        assert_eq!((t.old, t.new), (TcpState::Close, TcpState::Close));
+        assert_eq!(t.reset, None);
+        assert_eq!(t.remote, "10.1.2.3:8080".parse().expect("addr"));
+        assert_eq!(t.local, "0.0.0.0:0".parse().expect("addr"));
+        assert_eq!(t.failure_port(), Some(8080));
+        assert_eq!(t.pid, 4242);
+        assert_eq!(t.netns, 4026531840);
+        // A transition has none.
+        let plain = from_wire(&wire(tcp_state::SYN_SENT, tcp_state::CLOSE)).expect("decodes");
+        assert_eq!((plain.failure, plain.failure_port()), (None, None));
+    }
+
+    #[test]
+    fn a_failed_bind_names_its_local_address() {
+        let mut ev = wire(tcp_state::CLOSE, tcp_state::CLOSE);
+        ev.flags = flags::SYSCALL_FAILED | flags::OWNER_MADE;
+        ev.call = call::BIND;
+        ev.errno = errno::EADDRINUSE;
+        ev.ends.family = AF_INET6;
+        ev.ends.sport = 8080;
+        ev.ends.saddr = Ipv6Addr::LOCALHOST.octets();
+        ev.ends.dport = 0;
+        ev.ends.daddr = [0; 16];
+        let t = from_wire(&ev).expect("decodes");
+        assert_eq!(t.failure.map(|f| f.call), Some(Call::Bind));
+        assert_eq!(t.failure_port(), Some(8080));
+        assert_eq!(t.local, "[::1]:8080".parse().expect("addr"));
+        assert_eq!(
+            t.failure.map(|f| f.errno.to_string()).as_deref(),
+            Some("EADDRINUSE (Address already in use)")
+        );
+        ev.call = 9;
+        assert_eq!(from_wire(&ev), Err(DecodeError::Call(9)));
+    }
+
+    #[test]
+    fn errnos_are_named_as_the_c_library_names_them() {
+        assert_eq!(
+            Errno::EADDRNOTAVAIL.to_string(),
+            "EADDRNOTAVAIL (Cannot assign requested address)"
+        );
+        assert_eq!(Errno::EAGAIN.name(), "EAGAIN");
+        assert_eq!(Errno::ENOBUFS.message(), Some("No buffer space available"));
+        // The kernel's numbers, as libc has them.
+        for (e, c) in [
+            (Errno::EAGAIN, libc::EAGAIN),
+            (Errno::EADDRINUSE, libc::EADDRINUSE),
+            (Errno::EADDRNOTAVAIL, libc::EADDRNOTAVAIL),
+            (Errno::ENOBUFS, libc::ENOBUFS),
+        ] {
+            assert_eq!(i32::from(e.0), c, "{}", e.name());
+        }
+        // One twtrace has no name for (a newer recording's) still shows.
+        assert_eq!(Errno(42).to_string(), "errno 42");
+        assert_eq!(Errno(42).message(), None);
     }
 
     #[test]

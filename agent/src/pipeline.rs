@@ -46,8 +46,15 @@ impl Selection {
         self.pid(t.pid)
             && self.netns.is_none_or(|n| n == t.netns)
             && (self.ports.is_empty()
-                || self.ports.contains(&t.local.port())
-                || self.ports.contains(&t.remote.port()))
+                || match t.failure_port() {
+                    // A failed connect() is about its destination port, a failed bind() about
+                    // the port it asked for; the other end of either is no port (0).
+                    Some(port) => self.ports.contains(&port),
+                    None => {
+                        self.ports.contains(&t.local.port())
+                            || self.ports.contains(&t.remote.port())
+                    }
+                })
     }
 
     /// Whether sockets of `pid` belong in the view; pid 0 stands for the unowned ones, which
@@ -676,6 +683,7 @@ mod tests {
             old: TcpState::Close,
             new: TcpState::SynSent,
             reset: None,
+            failure: None,
         };
         let step = |k: u64, old, new| Transition {
             mono_ns: t0 + k,
@@ -848,6 +856,52 @@ mod tests {
         assert_eq!(
             snaps.last().map(|s| s.totals.timewait_kernel),
             Some(Some(3))
+        );
+    }
+
+    #[test]
+    fn a_failure_is_selected_by_the_port_it_is_about() {
+        let failed = |call, local: &str, remote: &str| Transition {
+            old: TcpState::Close,
+            new: TcpState::Close,
+            local: local.parse().expect("addr"),
+            remote: remote.parse().expect("addr"),
+            failure: Some(crate::event::SyscallFailure {
+                call,
+                errno: crate::event::Errno::EADDRNOTAVAIL,
+            }),
+            ..connection(0, 4242, "client", S)[0]
+        };
+        use crate::event::Call::{Bind, Connect};
+        let connect = failed(Connect, "0.0.0.0:0", "10.0.0.5:8080");
+        let bind = failed(Bind, "0.0.0.0:8080", "0.0.0.0:0");
+        let to = |ports: &[u16]| Selection {
+            ports: ports.to_vec(),
+            ..Selection::default()
+        };
+        for t in [&connect, &bind] {
+            assert!(to(&[8080]).event(t), "{t:?}");
+            assert!(!to(&[9090]).event(t), "{t:?}");
+            assert!(to(&[]).event(t));
+            // Its other end is no port at all.
+            assert!(!to(&[0]).event(t), "{t:?}");
+        }
+        // A connect() to 10.0.0.5:8080 from a socket bound to port 9090 (bind before connect)
+        // is about 8080 only.
+        let bound = failed(Connect, "0.0.0.0:9090", "10.0.0.5:8080");
+        assert!(!to(&[9090]).event(&bound));
+        let pid = Selection {
+            pids: vec![4242],
+            netns: Some(0),
+            ..Selection::default()
+        };
+        assert!(pid.event(&connect));
+        assert!(
+            !Selection {
+                pids: vec![1],
+                ..pid
+            }
+            .event(&connect)
         );
     }
 

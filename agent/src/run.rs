@@ -64,7 +64,7 @@ fn options(filter: &FilterArgs, tracer: &TracerArgs, verbose: bool) -> anyhow::R
         ports: filter.port.clone(),
         netns: filter.netns_id()?,
         cgroup: filter.cgroup_dir()?,
-        follow_accept: !tracer.no_accept,
+        syscall_hooks: !tracer.no_syscall_hooks,
         verbose,
     })
 }

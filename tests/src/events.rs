@@ -32,6 +32,9 @@ pub struct Event {
     /// Not a transition: the process accept()ed the socket (`old == new`).
     #[serde(default)]
     pub accept: bool,
+    /// Not a transition either: a connect() or bind() of the process failed.
+    #[serde(default)]
+    pub failure: Option<Failure>,
     /// The owner's container (full id), runtime and pod UID, when its cgroup names them.
     #[serde(default)]
     pub container: Option<String>,
@@ -42,6 +45,13 @@ pub struct Event {
     /// The line as twtrace printed it, for evidence in failure messages.
     #[serde(skip)]
     pub raw: String,
+}
+
+/// `"failure": {"call": "connect", "errno": "EADDRNOTAVAIL"}`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Failure {
+    pub call: String,
+    pub errno: String,
 }
 
 pub const STATES: &[&str] = &[
@@ -82,11 +92,30 @@ impl Event {
         {
             bad.push(format!("attribution {:?}", self.attribution));
         }
-        if self.accept != (self.old == self.new) {
+        if self.accept != (self.old == self.new && self.failure.is_none()) {
             bad.push(format!(
                 "accept {} but {} -> {}",
                 self.accept, self.old, self.new
             ));
+        }
+        if let Some(f) = &self.failure {
+            let errnos: &[&str] = match f.call.as_str() {
+                "connect" => &["EADDRNOTAVAIL", "EAGAIN", "ENOBUFS"],
+                "bind" => &["EADDRINUSE", "EADDRNOTAVAIL"],
+                _ => &[],
+            };
+            if !errnos.contains(&f.errno.as_str()) {
+                bad.push(format!("failure {f:?}"));
+            }
+            if (self.old.as_str(), self.new.as_str()) != ("CLOSE", "CLOSE") || self.accept {
+                bad.push(format!("a failure in {} -> {}", self.old, self.new));
+            }
+            if self.attribution != "owner" || self.current_pid != self.pid {
+                bad.push(format!(
+                    "a failure attributed to {} (pid {}, current {})",
+                    self.attribution, self.pid, self.current_pid
+                ));
+            }
         }
         if self.accept && self.attribution != "accepted" {
             bad.push(format!("accept attributed to {:?}", self.attribution));

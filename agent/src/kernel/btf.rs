@@ -38,6 +38,10 @@ pub struct Offsets {
     pub file_private_data: u32,
     /// struct socket -> sk (struct sock *)
     pub socket_sk: u32,
+    /// struct sock -> sk_protocol (u16)
+    pub sock_protocol: u32,
+    /// struct sock -> sk_type (u16)
+    pub sock_type: u32,
 }
 
 /// [`Offsets`] for the running kernel, from /sys/kernel/btf/vmlinux.
@@ -111,7 +115,7 @@ impl Drop for Mapped {
 
 /// [`Offsets`] from a BTF file's bytes (the contents of /sys/kernel/btf/vmlinux).
 pub fn resolve_from(bytes: &[u8]) -> Result<Offsets> {
-    use Expect::{Pointer, U32};
+    use Expect::{Pointer, U16, U32};
     let btf = Btf::parse(bytes)?;
     Ok(Offsets {
         sock_net: typed_offset(&btf, "sock", &["__sk_common", "skc_net", "net"], Pointer)?,
@@ -122,6 +126,8 @@ pub fn resolve_from(bytes: &[u8]) -> Result<Offsets> {
         fdtable_max_fds: typed_offset(&btf, "fdtable", &["max_fds"], U32)?,
         file_private_data: typed_offset(&btf, "file", &["private_data"], Pointer)?,
         socket_sk: typed_offset(&btf, "socket", &["sk"], Pointer)?,
+        sock_protocol: typed_offset(&btf, "sock", &["sk_protocol"], U16)?,
+        sock_type: typed_offset(&btf, "sock", &["sk_type"], U16)?,
     })
 }
 
@@ -138,6 +144,7 @@ pub fn member_offset(btf: &Btf<'_>, struct_name: &str, path: &[&str]) -> Result<
 #[derive(Clone, Copy)]
 enum Expect {
     Pointer,
+    U16,
     U32,
 }
 
@@ -146,11 +153,13 @@ fn typed_offset(btf: &Btf<'_>, struct_name: &str, path: &[&str], expect: Expect)
     let ty = btf.strip(member.type_id)?;
     let ok = match expect {
         Expect::Pointer => ty.kind() == KIND_PTR,
+        Expect::U16 => matches!(ty.kind(), KIND_INT | KIND_ENUM) && ty.size_or_type == 2,
         Expect::U32 => matches!(ty.kind(), KIND_INT | KIND_ENUM) && ty.size_or_type == 4,
     };
     if !ok {
         let wanted = match expect {
             Expect::Pointer => "a pointer",
+            Expect::U16 => "a 2-byte integer",
             Expect::U32 => "a 4-byte integer",
         };
         bail!(
@@ -834,7 +843,18 @@ mod tests {
                 ("skc_net", possible_t, 384),
             ],
         );
-        let sock = b.strukt("sock", 784, &[("__sk_common", sock_common, 0)]);
+        // sk_protocol and sk_type are typedef'd u16s, as the kernel's are.
+        let ushort = b.int("short unsigned int", 2);
+        let u16_ = b.modifier(KIND_TYPEDEF, "u16", ushort);
+        let sock = b.strukt(
+            "sock",
+            784,
+            &[
+                ("__sk_common", sock_common, 0),
+                ("sk_protocol", u16_, 532 * 8),
+                ("sk_type", u16_, 534 * 8),
+            ],
+        );
         let sock_ptr = b.ptr(sock);
         let void_ptr = b.ptr(0);
         let file = b.strukt(
@@ -878,6 +898,8 @@ mod tests {
         fdtable_max_fds: 0,
         file_private_data: 24,
         socket_sk: 24,
+        sock_protocol: 532,
+        sock_type: 534,
     };
 
     #[test]
@@ -977,6 +999,12 @@ mod tests {
         assert_eq!(
             typed_offset(&btf, "socket", &["sk"], Expect::U32).unwrap(),
             24
+        );
+        assert_eq!(
+            typed_offset(&btf, "socket", &["sk"], Expect::U16)
+                .unwrap_err()
+                .to_string(),
+            "kernel BTF: struct socket member sk is INT (size/type 4), expected a 2-byte integer"
         );
     }
 
@@ -1252,6 +1280,8 @@ mod tests {
             fdtable_max_fds: bpftool_offset(&by_id, "fdtable", &["max_fds"]) as u32,
             file_private_data: bpftool_offset(&by_id, "file", &["private_data"]) as u32,
             socket_sk: bpftool_offset(&by_id, "socket", &["sk"]) as u32,
+            sock_protocol: bpftool_offset(&by_id, "sock", &["sk_protocol"]) as u32,
+            sock_type: bpftool_offset(&by_id, "sock", &["sk_type"]) as u32,
         };
         assert_eq!(offsets, expected);
     }

@@ -95,6 +95,43 @@ pub const LAYOUTS: &[Layout] = &[
         fields: &[("ret", offsets::sys_exit::RET, 8)],
         optional: true,
     },
+    // Failed connect() and bind() calls (see `remember` and `failed` in the kernel program):
+    // the enter copies the address, the exit reports a failure with it. Without them failures
+    // are not counted.
+    Layout {
+        category: "syscalls",
+        name: "sys_enter_connect",
+        fields: {
+            use offsets::sys_enter_sockaddr::*;
+            &[
+                ("fd", FD, 8),
+                ("uservaddr", ADDR, 8),
+                ("addrlen", ADDRLEN, 8),
+            ]
+        },
+        optional: true,
+    },
+    Layout {
+        category: "syscalls",
+        name: "sys_exit_connect",
+        fields: &[("ret", offsets::sys_exit::RET, 8)],
+        optional: true,
+    },
+    Layout {
+        category: "syscalls",
+        name: "sys_enter_bind",
+        fields: {
+            use offsets::sys_enter_sockaddr::*;
+            &[("fd", FD, 8), ("umyaddr", ADDR, 8), ("addrlen", ADDRLEN, 8)]
+        },
+        optional: true,
+    },
+    Layout {
+        category: "syscalls",
+        name: "sys_exit_bind",
+        fields: &[("ret", offsets::sys_exit::RET, 8)],
+        optional: true,
+    },
 ];
 
 /// Parses a tracepoint `format` file into its fields.
@@ -328,6 +365,47 @@ format:
 
 print fmt: \"family=%s protocol=%s ...\"
 ";
+
+    /// `syscalls:sys_enter_connect` as Linux 6.18 prints it: every argument 8 bytes wide.
+    const ENTER_CONNECT_FORMAT: &str = "name: sys_enter_connect
+ID: 2230
+format:
+\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;
+\tfield:unsigned char common_flags;\toffset:2;\tsize:1;\tsigned:0;
+\tfield:unsigned char common_preempt_count;\toffset:3;\tsize:1;\tsigned:0;
+\tfield:int common_pid;\toffset:4;\tsize:4;\tsigned:1;
+
+\tfield:int __syscall_nr;\toffset:8;\tsize:4;\tsigned:1;
+\tfield:int fd;\toffset:16;\tsize:8;\tsigned:0;
+\tfield:struct sockaddr * uservaddr;\toffset:24;\tsize:8;\tsigned:0;
+\tfield:int addrlen;\toffset:32;\tsize:8;\tsigned:0;
+
+print fmt: \"fd: 0x%08lx, uservaddr: 0x%08lx, addrlen: 0x%08lx\", ...
+";
+
+    #[test]
+    fn the_connect_and_bind_layouts_match_the_6_18_formats() {
+        let layout = |name: &str| {
+            LAYOUTS
+                .iter()
+                .find(|l| l.name == name)
+                .unwrap_or_else(|| panic!("no layout {name}"))
+        };
+        let connect = parse_format(ENTER_CONNECT_FORMAT);
+        check_fields(layout("sys_enter_connect"), &connect).expect("matches");
+        // bind()'s record names its address `umyaddr`, at the same place.
+        let bind = parse_format(&ENTER_CONNECT_FORMAT.replace("uservaddr", "umyaddr"));
+        check_fields(layout("sys_enter_bind"), &bind).expect("matches");
+        assert!(check_fields(layout("sys_enter_bind"), &connect).is_err());
+        for name in [
+            "sys_enter_connect",
+            "sys_exit_connect",
+            "sys_enter_bind",
+            "sys_exit_bind",
+        ] {
+            assert!(layout(name).optional, "{name}");
+        }
+    }
 
     #[test]
     fn parses_fields_with_pointers_and_arrays() {

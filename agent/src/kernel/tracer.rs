@@ -53,8 +53,9 @@ pub struct Options {
     pub netns: Option<u32>,
     /// Only sockets whose owner is in this cgroup or below it.
     pub cgroup: Option<CgroupDir>,
-    /// Follow accept() to name the process that takes an accepted socket (see `--no-accept`).
-    pub follow_accept: bool,
+    /// Attach the syscall tracepoints: accept() (the process that takes an accepted socket)
+    /// and connect()/bind() (their failures). See `--no-syscall-hooks`.
+    pub syscall_hooks: bool,
     /// Show the verifier's log on load errors and the kernel program's debug messages.
     pub verbose: bool,
 }
@@ -143,8 +144,9 @@ impl Tracer {
             Err(e) => {
                 notices.push(format!(
                     "{e:#}: network namespaces are not told apart (every socket shows as \
-                     namespace 0) and accept() is not followed (accepted sockets stay with \
-                     the listener's owner until a reconcile asks /proc)"
+                     namespace 0), accept() is not followed (accepted sockets stay with \
+                     the listener's owner until a reconcile asks /proc) and failed connect() \
+                     and bind() calls are not counted"
                 ));
                 None
             }
@@ -168,6 +170,8 @@ impl Tracer {
             (globals::OFF_FDTABLE_MAX_FDS, &o.fdtable_max_fds),
             (globals::OFF_FILE_PRIVATE_DATA, &o.file_private_data),
             (globals::OFF_SOCKET_SK, &o.socket_sk),
+            (globals::OFF_SOCK_PROTOCOL, &o.sock_protocol),
+            (globals::OFF_SOCK_TYPE, &o.sock_type),
         ] {
             loader.override_global(name, value, true);
         }
@@ -217,14 +221,24 @@ impl Tracer {
             (programs::SEND_RESET, "tcp", "tcp_send_reset"),
             (programs::ACCEPT4, "syscalls", "sys_exit_accept4"),
             (programs::ACCEPT, "syscalls", "sys_exit_accept"),
+            // Each enter before its exit, so that no exit runs without its enter having had the
+            // chance to remember the call.
+            (programs::ENTER_CONNECT, "syscalls", "sys_enter_connect"),
+            (programs::EXIT_CONNECT, "syscalls", "sys_exit_connect"),
+            (programs::ENTER_BIND, "syscalls", "sys_enter_bind"),
+            (programs::EXIT_BIND, "syscalls", "sys_exit_bind"),
         ];
         let mut attached = Vec::new();
         for (prog_name, category, tp) in hooks {
-            if degraded.iter().any(|(l, _)| l.name == tp) {
+            // An enter and its exit work only together: either missing leaves both out.
+            if degraded
+                .iter()
+                .any(|(l, _)| l.name == tp || partner(tp).is_some_and(|p| l.name == p))
+            {
                 continue;
             }
-            // Following an accepted fd to its socket needs the offsets.
-            if category == "syscalls" && (offsets.is_none() || !opts.follow_accept) {
+            // Following an fd to its socket needs the offsets.
+            if category == "syscalls" && (offsets.is_none() || !opts.syscall_hooks) {
                 continue;
             }
             let prog: &mut TracePoint = ebpf
@@ -321,6 +335,22 @@ impl Tracer {
             })
             .sum()
     }
+}
+
+/// The other half of a syscall tracepoint pair (`sys_enter_connect` for `sys_exit_connect`, and
+/// so on); None for a tracepoint used alone.
+fn partner(tp: &str) -> Option<String> {
+    let pair = |call: &str| {
+        let (enter, exit) = (format!("sys_enter_{call}"), format!("sys_exit_{call}"));
+        if tp == enter {
+            Some(exit)
+        } else if tp == exit {
+            Some(enter)
+        } else {
+            None
+        }
+    };
+    pair("connect").or_else(|| pair("bind"))
 }
 
 /// Decodes every event in `ring` and hands it to `f`; counts what does not decode.
@@ -566,6 +596,17 @@ fn start_kernel_logger(ebpf: &mut Ebpf) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn syscall_pairs_go_together() {
+        assert_eq!(
+            partner("sys_enter_connect").as_deref(),
+            Some("sys_exit_connect")
+        );
+        assert_eq!(partner("sys_exit_bind").as_deref(), Some("sys_enter_bind"));
+        assert_eq!(partner("sys_exit_accept4"), None);
+        assert_eq!(partner("inet_sock_set_state"), None);
+    }
 
     fn eacces() -> io::Error {
         io::Error::from_raw_os_error(libc::EACCES)

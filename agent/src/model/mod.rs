@@ -14,6 +14,7 @@ use std::{
 
 use jiff::Timestamp;
 
+mod failures;
 mod owners;
 pub mod snapshot;
 
@@ -120,6 +121,8 @@ struct Peer {
     cw_now: u64,
     est_now: u64,
     last_ns: u64,
+    /// Failed connect() calls toward it (`failures.rs`).
+    connect_failures: u64,
 }
 
 impl Peer {
@@ -148,6 +151,8 @@ struct Proc {
     history: Vec<u64>,
     peers: Map<PeerKey, Peer>,
     last_ns: u64,
+    /// Failed connect() and bind() calls (`failures.rs`).
+    failures: failures::Counts,
 }
 
 impl Proc {
@@ -240,6 +245,8 @@ pub struct Model {
     tw_entered_prev: u64,
     tw_rate: f64,
     last_snapshot_ns: u64,
+    /// Failed connect() calls by destination, and the totals (`failures.rs`).
+    failures: failures::Destinations,
 }
 
 impl Model {
@@ -261,12 +268,17 @@ impl Model {
             tw_entered_prev: 0,
             tw_rate: 0.0,
             last_snapshot_ns: start_ns,
+            failures: failures::Destinations::default(),
         }
     }
 
     /// Applies one transition. Returns the owner it is shown with when that is not the one
     /// the kernel program named: the process that inherited the socket from an exited owner.
     pub fn apply(&mut self, t: &Transition) -> Option<(u32, Comm)> {
+        if let Some(f) = t.failure {
+            self.failure(t, f);
+            return None;
+        }
         if t.is_accept() {
             self.accept(t);
             return None;
@@ -857,6 +869,8 @@ impl Model {
             timewait_entered: self.tw_entered_total,
             timewait_per_s: self.tw_rate,
             timewait_recovered: self.tw_recovered,
+            connect_failures: self.failures.connect_total,
+            bind_failures: self.failures.bind_total,
         };
         Snapshot {
             time,
@@ -899,6 +913,7 @@ fn row(pid: u32, p: &Proc, before_start_tw: &Map<PeerKey, u64>) -> Option<Proces
             timewait_now: c.tw_now,
             close_wait_now: c.cw_now,
             established_now: c.est_now,
+            connect_failures: c.connect_failures,
         })
         .collect();
     let mut tw_now = p.tw_now;
@@ -949,6 +964,9 @@ fn row(pid: u32, p: &Proc, before_start_tw: &Map<PeerKey, u64>) -> Option<Proces
         closes: p.closes,
         closes_per_s: p.rates.2,
         resets: p.resets,
+        connect_failures: p.failures.connect,
+        bind_failures: p.failures.bind,
+        failures: p.failures.rows(),
         timewait_history: p.history.clone(),
         peers,
     })
@@ -1006,6 +1024,7 @@ mod tests {
                 old,
                 new,
                 reset: None,
+                failure: None,
             })
         }
         fn at(mut self, ns: u64) -> Self {
@@ -1095,7 +1114,8 @@ mod tests {
                 timewait_entered: 3,
                 timewait_now: 3,
                 close_wait_now: 0,
-                established_now: 0
+                established_now: 0,
+                connect_failures: 0,
             }
         );
         let srv = proc(&s, SERVER);

@@ -9,6 +9,8 @@ use std::{
 use jiff::Timestamp;
 use serde::{Serialize, Serializer, ser::SerializeStruct as _};
 
+use crate::event::{Call, Errno};
+
 /// One refresh of the leaderboard.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Snapshot {
@@ -47,6 +49,11 @@ pub struct Totals {
     /// `lost_events`) but which a reconciliation found: a socket last seen closing whose 4-tuple
     /// the kernel's table then held in TIME_WAIT.
     pub timewait_recovered: u64,
+    /// Failed connect() calls on TCP sockets since start (EADDRNOTAVAIL, EAGAIN, ENOBUFS: the
+    /// ephemeral ports ran out, or the kernel had no room).
+    pub connect_failures: u64,
+    /// Failed bind() calls on TCP sockets since start (EADDRINUSE, EADDRNOTAVAIL).
+    pub bind_failures: u64,
 }
 
 /// One process. `pid` 0 with `comm` "(before start)" holds sockets that existed before twtrace
@@ -89,6 +96,14 @@ pub struct ProcessRow {
     pub closes_per_s: f64,
     /// Connections ended by a reset (sent or received) since start.
     pub resets: u64,
+    /// Its failed connect() calls since start (see [`Totals::connect_failures`]).
+    pub connect_failures: u64,
+    /// Its failed bind() calls since start.
+    pub bind_failures: u64,
+    /// Those failures by call and errno, connect() first, most frequent first; absent from the
+    /// JSON when there are none.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub failures: Vec<FailureRow>,
     /// TIME_WAIT entries per second over the last minute, oldest first (the drill-down's
     /// sparkline). Not in the JSON: the rates above carry the same information per interval.
     #[serde(skip)]
@@ -107,6 +122,8 @@ pub struct PeerRow {
     pub timewait_now: u64,
     pub close_wait_now: u64,
     pub established_now: u64,
+    /// Failed connect() calls toward it since start (outgoing peers only).
+    pub connect_failures: u64,
 }
 
 impl PeerRow {
@@ -118,8 +135,28 @@ impl PeerRow {
             timewait_now: 0,
             close_wait_now: 0,
             established_now: 0,
+            connect_failures: 0,
         }
     }
+}
+
+/// How often one call failed with one errno, for one process. In the JSON:
+/// `{"call": "connect", "errno": "EADDRNOTAVAIL", "count": 12}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct FailureRow {
+    #[serde(serialize_with = "call_name")]
+    pub call: Call,
+    #[serde(serialize_with = "errno_name")]
+    pub errno: Errno,
+    pub count: u64,
+}
+
+fn call_name<S: Serializer>(call: &Call, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(call.name())
+}
+
+fn errno_name<S: Serializer>(errno: &Errno, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&errno.name())
 }
 
 /// Where a process's connections go.
@@ -267,8 +304,7 @@ mod tests {
     fn peers_are_spelt_out_in_the_json() {
         let v4: IpAddr = "10.0.0.9".parse().expect("addr");
         let v6: IpAddr = "2001:db8::7".parse().expect("addr");
-        let counts =
-            r#""timewait_entered":3,"timewait_now":0,"close_wait_now":0,"established_now":0}"#;
+        let counts = r#""timewait_entered":3,"timewait_now":0,"close_wait_now":0,"established_now":0,"connect_failures":0}"#;
         for (peer, want) in [
             (
                 PeerKey::Out {
@@ -356,6 +392,35 @@ mod tests {
                 out("fe80::1", 22),
                 PeerKey::Other
             ]
+        );
+    }
+
+    #[test]
+    fn failures_are_named_in_the_json_and_left_out_when_there_are_none() {
+        let row = ProcessRow {
+            pid: 7,
+            connect_failures: 3,
+            failures: vec![FailureRow {
+                call: Call::Connect,
+                errno: Errno::EADDRNOTAVAIL,
+                count: 3,
+            }],
+            ..ProcessRow::default()
+        };
+        let v = serde_json::to_value(&row).expect("json");
+        assert_eq!(v["connect_failures"], 3);
+        assert_eq!(v["bind_failures"], 0);
+        assert_eq!(
+            v["failures"],
+            serde_json::json!([{"call": "connect", "errno": "EADDRNOTAVAIL", "count": 3}])
+        );
+        let none = serde_json::to_value(ProcessRow::default()).expect("json");
+        assert!(none.get("failures").is_none(), "{none}");
+        assert_eq!(none["connect_failures"], 0);
+        let totals = serde_json::to_value(Totals::default()).expect("json");
+        assert_eq!(
+            (&totals["connect_failures"], &totals["bind_failures"]),
+            (&serde_json::json!(0), &serde_json::json!(0))
         );
     }
 

@@ -5,7 +5,8 @@
 //! preamble (20 bytes) = "TWTRACE\0" | version u16 | reserved u16 | header length u32 | CRC32 of the JSON u32
 //! chunk  = "TWCHUNK\0" | payload length u32 | record count u32 | CRC32 u32 | payload
 //! record = tag u8 | length u32 | body
-//!          (tags: 1 event, 2 kernel truth, 3 stats, 4 end, 5 kernel-truth delta, 6 kernel-truth base)
+//!          (tags: 1 event, 2 kernel truth, 3 stats, 4 end, 5 kernel-truth delta, 6 kernel-truth base,
+//!           7 failed connect()/bind())
 //! ```
 //!
 //! Integers are little-endian; record bodies are fixed-width fields, except the sockets of a
@@ -29,6 +30,15 @@
 //! namespace (u32), a socket of a dump carries one when its flag byte says so, and an event's
 //! attribution may be 4 (accepted); a version-2 reader would refuse those socket flags and
 //! attributions mid-file, so the version says it up front. This reader reads all three.
+//!
+//! **Failed connect() and bind() calls** (tag 7, added within version 3): an event record's body
+//! followed by the call (u8: 1 connect, 2 bind) and the errno (u16). Not a version bump, by the
+//! rule above: a version-3 reader that predates the tag skips these records and reads every
+//! other one as before. It misreads nothing (written as tag-1 events they would read as
+//! accepts, `old == new`, hence the tag of their own), and nothing it counts depends on them: a
+//! failure changes no socket's state in the model, the transitions the kernel reports around a
+//! failed connect() (`CLOSE -> SYN_SENT -> CLOSE`) are ordinary event records. It only cannot
+//! show the failures, which it does not know of.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
@@ -38,7 +48,7 @@ use twtrace_ebpf::COMM_LEN;
 
 use super::kernel::{self, KernelDecoder, Table};
 use crate::{
-    event::{Attribution, Comm, Family, Transition},
+    event::{Attribution, Call, Comm, Errno, Family, SyscallFailure, Transition},
     state::{Reset, TcpState},
     stream::{Item, KernelStats, Stats},
 };
@@ -63,6 +73,7 @@ const TAG_STATS: u8 = 3;
 const TAG_END: u8 = 4;
 pub(super) const TAG_KERNEL_DELTA: u8 = 5;
 pub(super) const TAG_KERNEL_BASE: u8 = 6;
+const TAG_FAILURE: u8 = 7;
 
 /// What a recording says about where and how it was made.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -169,8 +180,15 @@ pub(super) fn end_record(out: &mut BytesMut, at: usize) {
     out[at..at + 4].copy_from_slice(&len.to_le_bytes());
 }
 
+/// An event record, or for a failed connect()/bind() a failure record (tag 7: the same body,
+/// then the call and the errno).
 pub fn encode_event(out: &mut BytesMut, t: &Transition) {
-    let at = begin_record(out, TAG_EVENT);
+    let tag = if t.failure.is_some() {
+        TAG_FAILURE
+    } else {
+        TAG_EVENT
+    };
+    let at = begin_record(out, tag);
     out.put_u64_le(t.mono_ns);
     out.put_u64_le(t.skaddr);
     let mut flags = 0u8;
@@ -207,6 +225,13 @@ pub fn encode_event(out: &mut BytesMut, t: &Transition) {
     });
     // Since version 3; a record of an older file ends before it (namespace 0, not known).
     out.put_u32_le(t.netns);
+    if let Some(f) = t.failure {
+        out.put_u8(match f.call {
+            Call::Connect => 1,
+            Call::Bind => 2,
+        });
+        out.put_u16_le(f.errno.0);
+    }
     end_record(out, at);
 }
 
@@ -377,6 +402,7 @@ impl Decoder {
                 // Following only the kernel dumps: nothing else needs decoding.
                 _ if out.is_none() => continue,
                 TAG_EVENT => Item::Event(decode_event(&mut body)?),
+                TAG_FAILURE => Item::Event(decode_failure(&mut body)?),
                 TAG_STATS => Item::Stats(decode_stats(&mut body)?),
                 TAG_END => Item::End {
                     mono_ns: get_u64(&mut body)?,
@@ -518,6 +544,23 @@ fn decode_event(b: &mut &[u8]) -> Result<Transition, RecordError> {
         old,
         new,
         reset,
+        failure: None,
+    })
+}
+
+/// A failure record (tag 7): an event's body, then the call and the errno. The body always
+/// has its namespace here (tag 7 came after version 3's).
+fn decode_failure(b: &mut &[u8]) -> Result<Transition, RecordError> {
+    let t = decode_event(b)?;
+    let call = match get_u8(b)? {
+        1 => Call::Connect,
+        2 => Call::Bind,
+        other => return Err(bad("failed call", other)),
+    };
+    let errno = Errno(get_u16(b)?);
+    Ok(Transition {
+        failure: Some(SyscallFailure { call, errno }),
+        ..t
     })
 }
 

@@ -14,7 +14,7 @@ use super::{
     *,
 };
 use crate::{
-    event::{Attribution, Comm, Family, Reset, Transition},
+    event::{Attribution, Call, Comm, Errno, Family, Reset, SyscallFailure, Transition},
     model::KernelSocket,
     state::TcpState,
     stream::{Item, KernelStats, KernelTruth, Stats},
@@ -57,6 +57,7 @@ pub(crate) fn event(i: u64) -> Transition {
         old: TcpState::FinWait2,
         new: TcpState::TimeWait,
         reset: None,
+        failure: None,
     }
 }
 
@@ -240,6 +241,65 @@ fn a_version_2_event_has_namespace_zero() {
     let mut out = Vec::new();
     decode_items(&shortened(&buf, 4), &mut out).expect("decodes");
     assert_eq!(out, vec![Item::Event(Transition { netns: 0, ..t })]);
+}
+
+/// A failed connect() as the live source hands it over.
+fn failure(i: u64, call: Call, errno: Errno) -> Transition {
+    Transition {
+        old: TcpState::Close,
+        new: TcpState::Close,
+        cookie: None,
+        local: "0.0.0.0:0".parse().expect("addr"),
+        remote: "10.0.0.5:8080".parse().expect("addr"),
+        failure: Some(SyscallFailure { call, errno }),
+        ..event(i)
+    }
+}
+
+#[test]
+fn failures_round_trip_as_records_of_their_own() {
+    for (call, errno) in [
+        (Call::Connect, Errno::EADDRNOTAVAIL),
+        (Call::Connect, Errno::ENOBUFS),
+        (Call::Bind, Errno::EADDRINUSE),
+        (Call::Bind, Errno(4095)),
+    ] {
+        let f = Item::Event(failure(1, call, errno));
+        assert_eq!(round_trip(&f), f);
+    }
+    // Tag 7, the event's body plus 3 bytes, between ordinary records that read as before: a
+    // reader that predates the tag skips it (`unknown_record_tags_are_skipped`) and misreads
+    // nothing.
+    let items = vec![
+        Item::Event(event(1)),
+        Item::Event(failure(2, Call::Connect, Errno::EADDRNOTAVAIL)),
+        Item::Event(event(3)),
+    ];
+    let mut buf = BytesMut::new();
+    for item in &items {
+        encode(&mut buf, item);
+    }
+    let mut out = Vec::new();
+    decode_items(&buf, &mut out).expect("decodes");
+    assert_eq!(out, items);
+    let mut framed = format::chunk_header(&buf, 3).to_vec();
+    framed.extend_from_slice(&buf);
+    assert_eq!(record_tags(&framed), [1, 7, 1]);
+    let mut one = BytesMut::new();
+    encode(&mut one, &items[0]);
+    let mut other = BytesMut::new();
+    encode(
+        &mut other,
+        &Item::Event(failure(1, Call::Bind, Errno::EADDRINUSE)),
+    );
+    assert_eq!(other.len(), one.len() + 3);
+
+    // A call this reader does not know is an error, not a guess.
+    let mut bad = other.to_vec();
+    let at = bad.len() - 3;
+    bad[at] = 9;
+    let mut out = Vec::new();
+    assert!(decode_items(&bad, &mut out).is_err());
 }
 
 #[test]
@@ -526,14 +586,19 @@ fn arb_event() -> impl Strategy<Value = Transition> {
         ),
         ("[a-z0-9/._-]{0,15}", any::<u64>(), 0u8..3, any::<u32>()),
         (any::<bool>(), arb_addr(), arb_addr()),
-        (arb_state(), arb_state(), 0u8..3),
+        (
+            arb_state(),
+            arb_state(),
+            0u8..3,
+            prop::option::of((any::<bool>(), any::<u16>())),
+        ),
     )
         .prop_map(
             |(
                 (mono_ns, skaddr, cookie, pid),
                 (comm, cgroup_id, attr, current_pid),
                 (v6, local, remote),
-                (old, new, reset),
+                (old, new, reset, failure),
             )| Transition {
                 netns: 0,
                 mono_ns,
@@ -554,6 +619,10 @@ fn arb_event() -> impl Strategy<Value = Transition> {
                 old,
                 new,
                 reset: [None, Some(Reset::Received), Some(Reset::Sent)][reset as usize],
+                failure: failure.map(|(connect, errno)| SyscallFailure {
+                    call: if connect { Call::Connect } else { Call::Bind },
+                    errno: Errno(errno),
+                }),
             },
         )
 }

@@ -285,6 +285,27 @@ fn text_report(
             .collect();
         writeln!(out, "CLOSE_WAIT at the end: {}", list.join(", "))?;
     }
+    // Failed connect()/bind() calls, by call and errno: said only when there are some.
+    let mut failing: Vec<_> = procs
+        .iter()
+        .filter(|p| p.connect_failures + p.bind_failures > 0)
+        .collect();
+    if !failing.is_empty() {
+        failing.sort_by_key(|p| std::cmp::Reverse(p.connect_failures + p.bind_failures));
+        let list: Vec<String> = failing
+            .iter()
+            .take(top)
+            .map(|p| {
+                let what: Vec<String> = p
+                    .failures
+                    .iter()
+                    .map(|f| format!("{}() {} {}", f.call.name(), f.errno.name(), f.count))
+                    .collect();
+                format!("{} {} ({})", p.pid, escape(&p.comm), what.join(", "))
+            })
+            .collect();
+        writeln!(out, "Failed calls: {}", list.join("; "))?;
+    }
 
     let mut peers: BTreeMap<String, PeerSum> = BTreeMap::new();
     for p in &snap.processes {
@@ -402,6 +423,46 @@ mod tests {
         }
         r.end(&end(snaps.last().cloned())).expect("end");
         String::from_utf8(r.out).expect("utf8")
+    }
+
+    #[test]
+    fn failed_calls_are_listed_when_there_are_some() {
+        use crate::{
+            event::{Call, Errno},
+            model::snapshot::{FailureRow, ProcessRow},
+        };
+        let plain = report(Style::Text { top: 10 }, &[at("2026-11-25T16:00:01Z", 1.0)]);
+        assert!(!plain.contains("Failed calls"), "{plain}");
+        let mut snap = Snapshot {
+            time: "2026-11-25T16:00:01Z".parse().expect("time"),
+            ..Snapshot::default()
+        };
+        snap.processes.push(ProcessRow {
+            pid: 42,
+            comm: "loadgen".into(),
+            connect_failures: 41,
+            bind_failures: 2,
+            failures: vec![
+                FailureRow {
+                    call: Call::Connect,
+                    errno: Errno::EADDRNOTAVAIL,
+                    count: 41,
+                },
+                FailureRow {
+                    call: Call::Bind,
+                    errno: Errno::EADDRINUSE,
+                    count: 2,
+                },
+            ],
+            ..ProcessRow::default()
+        });
+        let text = report(Style::Text { top: 10 }, &[Arc::new(snap)]);
+        assert!(
+            text.contains(
+                "Failed calls: 42 loadgen (connect() EADDRNOTAVAIL 41, bind() EADDRINUSE 2)"
+            ),
+            "{text}"
+        );
     }
 
     #[test]

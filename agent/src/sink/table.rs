@@ -69,9 +69,17 @@ pub fn print_table(out: &mut impl Write, snap: &Snapshot, top: usize) -> io::Res
     if let Some(n) = t.namespaces {
         kernel.push_str(&format!(" in {n} netns"));
     }
+    // Failed calls, said only when there are some (a table without them is as it always was).
+    let mut failed = String::new();
+    if t.connect_failures > 0 {
+        failed.push_str(&format!("  connect() failed {}", t.connect_failures));
+    }
+    if t.bind_failures > 0 {
+        failed.push_str(&format!("  bind() failed {}", t.bind_failures));
+    }
     writeln!(
         out,
-        "{}  TIME_WAIT now {} (kernel {})  CLOSE_WAIT {}  ESTABLISHED {}  TIME_WAIT/s {:.1}  lost {}{}  unattributed {}",
+        "{}  TIME_WAIT now {} (kernel {})  CLOSE_WAIT {}  ESTABLISHED {}  TIME_WAIT/s {:.1}  lost {}{}  unattributed {}{failed}",
         WholeSeconds(snap.time),
         t.timewait_now,
         kernel,
@@ -88,15 +96,25 @@ pub fn print_table(out: &mut impl Write, snap: &Snapshot, top: usize) -> io::Res
     )?;
     let shown = &snap.processes[..top.min(snap.processes.len())];
     let containers = shown.iter().any(|p| p.container.is_some());
+    // Columns of failed calls, each only when a row shown has some (as CONTAINER).
+    let connect_col = shown.iter().any(|p| p.connect_failures > 0);
+    let bind_col = shown.iter().any(|p| p.bind_failures > 0);
     write!(out, "{:>7} {:<16} ", "PID", "COMM")?;
     if containers {
         write!(out, "{:<CONTAINER_W$} ", "CONTAINER")?;
     }
-    writeln!(
+    write!(
         out,
-        "{:>8} {:>9} {:>7} {:>7} {:>7} {:>7} {:>8} {:>6}  TOP PEER",
+        "{:>8} {:>9} {:>7} {:>7} {:>7} {:>7} {:>8} {:>6}",
         "TW/s", "TW_TOTAL", "TW_NOW", "CW_NOW", "EST_NOW", "OPEN/s", "CLOSE/s", "RESETS"
     )?;
+    if connect_col {
+        write!(out, " {:>9}", "CONN_FAIL")?;
+    }
+    if bind_col {
+        write!(out, " {:>9}", "BIND_FAIL")?;
+    }
+    writeln!(out, "  TOP PEER")?;
     for p in shown {
         let peer = p
             .peers
@@ -112,9 +130,9 @@ pub fn print_table(out: &mut impl Write, snap: &Snapshot, top: usize) -> io::Res
             let id: String = escape(id).chars().take(CONTAINER_W).collect();
             write!(out, "{id:<CONTAINER_W$} ")?;
         }
-        writeln!(
+        write!(
             out,
-            "{:>8.1} {:>9} {:>7} {:>7} {:>7} {:>7.1} {:>8.1} {:>6}  {exited}{peer}",
+            "{:>8.1} {:>9} {:>7} {:>7} {:>7} {:>7.1} {:>8.1} {:>6}",
             p.timewait_per_s,
             p.timewait_entered,
             p.timewait_now,
@@ -123,6 +141,16 @@ pub fn print_table(out: &mut impl Write, snap: &Snapshot, top: usize) -> io::Res
             p.opens_per_s,
             p.closes_per_s,
             p.resets,
+        )?;
+        if connect_col {
+            write!(out, " {:>9}", p.connect_failures)?;
+        }
+        if bind_col {
+            write!(out, " {:>9}", p.bind_failures)?;
+        }
+        writeln!(
+            out,
+            "  {exited}{peer}",
             // Before the peer, which is the free-length last column.
             exited = if p.exited { "[exited] " } else { "" },
         )?;
@@ -159,6 +187,8 @@ mod tests {
                 timewait_entered: 9,
                 timewait_per_s: 3.0,
                 timewait_recovered: 0,
+                connect_failures: 0,
+                bind_failures: 0,
             },
             processes: vec![ProcessRow {
                 pid: 42,
@@ -348,6 +378,66 @@ mod tests {
             .nth(2)
             .expect("row")
             .len()
+    }
+
+    #[test]
+    fn failure_columns_only_when_a_shown_row_has_failures() {
+        let mut snap = sample();
+        let plain = table(&snap, 20);
+        assert!(!plain.contains("FAIL"), "{plain}");
+        assert!(!plain.contains("failed"), "{plain}");
+
+        snap.totals.connect_failures = 12;
+        snap.processes[0].connect_failures = 12;
+        snap.processes.push(ProcessRow {
+            pid: 7,
+            comm: "x".into(),
+            ..ProcessRow::default()
+        });
+        let text = table(&snap, 20);
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(
+            lines[0].ends_with("unattributed 2  connect() failed 12"),
+            "{}",
+            lines[0]
+        );
+        assert!(
+            lines[1].ends_with("RESETS CONN_FAIL  TOP PEER"),
+            "{}",
+            lines[1]
+        );
+        assert!(!lines[1].contains("BIND_FAIL"), "{}", lines[1]);
+        assert!(lines[2].ends_with("0        12  [::1]:443"), "{}", lines[2]);
+        assert!(lines[3].ends_with("0         0  "), "{:?}", lines[3]);
+        // The free-length TOP PEER column starts at the same place on every line.
+        let at = lines[1].find("TOP PEER").expect("title");
+        assert_eq!(lines[2].find("[::1]:443"), Some(at), "{text}");
+        assert_eq!(lines[2].len(), sample_row_len() + 10, "{text}");
+
+        snap.totals.bind_failures = 1;
+        snap.processes[1].bind_failures = 1;
+        let text = table(&snap, 20);
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(
+            lines[0].ends_with("connect() failed 12  bind() failed 1"),
+            "{}",
+            lines[0]
+        );
+        assert!(
+            lines[1].ends_with("CONN_FAIL BIND_FAIL  TOP PEER"),
+            "{}",
+            lines[1]
+        );
+        assert!(
+            lines[3].ends_with("0         0         1  "),
+            "{:?}",
+            lines[3]
+        );
+
+        // Only the rows shown count.
+        let text = table(&snap, 1);
+        assert!(!text.contains("BIND_FAIL"), "{text}");
+        assert!(text.contains("CONN_FAIL"), "{text}");
     }
 
     #[test]

@@ -11,7 +11,7 @@ use super::{End, Sink};
 use crate::{
     clock::WallClock,
     container::{CgroupPaths, Container},
-    event::Transition,
+    event::{Call, Transition},
     stream::{Stats, Tally},
     text::{escape, write_json},
 };
@@ -125,6 +125,15 @@ impl<W: Write> Printer<W> {
             // Not a state change: the process took the socket with accept() (old == new).
             write!(out, ",\"accept\":true")?;
         }
+        if let Some(f) = t.failure {
+            // Not a state change either: a failed connect() or bind() (old == new == CLOSE).
+            write!(
+                out,
+                ",\"failure\":{{\"call\":\"{}\",\"errno\":\"{}\"}}",
+                f.call.name(),
+                f.errno.name()
+            )?;
+        }
         // Container ids and pod UIDs are hex digits and dashes (the parser accepts no other).
         if let Some(c) = container {
             write!(
@@ -169,6 +178,18 @@ impl<W: Write> Printer<W> {
         } else {
             escape(&name)
         };
+        if let Some(f) = t.failure {
+            // One sentence instead of the columns: what failed, why, and toward what.
+            let (call, target) = match f.call {
+                Call::Connect => ("connect()", format!("-> {}", t.remote)),
+                Call::Bind => ("bind()", format!("on {}", t.local)),
+            };
+            return writeln!(
+                self.out,
+                "{time} {pid:>7} {comm:<15} {call} failed: {} {target}",
+                f.errno
+            );
+        }
         let peers = format!("{} -> {}", t.local, t.remote);
         let states = if t.is_accept() {
             format!("accept() in {}", t.new)
@@ -326,6 +347,57 @@ mod tests {
         assert!(lines[1].contains("CLOSE -> SYN_SENT"));
         assert!(lines[2].contains("      ? -"), "{}", lines[2]);
         assert!(lines[2].ends_with("unknown"));
+    }
+
+    #[test]
+    fn a_failed_connect_is_one_line_naming_errno_and_destination() {
+        use crate::event::tests::failed_connect;
+        let mut bind = failed_connect();
+        bind.call = twtrace_ebpf::call::BIND;
+        bind.errno = twtrace_ebpf::errno::EADDRINUSE;
+        bind.ends.sport = 8080;
+        bind.ends.dport = 0;
+        bind.ends.daddr = [0; 16];
+        let out = render(Format::Text, &[failed_connect(), bind]);
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.len(), 3, "{out}");
+        assert_eq!(
+            lines[1],
+            "00:00:05.000000    4242 curl            connect() failed: EADDRNOTAVAIL (Cannot \
+             assign requested address) -> 10.1.2.3:8080"
+        );
+        assert_eq!(
+            lines[2],
+            "00:00:05.000000    4242 curl            bind() failed: EADDRINUSE (Address already \
+             in use) on 0.0.0.0:8080"
+        );
+
+        let out = render(Format::Json, &[failed_connect(), bind]);
+        let v: Vec<serde_json::Value> = out
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("json"))
+            .collect();
+        assert_eq!(
+            v[0]["failure"],
+            serde_json::json!({"call": "connect", "errno": "EADDRNOTAVAIL"})
+        );
+        assert_eq!(
+            (&v[0]["raddr"], &v[0]["rport"]),
+            (&"10.1.2.3".into(), &8080.into())
+        );
+        assert_eq!(
+            (&v[0]["old"], &v[0]["new"]),
+            (&"CLOSE".into(), &"CLOSE".into())
+        );
+        assert!(v[0].get("accept").is_none(), "{}", v[0]);
+        assert_eq!(
+            v[1]["failure"],
+            serde_json::json!({"call": "bind", "errno": "EADDRINUSE"})
+        );
+        assert_eq!(v[1]["lport"], 8080);
+        // A transition has none.
+        let plain = render(Format::Json, &[wire(tcp_state::CLOSE, tcp_state::SYN_SENT)]);
+        assert!(!plain.contains("failure"), "{plain}");
     }
 
     #[test]

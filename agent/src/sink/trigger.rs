@@ -16,11 +16,13 @@ pub enum TotalField {
     TimewaitPerS,
     LostEvents,
     UnattributedEvents,
+    ConnectFailures,
+    BindFailures,
 }
 
 impl TotalField {
     /// In the order the error message lists them.
-    pub const ALL: [Self; 8] = [
+    pub const ALL: [Self; 10] = [
         Self::TimewaitNow,
         Self::TimewaitKernel,
         Self::CloseWaitNow,
@@ -29,6 +31,8 @@ impl TotalField {
         Self::TimewaitPerS,
         Self::LostEvents,
         Self::UnattributedEvents,
+        Self::ConnectFailures,
+        Self::BindFailures,
     ];
 
     /// As written in a trigger, and in the JSON.
@@ -42,6 +46,8 @@ impl TotalField {
             Self::TimewaitPerS => "timewait_per_s",
             Self::LostEvents => "lost_events",
             Self::UnattributedEvents => "unattributed_events",
+            Self::ConnectFailures => "connect_failures",
+            Self::BindFailures => "bind_failures",
         }
     }
 
@@ -57,6 +63,8 @@ impl TotalField {
             Self::TimewaitPerS => t.timewait_per_s,
             Self::LostEvents => snap.lost_events as f64,
             Self::UnattributedEvents => snap.unattributed_events as f64,
+            Self::ConnectFailures => t.connect_failures as f64,
+            Self::BindFailures => t.bind_failures as f64,
         }
     }
 }
@@ -74,11 +82,13 @@ pub enum ProcessField {
     Closes,
     ClosesPerS,
     Resets,
+    ConnectFailures,
+    BindFailures,
 }
 
 impl ProcessField {
     /// In the order the error message lists them.
-    pub const ALL: [Self; 10] = [
+    pub const ALL: [Self; 12] = [
         Self::TimewaitEntered,
         Self::TimewaitPerS,
         Self::TimewaitNow,
@@ -89,6 +99,8 @@ impl ProcessField {
         Self::Closes,
         Self::ClosesPerS,
         Self::Resets,
+        Self::ConnectFailures,
+        Self::BindFailures,
     ];
 
     /// As written in a trigger, and in the JSON.
@@ -104,6 +116,8 @@ impl ProcessField {
             Self::Closes => "closes",
             Self::ClosesPerS => "closes_per_s",
             Self::Resets => "resets",
+            Self::ConnectFailures => "connect_failures",
+            Self::BindFailures => "bind_failures",
         }
     }
 
@@ -119,6 +133,8 @@ impl ProcessField {
             Self::Closes => p.closes as f64,
             Self::ClosesPerS => p.closes_per_s,
             Self::Resets => p.resets as f64,
+            Self::ConnectFailures => p.connect_failures as f64,
+            Self::BindFailures => p.bind_failures as f64,
         }
     }
 }
@@ -361,7 +377,7 @@ mod tests {
             Err(
                 "`bogus>1`: unknown field `bogus`; fields are timewait_now, timewait_kernel, \
                  close_wait_now, established_now, timewait_entered, timewait_per_s, lost_events, \
-                 unattributed_events"
+                 unattributed_events, connect_failures, bind_failures"
                     .to_owned()
             )
         );
@@ -370,7 +386,8 @@ mod tests {
             Err(
                 "`timewait_kernel[comm=x]>1`: unknown field `timewait_kernel`; process fields are \
                  timewait_entered, timewait_per_s, timewait_now, close_wait_now, established_now, \
-                 opens, opens_per_s, closes, closes_per_s, resets"
+                 opens, opens_per_s, closes, closes_per_s, resets, connect_failures, \
+                 bind_failures"
                     .to_owned()
             )
         );
@@ -391,9 +408,13 @@ mod tests {
                 timewait_entered: 5,
                 timewait_per_s: 6.5,
                 timewait_recovered: 0,
+                connect_failures: 9,
+                bind_failures: 10,
             },
             processes: vec![ProcessRow {
                 pid: 9,
+                connect_failures: 21,
+                bind_failures: 22,
                 timewait_entered: 11,
                 timewait_per_s: 12.5,
                 timewait_now: 13,
@@ -412,14 +433,16 @@ mod tests {
             .iter()
             .map(|f| t(&format!("{f}>0")).value(&s))
             .collect();
-        assert_eq!(totals, [1.0, 2.0, 3.0, 4.0, 5.0, 6.5, 7.0, 8.0]);
+        assert_eq!(totals, [1.0, 2.0, 3.0, 4.0, 5.0, 6.5, 7.0, 8.0, 9.0, 10.0]);
         let process: Vec<f64> = ProcessField::ALL
             .iter()
             .map(|f| t(&format!("{f}[pid=9]>0")).value(&s))
             .collect();
         assert_eq!(
             process,
-            [11.0, 12.5, 13.0, 14.0, 15.0, 16.0, 17.5, 18.0, 19.5, 20.0]
+            [
+                11.0, 12.5, 13.0, 14.0, 15.0, 16.0, 17.5, 18.0, 19.5, 20.0, 21.0, 22.0
+            ]
         );
     }
 }

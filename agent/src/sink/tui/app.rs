@@ -33,7 +33,7 @@ enum Top {
 }
 
 /// Sortable columns of the process table, in display order: key `1` picks the first, `0` the
-/// tenth.
+/// tenth; `s` reaches the eleventh (FAILED) too.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ProcCol {
     Pid,
@@ -46,10 +46,12 @@ pub enum ProcCol {
     OpensPerS,
     ClosesPerS,
     Resets,
+    /// Failed connect() and bind() calls.
+    Failed,
 }
 
 impl ProcCol {
-    pub const ALL: [ProcCol; 10] = [
+    pub const ALL: [ProcCol; 11] = [
         ProcCol::Pid,
         ProcCol::Comm,
         ProcCol::TwPerS,
@@ -60,6 +62,7 @@ impl ProcCol {
         ProcCol::OpensPerS,
         ProcCol::ClosesPerS,
         ProcCol::Resets,
+        ProcCol::Failed,
     ];
 
     pub fn title(self) -> &'static str {
@@ -74,6 +77,7 @@ impl ProcCol {
             ProcCol::OpensPerS => "OPEN/s",
             ProcCol::ClosesPerS => "CLOSE/s",
             ProcCol::Resets => "RESETS",
+            ProcCol::Failed => "FAILED",
         }
     }
 
@@ -89,6 +93,7 @@ impl ProcCol {
             ProcCol::OpensPerS => a.opens_per_s.total_cmp(&b.opens_per_s),
             ProcCol::ClosesPerS => a.closes_per_s.total_cmp(&b.closes_per_s),
             ProcCol::Resets => a.resets.cmp(&b.resets),
+            ProcCol::Failed => failed(a).cmp(&failed(b)),
         }
     }
 
@@ -96,6 +101,12 @@ impl ProcCol {
     fn descending_by_default(self) -> bool {
         !matches!(self, ProcCol::Pid | ProcCol::Comm)
     }
+}
+
+/// What the FAILED column shows: failed connect() and bind() calls together (the drill-down
+/// tells them apart).
+pub(super) fn failed(p: &ProcessRow) -> u64 {
+    p.connect_failures + p.bind_failures
 }
 
 /// Sortable columns of the peer table; the drill-down uses all but `Processes`.

@@ -22,7 +22,7 @@ pub const HELP: &[(&str, &str)] = &[
     ("S  r", "reverse the sort"),
     (
         "1-9  0",
-        "sort on that column (again: reverse; CONTAINER not counted)",
+        "sort on that column (again: reverse; CONTAINER not counted; s reaches FAILED)",
     ),
     ("c", "show / hide the CONTAINER column (see below)"),
     (

@@ -67,10 +67,15 @@ pub(super) const MAX_CONTAINER: u16 = 13;
 /// columns, so they mean the same column whether it is shown or not.
 pub(super) const CONTAINER_COL: usize = 2;
 
+/// Where FAILED sits in [`PROCESS_COLS`]: shown only when a process has failed calls.
+pub(super) const FAILED_COL: usize = 11;
+
 /// Display order: `ProcCol::ALL` with CONTAINER after COMM, then TOP PEER. Text columns get
 /// their preferred width from what they show. CONTAINER, shown only when asked for, ranks with
-/// PID: whoever turns it on wants it more than the counts after TW NOW.
-pub(super) const PROCESS_COLS: [Col; 12] = [
+/// PID: whoever turns it on wants it more than the counts after TW NOW. FAILED, shown only when
+/// some process has failed connect()/bind() calls, ranks after TW NOW: failures are the
+/// symptom the user came for.
+pub(super) const PROCESS_COLS: [Col; 13] = [
     col("PID", 7, 2),
     text_col("COMM", MAX_COMM, 6, 1, false),
     // Its minimum is the title's width; drawing sets both from what is on screen.
@@ -83,6 +88,7 @@ pub(super) const PROCESS_COLS: [Col; 12] = [
     col("OPEN/s", 8, 9),
     col("CLOSE/s", 8, 10),
     col("RESETS", 7, 8),
+    col("FAILED", 7, 3),
     text_col("TOP PEER", 24, 12, 7, true),
 ];
 

@@ -28,6 +28,7 @@ fn counts(peer: PeerKey, tw: u64, tw_now: u64, cw: u64, est: u64) -> PeerRow {
         timewait_now: tw_now,
         close_wait_now: cw,
         established_now: est,
+        connect_failures: 0,
     }
 }
 
@@ -63,6 +64,9 @@ fn process(pid: u32, comm: &str, tw_per_s: f64, tw: u64, peers: Vec<PeerRow>) ->
         closes: tw,
         closes_per_s: tw_per_s,
         resets: 0,
+        connect_failures: 0,
+        bind_failures: 0,
+        failures: Vec::new(),
         timewait_history: Vec::new(),
         peers,
     }
@@ -128,6 +132,8 @@ pub(super) fn demo_snapshot() -> Snapshot {
             timewait_entered: 49_181,
             timewait_per_s: 814.7,
             timewait_recovered: 0,
+            connect_failures: 0,
+            bind_failures: 0,
         },
         processes: vec![java, curl, nginx, before],
     }
@@ -407,6 +413,56 @@ fn narrow_terminal_keeps_the_essentials() {
     }
     // The least useful columns went first.
     assert!(!text.contains("CLOSE/s"), "{text}");
+}
+
+#[test]
+fn failed_column_and_header_only_when_calls_failed() {
+    let mut snap = demo_snapshot();
+    let text = screen(&draw(&app_with(snap.clone()), 160, 14));
+    assert!(!text.contains("FAILED"), "{text}");
+    assert!(!text.contains("connect() failed"), "{text}");
+
+    let java = snap
+        .processes
+        .iter_mut()
+        .find(|p| p.pid == 4242)
+        .expect("java");
+    java.connect_failures = 41;
+    java.bind_failures = 1;
+    java.failures = vec![
+        crate::model::snapshot::FailureRow {
+            call: crate::event::Call::Connect,
+            errno: crate::event::Errno::EADDRNOTAVAIL,
+            count: 41,
+        },
+        crate::model::snapshot::FailureRow {
+            call: crate::event::Call::Bind,
+            errno: crate::event::Errno::EADDRINUSE,
+            count: 1,
+        },
+    ];
+    snap.totals.connect_failures = 41;
+    snap.totals.bind_failures = 1;
+    let mut app = app_with(snap);
+    let buf = draw(&app, 160, 14);
+    let text = screen(&buf);
+    assert!(text.contains("FAILED"), "{text}");
+    assert!(text.contains("connect() failed 41"), "{text}");
+    assert!(text.contains("bind() failed 1"), "{text}");
+    // Connect and bind failures together in the column.
+    let row = text
+        .lines()
+        .find(|l| l.contains(" java "))
+        .expect("java's row");
+    assert!(row.contains(" 42 "), "{row}");
+    // Sorted on it with `s` from RESETS; the drill-down tells the calls and errnos apart.
+    press(&mut app, "0s");
+    assert_eq!(app.process_sort(), (ProcCol::Failed, true));
+    assert_eq!(selected_process(&app).map(|p| p.pid), Some(4242));
+    press(&mut app, "\n");
+    let text = screen(&draw(&app, 160, 20));
+    assert!(text.contains("connect() EADDRNOTAVAIL 41"), "{text}");
+    assert!(text.contains("bind() EADDRINUSE 1"), "{text}");
 }
 
 #[test]
@@ -851,8 +907,10 @@ fn sort_cycling_reversing_and_direct_pick() {
     assert_eq!(app.process_sort(), (ProcCol::Pid, true));
     press(&mut app, "2");
     assert_eq!(app.process_sort(), (ProcCol::Comm, false));
-    // Cycling wraps around.
+    // `s` after the tenth column (RESETS, key 0) reaches FAILED, then wraps around.
     press(&mut app, "0s");
+    assert_eq!(app.process_sort(), (ProcCol::Failed, true));
+    press(&mut app, "s");
     assert_eq!(app.process_sort(), (ProcCol::Pid, false));
     // Each view has its own sort.
     press(&mut app, "\t");

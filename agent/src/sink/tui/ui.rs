@@ -20,7 +20,7 @@ use ratatui::style::{Color, Style, Stylize as _};
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Borders, Cell, Clear, Paragraph, Row, Sparkline, Table};
 
-use super::app::{App, PeerCol, PeerGroup, ProcCol, View};
+use super::app::{App, PeerCol, PeerGroup, ProcCol, View, failed};
 use super::input::HELP;
 use super::layout::*;
 use super::rows::container_label;
@@ -97,6 +97,15 @@ fn render_header(frame: &mut Frame, area: Rect, app: &App, snap: &Snapshot) {
     items.push(item("CLOSE_WAIT now", t.close_wait_now.to_string()));
     items.push(item("ESTABLISHED now", t.established_now.to_string()));
     items.push(item("TW total", t.timewait_entered.to_string()));
+    // Failed connect()/bind() calls: the symptom of exhausted ports, in red, when any.
+    for (label, n) in [
+        ("connect() failed", t.connect_failures),
+        ("bind() failed", t.bind_failures),
+    ] {
+        if n > 0 {
+            items.push(item(label, n.to_string()).red().bold());
+        }
+    }
     if snap.lost_events == 0 {
         items.push(lost);
     }
@@ -113,9 +122,9 @@ fn render_header(frame: &mut Frame, area: Rect, app: &App, snap: &Snapshot) {
     flow(frame, area, &items);
 }
 
-fn item(label: &'static str, value: String) -> Line<'static> {
+fn item(label: impl Into<std::borrow::Cow<'static, str>>, value: String) -> Line<'static> {
     Line::from(vec![
-        Span::from(label).dim(),
+        Span::from(label.into()).dim(),
         Span::from(" "),
         Span::from(value).bold(),
     ])
@@ -227,6 +236,11 @@ fn render_processes(frame: &mut Frame, area: Rect, app: &App, snap: &Snapshot) {
         container.width = 0;
         container.min = 0;
     }
+    // FAILED only when some process failed a call: on most hosts nobody does.
+    if !snap.processes.iter().any(|p| failed(p) > 0) {
+        cols[FAILED_COL].width = 0;
+        cols[FAILED_COL].min = 0;
+    }
     let w = widths(&cols, table.width, sorted);
     let selected = app.selected();
     let body = rows
@@ -283,6 +297,7 @@ fn process_cell(p: &ProcessRow, c: usize, width: u16, common: u32) -> Cell<'_> {
         8 => rate(p.opens_per_s),
         9 => rate(p.closes_per_s),
         10 => num(p.resets),
+        FAILED_COL => num(failed(p)),
         _ => match p.peers.first() {
             Some(r) => Cell::from(fit(&peer_label(r), width).into_owned()),
             None => Cell::from("-"),
@@ -484,6 +499,14 @@ fn render_drill(frame: &mut Frame, area: Rect, app: &App, snap: &Snapshot, pid: 
         item("closes", format!("{} ({:.1}/s)", p.closes, p.closes_per_s)),
         item("resets", p.resets.to_string()),
     ];
+    let mut items = items.to_vec();
+    // Failed calls, by call and errno, when there are any.
+    for f in &p.failures {
+        items.push(item(
+            format!("{}() {}", f.call.name(), f.errno.name()),
+            f.count.to_string(),
+        ));
+    }
     flow(frame, summary, &items);
     flow(frame, place_area, &place);
 
