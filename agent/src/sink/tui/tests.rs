@@ -28,6 +28,7 @@ fn counts(peer: PeerKey, tw: u64, tw_now: u64, cw: u64, est: u64) -> PeerRow {
         timewait_now: tw_now,
         close_wait_now: cw,
         established_now: est,
+        ..PeerRow::new(peer)
     }
 }
 
@@ -65,6 +66,7 @@ fn process(pid: u32, comm: &str, tw_per_s: f64, tw: u64, peers: Vec<PeerRow>) ->
         resets: 0,
         timewait_history: Vec::new(),
         peers,
+        ..ProcessRow::default()
     }
 }
 
