@@ -5,9 +5,11 @@
 //! Every finding carries the values it rests on (`evidence`); a rule that has no value to show
 //! says nothing.
 
+use std::time::Duration;
+
 use serde::Serialize;
 
-use crate::model::snapshot::Snapshot;
+use crate::model::snapshot::{PeerKey, PeerRow, ProcessRow, Snapshot};
 
 /// How urgent a finding is; findings are listed most severe first.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -55,47 +57,223 @@ pub struct Finding {
     pub remedy: String,
 }
 
-/// Thresholds of the rules over a snapshot.
+/// Thresholds of the rules over a snapshot. (How old a CLOSE_WAIT socket must be to make a leak
+/// suspect is the model's, `Limits::leak_min_age_ns`: it counts `close_wait_old`.)
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Thresholds {
-    /// A CLOSE_WAIT socket older than this makes its process a leak suspect (`--min-age`).
-    pub min_age_s: f64,
+    /// Connections per second to one peer, ended in the last minute, above which short-lived
+    /// ones are "a new connection per request" (`--churn-rate`).
+    pub churn_per_s: f64,
 }
 
 impl Default for Thresholds {
     fn default() -> Self {
-        Self { min_age_s: 30.0 }
+        Self { churn_per_s: 2.0 }
     }
 }
 
 /// The findings a snapshot supports, most severe first (then by pid).
-pub fn diagnose(snap: &Snapshot, _t: &Thresholds) -> Vec<Finding> {
+pub fn diagnose(snap: &Snapshot, t: &Thresholds) -> Vec<Finding> {
     let mut out = Vec::new();
-    for p in &snap.processes {
-        if p.pid != 0 && p.close_wait_now > 0 {
-            out.push(Finding {
-                severity: Severity::Warning,
-                kind: "close_wait_leak",
-                pid: Some(p.pid),
-                comm: Some(p.comm.clone()),
-                peer: p
-                    .peers
-                    .iter()
-                    .find(|r| r.close_wait_now > 0)
-                    .map(|r| r.peer.to_string()),
-                title: format!(
-                    "{} (pid {}) holds {} connection(s) its peer closed",
-                    p.comm, p.pid, p.close_wait_now
-                ),
-                evidence: vec![format!("CLOSE_WAIT now: {}", p.close_wait_now)],
-                remedy: "close the socket when the peer has closed (read returns 0); release \
-                         pooled connections"
-                    .to_owned(),
-            });
+    for p in snap.processes.iter().filter(|p| p.pid != 0) {
+        if p.leak_suspect {
+            out.push(close_wait_leak(p));
+        }
+        if p.established_growing {
+            out.push(established_growth(p));
+        }
+        for peer in &p.peers {
+            if let Some(f) = churn_without_reuse(p, peer, t) {
+                out.push(f);
+            }
         }
     }
     sort(&mut out);
     out
+}
+
+/// `312.5` seconds as people read an age: `5m 12s`.
+pub fn age(seconds: f64) -> String {
+    let whole = Duration::from_secs(seconds.max(0.0).round() as u64);
+    humantime::format_duration(whole).to_string()
+}
+
+/// A process's identity in a sentence.
+fn who(p: &ProcessRow) -> String {
+    format!("{} (pid {})", p.comm, p.pid)
+}
+
+fn close_wait_leak(p: &ProcessRow) -> Finding {
+    let at_least = if p.close_wait_oldest_at_least {
+        "at least "
+    } else {
+        ""
+    };
+    let mut evidence = vec![
+        format!(
+            "CLOSE_WAIT now {}, peak {}; {} older than the threshold",
+            p.close_wait_now, p.close_wait_peak, p.close_wait_old
+        ),
+        format!(
+            "oldest {at_least}{}{}",
+            age(p.close_wait_oldest_s),
+            if p.close_wait_oldest_at_least {
+                " (already in CLOSE_WAIT when twtrace started)"
+            } else {
+                ""
+            }
+        ),
+        format!("ages: {}", p.close_wait_ages),
+        format!(
+            "growth over the last minute: {:+} per minute",
+            p.close_wait_growth_per_min
+        ),
+    ];
+    let peers: Vec<String> = p
+        .peers
+        .iter()
+        .filter(|r| r.close_wait_now > 0)
+        .take(5)
+        .map(|r| {
+            format!(
+                "{} ({}, oldest {})",
+                r.peer,
+                r.close_wait_now,
+                age(r.close_wait_oldest_s)
+            )
+        })
+        .collect();
+    if !peers.is_empty() {
+        evidence.push(format!("peers: {}", peers.join(", ")));
+    }
+    let growing = p.close_wait_growth_per_min > 0.0;
+    Finding {
+        severity: if growing {
+            Severity::Critical
+        } else {
+            Severity::Warning
+        },
+        kind: "close_wait_leak",
+        pid: Some(p.pid),
+        comm: Some(p.comm.clone()),
+        peer: p
+            .peers
+            .iter()
+            .find(|r| r.close_wait_now > 0)
+            .map(|r| r.peer.to_string()),
+        title: format!(
+            "{} leaks connections: {} CLOSE_WAIT socket(s) whose peer closed long ago{}",
+            who(p),
+            p.close_wait_old,
+            if growing { ", and growing" } else { "" }
+        ),
+        evidence,
+        remedy: format!(
+            "{} never calls close() on connections its peer has closed: close a socket when a \
+             read returns end of stream, release pooled connections (close response bodies), \
+             and give the pool an idle timeout",
+            p.comm
+        ),
+    }
+}
+
+fn established_growth(p: &ProcessRow) -> Finding {
+    Finding {
+        severity: Severity::Warning,
+        kind: "established_growth",
+        pid: Some(p.pid),
+        comm: Some(p.comm.clone()),
+        peer: p
+            .peers
+            .iter()
+            .max_by_key(|r| r.established_now)
+            .map(|r| r.peer.to_string()),
+        title: format!(
+            "{} only opens connections: ESTABLISHED grew without ever falling",
+            who(p)
+        ),
+        evidence: vec![
+            format!("ESTABLISHED now {}", p.established_now),
+            format!(
+                "growth over the last minute: {:+} per minute, never falling",
+                p.established_growth_per_min
+            ),
+        ],
+        remedy: "bound the connection pool (a maximum size and an idle timeout) and make sure \
+                 every connection is returned to it or closed"
+            .to_owned(),
+    }
+}
+
+/// A process that opens many short connections to one peer: no keep-alive, no pooling.
+fn churn_without_reuse(p: &ProcessRow, r: &PeerRow, t: &Thresholds) -> Option<Finding> {
+    let life = r.lifetimes?;
+    // `median_le_s` is the upper edge of the median's bucket, and 1 s is an edge: at most 1
+    // means the median lived under a second.
+    let short = life.median_le_s.is_some_and(|m| m <= 1.0);
+    if !short || life.ended_per_s < t.churn_per_s || matches!(r.peer, PeerKey::Other) {
+        return None;
+    }
+    let median = life.median_le_s.map_or(String::new(), |m| {
+        if m < 1.0 {
+            format!("{} ms", (m * 1000.0).round())
+        } else {
+            "1 s".to_owned()
+        }
+    });
+    let evidence = vec![
+        format!(
+            "{} connection(s) ended in the last minute, {} per second",
+            life.ended, life.ended_per_s
+        ),
+        format!(
+            "median lifetime under {median}; {:.0}% lived under a second",
+            life.short_share * 100.0
+        ),
+        format!(
+            "TIME_WAIT entered toward this peer: {} since start, {} now",
+            r.timewait_entered, r.timewait_now
+        ),
+    ];
+    let (severity, title, remedy) = match r.peer {
+        PeerKey::In { raddr, lport } => (
+            Severity::Info,
+            format!(
+                "clients at {raddr} open a new connection per request to :{lport} ({})",
+                who(p)
+            ),
+            format!(
+                "make the clients at {raddr} keep connections alive (HTTP keep-alive, a \
+                 connection pool); {} can allow it (keep-alive timeouts, no `Connection: \
+                 close`)",
+                p.comm
+            ),
+        ),
+        _ => (
+            Severity::Warning,
+            format!(
+                "{} opens a new connection per request to {}",
+                who(p),
+                r.peer
+            ),
+            format!(
+                "reuse connections in {}: enable keep-alive or a connection pool; each short \
+                 connection leaves a TIME_WAIT socket on the side that closes first, holding \
+                 an ephemeral port toward {} for 60 s",
+                p.comm, r.peer
+            ),
+        ),
+    };
+    Some(Finding {
+        severity,
+        kind: "churn_without_reuse",
+        pid: Some(p.pid),
+        comm: Some(p.comm.clone()),
+        peer: Some(r.peer.to_string()),
+        title,
+        evidence,
+        remedy,
+    })
 }
 
 /// Most severe first, then by pid (findings without one last), then kind.
@@ -106,4 +284,149 @@ pub fn sort(findings: &mut [Finding]) {
             .then(a.pid.unwrap_or(u32::MAX).cmp(&b.pid.unwrap_or(u32::MAX)))
             .then(a.kind.cmp(b.kind))
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::snapshot::Lifetimes;
+
+    fn out_peer(port: u16) -> PeerKey {
+        PeerKey::Out {
+            raddr: "10.0.0.5".parse().expect("address"),
+            rport: port,
+        }
+    }
+
+    fn process(pid: u32, comm: &str) -> ProcessRow {
+        ProcessRow {
+            pid,
+            comm: comm.to_owned(),
+            ..ProcessRow::default()
+        }
+    }
+
+    fn lives(per_s: f64, median: f64) -> Option<Lifetimes> {
+        Some(Lifetimes {
+            ended: (per_s * 60.0) as u64,
+            ended_per_s: per_s,
+            short_share: if median <= 1.0 { 1.0 } else { 0.0 },
+            median_le_s: Some(median),
+        })
+    }
+
+    fn snapshot(processes: Vec<ProcessRow>) -> Snapshot {
+        Snapshot {
+            processes,
+            ..Snapshot::default()
+        }
+    }
+
+    #[test]
+    fn a_process_with_old_close_wait_sockets_is_a_leak_suspect() {
+        let mut leaky = process(10, "leaky");
+        leaky.close_wait_now = 12;
+        leaky.close_wait_peak = 30;
+        leaky.close_wait_old = 12;
+        leaky.close_wait_oldest_s = 312.4;
+        leaky.leak_suspect = true;
+        leaky.peers = vec![PeerRow {
+            close_wait_now: 12,
+            close_wait_oldest_s: 312.4,
+            ..PeerRow::new(out_peer(8080))
+        }];
+        // Young CLOSE_WAIT only: not a suspect.
+        let mut reader = process(11, "reader");
+        reader.close_wait_now = 3;
+        let f = diagnose(
+            &snapshot(vec![reader, leaky.clone()]),
+            &Thresholds::default(),
+        );
+        assert_eq!(f.len(), 1);
+        assert_eq!(
+            (f[0].kind, f[0].severity, f[0].pid),
+            ("close_wait_leak", Severity::Warning, Some(10))
+        );
+        assert_eq!(f[0].peer.as_deref(), Some("10.0.0.5:8080"));
+        assert!(f[0].evidence.iter().any(|e| e.contains("oldest 5m 12s")));
+        assert!(f[0].evidence.iter().any(|e| e.contains("peak 30")));
+        // Growing makes it critical.
+        leaky.close_wait_growth_per_min = 6.0;
+        let f = diagnose(&snapshot(vec![leaky]), &Thresholds::default());
+        assert_eq!(f[0].severity, Severity::Critical);
+    }
+
+    #[test]
+    fn short_connections_at_a_high_rate_to_one_peer_are_churn_without_reuse() {
+        let mut churner = process(20, "curl-loop");
+        churner.peers = vec![
+            PeerRow {
+                lifetimes: lives(50.0, 0.004),
+                ..PeerRow::new(out_peer(80))
+            },
+            // Long-lived connections: pooled.
+            PeerRow {
+                lifetimes: lives(50.0, 16.0),
+                ..PeerRow::new(out_peer(5432))
+            },
+            // Short but rare: a health check.
+            PeerRow {
+                lifetimes: lives(0.5, 0.004),
+                ..PeerRow::new(out_peer(9090))
+            },
+        ];
+        let mut server = process(30, "nginx");
+        server.peers = vec![PeerRow {
+            lifetimes: lives(50.0, 0.064),
+            ..PeerRow::new(PeerKey::In {
+                raddr: "10.0.0.9".parse().expect("address"),
+                lport: 80,
+            })
+        }];
+        let f = diagnose(&snapshot(vec![server, churner]), &Thresholds::default());
+        let kinds: Vec<_> = f
+            .iter()
+            .map(|f| (f.kind, f.severity, f.pid, f.peer.clone()))
+            .collect();
+        assert_eq!(
+            kinds,
+            vec![
+                (
+                    "churn_without_reuse",
+                    Severity::Warning,
+                    Some(20),
+                    Some("10.0.0.5:80".to_owned())
+                ),
+                (
+                    "churn_without_reuse",
+                    Severity::Info,
+                    Some(30),
+                    Some("10.0.0.9 -> :80".to_owned())
+                ),
+            ]
+        );
+        assert!(f[0].remedy.contains("keep-alive"));
+        assert!(
+            f[0].evidence[1].contains("under 4 ms"),
+            "{:?}",
+            f[0].evidence
+        );
+    }
+
+    #[test]
+    fn established_that_only_grows_is_reported() {
+        let mut p = process(40, "pool");
+        p.established_growing = true;
+        p.established_now = 120;
+        p.established_growth_per_min = 100.0;
+        let f = diagnose(&snapshot(vec![p]), &Thresholds::default());
+        assert_eq!(f[0].kind, "established_growth");
+        assert!(f[0].evidence[1].contains("+100 per minute"));
+    }
+
+    #[test]
+    fn ages_read_as_durations() {
+        assert_eq!(age(312.4), "5m 12s");
+        assert_eq!(age(0.2), "0s");
+    }
 }

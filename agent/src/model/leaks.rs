@@ -93,6 +93,15 @@ pub fn push(samples: &mut VecDeque<Sample>, sample: Sample) {
 
 /// CLOSE_WAIT growth per minute over the samples' span (0 over less than 10 s).
 pub fn close_wait_growth_per_min(samples: &VecDeque<Sample>) -> f64 {
+    growth_per_min(samples, |s| s.close_wait)
+}
+
+/// ESTABLISHED growth per minute over the samples' span (0 over less than 10 s).
+pub fn established_growth_per_min(samples: &VecDeque<Sample>) -> f64 {
+    growth_per_min(samples, |s| s.established)
+}
+
+fn growth_per_min(samples: &VecDeque<Sample>, gauge: impl Fn(&Sample) -> u64) -> f64 {
     let (Some(first), Some(last)) = (samples.front(), samples.back()) else {
         return 0.0;
     };
@@ -100,7 +109,7 @@ pub fn close_wait_growth_per_min(samples: &VecDeque<Sample>) -> f64 {
     if span < MIN_SPAN_NS {
         return 0.0;
     }
-    let delta = last.close_wait as f64 - first.close_wait as f64;
+    let delta = gauge(last) as f64 - gauge(first) as f64;
     round(delta * 60e9 / span as f64, 1)
 }
 

@@ -1086,6 +1086,7 @@ fn row(pid: u32, p: &mut Proc, ctx: &RowContext<'_>) -> Option<ProcessRow> {
         leak_suspect: cw.is_some_and(|st| st.old > 0),
         established_now: p.est_now,
         established_growing: leaks::established_only_grows(&p.samples),
+        established_growth_per_min: leaks::established_growth_per_min(&p.samples),
         opens: p.opens,
         opens_per_s: p.rates.1,
         closes: p.closes,

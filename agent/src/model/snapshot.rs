@@ -105,6 +105,8 @@ pub struct ProcessRow {
     /// Its ESTABLISHED count grew by 10 or more over at least 30 s of the last minute and never
     /// fell: connections opened and never closed.
     pub established_growing: bool,
+    /// How ESTABLISHED now changed over the last minute, per minute (0 over less than 10 s).
+    pub established_growth_per_min: f64,
     /// Connections opened (connect() or accepted) since start.
     pub opens: u64,
     pub opens_per_s: f64,
