@@ -123,6 +123,61 @@ the last socket table its ring dropped (about 26 bytes a socket), which starts e
 --since/--until take RFC 3339 times or durations from the recording's start; the report is what
 twtrace would have shown had it been started at --since and stopped at --until.")]
     Report(ReportArgs),
+
+    /// Watch for a while, then name the processes that leak connections (CLOSE_WAIT sockets
+    /// their peer closed long ago, ESTABLISHED that only grows) or open a new connection per
+    /// request, each with its evidence and a fix.
+    #[command(after_help = "Examples:
+  sudo twtrace leaks                        watch for 60 s, then list the suspects
+  sudo twtrace leaks --watch 5m --min-age 2m
+  sudo twtrace leaks --json | jq -c 'select(.kind == \"close_wait_leak\") | {pid, comm, oldest_age_s}'
+  twtrace leaks --from incident.twr         the same over a recording, no root
+
+A CLOSE_WAIT socket means the peer closed and the process never called close(). A process is a
+leak suspect when it holds CLOSE_WAIT sockets older than --min-age; growing makes it critical.
+Sockets already in CLOSE_WAIT when twtrace starts count with an age of at least the time watched
+(`oldest_age_at_least` in the JSON). Ctrl-C stops early and reports what was seen. Exit status 0
+whether or not suspects were found (1: an error; 2: bad usage).")]
+    Leaks(LeaksArgs),
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct LeaksArgs {
+    #[command(flatten)]
+    pub filter: FilterArgs,
+
+    #[command(flatten)]
+    pub tracer: TracerArgs,
+
+    /// One JSON object per suspect (JSON Lines) instead of text.
+    #[arg(long)]
+    pub json: bool,
+
+    /// A CLOSE_WAIT socket older than this makes its process a leak suspect.
+    #[arg(long, default_value = "30s", value_name = "DURATION", value_parser = parse_duration)]
+    pub min_age: std::time::Duration,
+
+    /// How long to watch before reporting (Ctrl-C reports earlier).
+    #[arg(long, default_value = "60s", value_name = "DURATION", value_parser = parse_duration)]
+    pub watch: std::time::Duration,
+
+    /// Connections per second to one peer, ended in the last minute, from which short-lived
+    /// ones (median under a second) count as a new connection per request.
+    #[arg(long, default_value_t = 2.0, value_name = "N", value_parser = parse_rate)]
+    pub churn_rate: f64,
+
+    /// Analyse a recording (`twtrace record`) instead of tracing; no root needed.
+    #[arg(long, value_name = "FILE")]
+    pub from: Option<std::path::PathBuf>,
+}
+
+fn parse_rate(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
+        _ => Err(format!(
+            "`{s}`: a rate is a number above 0 (connections per second)"
+        )),
+    }
 }
 
 #[derive(Debug, Args, Clone)]

@@ -5,11 +5,14 @@
 //! Every finding carries the values it rests on (`evidence`); a rule that has no value to show
 //! says nothing.
 
-use std::time::Duration;
+use std::{io, time::Duration};
 
 use serde::Serialize;
 
-use crate::model::snapshot::{PeerKey, PeerRow, ProcessRow, Snapshot};
+use crate::{
+    model::snapshot::{PeerKey, PeerRow, ProcessRow, Snapshot},
+    text::escape,
+};
 
 /// How urgent a finding is; findings are listed most severe first.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -274,6 +277,22 @@ fn churn_without_reuse(p: &ProcessRow, r: &PeerRow, t: &Thresholds) -> Option<Fi
         evidence,
         remedy,
     })
+}
+
+/// One finding as text, its texts escaped (names come from other users):
+///
+/// ```text
+/// WARNING  curl (pid 42) opens a new connection per request to 10.0.0.5:80
+///          - 3000 connection(s) ended in the last minute, 50 per second
+///          fix: reuse connections in curl: ...
+/// ```
+pub fn write_finding(out: &mut impl io::Write, f: &Finding) -> io::Result<()> {
+    let label = f.severity.as_str().to_uppercase();
+    writeln!(out, "{label:<8} {}", escape(&f.title))?;
+    for e in &f.evidence {
+        writeln!(out, "         - {}", escape(e))?;
+    }
+    writeln!(out, "         fix: {}", escape(&f.remedy))
 }
 
 /// Most severe first, then by pid (findings without one last), then kind.

@@ -132,6 +132,7 @@ pub struct Core<'a> {
     clock: WallClock,
     start_ns: u64,
     wants_model: bool,
+    limits: Limits,
     model: Option<Model>,
     tally: Tally,
     /// The kernel program's counters at the first stats item: losses count from there.
@@ -169,6 +170,7 @@ impl<'a> Core<'a> {
             clock,
             start_ns,
             wants_model,
+            limits: Limits::default(),
             model: None,
             tally: Tally::default(),
             base: None,
@@ -187,6 +189,12 @@ impl<'a> Core<'a> {
         }
     }
 
+    /// The model's bounds and thresholds (`--min-age`), instead of the defaults.
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
     /// Why the stream should stop, once it should.
     pub fn stopped(&self) -> Option<&Stopped> {
         self.stopped.as_ref()
@@ -201,7 +209,7 @@ impl<'a> Core<'a> {
         self.first_ns.get_or_insert(ns);
         self.last_ns = Some(self.last_ns.map_or(ns, |l| l.max(ns)));
         if self.wants_model && self.model.is_none() {
-            self.model = Some(Model::new(self.start_ns.min(ns), Limits::default()));
+            self.model = Some(Model::new(self.start_ns.min(ns), self.limits));
         }
         let result = match item {
             Item::Event(t) => self.event(&t),

@@ -11,11 +11,13 @@ use anyhow::Context as _;
 
 use crate::{
     cli::{
-        Cli, Command, Export, FilterArgs, LiveArgs, RecordArgs, ReportArgs, TraceArgs, TracerArgs,
-        When,
+        Cli, Command, Export, FilterArgs, LeaksArgs, LiveArgs, RecordArgs, ReportArgs, TraceArgs,
+        TracerArgs, When,
     },
     container::CgroupPaths,
+    diagnosis::Thresholds,
     kernel::{procnet, tracer::Options},
+    model::Limits,
     pipeline::{self, Cadence, Core, Outcome, Selection, Signals, Stopped},
     recording::{
         Filters, Header, Writer, header_now, human_size,
@@ -23,6 +25,7 @@ use crate::{
     },
     sink::{
         Sink, View,
+        leaks::LeaksReport,
         recorder::{FileRecorder, FlightRecorder},
         report::{self, Report},
         ring::Ring,
@@ -44,6 +47,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Some(Command::Trace(args)) => trace(args, verbose).await,
         Some(Command::Record(args)) => record(args, verbose).await,
         Some(Command::Report(args)) => report(args).await,
+        Some(Command::Leaks(args)) => leaks(args, verbose).await,
         None => leaderboard(cli.live, verbose).await,
     };
     match result {
@@ -469,6 +473,61 @@ async fn report(args: ReportArgs) -> anyhow::Result<()> {
     );
     let outcome = run_pipeline(&mut source, core, false, None).await?;
     outcome.error.map_or(Ok(()), Err)
+}
+
+/// `twtrace leaks`: watch (or replay a recording), then diagnose the last snapshot.
+async fn leaks(args: LeaksArgs, verbose: bool) -> anyhow::Result<()> {
+    let limits = Limits {
+        leak_min_age_ns: u64::try_from(args.min_age.as_nanos()).unwrap_or(u64::MAX),
+        ..Limits::default()
+    };
+    let thresholds = Thresholds {
+        churn_per_s: args.churn_rate,
+    };
+    if let Some(path) = &args.from {
+        let asked = replay_selection(&args.filter)?;
+        let mut source = Recording::open(path, Window::default(), 0.0)?;
+        let select = recorded_selection(source.header()).and(&asked);
+        let sink = LeaksReport::new(stdout(), args.json, thresholds, None);
+        let core = new_core(
+            &source,
+            vec![Box::new(sink)],
+            Box::new(Recorded),
+            select,
+            Cadence::default(),
+        )
+        .with_limits(limits);
+        let outcome = run_pipeline(&mut source, core, false, None).await?;
+        return outcome.error.map_or(Ok(()), Err);
+    }
+    args.filter.validate()?;
+    let opts = options(&args.filter, &args.tracer, verbose)?;
+    let cadence = live::Cadence {
+        stats: Duration::from_secs(1),
+        reconcile: Some(Duration::from_secs(2)),
+        duration: Some(args.watch),
+    };
+    let mut source = start_live(&opts, cadence, false)?;
+    say(&format!(
+        "twtrace: watching TCP connections for {}{} (Ctrl-C reports early)",
+        humantime::format_duration(args.watch),
+        describe_options(&opts)
+    ));
+    let sink = LeaksReport::new(
+        stdout(),
+        args.json,
+        thresholds,
+        Some(args.watch.as_secs_f64()),
+    );
+    let core = new_core(
+        &source,
+        vec![Box::new(sink)],
+        Box::new(ProcFs::new()),
+        selection(&args.filter)?,
+        Cadence::default(),
+    )
+    .with_limits(limits);
+    finish(run_pipeline(&mut source, core, false, None).await?)
 }
 
 /// A `--since`/`--until` moment as the recording's monotonic ns.
