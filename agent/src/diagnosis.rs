@@ -101,6 +101,21 @@ pub fn age(seconds: f64) -> String {
     humantime::format_duration(whole).to_string()
 }
 
+/// An age in at most 7 cells, for tables: `42s`, `5m12s`, `3h07m`, `≥5m12s` for a lower bound;
+/// `-` for none.
+pub fn short_age(seconds: f64, at_least: bool) -> String {
+    if seconds <= 0.0 {
+        return "-".to_owned();
+    }
+    let s = seconds.round() as u64;
+    let text = match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m{:02}s", s / 60, s % 60),
+        _ => format!("{}h{:02}m", s / 3600, s / 60 % 60),
+    };
+    if at_least { format!("≥{text}") } else { text }
+}
+
 /// A process's identity in a sentence.
 fn who(p: &ProcessRow) -> String {
     format!("{} (pid {})", p.comm, p.pid)
@@ -447,5 +462,9 @@ mod tests {
     fn ages_read_as_durations() {
         assert_eq!(age(312.4), "5m 12s");
         assert_eq!(age(0.2), "0s");
+        assert_eq!(short_age(0.0, false), "-");
+        assert_eq!(short_age(42.4, false), "42s");
+        assert_eq!(short_age(312.0, true), "≥5m12s");
+        assert_eq!(short_age(3.0 * 3600.0 + 420.0, false), "3h07m");
     }
 }

@@ -81,6 +81,7 @@ impl<W: Write> Sink for LeaksReport<W> {
         if self.json {
             for f in &found {
                 write_json(&mut self.out, &suspect_json(f, snap))?;
+                writeln!(self.out)?;
             }
         } else {
             write_text(&mut self.out, &found, snap)?;

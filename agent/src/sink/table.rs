@@ -8,7 +8,8 @@ use std::{
 use super::Sink;
 use crate::{
     container::short_id,
-    model::snapshot::{Snapshot, WholeSeconds},
+    diagnosis::short_age,
+    model::snapshot::{ProcessRow, Snapshot, WholeSeconds},
     text::{escape, write_json},
 };
 
@@ -94,8 +95,8 @@ pub fn print_table(out: &mut impl Write, snap: &Snapshot, top: usize) -> io::Res
     }
     writeln!(
         out,
-        "{:>8} {:>9} {:>7} {:>7} {:>7} {:>7} {:>8} {:>6}  TOP PEER",
-        "TW/s", "TW_TOTAL", "TW_NOW", "CW_NOW", "EST_NOW", "OPEN/s", "CLOSE/s", "RESETS"
+        "{:>8} {:>9} {:>7} {:>7} {:>7} {:>7} {:>8} {:>6} {:>8}  TOP PEER",
+        "TW/s", "TW_TOTAL", "TW_NOW", "CW_NOW", "EST_NOW", "OPEN/s", "CLOSE/s", "RESETS", "CW_AGE"
     )?;
     for p in shown {
         let peer = p
@@ -114,7 +115,7 @@ pub fn print_table(out: &mut impl Write, snap: &Snapshot, top: usize) -> io::Res
         }
         writeln!(
             out,
-            "{:>8.1} {:>9} {:>7} {:>7} {:>7} {:>7.1} {:>8.1} {:>6}  {exited}{peer}",
+            "{:>8.1} {:>9} {:>7} {:>7} {:>7} {:>7.1} {:>8.1} {:>6} {:>8}  {exited}{peer}",
             p.timewait_per_s,
             p.timewait_entered,
             p.timewait_now,
@@ -123,6 +124,7 @@ pub fn print_table(out: &mut impl Write, snap: &Snapshot, top: usize) -> io::Res
             p.opens_per_s,
             p.closes_per_s,
             p.resets,
+            cw_age(p),
             // Before the peer, which is the free-length last column.
             exited = if p.exited { "[exited] " } else { "" },
         )?;
@@ -136,6 +138,14 @@ pub fn print_table(out: &mut impl Write, snap: &Snapshot, top: usize) -> io::Res
     }
     writeln!(out)?;
     out.flush()
+}
+
+/// The CW_AGE cell: the oldest CLOSE_WAIT's age, with `!` for a leak suspect (older than
+/// the threshold).
+fn cw_age(p: &ProcessRow) -> String {
+    let age = short_age(p.close_wait_oldest_s, p.close_wait_oldest_at_least);
+    let mark = if p.leak_suspect { "!" } else { "" };
+    format!("{age}{mark}")
 }
 
 #[cfg(test)]
@@ -201,6 +211,23 @@ mod tests {
             lines[2]
         );
         assert!(lines[2].ends_with("[::1]:443"), "{}", lines[2]);
+    }
+
+    #[test]
+    fn a_leak_suspect_is_marked_with_the_age_of_its_oldest_close_wait() {
+        let mut snap = sample();
+        snap.processes[0].close_wait_oldest_s = 312.0;
+        snap.processes[0].close_wait_oldest_at_least = true;
+        snap.processes[0].leak_suspect = true;
+        let mut out = Vec::new();
+        print_table(&mut out, &snap, 20).expect("print");
+        let text = String::from_utf8(out).expect("utf8");
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[1].contains("RESETS   CW_AGE  TOP PEER"), "{}", lines[1]);
+        // The age ends where the header's CW_AGE ends.
+        let end = lines[1].find("CW_AGE").expect("CW_AGE") + "CW_AGE".len();
+        let cell: String = lines[2].chars().take(end).collect();
+        assert!(cell.ends_with(" ≥5m12s!"), "{}", lines[2]);
     }
 
     #[test]

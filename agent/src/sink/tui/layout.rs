@@ -70,7 +70,7 @@ pub(super) const CONTAINER_COL: usize = 2;
 /// Display order: `ProcCol::ALL` with CONTAINER after COMM, then TOP PEER. Text columns get
 /// their preferred width from what they show. CONTAINER, shown only when asked for, ranks with
 /// PID: whoever turns it on wants it more than the counts after TW NOW.
-pub(super) const PROCESS_COLS: [Col; 12] = [
+pub(super) const PROCESS_COLS: [Col; 13] = [
     col("PID", 7, 2),
     text_col("COMM", MAX_COMM, 6, 1, false),
     // Its minimum is the title's width; drawing sets both from what is on screen.
@@ -83,6 +83,9 @@ pub(super) const PROCESS_COLS: [Col; 12] = [
     col("OPEN/s", 8, 9),
     col("CLOSE/s", 8, 10),
     col("RESETS", 7, 8),
+    // The oldest CLOSE_WAIT's age; not sortable (the digit keys stop at ten). Leak suspects'
+    // rows are red as well.
+    col("CW AGE", 7, 11),
     text_col("TOP PEER", 24, 12, 7, true),
 ];
 

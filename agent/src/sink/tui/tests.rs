@@ -305,7 +305,7 @@ fn one_row_with_all_columns() {
     let text = screen(&buf);
     for col in [
         "PID", "COMM", "TW/s▼", "TW TOTAL", "TW NOW", "CW NOW", "EST NOW", "OPEN/s", "CLOSE/s",
-        "RESETS", "TOP PEER",
+        "RESETS", "CW AGE", "TOP PEER",
     ] {
         assert!(text.contains(col), "{col} missing:\n{text}");
     }

@@ -25,6 +25,7 @@ use super::input::HELP;
 use super::layout::*;
 use super::rows::container_label;
 use crate::container::short_id;
+use crate::diagnosis::short_age;
 use crate::{
     model::snapshot::{BEFORE_START, ProcessRow, Snapshot},
     text::escape,
@@ -241,7 +242,12 @@ fn render_processes(frame: &mut Frame, area: Rect, app: &App, snap: &Snapshot) {
                     .filter(|&c| w[c] > 0)
                     .map(|c| process_cell(p, c, w[c], common)),
             );
-            let row = row_style(row, n == selected, p.pid == 0 && p.comm == BEFORE_START);
+            let row = row_style(
+                row,
+                n == selected,
+                p.pid == 0 && p.comm == BEFORE_START,
+                p.leak_suspect,
+            );
             // An exited process keeps its row while its counts matter; dimmed, and its name
             // says so.
             if p.exited { row.dim() } else { row }
@@ -252,8 +258,12 @@ fn render_processes(frame: &mut Frame, area: Rect, app: &App, snap: &Snapshot) {
     frame.render_widget(t, table);
 }
 
-fn row_style(row: Row<'_>, selected: bool, before_start: bool) -> Row<'_> {
+fn row_style(row: Row<'_>, selected: bool, before_start: bool, suspect: bool) -> Row<'_> {
     let mut style = Style::new();
+    if suspect {
+        // Holds CLOSE_WAIT sockets older than the leak threshold (`twtrace leaks` explains).
+        style = style.fg(Color::Red).bold();
+    }
     if before_start {
         // Not an owner: a bucket of sockets older than twtrace. Shown, but set apart.
         style = style.italic().fg(Color::Magenta);
@@ -283,6 +293,13 @@ fn process_cell(p: &ProcessRow, c: usize, width: u16, common: u32) -> Cell<'_> {
         8 => rate(p.opens_per_s),
         9 => rate(p.closes_per_s),
         10 => num(p.resets),
+        11 => Cell::from(
+            Line::from(short_age(
+                p.close_wait_oldest_s,
+                p.close_wait_oldest_at_least,
+            ))
+            .right_aligned(),
+        ),
         _ => match p.peers.first() {
             Some(r) => Cell::from(fit(&peer_label(r), width).into_owned()),
             None => Cell::from("-"),
@@ -370,7 +387,7 @@ fn peer_table<T, const N: usize>(
         .filter_map(|(n, &i)| Some((n, get(i)?)))
         .map(|(n, t)| {
             let row = Row::new((0..N).filter(|&c| w[c] > 0).map(|c| cell(t, c, w[c])));
-            row_style(row, n == selected, false)
+            row_style(row, n == selected, false, false)
         });
     let t = Table::new(body, constraints(&w))
         .header(header_row(&cols, &w, sorted, descending))
