@@ -507,11 +507,10 @@ async fn leaks(args: LeaksArgs, verbose: bool) -> anyhow::Result<()> {
         reconcile: Some(Duration::from_secs(2)),
         duration: Some(args.watch),
     };
-    let mut source = start_live(&opts, cadence, false)?;
+    let mut source = start_live(&opts, cadence, true)?;
     say(&format!(
-        "twtrace: watching TCP connections for {}{} (Ctrl-C reports early)",
-        humantime::format_duration(args.watch),
-        describe_options(&opts)
+        "twtrace: reporting leak suspects after {} (Ctrl-C reports early)",
+        humantime::format_duration(args.watch)
     ));
     let sink = LeaksReport::new(
         stdout(),

@@ -223,7 +223,11 @@ mod tests {
         print_table(&mut out, &snap, 20).expect("print");
         let text = String::from_utf8(out).expect("utf8");
         let lines: Vec<&str> = text.lines().collect();
-        assert!(lines[1].contains("RESETS   CW_AGE  TOP PEER"), "{}", lines[1]);
+        assert!(
+            lines[1].contains("RESETS   CW_AGE  TOP PEER"),
+            "{}",
+            lines[1]
+        );
         // The age ends where the header's CW_AGE ends.
         let end = lines[1].find("CW_AGE").expect("CW_AGE") + "CW_AGE".len();
         let cell: String = lines[2].chars().take(end).collect();
