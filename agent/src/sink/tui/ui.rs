@@ -496,6 +496,23 @@ fn render_drill(frame: &mut Frame, area: Rect, app: &App, snap: &Snapshot, pid: 
         item("TW total", p.timewait_entered.to_string()),
         item("TW now", p.timewait_now.to_string()),
         item("CW now", p.close_wait_now.to_string()),
+        item("CW peak", p.close_wait_peak.to_string()),
+        item(
+            "CW oldest",
+            format!(
+                "{}{}",
+                short_age(p.close_wait_oldest_s, p.close_wait_oldest_at_least),
+                if p.leak_suspect {
+                    " (leak suspect)"
+                } else {
+                    ""
+                }
+            ),
+        ),
+        item(
+            "CW growth",
+            format!("{:+}/min", p.close_wait_growth_per_min),
+        ),
         item("EST now", p.established_now.to_string()),
         item("opens", format!("{} ({:.1}/s)", p.opens, p.opens_per_s)),
         item("closes", format!("{} ({:.1}/s)", p.closes, p.closes_per_s)),
