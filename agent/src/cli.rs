@@ -331,6 +331,10 @@ pub struct LiveArgs {
     #[arg(long, default_value_t = 20, value_name = "N")]
     pub top: usize,
 
+    /// A CLOSE_WAIT socket older than this marks its process as a leak suspect (red, `!`).
+    #[arg(long, default_value = "30s", value_name = "DURATION", value_parser = parse_duration)]
+    pub min_age: std::time::Duration,
+
     /// Replay a recording (`twtrace record`) instead of tracing; no root needed.
     #[arg(long, value_name = "FILE")]
     pub from: Option<std::path::PathBuf>,
@@ -372,6 +376,7 @@ impl Default for LiveArgs {
             count: None,
             reconcile: 2.0,
             top: 20,
+            min_age: std::time::Duration::from_secs(30),
             from: None,
             record: None,
             force: false,

@@ -205,6 +205,10 @@ fn new_core<'a, S: Source>(
 
 /// The default command: the leaderboard, live or replayed, in the terminal or printed.
 async fn leaderboard(args: LiveArgs, verbose: bool) -> anyhow::Result<()> {
+    let limits = Limits {
+        leak_min_age_ns: u64::try_from(args.min_age.as_nanos()).unwrap_or(u64::MAX),
+        ..Limits::default()
+    };
     let tui = !(args.json || args.once || args.count.is_some() || !io::stdout().is_terminal());
     let interval = Duration::from_secs_f64(args.interval);
     let cadence = Cadence {
@@ -259,7 +263,8 @@ async fn leaderboard(args: LiveArgs, verbose: bool) -> anyhow::Result<()> {
         );
         view = view_sink(title, &mut sinks);
         let select = recorded_selection(&header).and(&asked);
-        let core = new_core(&source, sinks, Box::new(Recorded), select, cadence);
+        let core =
+            new_core(&source, sinks, Box::new(Recorded), select, cadence).with_limits(limits);
         return finish(run_pipeline(&mut source, core, false, view).await?);
     }
 
@@ -294,7 +299,8 @@ async fn leaderboard(args: LiveArgs, verbose: bool) -> anyhow::Result<()> {
         Box::new(ProcFs::new()),
         selection(&args.filter)?,
         cadence,
-    );
+    )
+    .with_limits(limits);
     finish(run_pipeline(&mut source, core, false, view).await?)
 }
 
