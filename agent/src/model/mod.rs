@@ -15,6 +15,7 @@ use std::{
 use jiff::Timestamp;
 
 mod owners;
+pub mod ports;
 pub mod snapshot;
 
 use crate::{
@@ -866,6 +867,7 @@ impl Model {
             unattributed_events: self.unattributed_events,
             totals,
             processes,
+            ..Snapshot::default()
         }
     }
 

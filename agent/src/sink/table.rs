@@ -175,6 +175,8 @@ mod tests {
                 }],
                 ..ProcessRow::default()
             }],
+            destinations: Vec::new(),
+            port_settings: Vec::new(),
         }
     }
 
