@@ -34,6 +34,9 @@ pub const MAX_SHOWN: usize = 100;
 pub const GROWTH_WINDOW_NS: u64 = 10_000_000_000;
 /// A used share above this is a warning (leaderboard header, diagnosis).
 pub const WARN_SHARE: f64 = 0.5;
+/// Above this share, or with fewer seconds than [`CRITICAL_ETA_S`] left, it is critical.
+pub const CRITICAL_SHARE: f64 = 0.9;
+pub const CRITICAL_ETA_S: f64 = 60.0;
 /// A destination with no port in use and no open for this long is forgotten.
 const IDLE_NS: u64 = 60_000_000_000;
 /// Samples kept per destination (a dump a second fills the window ten times over).
