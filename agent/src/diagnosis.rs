@@ -221,6 +221,16 @@ fn port_exhaustion(d: &Destination) -> Finding {
     }
 }
 
+/// Most severe first, then by pid (findings without one last), then kind.
+pub fn sort(findings: &mut [Finding]) {
+    findings.sort_by(|a, b| {
+        b.severity
+            .cmp(&a.severity)
+            .then(a.pid.unwrap_or(u32::MAX).cmp(&b.pid.unwrap_or(u32::MAX)))
+            .then(a.kind.cmp(b.kind))
+    });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -330,14 +340,4 @@ mod tests {
         busy.timewait = 0;
         assert!(!advised(busy));
     }
-}
-
-/// Most severe first, then by pid (findings without one last), then kind.
-pub fn sort(findings: &mut [Finding]) {
-    findings.sort_by(|a, b| {
-        b.severity
-            .cmp(&a.severity)
-            .then(a.pid.unwrap_or(u32::MAX).cmp(&b.pid.unwrap_or(u32::MAX)))
-            .then(a.kind.cmp(b.kind))
-    });
 }
