@@ -498,7 +498,18 @@ async fn ports(args: PortsArgs, verbose: bool) -> anyhow::Result<()> {
         reconcile: Some(Duration::from_secs(1)),
         duration: None,
     };
-    let mut source = start_live(&opts, live_cadence, true)?;
+    let mut source = start_live(&opts, live_cadence, false)?;
+    say(&format!(
+        "twtrace: tracing TCP state changes{}{}",
+        describe_options(&opts),
+        match args.watch {
+            Some(watch) => format!(
+                "; printing once after {}",
+                humantime::format_duration(watch)
+            ),
+            None => "; Ctrl-C to stop".to_owned(),
+        }
+    ));
     let style = if args.json {
         ports_sink::Style::Json
     } else {
