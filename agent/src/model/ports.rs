@@ -706,4 +706,46 @@ mod tests {
         p.dump(&[], 2 * S + IDLE_NS, &[]);
         assert!(p.is_empty());
     }
+
+    /// What a dump costs at peak: 100,000 TIME_WAIT sockets toward 4 destinations plus 20,000
+    /// toward distinct ones. By hand, in release mode:
+    /// `AYA_BUILD_SKIP=1 cargo test --release -p twtrace model::ports::tests::measure -- --ignored --nocapture`
+    #[test]
+    #[ignore = "a measurement, by hand"]
+    fn measure_dump() {
+        let mut kernel: Vec<KernelSocket> = (0..100_000u32)
+            .map(|i| {
+                sock(
+                    TcpState::TimeWait,
+                    &format!("10.0.0.1:{}", 32768 + i % 28_000),
+                    &format!("10.0.0.{}:8080", 5 + i / 28_000),
+                )
+            })
+            .collect();
+        kernel.extend((0..20_000u32).map(|i| {
+            let raddr = std::net::Ipv4Addr::from(0x0a01_0000 + i);
+            sock(
+                TcpState::Established,
+                "10.0.0.1:40000",
+                &format!("{raddr}:443"),
+            )
+        }));
+        let mut p = Ports::new();
+        let s = settings(32768, 60999, 0);
+        let mut times = Vec::new();
+        for round in 0..5u64 {
+            let t = std::time::Instant::now();
+            p.dump(&kernel, round * S, &s);
+            let rows = p.snapshot(round * S, &none);
+            times.push(t.elapsed());
+            assert_eq!(rows.len(), MAX_SHOWN);
+        }
+        times.sort();
+        eprintln!(
+            "{} sockets, {} destinations tracked: dump + snapshot median {:?} of {times:?}",
+            kernel.len(),
+            p.len(),
+            times[2]
+        );
+    }
 }
