@@ -22,6 +22,8 @@ Examples:
                                         only one container's sockets (its cgroup and below)
   sudo twtrace trace --json | jq -c 'select(.container) | {pid, container, pod_uid, new}'
                                         transitions of processes in containers, with their ids
+  sudo twtrace ports                    which destination's pool of local ports runs out, and who
+                                        opens the connections (\"Cannot assign requested address\")
 
 twtrace attributes each transition to the process that owns the socket, not to whichever task
 the kernel happened to run when a packet arrived (what tcpstates and bpftrace print).";
@@ -139,6 +141,24 @@ Sockets already in CLOSE_WAIT when twtrace starts count with an age of at least 
 (`oldest_age_at_least` in the JSON). Ctrl-C stops early and reports what was seen. Exit status 0
 whether or not suspects were found (1: an error; 2: bad usage).")]
     Leaks(LeaksArgs),
+
+    /// Local (ephemeral) ports in use per destination: which one's pool runs out, how soon, and
+    /// which processes open the connections.
+    #[command(after_help = "Examples:
+  sudo twtrace ports                        a table every second, most used pool first; Ctrl-C to stop
+  sudo twtrace ports --watch 30s            watch 30 seconds, then print one table and exit
+  sudo twtrace ports --json --watch 10s | jq '.destinations[0]'
+  sudo twtrace ports --netns /run/netns/blue --top 5
+  sudo twtrace ports --json | jq -c '.destinations[] | select(.share > 0.5)'
+
+connect() without bind() picks a local port from net.ipv4.ip_local_port_range, less
+net.ipv4.ip_local_reserved_ports, such that the 4-tuple is unique: the pool runs out per
+destination (local address, remote address, remote port), and a port stays taken in TIME_WAIT for
+60 s. When none is left, connect() fails with EADDRNOTAVAIL, \"Cannot assign requested address\".
+IN_USE counts the sockets holding a port toward the destination at the last look at the kernel's
+socket table (every second); SHARE is IN_USE over the usable ports of its namespace; ETA is the
+time until none is left at the growth of IN_USE over the last 10 seconds (- when not growing).")]
+    Ports(PortsArgs),
 }
 
 #[derive(Debug, Args, Clone)]
@@ -178,6 +198,32 @@ fn parse_rate(s: &str) -> Result<f64, String> {
             "`{s}`: a rate is a number above 0 (connections per second)"
         )),
     }
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct PortsArgs {
+    #[command(flatten)]
+    pub filter: FilterArgs,
+
+    #[command(flatten)]
+    pub tracer: TracerArgs,
+
+    /// Print one JSON document per interval instead of a table.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Watch this long (e.g. 30s, 2m), then print once and exit; without it, print every
+    /// interval until Ctrl-C.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub watch: Option<std::time::Duration>,
+
+    /// Seconds between printouts (and between the open rates' measurements).
+    #[arg(long, default_value_t = 1.0, value_name = "SECS", value_parser = parse_interval)]
+    pub interval: f64,
+
+    /// Destinations shown, most used share first.
+    #[arg(long, default_value_t = 10, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub top: u64,
 }
 
 #[derive(Debug, Args, Clone)]
@@ -671,6 +717,35 @@ mod tests {
             panic!("trace expected")
         };
         assert!(args.from.is_some());
+    }
+
+    #[test]
+    fn ports_takes_watch_interval_top_and_filters() {
+        let cli = parse(&[
+            "ports",
+            "--json",
+            "--watch",
+            "30s",
+            "--netns",
+            "4026532281",
+            "--top",
+            "3",
+        ])
+        .expect("parses");
+        let Some(Command::Ports(args)) = cli.command else {
+            panic!("ports expected")
+        };
+        assert!(args.json);
+        assert_eq!(args.watch, Some(std::time::Duration::from_secs(30)));
+        assert_eq!((args.interval, args.top), (1.0, 3));
+        assert_eq!(args.filter.netns_id().expect("inode"), Some(4_026_532_281));
+        assert!(parse(&["ports", "--watch", "0s"]).is_err());
+        assert!(parse(&["ports", "--top", "0"]).is_err());
+        assert!(parse(&["ports", "--interval", "0"]).is_err());
+        assert!(
+            parse(&["--json", "ports"]).is_err(),
+            "the leaderboard's --json"
+        );
     }
 
     #[test]

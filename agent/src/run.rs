@@ -11,12 +11,12 @@ use anyhow::Context as _;
 
 use crate::{
     cli::{
-        Cli, Command, Export, FilterArgs, LeaksArgs, LiveArgs, RecordArgs, ReportArgs, TraceArgs,
-        TracerArgs, When,
+        Cli, Command, Export, FilterArgs, LeaksArgs, LiveArgs, PortsArgs, RecordArgs, ReportArgs,
+        TraceArgs, TracerArgs, When,
     },
     container::CgroupPaths,
     diagnosis::Thresholds,
-    kernel::{procnet, tracer::Options},
+    kernel::{netns, procnet, sysctl::PortSettings, tracer::Options},
     model::Limits,
     pipeline::{self, Cadence, Core, Outcome, Selection, Signals, Stopped},
     recording::{
@@ -26,6 +26,7 @@ use crate::{
     sink::{
         Sink, View,
         leaks::LeaksReport,
+        ports::{self as ports_sink, PortsPrinter},
         recorder::{FileRecorder, FlightRecorder},
         report::{self, Report},
         ring::Ring,
@@ -48,6 +49,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Some(Command::Record(args)) => record(args, verbose).await,
         Some(Command::Report(args)) => report(args).await,
         Some(Command::Leaks(args)) => leaks(args, verbose).await,
+        Some(Command::Ports(args)) => ports(args, verbose).await,
         None => leaderboard(cli.live, verbose).await,
     };
     match result {
@@ -263,8 +265,9 @@ async fn leaderboard(args: LiveArgs, verbose: bool) -> anyhow::Result<()> {
         );
         view = view_sink(title, &mut sinks);
         let select = recorded_selection(&header).and(&asked);
-        let core =
+        let mut core =
             new_core(&source, sinks, Box::new(Recorded), select, cadence).with_limits(limits);
+        core.set_port_fallback(PortSettings::from_sysctls(&header.sysctls));
         return finish(run_pipeline(&mut source, core, false, view).await?);
     }
 
@@ -470,13 +473,14 @@ async fn report(args: ReportArgs) -> anyhow::Result<()> {
             Box::new(Report::new(stdout(), style, &args.file, header.clone()))
         }
     };
-    let core = new_core(
+    let mut core = new_core(
         &source,
         vec![sink],
         Box::new(Recorded),
         select,
         Cadence::default(),
     );
+    core.set_port_fallback(PortSettings::from_sysctls(&header.sysctls));
     let outcome = run_pipeline(&mut source, core, false, None).await?;
     outcome.error.map_or(Ok(()), Err)
 }
@@ -532,6 +536,59 @@ async fn leaks(args: LeaksArgs, verbose: bool) -> anyhow::Result<()> {
         Cadence::default(),
     )
     .with_limits(limits);
+    finish(run_pipeline(&mut source, core, false, None).await?)
+}
+
+/// `twtrace ports`: local ports in use per destination, live, through the leaderboard's
+/// pipeline; printed every interval, or once after `--watch`.
+async fn ports(args: PortsArgs, verbose: bool) -> anyhow::Result<()> {
+    args.filter.validate()?;
+    let opts = options(&args.filter, &args.tracer, verbose)?;
+    let interval = Duration::from_secs_f64(args.interval);
+    let cadence = match args.watch {
+        // One snapshot at the end: its open rates cover the whole watch.
+        Some(watch) => Cadence {
+            interval: watch,
+            count: Some(1),
+        },
+        None => Cadence {
+            interval,
+            count: None,
+        },
+    };
+    // The kernel's table every second: `in_use` and its growth (the ETA) come from it.
+    let live_cadence = live::Cadence {
+        stats: interval.min(Duration::from_secs(1)),
+        reconcile: Some(Duration::from_secs(1)),
+        duration: None,
+    };
+    let mut source = start_live(&opts, live_cadence, false)?;
+    say(&format!(
+        "twtrace: tracing TCP state changes{}{}",
+        describe_options(&opts),
+        match args.watch {
+            Some(watch) => format!(
+                "; printing once after {}",
+                humantime::format_duration(watch)
+            ),
+            None => "; Ctrl-C to stop".to_owned(),
+        }
+    ));
+    let style = if args.json {
+        ports_sink::Style::Json
+    } else {
+        ports_sink::Style::Table
+    };
+    let top = usize::try_from(args.top).unwrap_or(usize::MAX);
+    let head = opts.netns.or_else(|| netns::own().ok());
+    let sinks: Vec<Box<dyn Sink>> = vec![Box::new(PortsPrinter::new(stdout(), style, top, head))];
+    let core = new_core(
+        &source,
+        sinks,
+        Box::new(ProcFs::new()),
+        selection(&args.filter)?,
+        cadence,
+    );
     finish(run_pipeline(&mut source, core, false, None).await?)
 }
 

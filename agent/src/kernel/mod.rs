@@ -8,5 +8,6 @@ pub mod privilege;
 pub mod procnet;
 pub mod progstats;
 pub mod sockdiag;
+pub mod sysctl;
 pub mod tracefs;
 pub mod tracer;

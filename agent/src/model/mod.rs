@@ -17,6 +17,7 @@ use jiff::Timestamp;
 pub mod leaks;
 pub mod lives;
 mod owners;
+pub mod ports;
 pub mod snapshot;
 
 use crate::{
@@ -939,6 +940,7 @@ impl Model {
             unattributed_events: self.unattributed_events,
             totals,
             processes,
+            ..Snapshot::default()
         }
     }
 

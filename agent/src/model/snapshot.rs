@@ -10,6 +10,8 @@ use jiff::Timestamp;
 use serde::{Serialize, Serializer, ser::SerializeStruct as _};
 
 use super::leaks::CloseWaitAges;
+use super::ports::Destination;
+use crate::kernel::sysctl::PortSettings;
 
 /// One refresh of the leaderboard.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -29,6 +31,12 @@ pub struct Snapshot {
     pub totals: Totals,
     /// Sorted by TIME_WAIT entered in the interval, then in total, then pid.
     pub processes: Vec<ProcessRow>,
+    /// Outgoing destinations with local ports in use, most used share of the port pool first
+    /// (capped): see [`super::ports`].
+    pub destinations: Vec<Destination>,
+    /// Each network namespace's local-port sysctls, as last read (for `twtrace ports`' header).
+    #[serde(skip)]
+    pub port_settings: Vec<(u32, PortSettings)>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]

@@ -3,6 +3,7 @@
 //! sink and nothing else.
 
 pub mod leaks;
+pub mod ports;
 pub mod recorder;
 pub mod report;
 pub mod ring;

@@ -87,6 +87,11 @@ pub fn print_table(out: &mut impl Write, snap: &Snapshot, top: usize) -> io::Res
         },
         snap.unattributed_events
     )?;
+    // A destination running out of local ports: said before the processes, as it is what makes
+    // connect() fail next.
+    if let Some((text, _)) = super::ports::warning(snap) {
+        writeln!(out, "WARNING: {text}")?;
+    }
     let shown = &snap.processes[..top.min(snap.processes.len())];
     let containers = shown.iter().any(|p| p.container.is_some());
     write!(out, "{:>7} {:<16} ", "PID", "COMM")?;
@@ -185,6 +190,8 @@ mod tests {
                 }],
                 ..ProcessRow::default()
             }],
+            destinations: Vec::new(),
+            port_settings: Vec::new(),
         }
     }
 
@@ -379,6 +386,45 @@ mod tests {
             .nth(2)
             .expect("row")
             .len()
+    }
+
+    #[test]
+    fn a_destination_over_half_its_ports_gets_a_warning_line() {
+        use crate::{event::Comm, kernel::sysctl::PortRange, model::ports};
+        let mut snap = sample();
+        let d = ports::Destination {
+            netns: 0,
+            laddr: "10.0.0.1".parse().expect("addr"),
+            raddr: "10.0.0.5".parse().expect("addr"),
+            rport: 8080,
+            in_use: 261,
+            timewait: 250,
+            share: Some(0.87),
+            opens_per_s: 6.5,
+            exhaustion_eta_s: Some(40.0),
+            connect_failures: 0,
+            range: PortRange::parse("40000 40299", ""),
+            tcp_tw_reuse: Some(0),
+            tcp_timestamps: Some(1),
+            pids: vec![ports::PidOpens {
+                pid: 42,
+                comm: Comm::from("client"),
+                opens: 300,
+            }],
+            other_pids_opens: 0,
+        };
+        snap.destinations = vec![d.clone()];
+        let text = table(&snap, 20);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines[1],
+            "WARNING: local ports toward 10.0.0.5:8080 (from 10.0.0.1) 87.0% used (261 of 300, \
+             250 in TIME_WAIT), none left in 40s; top opener 42 client (twtrace ports)"
+        );
+        assert!(lines[2].trim_start().starts_with("PID COMM"));
+        // Half or less: no line, the table as before.
+        snap.destinations[0].share = Some(0.5);
+        assert_eq!(table(&snap, 20), table(&sample(), 20));
     }
 
     #[test]

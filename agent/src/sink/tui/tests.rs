@@ -132,6 +132,8 @@ pub(super) fn demo_snapshot() -> Snapshot {
             timewait_recovered: 0,
         },
         processes: vec![java, curl, nginx, before],
+        destinations: Vec::new(),
+        port_settings: Vec::new(),
     }
 }
 

@@ -28,6 +28,7 @@ use crate::container::short_id;
 use crate::diagnosis::short_age;
 use crate::{
     model::snapshot::{BEFORE_START, ProcessRow, Snapshot},
+    sink::ports,
     text::escape,
 };
 
@@ -42,14 +43,25 @@ pub fn render(frame: &mut Frame, app: &App, snap: &Snapshot) {
     // Tiny terminals keep one header line and the footer, and give the rest to the table.
     let header_h = if area.height >= 8 { 2 } else { 1 };
     let footer_h = u16::from(area.height >= 3);
-    let [header, body, footer] = Layout::vertical([
+    // A destination running out of local ports gets a line of its own, when there is room.
+    let warning = ports::warning(snap).filter(|_| area.height >= 10);
+    let [header, warn, body, footer] = Layout::vertical([
         Constraint::Length(header_h),
+        Constraint::Length(u16::from(warning.is_some())),
         Constraint::Fill(1),
         Constraint::Length(footer_h),
     ])
     .areas(area);
 
     render_header(frame, header, app, snap);
+    if let Some((text, critical)) = warning {
+        let style = if critical {
+            Style::new().white().on_red().bold()
+        } else {
+            Style::new().black().on_yellow().bold()
+        };
+        frame.render_widget(Paragraph::new(format!(" ⚠ {text} ")).style(style), warn);
+    }
     match app.view() {
         View::Processes => render_processes(frame, body, app, snap),
         View::Peers => render_peers(frame, body, app, snap),
@@ -800,5 +812,48 @@ mod tests {
         assert!(has(1, &format!("{esc} 42")), "{:#?}", screens[1].1);
         assert!(has(2, &format!("{esc} pid 42")), "{:#?}", screens[2].1);
         assert!(has(2, &format!("Peers of {esc}")), "{:#?}", screens[2].1);
+    }
+
+    #[test]
+    fn a_destination_running_out_of_ports_gets_a_warning_line() {
+        use crate::{event::Comm, kernel::sysctl::PortRange, model::ports};
+        let dest = |share: f64| ports::Destination {
+            netns: 0,
+            laddr: "10.0.0.1".parse().expect("addr"),
+            raddr: "10.0.0.5".parse().expect("addr"),
+            rport: 8080,
+            in_use: 280,
+            timewait: 279,
+            share: Some(share),
+            opens_per_s: 0.0,
+            exhaustion_eta_s: None,
+            connect_failures: 0,
+            range: PortRange::parse("40000 40299", ""),
+            tcp_tw_reuse: Some(0),
+            tcp_timestamps: Some(1),
+            pids: vec![ports::PidOpens {
+                pid: 42,
+                comm: Comm::from(HOSTILE),
+                opens: 280,
+            }],
+            other_pids_opens: 0,
+        };
+        let app = |share: f64| {
+            let mut snap = hostile_app().snapshot().clone();
+            snap.destinations = vec![dest(share)];
+            App::new("twtrace", Arc::new(snap))
+        };
+        let lines = draw(&app(0.933), 200, 12);
+        assert!(
+            lines[2].contains(
+                r"local ports toward 10.0.0.5:8080 (from 10.0.0.1) 93.3% used (280 of 300, 279 in TIME_WAIT); top opener 42 \x1b[2J\x1b[H\nFAKE\r"
+            ),
+            "{lines:#?}"
+        );
+        assert!(!lines.iter().any(|l| l.contains(char::is_control)));
+        let quiet = draw(&app(0.4), 200, 12);
+        assert!(!quiet.join("\n").contains("local ports"), "{quiet:#?}");
+        // Too short a terminal keeps its lines for the table.
+        assert!(!draw(&app(0.933), 200, 9).join("\n").contains("local ports"));
     }
 }
