@@ -146,6 +146,8 @@ struct Proc {
     cw_now: u64,
     est_now: u64,
     history: Vec<u64>,
+    /// CLOSE_WAIT now at each of the last HISTORY_LEN snapshots, oldest first.
+    cw_history: Vec<u64>,
     peers: Map<PeerKey, Peer>,
     last_ns: u64,
 }
@@ -802,6 +804,10 @@ impl Model {
                 proc.history.remove(0);
             }
             proc.history.push(tw_delta);
+            if proc.cw_history.len() == HISTORY_LEN {
+                proc.cw_history.remove(0);
+            }
+            proc.cw_history.push(proc.cw_now);
             proc.peers
                 .retain(|_, p| p.alive() || now_ns.saturating_sub(p.last_ns) < limits.peer_idle_ns);
         }
@@ -950,6 +956,7 @@ fn row(pid: u32, p: &Proc, before_start_tw: &Map<PeerKey, u64>) -> Option<Proces
         closes_per_s: p.rates.2,
         resets: p.resets,
         timewait_history: p.history.clone(),
+        close_wait_history: p.cw_history.clone(),
         peers,
     })
 }

@@ -1,5 +1,10 @@
-//! `twtrace report FILE`: a recording summarised: host facts, the final leaderboard, top peers
-//! and a per-second TIME_WAIT timeline. A sink like any other, fed by the recording's replay.
+//! `twtrace report FILE`: a recording summarised: host facts, the final leaderboard, top peers,
+//! a per-second TIME_WAIT and CLOSE_WAIT timeline and each process's CLOSE_WAIT peak; as text,
+//! JSON or one self-contained HTML page. A sink like any other, fed by the recording's replay.
+
+mod chart;
+pub mod history;
+mod html;
 
 use std::{
     borrow::Cow,
@@ -13,9 +18,10 @@ use jiff::Timestamp;
 use serde::Serialize;
 use serde_json::{Value, json};
 
+use self::history::History;
 use super::{End, Sink};
 use crate::{
-    model::snapshot::{PeerKey, Snapshot, whole_seconds},
+    model::snapshot::{PeerKey, ProcessRow, Snapshot, WholeSeconds, whole_seconds},
     recording::Header,
     stream::Tally,
     text::{escape, write_json},
@@ -31,13 +37,20 @@ pub struct TimelinePoint {
     pub timewait_now: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub timewait_kernel: Option<u64>,
+    pub close_wait_now: u64,
 }
 
 /// How the report is written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Style {
-    Text { top: usize },
+    Text {
+        top: usize,
+    },
     Json,
+    /// One self-contained page (see `html`).
+    Html {
+        top: usize,
+    },
 }
 
 /// Collects the timeline from every snapshot, and writes the report at the end.
@@ -49,6 +62,8 @@ pub struct Report<W: Write> {
     /// Damage the reader found, named in the report.
     problems: Vec<String>,
     pub timeline: Vec<TimelinePoint>,
+    /// Per-process series and CLOSE_WAIT peaks.
+    pub history: History,
 }
 
 impl<W: Write> Report<W> {
@@ -60,6 +75,7 @@ impl<W: Write> Report<W> {
             header,
             problems: Vec::new(),
             timeline: Vec::new(),
+            history: History::default(),
         }
     }
 }
@@ -75,7 +91,9 @@ impl<W: Write> Sink for Report<W> {
             timewait_per_s: snap.totals.timewait_per_s,
             timewait_now: snap.totals.timewait_now,
             timewait_kernel: snap.totals.timewait_kernel,
+            close_wait_now: snap.totals.close_wait_now,
         });
+        self.history.push(snap);
         Ok(())
     }
 
@@ -88,6 +106,7 @@ impl<W: Write> Sink for Report<W> {
             first_ns: end.first_ns,
             last_ns: end.last_ns,
             timeline: &self.timeline,
+            history: &self.history,
         };
         match self.style {
             Style::Json => {
@@ -104,6 +123,17 @@ impl<W: Write> Sink for Report<W> {
             Style::Text { top } => {
                 text_report(&mut self.out, &self.path, &self.header, &run, snap, top)?;
             }
+            Style::Html { top } => {
+                let page = html::Page {
+                    path: &self.path,
+                    header: &self.header,
+                    run: &run,
+                    snap,
+                    problems: &self.problems,
+                    top,
+                };
+                self.out.write_all(page.render().as_bytes())?;
+            }
         }
         self.out.flush()?;
         Ok(())
@@ -116,6 +146,39 @@ struct Run<'a> {
     first_ns: Option<u64>,
     last_ns: Option<u64>,
     timeline: &'a [TimelinePoint],
+    history: &'a History,
+}
+
+/// A process's CLOSE_WAIT peak: the highest any snapshot saw, at least its count at the end.
+fn close_wait_peak(history: &History, p: &ProcessRow) -> (u64, Option<Timestamp>) {
+    match history.peak_of(p.pid) {
+        Some(k) if k.close_wait >= p.close_wait_now => (k.close_wait, Some(k.time)),
+        _ if p.close_wait_now > 0 => (p.close_wait_now, None),
+        _ => (0, None),
+    }
+}
+
+/// The processes in the report's order: by the larger of TIME_WAIT entered and CLOSE_WAIT peak
+/// (a process that held 30 connections in CLOSE_WAIT and closed them before the end ranks with
+/// one that made 30 TIME_WAIT), then TIME_WAIT entered, CLOSE_WAIT peak, CLOSE_WAIT now,
+/// resets, pid.
+fn ranked<'a>(snap: &'a Snapshot, history: &History) -> Vec<(&'a ProcessRow, u64)> {
+    let mut procs: Vec<(&ProcessRow, u64)> = snap
+        .processes
+        .iter()
+        .map(|p| (p, close_wait_peak(history, p).0))
+        .collect();
+    procs.sort_by(|(a, ap), (b, bp)| {
+        b.timewait_entered
+            .max(*bp)
+            .cmp(&a.timewait_entered.max(*ap))
+            .then(b.timewait_entered.cmp(&a.timewait_entered))
+            .then(bp.cmp(ap))
+            .then(b.close_wait_now.cmp(&a.close_wait_now))
+            .then(b.resets.cmp(&a.resets))
+            .then(a.pid.cmp(&b.pid))
+    });
+    procs
 }
 
 fn span(header: &Header, replay: &Run<'_>) -> (String, String, f64) {
@@ -135,6 +198,37 @@ fn json_report(header: &Header, replay: &Run<'_>, snap: &Snapshot, problems: &[S
         .map(|(k, v)| (k.as_str(), v.as_str()))
         .collect();
     if let Some(obj) = v.as_object_mut() {
+        // In the report's order, each with its CLOSE_WAIT peak.
+        let processes: Vec<Value> = ranked(snap, replay.history)
+            .into_iter()
+            .map(|(p, _)| {
+                let mut row = serde_json::to_value(p).unwrap_or_else(|_| json!({}));
+                let (peak, at) = close_wait_peak(replay.history, p);
+                if let Some(r) = row.as_object_mut() {
+                    r.insert("close_wait_peak".into(), peak.into());
+                    r.insert(
+                        "close_wait_peak_time".into(),
+                        at.map(|t| WholeSeconds(t).to_string()).into(),
+                    );
+                }
+                row
+            })
+            .collect();
+        obj.insert("processes".into(), processes.into());
+        let peaks: Vec<Value> = replay
+            .history
+            .peaks()
+            .into_iter()
+            .map(|(pid, k)| {
+                json!({
+                    "pid": pid,
+                    "comm": k.comm,
+                    "close_wait_peak": k.close_wait,
+                    "time": WholeSeconds(k.time).to_string(),
+                })
+            })
+            .collect();
+        obj.insert("close_wait_peaks".into(), peaks.into());
         obj.insert(
             "timeline".into(),
             serde_json::to_value(replay.timeline).unwrap_or_default(),
@@ -169,7 +263,41 @@ struct PeerSum {
     tw_now: u64,
     cw_now: u64,
     est_now: u64,
-    procs: Vec<String>,
+    /// (pid, comm) of the processes talking to it, unescaped.
+    procs: Vec<(u32, String)>,
+}
+
+/// The peers across processes, most TIME_WAIT entered first (then CLOSE_WAIT now, label).
+fn top_peers(snap: &Snapshot) -> Vec<(String, PeerSum)> {
+    let mut peers: BTreeMap<String, PeerSum> = BTreeMap::new();
+    for p in &snap.processes {
+        for r in &p.peers {
+            // The capped rest is one process's: it stays apart from the others'.
+            let label = match r.peer {
+                PeerKey::Other => format!("other (pid {})", p.pid),
+                peer => peer.to_string(),
+            };
+            let e = peers.entry(label).or_default();
+            e.tw_entered += r.timewait_entered;
+            e.tw_now += r.timewait_now;
+            e.cw_now += r.close_wait_now;
+            e.est_now += r.established_now;
+            e.procs.push((p.pid, p.comm.clone()));
+        }
+    }
+    let mut peers: Vec<_> = peers.into_iter().collect();
+    peers.sort_by(|a, b| {
+        b.1.tw_entered
+            .cmp(&a.1.tw_entered)
+            .then(b.1.cw_now.cmp(&a.1.cw_now))
+            .then(a.0.cmp(&b.0))
+    });
+    peers
+}
+
+/// A time of day as the text report shows it.
+fn clock(t: Timestamp) -> String {
+    t.strftime("%H:%M:%S").to_string()
 }
 
 fn text_report(
@@ -229,38 +357,36 @@ fn text_report(
     )?;
 
     writeln!(out)?;
-    writeln!(out, "Top processes by TIME_WAIT entered")?;
+    writeln!(out, "Top processes by TIME_WAIT entered or CLOSE_WAIT peak")?;
     writeln!(
         out,
-        "{:>7} {:<16} {:>10} {:>7} {:>10} {:>7} {:>7} {:>7} {:>6}",
+        "{:>7} {:<16} {:>10} {:>7} {:>7} {:>8} {:>7} {:>7} {:>7} {:>7} {:>6}",
         "PID",
         "COMM",
         "TW_ENTERED",
         "TW_NOW",
-        "CW_NOW(end)",
+        "CW_PEAK",
+        "PEAK_AT",
+        "CW_NOW",
         "EST_NOW",
         "OPENS",
         "CLOSES",
         "RESETS"
     )?;
-    let mut procs: Vec<_> = snap.processes.iter().collect();
-    procs.sort_by(|a, b| {
-        b.timewait_entered
-            .cmp(&a.timewait_entered)
-            .then(b.close_wait_now.cmp(&a.close_wait_now))
-            .then(b.resets.cmp(&a.resets))
-            .then(a.pid.cmp(&b.pid))
-    });
-    for p in procs.iter().take(top) {
+    let procs = ranked(snap, replay.history);
+    for (p, _) in procs.iter().take(top) {
         // Escaped before it is cut to the column, so the width counts what is printed.
         let comm: String = escape(&p.comm).chars().take(16).collect();
+        let (peak, at) = close_wait_peak(replay.history, p);
         writeln!(
             out,
-            "{:>7} {:<16} {:>10} {:>7} {:>11} {:>7} {:>7} {:>7} {:>6}",
+            "{:>7} {:<16} {:>10} {:>7} {:>7} {:>8} {:>7} {:>7} {:>7} {:>7} {:>6}",
             p.pid,
             comm,
             p.timewait_entered,
             p.timewait_now,
+            peak,
+            at.map_or_else(|| "-".to_owned(), clock),
             p.close_wait_now,
             p.established_now,
             p.opens,
@@ -275,40 +401,35 @@ fn text_report(
             procs.len() - top
         )?;
     }
-    let mut cw: Vec<_> = procs.iter().filter(|p| p.close_wait_now > 0).collect();
+    let mut cw: Vec<_> = procs.iter().filter(|p| p.0.close_wait_now > 0).collect();
     if !cw.is_empty() {
-        cw.sort_by_key(|p| std::cmp::Reverse(p.close_wait_now));
+        cw.sort_by_key(|p| std::cmp::Reverse(p.0.close_wait_now));
         let list: Vec<String> = cw
             .iter()
             .take(top)
-            .map(|p| format!("{} {} ({})", p.pid, escape(&p.comm), p.close_wait_now))
+            .map(|(p, _)| format!("{} {} ({})", p.pid, escape(&p.comm), p.close_wait_now))
             .collect();
         writeln!(out, "CLOSE_WAIT at the end: {}", list.join(", "))?;
     }
-
-    let mut peers: BTreeMap<String, PeerSum> = BTreeMap::new();
-    for p in &snap.processes {
-        for r in &p.peers {
-            // The capped rest is one process's: it stays apart from the others'.
-            let label = match r.peer {
-                PeerKey::Other => format!("other (pid {})", p.pid),
-                peer => peer.to_string(),
-            };
-            let e = peers.entry(label).or_default();
-            e.tw_entered += r.timewait_entered;
-            e.tw_now += r.timewait_now;
-            e.cw_now += r.close_wait_now;
-            e.est_now += r.established_now;
-            e.procs.push(format!("{} {}", p.pid, escape(&p.comm)));
-        }
+    // Peaks include the processes that have left the final snapshot.
+    let peaks = replay.history.peaks();
+    if !peaks.is_empty() {
+        let list: Vec<String> = peaks
+            .iter()
+            .take(top)
+            .map(|(pid, k)| {
+                format!(
+                    "{pid} {} ({} at {})",
+                    escape(&k.comm),
+                    k.close_wait,
+                    clock(k.time)
+                )
+            })
+            .collect();
+        writeln!(out, "CLOSE_WAIT peaks: {}", list.join(", "))?;
     }
-    let mut peers: Vec<_> = peers.into_iter().collect();
-    peers.sort_by(|a, b| {
-        b.1.tw_entered
-            .cmp(&a.1.tw_entered)
-            .then(b.1.cw_now.cmp(&a.1.cw_now))
-            .then(a.0.cmp(&b.0))
-    });
+
+    let peers = top_peers(snap);
     writeln!(out)?;
     writeln!(out, "Top peers by TIME_WAIT entered")?;
     writeln!(
@@ -317,6 +438,11 @@ fn text_report(
         "PEER", "TW_ENTERED", "TW_NOW", "CW_NOW", "EST_NOW"
     )?;
     for (label, p) in peers.iter().take(top) {
+        let procs: Vec<String> = p
+            .procs
+            .iter()
+            .map(|(pid, comm)| format!("{pid} {}", escape(comm)))
+            .collect();
         writeln!(
             out,
             "{label:<45} {:>10} {:>7} {:>7} {:>7}  {}",
@@ -324,12 +450,15 @@ fn text_report(
             p.tw_now,
             p.cw_now,
             p.est_now,
-            p.procs.join(", ")
+            procs.join(", ")
         )?;
     }
 
     writeln!(out)?;
-    writeln!(out, "TIME_WAIT entered per second")?;
+    writeln!(
+        out,
+        "TIME_WAIT entered per second (now: TIME_WAIT and CLOSE_WAIT now)"
+    )?;
     timeline_chart(out, replay.timeline)
 }
 
@@ -341,19 +470,21 @@ fn timeline_chart(out: &mut impl Write, points: &[TimelinePoint]) -> io::Result<
         return writeln!(out, "  (no recorded seconds)");
     }
     let per_row = points.len().div_ceil(ROWS);
-    let rows: Vec<(Timestamp, f64, u64)> = points
+    let rows: Vec<(Timestamp, f64, u64, u64)> = points
         .chunks(per_row)
         .map(|c| {
             let rate = c.iter().map(|p| p.timewait_per_s).sum::<f64>() / c.len() as f64;
             let now = c.last().map_or(0, |p| p.timewait_now);
-            (c[0].time, rate, now)
+            // The highest of the group: a CLOSE_WAIT pile-up must not average away.
+            let cw = c.iter().map(|p| p.close_wait_now).max().unwrap_or(0);
+            (c[0].time, rate, now, cw)
         })
         .collect();
     let peak = rows.iter().map(|r| r.1).fold(0.0, f64::max);
     if per_row > 1 {
         writeln!(out, "  (each row averages {per_row} seconds)")?;
     }
-    for (time, rate, now) in rows {
+    for (time, rate, now, cw) in rows {
         let len = if peak > 0.0 {
             (rate / peak * WIDTH).round() as usize
         } else {
@@ -361,8 +492,8 @@ fn timeline_chart(out: &mut impl Write, points: &[TimelinePoint]) -> io::Result<
         };
         writeln!(
             out,
-            "  {} {:>9.1}/s {:<50} now {now}",
-            time.strftime("%H:%M:%S"),
+            "  {} {:>9.1}/s {:<50} now {now} CLOSE_WAIT {cw}",
+            clock(time),
             rate,
             "#".repeat(len)
         )?;
@@ -417,7 +548,7 @@ mod tests {
         let text = report(Style::Text { top: 10 }, &snaps);
         let chart: Vec<&str> = text
             .lines()
-            .skip_while(|l| *l != "TIME_WAIT entered per second")
+            .skip_while(|l| !l.starts_with("TIME_WAIT entered per second"))
             .skip(1)
             .collect();
         assert!(chart[0].starts_with("  16:00:01       2.0/s #"), "{text}");
