@@ -629,6 +629,149 @@ mod tests {
         );
     }
 
+    fn proc_row(pid: u32, comm: &str, tw: u64, cw: u64) -> crate::model::snapshot::ProcessRow {
+        crate::model::snapshot::ProcessRow {
+            pid,
+            comm: comm.into(),
+            timewait_entered: tw,
+            timewait_per_s: tw as f64,
+            close_wait_now: cw,
+            ..crate::model::snapshot::ProcessRow::default()
+        }
+    }
+
+    /// A leaker that held 30 CLOSE_WAIT and closed them, a churner, an idle process.
+    fn leak_snaps() -> Vec<Arc<Snapshot>> {
+        (0..4)
+            .map(|i| {
+                let cw = if i == 1 || i == 2 { 30 } else { 0 };
+                let mut snap = Snapshot {
+                    time: Timestamp::from_second(1_795_564_800 + i).expect("time"),
+                    processes: vec![
+                        proc_row(10, "churn", 100 * i as u64, 0),
+                        proc_row(20, "idle", 0, 0),
+                        proc_row(30, "leaker", 0, cw),
+                    ],
+                    ..Snapshot::default()
+                };
+                snap.totals.close_wait_now = cw;
+                Arc::new(snap)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_closed_leak_shows_its_peak_and_is_not_ranked_last() {
+        let snaps = leak_snaps();
+        let text = report(Style::Text { top: 10 }, &snaps);
+        let rows: Vec<&str> = text
+            .lines()
+            .skip_while(|l| !l.starts_with("Top processes"))
+            .skip(2)
+            .take(3)
+            .collect();
+        assert!(rows[0].starts_with("     10 churn "), "{text}");
+        assert!(rows[1].starts_with("     30 leaker "), "{text}");
+        assert!(rows[1].contains("     30 00:00:01       0 "), "{text}");
+        assert!(rows[2].starts_with("     20 idle "), "{text}");
+        assert!(
+            text.lines()
+                .any(|l| l == "CLOSE_WAIT peaks: 30 leaker (30 at 00:00:01)"),
+            "{text}"
+        );
+        assert!(text.contains("now 0 CLOSE_WAIT 30"), "{text}");
+
+        let v: Value = serde_json::from_str(&report(Style::Json, &snaps)).expect("json");
+        let pids: Vec<u64> = v["processes"]
+            .as_array()
+            .expect("processes")
+            .iter()
+            .filter_map(|p| p["pid"].as_u64())
+            .collect();
+        assert_eq!(pids, [10, 30, 20]);
+        assert_eq!(v["processes"][1]["close_wait_peak"], 30);
+        assert_eq!(
+            v["processes"][1]["close_wait_peak_time"],
+            "2026-11-25T00:00:01Z"
+        );
+        assert_eq!(v["processes"][1]["close_wait_now"], 0);
+        assert_eq!(v["processes"][2]["close_wait_peak"], 0);
+        assert_eq!(v["processes"][2]["close_wait_peak_time"], Value::Null);
+        assert_eq!(v["close_wait_peaks"][0]["pid"], 30);
+        assert_eq!(v["timeline"][1]["close_wait_now"], 30);
+    }
+
+    #[test]
+    fn the_html_page_is_self_contained_escaped_and_names_every_series() {
+        let mut snaps = leak_snaps();
+        let mut last = (*snaps[3]).clone();
+        last.processes[1].comm = format!("<img src=x onerror=alert(1)>{HOSTILE}");
+        last.processes[1].timewait_per_s = 1.0;
+        snaps[3] = Arc::new(last);
+        let mut h = header();
+        h.hostname = "host\"><script>alert(1)</script>".into();
+        h.command_line = vec!["twtrace".into(), "record".into(), "-o".into(), "a&b".into()];
+        let mut r = Report::new(Vec::new(), Style::Html { top: 10 }, Path::new("x.twr"), h);
+        for s in &snaps {
+            r.snapshot(s).expect("snapshot");
+        }
+        r.end(&end(snaps.last().cloned())).expect("end");
+        let page = String::from_utf8(r.out).expect("utf8");
+        // Every `<` of the text was escaped: what is left are the page's own tags.
+        for tag in page
+            .split('<')
+            .skip(1)
+            .map(|t| t.split('>').next().unwrap_or(""))
+        {
+            let name = tag.split_whitespace().next().unwrap_or("");
+            let fetching = [
+                "script", "img", "image", "link", "iframe", "object", "embed", "use",
+            ];
+            assert!(!fetching.contains(&name), "<{tag}>");
+            for bad in ["src=", "href=", "url("] {
+                assert!(!tag.contains(bad), "{bad} in <{tag}>");
+            }
+        }
+        for bad in ["url(", "@import", "http:", "https:", "//"] {
+            assert!(!page.contains(bad), "{bad} in:\n{page}");
+        }
+        assert!(!page.contains(|c: char| c.is_control() && c != '\n'));
+        assert!(page.contains("host&quot;&gt;&lt;script&gt;"), "{page}");
+        assert!(
+            page.contains("<code>twtrace record -o a&amp;b</code>"),
+            "{page}"
+        );
+        assert!(
+            page.contains(r"&lt;img src=x onerror=alert(1)&gt;\x1b[2J"),
+            "{page}"
+        );
+        for id in [
+            "tw-rate-pid-10",
+            "tw-rate-pid-20",
+            "cw-now-pid-30",
+            "cw-now-total",
+        ] {
+            assert!(page.contains(&format!(r#"id="{id}""#)), "{id} in:\n{page}");
+        }
+        assert!(
+            page.contains("<title>pid 30 leaker: CLOSE_WAIT now, highest 30</title>"),
+            "{page}"
+        );
+        assert!(
+            page.contains(r#"data-kind="close_wait_held" data-pid="30""#),
+            "{page}"
+        );
+        assert!(
+            page.contains("CLOSE_WAIT peak: 30 at 2026-11-25T00:00:01Z"),
+            "{page}"
+        );
+        assert!(
+            page.contains(r#"<td class="n cw-peak">30</td><td>2026-11-25T00:00:01Z</td>"#),
+            "{page}"
+        );
+        assert!(page.ends_with("</html>\n"));
+    }
+
     #[test]
     fn json_keeps_hostile_names_exact() {
         let hostile = format!("{HOSTILE}\u{9b}");
