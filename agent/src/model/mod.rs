@@ -1147,6 +1147,11 @@ mod tests {
         let s = snap(&mut m, 3 * S);
         let c = proc(&s, CLIENT);
         assert_eq!((c.established_now, c.close_wait_now, c.closes), (0, 0, 1));
+        assert_eq!(
+            c.close_wait_history,
+            [0, 1, 0],
+            "the drill-down's CLOSE_WAIT sparkline"
+        );
     }
 
     #[test]

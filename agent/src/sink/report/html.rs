@@ -62,7 +62,7 @@ figure{margin:14px 0}figcaption{font-weight:600;margin-bottom:4px}svg.chart{widt
 svg .grid{stroke:#e6e6e6;stroke-width:1}svg .axis,svg .tick{stroke:#888;stroke-width:1}svg text{font-size:11px;fill:#555}
 ul.legend{list-style:none;padding:0;margin:4px 0;display:flex;flex-wrap:wrap;gap:4px 16px}
 .swatch{display:inline-block;width:18px;height:0;border-top:3px solid;vertical-align:middle;margin-right:5px}
-.swatch.dashed{border-top-style:dashed}.note{color:#666;font-size:13px}
+.swatch.dashed{border-top-style:dashed}table.procs td{white-space:nowrap}.note{color:#666;font-size:13px}
 ";
 
 impl Page<'_> {
@@ -316,11 +316,13 @@ impl Page<'_> {
         ];
         for (id, what, value, total) in charts {
             // The processes whose line rises highest, most first.
-            let mut series: Vec<(&super::history::Series, f64)> = history
+            // A process keeps its colour on every chart: the one of its place among the series.
+            let mut series: Vec<(&super::history::Series, f64, usize)> = history
                 .series
                 .iter()
-                .map(|se| (se, se.points.iter().map(value).fold(0.0, f64::max)))
-                .filter(|(_, peak)| *peak > 0.0)
+                .enumerate()
+                .map(|(n, se)| (se, se.points.iter().map(value).fold(0.0, f64::max), n))
+                .filter(|(_, peak, _)| *peak > 0.0)
                 .collect();
             series.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.pid.cmp(&b.0.pid)));
             let mut lines = vec![chart::Line {
@@ -335,7 +337,7 @@ impl Page<'_> {
                     .map(|(i, p)| (at(i), total(p)))
                     .collect(),
             }];
-            for (n, (se, peak)) in series.iter().take(self.top).enumerate() {
+            for &(se, peak, n) in series.iter().take(self.top) {
                 lines.push(chart::Line {
                     id: format!("{id}-pid-{}", se.pid),
                     class: format!("pid-{}", se.pid),
@@ -343,10 +345,11 @@ impl Page<'_> {
                         "pid {} {}: {what}, highest {}",
                         se.pid,
                         se.comm,
-                        chart::label(*peak)
+                        chart::label(peak)
                     ),
                     color: chart::PALETTE[n % chart::PALETTE.len()],
-                    dashed: n >= chart::PALETTE.len(),
+                    // Past the palette, colours come again, dashed.
+                    dashed: (n / chart::PALETTE.len()) % 2 == 1,
                     points: se
                         .points
                         .iter()
@@ -412,7 +415,7 @@ impl Page<'_> {
         let history = self.run.history;
         s.push_str(
             "<section id=\"processes\">\n<h2>Top processes by TIME_WAIT entered or CLOSE_WAIT \
-             peak</h2>\n<table>\n<tr><th class=\"n\">pid</th><th>comm</th>\
+             peak</h2>\n<table class=\"procs\">\n<tr><th class=\"n\">pid</th><th>comm</th>\
              <th class=\"n\">TIME_WAIT entered</th><th class=\"n\">TIME_WAIT now</th>\
              <th class=\"n\">CLOSE_WAIT peak</th><th>peak at</th><th class=\"n\">CLOSE_WAIT now</th>\
              <th class=\"n\">ESTABLISHED now</th><th class=\"n\">opens</th>\
