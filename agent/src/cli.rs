@@ -115,13 +115,22 @@ The flight recorder holds at most --ring-max bytes (default 256 MiB) of recordin
 the last socket table its ring dropped (about 26 bytes a socket), which starts each capture.")]
     Record(RecordArgs),
 
-    /// Summarise a recording: host facts, top processes and peers, a TIME_WAIT timeline. No root.
+    /// Summarise a recording: host facts, top processes and peers, TIME_WAIT and CLOSE_WAIT
+    /// timelines, each process's CLOSE_WAIT peak; as text, JSON or an HTML page. No root.
     #[command(after_help = "Examples:
   twtrace report incident.twr
   twtrace report incident.twr --json | jq '.processes[0]'
+  twtrace report incident.twr --json | jq '.close_wait_peaks[0]'
+                                        the process that held the most CLOSE_WAIT at once, and when
   twtrace report incident.twr --since 30s --until 90s --port 8080
+  twtrace report incident.twr --html incident.html
+                                        one self-contained page (charts, findings, tables) to
+                                        open in any browser, offline; nothing on it is fetched
+  twtrace report incident.twr --html incident.html --force --since 2m
   twtrace report incident.twr --export jsonl > events.jsonl
 
+Processes are ranked by the larger of TIME_WAIT entered and CLOSE_WAIT peak: one that held 30
+connections in CLOSE_WAIT and closed them before the end ranks with one that made 30 TIME_WAIT.
 --since/--until take RFC 3339 times or durations from the recording's start; the report is what
 twtrace would have shown had it been started at --since and stopped at --until.")]
     Report(ReportArgs),
@@ -305,8 +314,18 @@ pub struct ReportArgs {
     pub until: Option<When>,
 
     /// Print every selected event instead of the summary (jsonl: as `trace --json` does).
-    #[arg(long, value_name = "FORMAT")]
+    #[arg(long, value_name = "FORMAT", conflicts_with = "html")]
     pub export: Option<Export>,
+
+    /// Write the report as one self-contained HTML page to OUT (inline CSS and SVG charts, no
+    /// script, nothing fetched), created mode 0600; an existing OUT is refused without --force.
+    #[arg(long, value_name = "OUT", conflicts_with = "json")]
+    pub html: Option<std::path::PathBuf>,
+
+    /// With --html: replace OUT if it exists (a new 0600 file; a symbolic link is replaced,
+    /// never written through).
+    #[arg(long, requires = "html")]
+    pub force: bool,
 }
 
 /// What `report --export` writes.
@@ -703,6 +722,18 @@ mod tests {
         assert!(parse(&["--record", "g.twr", "--force", "--once"]).is_ok());
         assert!(parse(&["report", "f.twr", "--export", "csv"]).is_err());
         assert!(parse(&["report"]).is_err());
+        let cli = parse(&["report", "f.twr", "--html", "o.html", "--force"]).expect("parses");
+        let Some(Command::Report(args)) = cli.command else {
+            panic!("report expected")
+        };
+        assert_eq!(args.html.as_deref(), Some(std::path::Path::new("o.html")));
+        assert!(args.force);
+        assert!(
+            parse(&["report", "f.twr", "--force"]).is_err(),
+            "--force needs --html"
+        );
+        assert!(parse(&["report", "f.twr", "--html", "o", "--json"]).is_err());
+        assert!(parse(&["report", "f.twr", "--html", "o", "--export", "jsonl"]).is_err());
 
         let cli = parse(&["--from", "f.twr", "--speed", "0", "--json"]).expect("parses");
         assert_eq!(

@@ -459,6 +459,9 @@ async fn report(args: ReportArgs) -> anyhow::Result<()> {
     };
     let mut source = Recording::open(&args.file, window, 0.0)?;
     let select = recorded_selection(&header).and(&replay_selection(&args.filter)?);
+    if let Some(out) = &args.html {
+        return html_report(&args, out, source, select, header).await;
+    }
     let sink: Box<dyn Sink> = match args.export {
         Some(Export::Jsonl) => Box::new(TraceSink::new(
             Printer::new(stdout(), Format::Json, header.clock()),
@@ -590,6 +593,45 @@ async fn ports(args: PortsArgs, verbose: bool) -> anyhow::Result<()> {
         cadence,
     );
     finish(run_pipeline(&mut source, core, false, None).await?)
+}
+
+/// `twtrace report FILE --html OUT`: the page is created before the replay (a bad path costs
+/// no reading), written at its end, and removed if the replay fails.
+async fn html_report(
+    args: &ReportArgs,
+    out: &Path,
+    mut source: Recording,
+    select: Selection,
+    header: Header,
+) -> anyhow::Result<()> {
+    let created = create_file(out, args.force)?;
+    if let Some(target) = &created.replaced_link {
+        say(&format!(
+            "twtrace: {} was a symbolic link (to {}); replaced it with a new file, its target \
+             is untouched",
+            out.display(),
+            target.display()
+        ));
+    }
+    let style = report::Style::Html { top: args.top };
+    let file = io::BufWriter::new(created.file);
+    let fallback = PortSettings::from_sysctls(&header.sysctls);
+    let sink: Box<dyn Sink> = Box::new(Report::new(file, style, &args.file, header));
+    let mut core = new_core(
+        &source,
+        vec![sink],
+        Box::new(Recorded),
+        select,
+        Cadence::default(),
+    );
+    core.set_port_fallback(fallback);
+    let outcome = run_pipeline(&mut source, core, false, None).await?;
+    if let Some(e) = outcome.error {
+        let _ = std::fs::remove_file(out);
+        return Err(e);
+    }
+    say(&format!("twtrace: wrote {}", out.display()));
+    Ok(())
 }
 
 /// A `--since`/`--until` moment as the recording's monotonic ns.

@@ -166,6 +166,8 @@ struct Proc {
     history: Vec<u64>,
     /// Its gauges at each snapshot of the last minute, for growth.
     samples: VecDeque<Sample>,
+    /// CLOSE_WAIT now at each of the last HISTORY_LEN snapshots, oldest first.
+    cw_history: Vec<u64>,
     peers: Map<PeerKey, Peer>,
     last_ns: u64,
 }
@@ -870,6 +872,10 @@ impl Model {
                     established: proc.est_now,
                 },
             );
+            if proc.cw_history.len() == HISTORY_LEN {
+                proc.cw_history.remove(0);
+            }
+            proc.cw_history.push(proc.cw_now);
             proc.peers
                 .retain(|_, p| p.alive() || now_ns.saturating_sub(p.last_ns) < limits.peer_idle_ns);
         }
@@ -1095,6 +1101,7 @@ fn row(pid: u32, p: &mut Proc, ctx: &RowContext<'_>) -> Option<ProcessRow> {
         closes_per_s: p.rates.2,
         resets: p.resets,
         timewait_history: p.history.clone(),
+        close_wait_history: p.cw_history.clone(),
         peers,
     })
 }
@@ -1292,6 +1299,11 @@ mod tests {
         let s = snap(&mut m, 3 * S);
         let c = proc(&s, CLIENT);
         assert_eq!((c.established_now, c.close_wait_now, c.closes), (0, 0, 1));
+        assert_eq!(
+            c.close_wait_history,
+            [0, 1, 0],
+            "the drill-down's CLOSE_WAIT sparkline"
+        );
     }
 
     #[test]

@@ -127,6 +127,10 @@ pub struct ProcessRow {
     /// sparkline). Not in the JSON: the rates above carry the same information per interval.
     #[serde(skip)]
     pub timewait_history: Vec<u64>,
+    /// CLOSE_WAIT now at each snapshot over the last minute, oldest first (the drill-down's
+    /// second sparkline). Not in the JSON either.
+    #[serde(skip)]
+    pub close_wait_history: Vec<u64>,
     /// Sorted like the processes; capped, with the rest summed in [`PeerKey::Other`].
     pub peers: Vec<PeerRow>,
 }

@@ -65,6 +65,7 @@ fn process(pid: u32, comm: &str, tw_per_s: f64, tw: u64, peers: Vec<PeerRow>) ->
         closes_per_s: tw_per_s,
         resets: 0,
         timewait_history: Vec::new(),
+        close_wait_history: Vec::new(),
         peers,
         ..ProcessRow::default()
     }
@@ -86,6 +87,7 @@ pub(super) fn demo_snapshot() -> Snapshot {
     );
     java.resets = 37;
     java.timewait_history = (0..60u64).map(|s| 700 + (s * 37) % 230).collect();
+    java.close_wait_history = (0..60u64).map(|s| s / 2).collect();
     let mut curl = process(
         31337,
         "curl",
@@ -518,6 +520,10 @@ fn drill_down_shows_peers_and_sparkline() {
     assert!(text.contains("java pid 4242"), "{text}");
     assert!(text.contains("last minute"), "{text}");
     assert!(text.contains("peak 927, latest 813"), "{text}");
+    assert!(
+        text.contains("CLOSE_WAIT now, last minute: peak 29, latest 29"),
+        "{text}"
+    );
     assert!(text.contains("10.0.3.18:5432"), "{text}");
     // Sparkline bars.
     assert!(

@@ -455,6 +455,35 @@ fn digits(n: usize) -> usize {
 
 // ---- drill-down --------------------------------------------------------------------------
 
+/// One history of the drill-down: a caption over a sparkline.
+fn sparkline(
+    frame: &mut Frame,
+    (cap, spark): (Rect, Rect),
+    what: &str,
+    hist: &[u64],
+    color: Color,
+) {
+    // The newest values matter most: when the history is wider than the area, drop the
+    // oldest rather than let the widget cut off the newest.
+    let data = &hist[hist.len().saturating_sub(usize::from(spark.width))..];
+    let text = match (data.iter().max(), data.last()) {
+        (Some(peak), Some(now)) => format!("{what}, last minute: peak {peak}, latest {now}"),
+        _ => format!("{what}, last minute: no history yet"),
+    };
+    frame.render_widget(Line::from(text).dim(), cap);
+    frame.render_widget(
+        Sparkline::default()
+            .data(data)
+            .style(Style::new().fg(color))
+            .block(
+                Block::new()
+                    .borders(Borders::BOTTOM)
+                    .border_style(Style::new().dim()),
+            ),
+        spark,
+    );
+}
+
 fn render_drill(frame: &mut Frame, area: Rect, app: &App, snap: &Snapshot, pid: u32) {
     if area.is_empty() {
         return;
@@ -534,28 +563,25 @@ fn render_drill(frame: &mut Frame, area: Rect, app: &App, snap: &Snapshot, pid: 
     flow(frame, place_area, &place);
 
     if spark_h > 0 {
-        // The newest values matter most: when the history is wider than the area, drop the
-        // oldest rather than let the widget cut off the newest.
-        let hist = &p.timewait_history;
-        let data = &hist[hist.len().saturating_sub(usize::from(spark.width))..];
-        let text = match (data.iter().max(), data.last()) {
-            (Some(peak), Some(now)) => format!(
-                "TIME_WAIT entered per second, last minute (oldest left): peak {peak}, latest {now}"
-            ),
-            _ => "TIME_WAIT entered per second, last minute: no history yet".to_owned(),
-        };
-        frame.render_widget(Line::from(text).dim(), cap);
-        frame.render_widget(
-            Sparkline::default()
-                .data(data)
-                .style(Style::new().fg(Color::Yellow))
-                .block(
-                    Block::new()
-                        .borders(Borders::BOTTOM)
-                        .border_style(Style::new().dim()),
-                ),
-            spark,
-        );
+        // Side by side: what the process churns (TIME_WAIT entered) and what it holds
+        // (CLOSE_WAIT now), so a leak shows beside the churn.
+        let [tw_cap, _, cw_cap] = Layout::horizontal([
+            Constraint::Fill(1),
+            Constraint::Length(1),
+            Constraint::Fill(1),
+        ])
+        .areas(cap);
+        let [tw_spark, _, cw_spark] = Layout::horizontal([
+            Constraint::Fill(1),
+            Constraint::Length(1),
+            Constraint::Fill(1),
+        ])
+        .areas(spark);
+        let tw = ("TIME_WAIT entered/s", &p.timewait_history, Color::Yellow);
+        let cw = ("CLOSE_WAIT now", &p.close_wait_history, Color::Red);
+        for ((what, hist, color), cap, spark) in [(tw, tw_cap, tw_spark), (cw, cw_cap, cw_spark)] {
+            sparkline(frame, (cap, spark), what, hist, color);
+        }
     }
 
     let rows = app.drill_rows();
