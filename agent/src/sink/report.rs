@@ -21,6 +21,7 @@ use serde_json::{Value, json};
 use self::history::History;
 use super::{End, Sink};
 use crate::{
+    diagnosis::short_age,
     model::snapshot::{PeerKey, ProcessRow, Snapshot, WholeSeconds, whole_seconds},
     recording::Header,
     stream::Tally,
@@ -150,6 +151,15 @@ struct Run<'a> {
 }
 
 /// A process's CLOSE_WAIT peak: the highest any snapshot saw, at least its count at the end.
+/// The oldest `p`'s CLOSE_WAIT sockets got over the replay, in seconds, and whether that is a
+/// lower bound (a socket from before the recording).
+fn close_wait_oldest(history: &History, p: &ProcessRow) -> (f64, bool) {
+    match history.peak_of(p.pid) {
+        Some(k) if k.oldest_s >= p.close_wait_oldest_s => (k.oldest_s, k.oldest_at_least),
+        _ => (p.close_wait_oldest_s, p.close_wait_oldest_at_least),
+    }
+}
+
 fn close_wait_peak(history: &History, p: &ProcessRow) -> (u64, Option<Timestamp>) {
     match history.peak_of(p.pid) {
         Some(k) if k.close_wait >= p.close_wait_now => (k.close_wait, Some(k.time)),
@@ -204,8 +214,11 @@ fn json_report(header: &Header, replay: &Run<'_>, snap: &Snapshot, problems: &[S
             .map(|(p, _)| {
                 let mut row = serde_json::to_value(p).unwrap_or_else(|_| json!({}));
                 let (peak, at) = close_wait_peak(replay.history, p);
+                let (oldest, at_least) = close_wait_oldest(replay.history, p);
                 if let Some(r) = row.as_object_mut() {
                     r.insert("close_wait_peak".into(), peak.into());
+                    r.insert("close_wait_oldest_max_s".into(), oldest.into());
+                    r.insert("close_wait_oldest_max_at_least".into(), at_least.into());
                     r.insert(
                         "close_wait_peak_time".into(),
                         at.map(|t| WholeSeconds(t).to_string()).into(),
@@ -225,6 +238,8 @@ fn json_report(header: &Header, replay: &Run<'_>, snap: &Snapshot, problems: &[S
                     "comm": k.comm,
                     "close_wait_peak": k.close_wait,
                     "time": WholeSeconds(k.time).to_string(),
+                    "oldest_age_s": k.oldest_s,
+                    "oldest_age_at_least": k.oldest_at_least,
                 })
             })
             .collect();
@@ -360,13 +375,14 @@ fn text_report(
     writeln!(out, "Top processes by TIME_WAIT entered or CLOSE_WAIT peak")?;
     writeln!(
         out,
-        "{:>7} {:<16} {:>10} {:>7} {:>7} {:>8} {:>7} {:>7} {:>7} {:>7} {:>6}",
+        "{:>7} {:<16} {:>10} {:>7} {:>7} {:>8} {:>9} {:>7} {:>7} {:>7} {:>7} {:>6}",
         "PID",
         "COMM",
         "TW_ENTERED",
         "TW_NOW",
         "CW_PEAK",
         "PEAK_AT",
+        "CW_OLDEST",
         "CW_NOW",
         "EST_NOW",
         "OPENS",
@@ -378,15 +394,17 @@ fn text_report(
         // Escaped before it is cut to the column, so the width counts what is printed.
         let comm: String = escape(&p.comm).chars().take(16).collect();
         let (peak, at) = close_wait_peak(replay.history, p);
+        let (oldest, at_least) = close_wait_oldest(replay.history, p);
         writeln!(
             out,
-            "{:>7} {:<16} {:>10} {:>7} {:>7} {:>8} {:>7} {:>7} {:>7} {:>7} {:>6}",
+            "{:>7} {:<16} {:>10} {:>7} {:>7} {:>8} {:>9} {:>7} {:>7} {:>7} {:>7} {:>6}",
             p.pid,
             comm,
             p.timewait_entered,
             p.timewait_now,
             peak,
             at.map_or_else(|| "-".to_owned(), clock),
+            short_age(oldest, at_least),
             p.close_wait_now,
             p.established_now,
             p.opens,
@@ -672,7 +690,7 @@ mod tests {
             .collect();
         assert!(rows[0].starts_with("     10 churn "), "{text}");
         assert!(rows[1].starts_with("     30 leaker "), "{text}");
-        assert!(rows[1].contains("     30 00:00:01       0 "), "{text}");
+        assert!(rows[1].contains("     30 00:00:01         -       0 "), "{text}");
         assert!(rows[2].starts_with("     20 idle "), "{text}");
         assert!(
             text.lines()

@@ -88,6 +88,10 @@ pub struct Peak {
     pub comm: String,
     pub close_wait: u64,
     pub time: Timestamp,
+    /// The oldest any of its CLOSE_WAIT sockets got, in seconds, over the whole recording
+    /// (a lower bound when `oldest_at_least`: the socket predates the recording).
+    pub oldest_s: f64,
+    pub oldest_at_least: bool,
 }
 
 /// Everything kept, snapshot by snapshot.
@@ -179,11 +183,16 @@ impl History {
             return;
         }
         if let Some(peak) = self.peaks.get_mut(&p.pid) {
+            if p.close_wait_oldest_s > peak.oldest_s {
+                peak.oldest_s = p.close_wait_oldest_s;
+                peak.oldest_at_least = p.close_wait_oldest_at_least;
+            }
             if p.close_wait_now > peak.close_wait {
                 *peak = Peak {
                     comm: p.comm.clone(),
                     close_wait: p.close_wait_now,
                     time,
+                    ..*peak
                 };
             }
             return;
@@ -209,6 +218,8 @@ impl History {
                 comm: p.comm.clone(),
                 close_wait: p.close_wait_now,
                 time,
+                oldest_s: p.close_wait_oldest_s,
+                oldest_at_least: p.close_wait_oldest_at_least,
             },
         );
     }
