@@ -690,7 +690,10 @@ mod tests {
             .collect();
         assert!(rows[0].starts_with("     10 churn "), "{text}");
         assert!(rows[1].starts_with("     30 leaker "), "{text}");
-        assert!(rows[1].contains("     30 00:00:01         -       0 "), "{text}");
+        assert!(
+            rows[1].contains("     30 00:00:01         -       0 "),
+            "{text}"
+        );
         assert!(rows[2].starts_with("     20 idle "), "{text}");
         assert!(
             text.lines()
