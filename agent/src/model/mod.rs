@@ -16,12 +16,14 @@ use jiff::Timestamp;
 
 mod owners;
 pub mod snapshot;
+mod substate;
 
 use crate::{
     event::{Attribution, Comm, Transition},
     state::TcpState,
 };
 use snapshot::{BEFORE_START, PeerKey, PeerRow, ProcessRow, Snapshot, Totals};
+use substate::Substate;
 
 /// Timer-wheel lateness assumed before any is measured. The kernel's timer wheel rounds a
 /// timer up to the end of a bucket whose size grows with how far out it is
@@ -101,7 +103,7 @@ struct Sock {
     by_listener: bool,
 }
 
-/// A TIME_WAIT socket twtrace attributed.
+/// A timewait socket twtrace attributed: TIME_WAIT, or an orphan's FIN_WAIT2 (see `Substate`).
 #[derive(Clone, Copy, Debug)]
 struct TwSock {
     pid: u32,
@@ -111,12 +113,19 @@ struct TwSock {
     deadline_ns: u64,
     /// Counted by `recover_skipped`, not by its event (which may still come: see `apply`).
     recovered: bool,
+    /// Its substate now, which its "now" gauge follows; a dump corrects it.
+    sub: Substate,
+    /// The substate its entry was counted in.
+    entered_as: Substate,
 }
 
 #[derive(Clone, Copy, Debug, Default)]
 struct Peer {
     tw_entered: u64,
     tw_now: u64,
+    /// Orphaned FIN_WAIT2 timewait sockets: entries and alive now.
+    fw2_entered: u64,
+    fw2_now: u64,
     cw_now: u64,
     est_now: u64,
     last_ns: u64,
@@ -124,7 +133,7 @@ struct Peer {
 
 impl Peer {
     fn alive(&self) -> bool {
-        self.tw_now + self.cw_now + self.est_now > 0
+        self.tw_now + self.fw2_now + self.cw_now + self.est_now > 0
     }
 }
 
@@ -143,6 +152,9 @@ struct Proc {
     prev: (u64, u64, u64),
     rates: (f64, f64, f64),
     tw_now: u64,
+    /// Orphaned FIN_WAIT2 timewait sockets: entries and alive now.
+    fw2_entered: u64,
+    fw2_now: u64,
     cw_now: u64,
     est_now: u64,
     history: Vec<u64>,
@@ -152,7 +164,7 @@ struct Proc {
 
 impl Proc {
     fn alive(&self) -> bool {
-        self.tw_now + self.cw_now + self.est_now > 0
+        self.tw_now + self.fw2_now + self.cw_now + self.est_now > 0
     }
 
     /// The key `key`'s counts live under: itself, or "other" once the cap is reached. Creates
@@ -227,15 +239,17 @@ pub struct Model {
     /// Rows of processes whose pid was reused by another process: kept apart, so the new
     /// process never merges with the old one, until they age out.
     retired: Vec<(u32, Proc)>,
-    /// TIME_WAIT sockets in the kernel's table whose owner twtrace never saw, with peers.
-    /// (deadline from the kernel's timer, peer).
-    before_start_tw: Vec<(u64, PeerKey)>,
+    /// Timewait sockets in the kernel's table whose owner twtrace never saw, with peers.
+    /// (deadline from the kernel's timer, peer, substate).
+    before_start_tw: Vec<(u64, PeerKey, Substate)>,
     /// How long after its deadline the kernel really drops a timewait socket, learnt from
     /// sockets it still had when they were due.
     tw_slack_ns: u64,
     unattributed_events: u64,
     tw_entered_total: u64,
-    /// TIME_WAIT entries found by `recover_skipped` (included in `tw_entered_total`).
+    /// Orphaned FIN_WAIT2 timewait entries since start.
+    fw2_entered_total: u64,
+    /// Timewait entries found by `recover_skipped` (included in the two totals above).
     tw_recovered: u64,
     tw_entered_prev: u64,
     tw_rate: f64,
@@ -258,6 +272,7 @@ impl Model {
             unattributed_events: 0,
             tw_recovered: 0,
             tw_entered_total: 0,
+            fw2_entered_total: 0,
             tw_entered_prev: 0,
             tw_rate: 0.0,
             last_snapshot_ns: start_ns,
@@ -285,7 +300,7 @@ impl Model {
         // once; it is no longer "recovered".
         // Events before it that were in flight too (FIN_WAIT1 -> FIN_WAIT2) made the socket
         // anew here; it goes now.
-        if t.new == TcpState::TimeWait
+        if t.timewait().is_some()
             && let Some(tw) = self.timewait.get_mut(&key)
             && tw.recovered
         {
@@ -315,9 +330,11 @@ impl Model {
             // It closed before this event; when exactly is not known, its last event is the
             // best bound. A dump drops it from the "now" gauges if the kernel has no timewait
             // socket for it (a full table).
+            // Its substate is not known: TIME_WAIT until a dump says otherwise.
             self.recover(
                 &old,
                 old.seen_ns.saturating_add(self.limits.timewait_len_ns),
+                Substate::TimeWait,
             );
         }
         // A socket can be in the kernel's table before its first events are read (the dump
@@ -392,18 +409,20 @@ impl Model {
         ) {
             proc.opens += 1;
         }
-        match t.new {
-            TcpState::TimeWait => {
+        // A timewait entry: TIME_WAIT, or FIN_WAIT2 for an orphan (`t.new` FIN_WAIT2 then).
+        match (t.timewait(), t.new) {
+            (Some(sub), _) => {
                 let deadline_ns = t.mono_ns.saturating_add(self.limits.timewait_len_ns);
-                self.enter_timewait(pid, peer, key, (t.mono_ns, deadline_ns), false);
+                let when = (t.mono_ns, deadline_ns);
+                self.enter_timewait(pid, peer, key, when, (Substate::of(sub), false));
             }
-            TcpState::Close => {
+            (None, TcpState::Close) => {
                 proc.closes += 1;
                 if t.reset.is_some() {
                     proc.resets += 1;
                 }
             }
-            state => {
+            (None, state) => {
                 let sock = Sock {
                     pid,
                     state,
@@ -491,18 +510,20 @@ impl Model {
 
     fn count_tw(&mut self, tw: &TwSock) {
         if let Some(proc) = self.procs.get_mut(&tw.pid) {
-            proc.tw_now += 1;
+            *proc.now_mut(tw.sub) += 1;
             if let Some(p) = proc.peers.get_mut(&tw.peer) {
-                p.tw_now += 1;
+                *p.now_mut(tw.sub) += 1;
             }
         }
     }
 
     fn uncount_tw(&mut self, tw: &TwSock) {
         if let Some(proc) = self.procs.get_mut(&tw.pid) {
-            proc.tw_now = proc.tw_now.saturating_sub(1);
+            let now = proc.now_mut(tw.sub);
+            *now = now.saturating_sub(1);
             if let Some(p) = proc.peers.get_mut(&tw.peer) {
-                p.tw_now = p.tw_now.saturating_sub(1);
+                let now = p.now_mut(tw.sub);
+                *now = now.saturating_sub(1);
             }
         }
     }
@@ -524,7 +545,7 @@ impl Model {
     ///
     /// Either way the entry is counted for the owner twtrace knows, as the event would have
     /// been, and in `timewait_recovered`; the skipped events themselves stay counted as lost.
-    fn recover_skipped(&mut self, kernel_tw: &Map<Tuple, u64>, dump_ns: u64) {
+    fn recover_skipped(&mut self, kernel_tw: &Map<Tuple, (u64, Substate)>, dump_ns: u64) {
         let missed: Vec<u64> = self
             .socks
             .iter()
@@ -541,46 +562,59 @@ impl Model {
         for skaddr in missed {
             if let Some(s) = self.socks.remove(&skaddr) {
                 self.uncount(&s);
-                let deadline_ns = kernel_tw.get(&s.tuple).copied().unwrap_or(dump_ns);
-                self.recover(&s, deadline_ns);
+                let (deadline_ns, sub) = kernel_tw
+                    .get(&s.tuple)
+                    .copied()
+                    .unwrap_or((dump_ns, Substate::TimeWait));
+                self.recover(&s, deadline_ns, sub);
             }
         }
     }
 
     /// Counts a closing socket's TIME_WAIT entry whose event never came (see
-    /// `recover_skipped`), due at `deadline_ns`. The socket is already out of `socks`.
-    fn recover(&mut self, s: &Sock, deadline_ns: u64) {
+    /// `recover_skipped`), due at `deadline_ns`, in substate `sub`. The socket is already out
+    /// of `socks`.
+    fn recover(&mut self, s: &Sock, deadline_ns: u64, sub: Substate) {
         self.tw_recovered += 1;
         let entered_ns = deadline_ns.saturating_sub(self.limits.timewait_len_ns);
-        self.enter_timewait(s.pid, s.peer, s.tuple, (entered_ns, deadline_ns), true);
+        self.enter_timewait(
+            s.pid,
+            s.peer,
+            s.tuple,
+            (entered_ns, deadline_ns),
+            (sub, true),
+        );
     }
 
-    /// A TIME_WAIT entry for `pid` toward `peer` (interned already): counted as a close and an
-    /// entry, alive from `when.0` until `when.1` (a dump corrects that from the kernel's timer).
-    /// `recovered`: counted without its event (see `recover_skipped`).
+    /// A timewait entry for `pid` toward `peer` (interned already) in substate `how.0`: counted
+    /// as a close and an entry, alive from `when.0` until `when.1` (a dump corrects that from
+    /// the kernel's timer). `how.1`, recovered: counted without its event (see
+    /// `recover_skipped`).
     fn enter_timewait(
         &mut self,
         pid: u32,
         peer: PeerKey,
         key: Tuple,
         (entered_ns, deadline_ns): (u64, u64),
-        recovered: bool,
+        (sub, recovered): (Substate, bool),
     ) {
         let proc = self.procs.entry(pid).or_default();
         proc.closes += 1;
-        proc.tw_entered += 1;
-        proc.tw_now += 1;
+        *proc.entered_mut(sub) += 1;
+        *proc.now_mut(sub) += 1;
         if let Some(p) = proc.peers.get_mut(&peer) {
-            p.tw_entered += 1;
-            p.tw_now += 1;
+            *p.entered_mut(sub) += 1;
+            *p.now_mut(sub) += 1;
         }
-        self.tw_entered_total += 1;
+        *self.entered_total_mut(sub) += 1;
         let tw = TwSock {
             pid,
             peer,
             entered_ns,
             deadline_ns,
             recovered,
+            sub,
+            entered_as: sub,
         };
         // A 4-tuple is in TIME_WAIT once at most; a new entry means the kernel reused it
         // (tcp_tw_reuse) and the old timewait socket is gone.
@@ -615,10 +649,14 @@ impl Model {
         // The kernel also says when each one's timer fires, which keeps the count exact between
         // dumps (thousands expire every second under churn) and covers re-armed timers.
         let deadline = |k: &KernelSocket| dump_ns.saturating_add(k.expires_ns);
-        let kernel_tw: Map<Tuple, u64> = kernel
+        // With its substate, TIME_WAIT or FIN_WAIT2 (the state sock_diag reports for it).
+        let kernel_tw: Map<Tuple, (u64, Substate)> = kernel
             .iter()
             .filter(|k| k.timewait)
-            .map(|k| (tuple(k.netns, k.local, k.remote), deadline(k)))
+            .map(|k| {
+                let key = tuple(k.netns, k.local, k.remote);
+                (key, (deadline(k), Substate::of(k.state)))
+            })
             .collect();
         // Aged ones the kernel still has are late (the timer wheel fires a 60 s timer in a
         // bucket up to a few hundred ms after its deadline, more at low HZ) or were re-armed:
@@ -631,7 +669,7 @@ impl Model {
             .collect();
         for key in rearmed {
             if let Some(tw) = self.aged.remove(&key) {
-                let overdue = kernel_tw.get(&key).is_some_and(|&d| d <= dump_ns);
+                let overdue = kernel_tw.get(&key).is_some_and(|&(d, _)| d <= dump_ns);
                 if overdue {
                     let late = dump_ns
                         .saturating_sub(tw.deadline_ns)
@@ -644,10 +682,11 @@ impl Model {
         }
         self.aged.clear();
         for (key, tw) in self.timewait.iter_mut() {
-            if let Some(&d) = kernel_tw.get(key) {
+            if let Some(&(d, _)) = kernel_tw.get(key) {
                 tw.deadline_ns = d;
             }
         }
+        self.correct_substates(&kernel_tw);
         self.recover_skipped(&kernel_tw, dump_ns);
         let expired: Vec<Tuple> = self
             .timewait
@@ -673,7 +712,8 @@ impl Model {
                 k.local,
                 k.remote,
             );
-            self.before_start_tw.push((deadline(k), peer));
+            self.before_start_tw
+                .push((deadline(k), peer, Substate::of(k.state)));
         }
 
         // Full sockets: drop what the kernel no longer has (a close twtrace did not see), add
@@ -784,13 +824,14 @@ impl Model {
             }
         };
         self.last_snapshot_ns = now_ns;
-        self.tw_rate = per_s(self.tw_entered_total - self.tw_entered_prev);
+        // Saturating: a dump can move a guessed entry to FIN_WAIT2 (`correct_substates`).
+        self.tw_rate = per_s(self.tw_entered_total.saturating_sub(self.tw_entered_prev));
         self.tw_entered_prev = self.tw_entered_total;
 
         let limits = self.limits;
         for proc in self.procs.values_mut() {
             let (tw, opens, closes) = proc.prev;
-            let tw_delta = proc.tw_entered - tw;
+            let tw_delta = proc.tw_entered.saturating_sub(tw);
             proc.rates = (
                 per_s(tw_delta),
                 // An accept() moves an open from the listener's owner to the worker.
@@ -816,10 +857,15 @@ impl Model {
         });
 
         self.before_start_tw
-            .retain(|&(deadline, _)| now_ns < deadline.saturating_add(slack));
-        let mut before_start: Map<PeerKey, u64> = Map::default();
-        for &(_, peer) in &self.before_start_tw {
-            *before_start.entry(peer).or_default() += 1;
+            .retain(|&(deadline, _, _)| now_ns < deadline.saturating_add(slack));
+        // (TIME_WAIT, FIN_WAIT2) per peer.
+        let mut before_start: Map<PeerKey, (u64, u64)> = Map::default();
+        for &(_, peer, sub) in &self.before_start_tw {
+            let n = before_start.entry(peer).or_default();
+            match sub {
+                Substate::TimeWait => n.0 += 1,
+                Substate::FinWait2 => n.1 += 1,
+            }
         }
         let mut processes: Vec<ProcessRow> = self
             .procs
@@ -845,16 +891,19 @@ impl Model {
                 .total_cmp(&a.timewait_per_s)
                 .then(b.timewait_entered.cmp(&a.timewait_entered))
                 .then(b.timewait_now.cmp(&a.timewait_now))
+                .then(b.fin_wait2_now.cmp(&a.fin_wait2_now))
                 .then(b.close_wait_now.cmp(&a.close_wait_now))
                 .then(a.pid.cmp(&b.pid))
         });
         let totals = Totals {
             timewait_now: processes.iter().map(|p| p.timewait_now).sum(),
+            fin_wait2_now: processes.iter().map(|p| p.fin_wait2_now).sum(),
             timewait_kernel: outside.timewait_kernel,
             namespaces: outside.namespaces,
             close_wait_now: processes.iter().map(|p| p.close_wait_now).sum(),
             established_now: processes.iter().map(|p| p.established_now).sum(),
             timewait_entered: self.tw_entered_total,
+            fin_wait2_entered: self.fw2_entered_total,
             timewait_per_s: self.tw_rate,
             timewait_recovered: self.tw_recovered,
         };
@@ -888,8 +937,9 @@ fn gauge(state: TcpState) -> (u64, u64) {
     }
 }
 
-/// A process's row; pid 0 also carries the unowned TIME_WAIT sockets. None for an empty pid 0.
-fn row(pid: u32, p: &Proc, before_start_tw: &Map<PeerKey, u64>) -> Option<ProcessRow> {
+/// A process's row; pid 0 also carries the unowned timewait sockets, (TIME_WAIT, FIN_WAIT2)
+/// per peer. None for an empty pid 0.
+fn row(pid: u32, p: &Proc, before_start_tw: &Map<PeerKey, (u64, u64)>) -> Option<ProcessRow> {
     let mut peers: Vec<PeerRow> = p
         .peers
         .iter()
@@ -897,23 +947,31 @@ fn row(pid: u32, p: &Proc, before_start_tw: &Map<PeerKey, u64>) -> Option<Proces
             peer,
             timewait_entered: c.tw_entered,
             timewait_now: c.tw_now,
+            fin_wait2_entered: c.fw2_entered,
+            fin_wait2_now: c.fw2_now,
             close_wait_now: c.cw_now,
             established_now: c.est_now,
         })
         .collect();
-    let mut tw_now = p.tw_now;
+    let (mut tw_now, mut fw2_now) = (p.tw_now, p.fw2_now);
     if pid == 0 {
-        for (key, &n) in before_start_tw {
-            tw_now += n;
+        for (key, &(tw, fw2)) in before_start_tw {
+            tw_now += tw;
+            fw2_now += fw2;
             match peers.iter_mut().find(|r| r.peer == *key) {
-                Some(r) => r.timewait_now += n,
+                Some(r) => {
+                    r.timewait_now += tw;
+                    r.fin_wait2_now += fw2;
+                }
                 None => peers.push(PeerRow {
-                    timewait_now: n,
+                    timewait_now: tw,
+                    fin_wait2_now: fw2,
                     ..PeerRow::new(*key)
                 }),
             }
         }
-        if tw_now + p.cw_now + p.est_now + p.tw_entered + p.opens + p.closes == 0 {
+        let entered = p.tw_entered + p.fw2_entered;
+        if tw_now + fw2_now + p.cw_now + p.est_now + entered + p.opens + p.closes == 0 {
             return None;
         }
     }
@@ -921,6 +979,7 @@ fn row(pid: u32, p: &Proc, before_start_tw: &Map<PeerKey, u64>) -> Option<Proces
         (
             Reverse(r.timewait_entered),
             Reverse(r.timewait_now),
+            Reverse(r.fin_wait2_now),
             Reverse(r.close_wait_now),
             Reverse(r.established_now),
             r.peer.text_order(),
@@ -942,6 +1001,8 @@ fn row(pid: u32, p: &Proc, before_start_tw: &Map<PeerKey, u64>) -> Option<Proces
         timewait_entered: p.tw_entered,
         timewait_per_s: p.rates.0,
         timewait_now: tw_now,
+        fin_wait2_entered: p.fw2_entered,
+        fin_wait2_now: fw2_now,
         close_wait_now: p.cw_now,
         established_now: p.est_now,
         opens: p.opens,
@@ -1006,6 +1067,7 @@ mod tests {
                 old,
                 new,
                 reset: None,
+                orphan: false,
             })
         }
         fn at(mut self, ns: u64) -> Self {
@@ -1094,6 +1156,8 @@ mod tests {
                 },
                 timewait_entered: 3,
                 timewait_now: 3,
+                fin_wait2_entered: 0,
+                fin_wait2_now: 0,
                 close_wait_now: 0,
                 established_now: 0
             }
