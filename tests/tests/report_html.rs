@@ -184,10 +184,21 @@ fn check_json_and_text(rec: &str, h: u32, c: u32, idle: u32) {
             .unwrap_or_else(|| panic!("pid {pid} not in the table:\n{text}"))
     };
     let row = &rows[rank(h)];
-    // PID COMM TW_ENTERED TW_NOW CW_PEAK PEAK_AT CW_NOW ...
+    // PID COMM TW_ENTERED TW_NOW CW_PEAK PEAK_AT CW_OLDEST CW_NOW ...
     assert_eq!(row[1], "twc-hold");
     assert_eq!(row[4], HELD.to_string(), "CW_PEAK: {row:?}");
-    assert_eq!(row[6], "0", "CW_NOW at the end: {row:?}");
+    // The oldest CLOSE_WAIT got about HOLD_MS old before the holder closed them all (snapshots
+    // are a second apart, so up to a second less).
+    let oldest: u64 = row[6]
+        .strip_suffix('s')
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("CW_OLDEST in seconds: {row:?}"));
+    let held_s = HOLD_MS / 1000;
+    assert!(
+        (held_s - 1..=held_s + 1).contains(&oldest),
+        "CW_OLDEST {oldest} s for a hold of {held_s} s: {row:?}"
+    );
+    assert_eq!(row[7], "0", "CW_NOW at the end: {row:?}");
     assert!(
         rank(h) < rank(idle),
         "the holder ranks above the idle server:\n{text}"
