@@ -939,6 +939,7 @@ fn row(pid: u32, p: &Proc, before_start_tw: &Map<PeerKey, u64>) -> Option<Proces
         container: None,
         runtime: None,
         pod_uid: None,
+        cmdline: None,
         timewait_entered: p.tw_entered,
         timewait_per_s: p.rates.0,
         timewait_now: tw_now,
