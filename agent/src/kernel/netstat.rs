@@ -25,7 +25,9 @@ impl Counters {
             let Some((group, names)) = names.split_once(':') else {
                 continue;
             };
-            let Some(values) = lines.peek().and_then(|l| l.strip_prefix(group)?.strip_prefix(':'))
+            let Some(values) = lines
+                .peek()
+                .and_then(|l| l.strip_prefix(group)?.strip_prefix(':'))
             else {
                 continue;
             };
@@ -140,7 +142,11 @@ Udp: 5 0
         assert_eq!(c.get("Tcp", "OutRsts"), Some(21));
         assert_eq!(c.get("Tcp", "MaxConn"), Some(-1));
         assert_eq!(c.get("Udp", "NoPorts"), Some(0));
-        assert_eq!(c.get("TcpExt", "TCPAbortOnMemory"), None, "not in this text");
+        assert_eq!(
+            c.get("TcpExt", "TCPAbortOnMemory"),
+            None,
+            "not in this text"
+        );
         assert_eq!(source("TcpExt"), NETSTAT);
         assert_eq!(source("Tcp"), SNMP);
     }

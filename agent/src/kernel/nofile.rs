@@ -89,7 +89,11 @@ pub fn scan(skip: u32) -> Scan {
         return scan;
     };
     for entry in dir.filter_map(Result::ok) {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
             continue;
         };
         if pid == skip {
@@ -160,7 +164,9 @@ Max locked memory         8388608              8388608              bytes
             })
         );
         assert_eq!(
-            parse_limits("Max open files            unlimited            unlimited            files\n"),
+            parse_limits(
+                "Max open files            unlimited            unlimited            files\n"
+            ),
             Some(Limit {
                 soft: None,
                 hard: None

@@ -100,7 +100,8 @@ impl PortRange {
 
     /// Whether connect() may pick `port` by itself: in the range and not reserved.
     pub fn picks(&self, port: u16) -> bool {
-        (self.low..=self.high).contains(&port) && !self.reserved_ranges.iter().any(|r| r.contains(&port))
+        (self.low..=self.high).contains(&port)
+            && !self.reserved_ranges.iter().any(|r| r.contains(&port))
     }
 
     /// Ports in the range, reserved or not.
@@ -303,12 +304,15 @@ mod tests {
     #[test]
     fn port_range_with_and_without_reserved_ports() {
         let r = PortRange::parse("32768\t60999", "").expect("parses");
-        assert_eq!((r.low, r.high, r.reserved, r.usable), (32768, 60999, 0, 28232));
+        assert_eq!(
+            (r.low, r.high, r.reserved, r.usable),
+            (32768, 60999, 0, 28232)
+        );
         assert_eq!(r.size(), 28232);
 
         // Reserved ports count only inside the range, and overlaps once.
-        let r = PortRange::parse("1024 2047", "80,1000-1030,1030-1039,2047,3000-4000")
-            .expect("parses");
+        let r =
+            PortRange::parse("1024 2047", "80,1000-1030,1030-1039,2047,3000-4000").expect("parses");
         assert_eq!((r.reserved, r.usable), (16 + 1, 1024 - 17));
         assert!(r.picks(1040) && !r.picks(1030) && !r.picks(2047) && !r.picks(80));
         assert!(!r.picks(2048));
@@ -330,7 +334,11 @@ mod tests {
             ("32768 60999", "90-80"),
             ("32768 60999", "x"),
         ] {
-            assert_eq!(PortRange::parse(range, reserved), None, "{range:?} {reserved:?}");
+            assert_eq!(
+                PortRange::parse(range, reserved),
+                None,
+                "{range:?} {reserved:?}"
+            );
         }
     }
 
@@ -381,7 +389,11 @@ mod tests {
             vec![
                 (2, "net.ipv4.tcp_tw_recycle".into(), "1".into()),
                 (5, "net.ipv4.tcp_fin_timeout".into(), "30".into()),
-                (6, "net.ipv4.ip_local_port_range".into(), "1024 65535".into()),
+                (
+                    6,
+                    "net.ipv4.ip_local_port_range".into(),
+                    "1024 65535".into()
+                ),
                 // Dots first: the slash belongs to the interface name.
                 (7, "net.ipv4.conf.eth0/1.rp_filter".into(), "0".into()),
             ]
@@ -397,21 +409,38 @@ mod tests {
             fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
             fs::write(p, text).expect("write");
         };
-        write("usr/lib/sysctl.d/50-default.conf", "net.ipv4.tcp_fin_timeout = 60\n");
-        write("usr/lib/sysctl.d/10-vendor.conf", "net.ipv4.tcp_tw_reuse = 2\n");
+        write(
+            "usr/lib/sysctl.d/50-default.conf",
+            "net.ipv4.tcp_fin_timeout = 60\n",
+        );
+        write(
+            "usr/lib/sysctl.d/10-vendor.conf",
+            "net.ipv4.tcp_tw_reuse = 2\n",
+        );
         // Same name in /etc: hides the vendor's file.
         write("etc/sysctl.d/10-vendor.conf", "net.ipv4.tcp_tw_reuse = 0\n");
-        write("run/sysctl.d/99-tune.conf", "net.ipv4.tcp_fin_timeout = 30\nnet.ipv4.tcp_tw_recycle=1\n");
+        write(
+            "run/sysctl.d/99-tune.conf",
+            "net.ipv4.tcp_fin_timeout = 30\nnet.ipv4.tcp_tw_recycle=1\n",
+        );
         write("etc/sysctl.d/README", "net.ipv4.tcp_fin_timeout = 1\n");
         write("etc/sysctl.conf", "net.ipv4.tcp_fin_timeout = 15\n");
         // systemd distributions link sysctl.conf into the directory: read once.
-        std::os::unix::fs::symlink(root.join("etc/sysctl.conf"), root.join("etc/sysctl.d/99-sysctl.conf"))
-            .expect("symlink");
+        std::os::unix::fs::symlink(
+            root.join("etc/sysctl.conf"),
+            root.join("etc/sysctl.d/99-sysctl.conf"),
+        )
+        .expect("symlink");
 
         let files = settings_files(&root);
         let rel: Vec<String> = files
             .iter()
-            .map(|p| p.strip_prefix(&root).expect("under root").display().to_string())
+            .map(|p| {
+                p.strip_prefix(&root)
+                    .expect("under root")
+                    .display()
+                    .to_string()
+            })
             .collect();
         assert_eq!(
             rel,
@@ -422,12 +451,19 @@ mod tests {
                 "run/sysctl.d/99-tune.conf",
             ]
         );
-        let set = settings(&root, &["net.ipv4.tcp_fin_timeout", "net.ipv4.tcp_tw_recycle"]);
+        let set = settings(
+            &root,
+            &["net.ipv4.tcp_fin_timeout", "net.ipv4.tcp_tw_recycle"],
+        );
         let got: Vec<(String, usize, &str)> = set
             .iter()
             .map(|s| {
                 (
-                    s.file.file_name().expect("name").to_string_lossy().into_owned(),
+                    s.file
+                        .file_name()
+                        .expect("name")
+                        .to_string_lossy()
+                        .into_owned(),
                     s.line,
                     s.value.as_str(),
                 )
@@ -453,7 +489,13 @@ mod tests {
         let r = PortRange::read().expect("port range");
         assert!(r.low <= r.high && r.usable <= r.size());
         assert!(TwReuse::parse(&read(TwReuse::NAME).expect("readable").expect("exists")).is_some());
-        assert_eq!(read("net.ipv4.twtrace_no_such_setting").expect("absent is no error"), None);
-        assert_eq!(path("net.core.somaxconn"), Path::new("/proc/sys/net/core/somaxconn"));
+        assert_eq!(
+            read("net.ipv4.twtrace_no_such_setting").expect("absent is no error"),
+            None
+        );
+        assert_eq!(
+            path("net.core.somaxconn"),
+            Path::new("/proc/sys/net/core/somaxconn")
+        );
     }
 }

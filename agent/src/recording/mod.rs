@@ -75,7 +75,7 @@ impl Header {
 }
 
 /// (nodename, release) from uname(2).
-fn uname() -> (String, String) {
+pub(crate) fn uname() -> (String, String) {
     // SAFETY: utsname is plain old data; an all-zero value is valid.
     let mut u: libc::utsname = unsafe { std::mem::zeroed() };
     // SAFETY: `u` is a valid, writable utsname; uname fills it and cannot fail on Linux.
