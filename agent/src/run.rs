@@ -505,11 +505,9 @@ async fn watch(span: Duration, verbose: bool) -> anyhow::Result<Watched> {
     let counters_before = Counters::read().ok();
     let last = std::rc::Rc::new(std::cell::RefCell::new(None));
     let sinks: Vec<Box<dyn Sink>> = vec![Box::new(LastSnapshot(std::rc::Rc::clone(&last)))];
-    // One snapshot, at the end: its rates cover the whole watch.
-    let cadence = Cadence {
-        interval: span.saturating_mul(2),
-        count: None,
-    };
+    // A snapshot a second, so the command lines of processes that come and go during the watch
+    // are read while they run; the rules use the last one's totals since the start.
+    let cadence = Cadence::default();
     let core = new_core(
         &source,
         sinks,

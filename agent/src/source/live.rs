@@ -302,7 +302,7 @@ pub struct ProcFs {
     started: HashMap<u32, u64>,
     /// Command lines read, per pid: (start time, command line) of each process seen under it,
     /// newest last. Kept while the pid has a row.
-    cmdlines: HashMap<u32, Vec<(u64, Option<String>)>>,
+    cmdlines: HashMap<u32, Vec<(u64, String)>>,
 }
 
 impl ProcFs {
@@ -349,7 +349,7 @@ impl ProcFs {
                 .iter()
                 .rev()
                 .find(|(start, _)| Some(*start) != alive)
-                .and_then(|(_, c)| c.clone());
+                .map(|(_, c)| c.clone());
         }
         let start = self.live_start(pid)?;
         if let Some((_, c)) = self
@@ -357,9 +357,12 @@ impl ProcFs {
             .get(&pid)
             .and_then(|seen| seen.iter().find(|(s, _)| *s == start))
         {
-            return c.clone();
+            return Some(c.clone());
         }
-        let cmdline = procnet::cmdline(pid);
+        // Empty just after an exec (the parent of a vfork resumes before the new program's
+        // arguments are in place), and for processes with no user memory: asked again at the
+        // next snapshot rather than kept.
+        let cmdline = procnet::cmdline(pid)?;
         // Read from the process that had this start time, not from one that took its pid
         // since: asked again at the next snapshot otherwise.
         if procnet::start_time(pid) != Some(start) {
@@ -370,7 +373,7 @@ impl ProcFs {
         if seen.len() > 4 {
             seen.remove(0);
         }
-        cmdline
+        Some(cmdline)
     }
 }
 
@@ -445,6 +448,11 @@ mod tests {
             .spawn()
             .expect("spawn sleep");
         let pid = child.id();
+        // Its arguments are in place a moment after spawn() returns (see `cmdline`).
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while procnet::cmdline(pid).is_none() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
         let mut procs = ProcFs::new();
         let mut rows = vec![row(pid, false), row(0, false)];
         procs.cmdlines(&mut rows);
@@ -474,7 +482,7 @@ mod tests {
         // As if another process, started earlier, had had this pid and been read then.
         procs
             .cmdlines
-            .insert(me, vec![(start - 1, Some("old one".into()))]);
+            .insert(me, vec![(start - 1, "old one".into())]);
         let mut rows = vec![row(me, false)];
         procs.cmdlines(&mut rows);
         let mine = procnet::cmdline(me);
