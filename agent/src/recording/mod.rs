@@ -19,7 +19,10 @@ pub use format::{Filters, Header};
 pub use reader::{Problem, Reader};
 pub use writer::{Encoder, Writer};
 
-use crate::clock::{WallClock, monotonic_ns};
+use crate::{
+    clock::{WallClock, monotonic_ns},
+    kernel::sysctl,
+};
 
 /// The sysctls that decide how TIME_WAIT and ephemeral ports behave, recorded in the header.
 pub const SYSCTLS: &[&str] = &[
@@ -38,14 +41,7 @@ pub fn header_now(command_line: Vec<String>, filters: Filters) -> Header {
     let (hostname, kernel) = uname();
     let sysctls = SYSCTLS
         .iter()
-        .filter_map(|name| {
-            let path = format!("/proc/sys/{}", name.replace('.', "/"));
-            let value = std::fs::read_to_string(path).ok()?;
-            Some((
-                (*name).to_owned(),
-                value.split_whitespace().collect::<Vec<_>>().join(" "),
-            ))
-        })
+        .filter_map(|name| Some(((*name).to_owned(), sysctl::read(name).ok()??)))
         .collect();
     Header {
         format: format::FORMAT_NAME.to_owned(),
