@@ -650,6 +650,28 @@ mod tests {
     }
 
     #[test]
+    fn doctor_options() {
+        let cli = parse(&["doctor", "--json", "--explain", "--watch", "10s"]).expect("parses");
+        let Some(Command::Doctor(args)) = cli.command else {
+            panic!("doctor expected")
+        };
+        assert!(args.json && args.explain);
+        assert_eq!(args.watch, Some(std::time::Duration::from_secs(10)));
+        let cli = parse(&["-v", "doctor"]).expect("parses");
+        assert!(matches!(
+            cli.command,
+            Some(Command::Doctor(DoctorArgs { watch: None, .. }))
+        ));
+        assert!(parse(&["doctor", "--watch", "0s"]).is_err());
+        assert!(parse(&["doctor", "--watch", "soon"]).is_err());
+        assert!(parse(&["doctor", "--pid", "1"]).is_err(), "no filters");
+        assert!(
+            parse(&["--json", "doctor"]).is_err(),
+            "the leaderboard's --json"
+        );
+    }
+
+    #[test]
     fn validate_rejects_missing_pids_and_too_many_values() {
         let missing = FilterArgs {
             pid: vec![u32::MAX - 1],

@@ -772,7 +772,12 @@ fn watched(f: &Facts, out: &mut Vec<Finding>) {
         let mut remedy = "Reuse connections (HTTP keep-alive, a connection pool) instead of \
                           opening one per request."
             .to_owned();
-        if let Some(top) = p.peers.first().filter(|r| r.timewait_entered > 0) {
+        // The capped rest (`other`) names no peer to act on.
+        if let Some(top) = p
+            .peers
+            .iter()
+            .find(|r| r.peer != PeerKey::Other && r.timewait_entered > 0)
+        {
             x.peer = Some(top.peer.to_string());
             let peer_rate = top.timewait_entered as f64 / secs;
             x.evidence.push(format!(

@@ -783,3 +783,43 @@ fn the_watch_names_churners_and_leakers() {
         server.remedy
     );
 }
+
+#[test]
+fn the_capped_rest_of_the_peers_is_not_named() {
+    let mut f = base();
+    let mut p = churner(
+        20,
+        "fanout",
+        100,
+        PeerKey::Out {
+            raddr: "10.0.0.8".parse().expect("addr"),
+            rport: 443,
+        },
+    );
+    p.peers.insert(
+        0,
+        PeerRow {
+            timewait_entered: 900,
+            ..PeerRow::new(PeerKey::Other)
+        },
+    );
+    p.timewait_entered = 1000;
+    f.watch = Some(Watched {
+        seconds: 10.0,
+        snapshot: Some(Arc::new(Snapshot {
+            uptime_s: 10.0,
+            processes: vec![p],
+            ..Snapshot::default()
+        })),
+        counters_before: None,
+    });
+    let x = findings(&f, false);
+    let c = one(&x, "churn");
+    assert_eq!(c.peer.as_deref(), Some("10.0.0.8:443"));
+    assert!(
+        c.evidence
+            .contains(&"top peer 10.0.0.8:443: 100 TIME_WAIT entered (10.0/s)".to_owned()),
+        "{:?}",
+        c.evidence
+    );
+}
