@@ -99,7 +99,8 @@ pub struct Destination {
     pub laddr: IpAddr,
     pub raddr: IpAddr,
     pub rport: u16,
-    /// Sockets toward it in TIME_WAIT, on ports from the range.
+    /// Timewait sockets toward it, on ports from the range: TIME_WAIT, and orphaned FIN_WAIT2
+    /// ones, which hold their 4-tuple the same way.
     pub timewait: u64,
     /// In any other state (ESTABLISHED, CLOSE_WAIT, SYN_SENT...), on ports from the range.
     pub other: u64,
@@ -341,9 +342,11 @@ impl Facts {
             }
         };
         let mut scan = nofile::scan(std::process::id());
-        // Only those shown need their command lines.
-        for u in scan.uses.iter_mut().take(super::NOFILE_SHOWN) {
-            u.cmdline = procnet::cmdline(u.pid);
+        // Only those shown or named in a finding need their command lines.
+        for (i, u) in scan.uses.iter_mut().enumerate() {
+            if i < super::NOFILE_SHOWN || u.ratio() >= super::rules::NOFILE_WARN {
+                u.cmdline = procnet::cmdline(u.pid);
+            }
         }
         if scan.refused > 0 {
             skipped.push(Skipped {

@@ -23,7 +23,7 @@ const FIN_TIMEOUT_DEFAULT: i64 = 60;
 const WARN_SHARE: f64 = 0.5;
 const CRITICAL_SHARE: f64 = 0.9;
 /// The share of a process's soft `nofile` limit in use that makes a warning, and critical.
-const NOFILE_WARN: f64 = 0.8;
+pub const NOFILE_WARN: f64 = 0.8;
 const NOFILE_CRITICAL: f64 = 0.95;
 /// Processes of the watch shown as churners.
 const CHURNERS: usize = 3;
