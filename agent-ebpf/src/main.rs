@@ -644,6 +644,10 @@ fn panic(_info: &core::panic::PanicInfo) -> ! {
     loop {}
 }
 
+/// The license the kernel is told. It must be GPL-compatible for the GPL-only helpers this
+/// program calls (bpf_probe_read_kernel and others); "Dual MIT/GPL" is one of the strings the
+/// kernel accepts as such (license_is_gpl_compatible), and says what is true: this code is the
+/// project's MIT-licensed code, offered under the GPL too, as the kernel requires.
 #[unsafe(link_section = "license")]
 #[unsafe(no_mangle)]
-static LICENSE: [u8; 4] = *b"GPL\0";
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

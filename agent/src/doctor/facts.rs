@@ -18,7 +18,7 @@ use crate::{
         netstat::Counters,
         nofile, procnet,
         sockdiag::{self, DiagSocket, SockStat},
-        sysctl::{self, PortRange, Setting, TwReuse},
+        sysctl::{self, PortPool, Setting, TwReuse},
     },
     model::snapshot::Snapshot,
 };
@@ -150,7 +150,7 @@ impl SocketFacts {
     /// From a dump of the socket table, with the port range and `tcp_tw_reuse` in force.
     pub fn from_dump(
         dump: &[DiagSocket],
-        range: Option<&PortRange>,
+        range: Option<&PortPool>,
         reuse: Option<TwReuse>,
     ) -> Self {
         let listening_ports: BTreeSet<u16> = dump
@@ -225,7 +225,8 @@ pub struct Facts {
     pub uptime_s: Option<f64>,
     /// [`SYSCTLS`] as read; `None`: this kernel has no such setting.
     pub sysctls: Vec<(&'static str, Option<String>)>,
-    pub ports: Option<PortRange>,
+    /// The local port range and its reserved ports.
+    pub ports: Option<PortPool>,
     /// [`COUNTERS`], as read now.
     pub counters: Counters,
     pub sockstat: Option<SockStat>,
@@ -293,7 +294,7 @@ impl Facts {
                 }),
             }
         }
-        let ports = match PortRange::read() {
+        let ports = match PortPool::read() {
             Ok(r) => Some(r),
             Err(e) => {
                 skipped.push(Skipped {
@@ -399,8 +400,8 @@ pub(crate) mod tests {
         }
     }
 
-    pub(crate) fn range() -> PortRange {
-        PortRange::parse("32768 60999", "").expect("range")
+    pub(crate) fn range() -> PortPool {
+        PortPool::parse("32768 60999", "").expect("range")
     }
 
     #[test]

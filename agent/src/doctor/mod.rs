@@ -82,7 +82,8 @@ fn document<'a>(f: &'a Facts, findings: &'a [Finding]) -> Document<'a> {
         netns: f.netns,
         uptime_s: f.uptime_s,
         sysctls: f.sysctls.iter().map(|(n, v)| (*n, v.as_deref())).collect(),
-        ports: f.ports.as_ref().map_or(serde_json::Value::Null, |r| {
+        ports: f.ports.as_ref().map_or(serde_json::Value::Null, |p| {
+            let r = &p.range;
             json!({"low": r.low, "high": r.high, "reserved": r.reserved, "usable": r.usable})
         }),
         counters: &f.counters.0,
@@ -248,7 +249,7 @@ fn write_read(out: &mut impl Write, f: &Facts) -> io::Result<()> {
         );
         writeln!(out, "  {name:<34} {v}")?;
     }
-    if let Some(r) = &f.ports {
+    if let Some(r) = f.ports.as_ref().map(|p| &p.range) {
         writeln!(
             out,
             "  {:<34} {} ports, {} reserved, {} usable",

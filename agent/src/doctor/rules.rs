@@ -9,9 +9,14 @@ use crate::{
     diagnosis::{self, Finding, Severity, Thresholds},
     kernel::{
         netstat,
-        sysctl::{self, PortRange, Setting, TwReuse},
+        sysctl::{self, PortPool, Setting, TwReuse},
     },
-    model::snapshot::PeerKey,
+    // A share of a pool above which it is a warning, and critical (as `twtrace ports` says);
+    // also the fill of the TIME_WAIT table and the orphans' that warns.
+    model::{
+        ports::{CRITICAL_SHARE, WARN_SHARE},
+        snapshot::PeerKey,
+    },
 };
 
 /// How long a TIME_WAIT socket lives: TCP_TIMEWAIT_LEN (include/net/tcp.h), fixed when the
@@ -19,9 +24,6 @@ use crate::{
 pub const TIME_WAIT_S: u64 = 60;
 /// `tcp_fin_timeout`'s default.
 const FIN_TIMEOUT_DEFAULT: i64 = 60;
-/// A share of a pool that makes a warning, and one that makes it critical.
-const WARN_SHARE: f64 = 0.5;
-const CRITICAL_SHARE: f64 = 0.9;
 /// The share of a process's soft `nofile` limit in use that makes a warning, and critical.
 pub const NOFILE_WARN: f64 = 0.8;
 const NOFILE_CRITICAL: f64 = 0.95;
@@ -40,7 +42,15 @@ const SYNCOOKIES: &str = "net.ipv4.tcp_syncookies";
 /// Every rule's findings, most severe first.
 pub fn findings(f: &Facts, explain: bool) -> Vec<Finding> {
     let mut out = Vec::new();
-    port_exhaustion(f, explain, &mut out);
+    watched(f, &mut out);
+    // A destination the watch's diagnosis named already (from its dumps, with the growth and
+    // the openers) is not named again from this one dump.
+    let named: Vec<String> = out
+        .iter()
+        .filter(|x| x.kind == "port_exhaustion")
+        .filter_map(|x| x.peer.clone())
+        .collect();
+    port_exhaustion(f, explain, &named, &mut out);
     timewait_overflow(f, explain, &mut out);
     listen_overflow(f, explain, &mut out);
     orphans(f, explain, &mut out);
@@ -50,7 +60,6 @@ pub fn findings(f: &Facts, explain: bool) -> Vec<Finding> {
     tw_recycle(f, explain, &mut out);
     fin_timeout(f, explain, &mut out);
     tw_reuse_incoming(f, explain, &mut out);
-    watched(f, &mut out);
     diagnosis::sort(&mut out);
     out
 }
@@ -111,17 +120,22 @@ fn pct(share: f64) -> String {
 // ---- ports ---------------------------------------------------------------------------------
 
 /// The destination holding most of the local ports connect() picks from.
-fn port_exhaustion(f: &Facts, explain: bool, out: &mut Vec<Finding>) {
-    let (Some(range), Some(sockets)) = (&f.ports, &f.sockets) else {
+fn port_exhaustion(f: &Facts, explain: bool, named: &[String], out: &mut Vec<Finding>) {
+    let (Some(pool), Some(sockets)) = (&f.ports, &f.sockets) else {
         return;
     };
+    let range = &pool.range;
     let Some(d) = sockets.destinations.first() else {
         return;
     };
+    if named.contains(&d.peer().to_string()) {
+        return;
+    }
     let share = d.blocked() as f64 / f64::from(range.usable.max(1));
-    let severity = if share >= CRITICAL_SHARE {
+    // The thresholds of `twtrace ports` and the leaderboard's warning.
+    let severity = if share > CRITICAL_SHARE {
         Severity::Critical
-    } else if share >= WARN_SHARE {
+    } else if share > WARN_SHARE {
         Severity::Warning
     } else if explain && d.blocked() > 0 {
         Severity::Info
@@ -143,12 +157,12 @@ fn port_exhaustion(f: &Facts, explain: bool, out: &mut Vec<Finding>) {
     x.peer = Some(d.peer().to_string());
     x.evidence.push(format!(
         "{}: {} ports, {} of them reserved",
-        sysctl_ev(f, PortRange::RANGE),
+        sysctl_ev(f, PortPool::RANGE),
         range.size(),
         range.reserved
     ));
     if range.reserved > 0 {
-        x.evidence.push(sysctl_ev(f, PortRange::RESERVED));
+        x.evidence.push(sysctl_ev(f, PortPool::RESERVED));
     }
     x.evidence.push(format!(
         "toward {} from {}: {} TIME_WAIT, {} in other states (sock_diag, this network namespace)",
@@ -787,7 +801,7 @@ fn watched(f: &Facts, out: &mut Vec<Finding>) {
             match top.peer {
                 PeerKey::Out { raddr, .. } => {
                     let reuse = f.tw_reuse().is_some_and(|r| r.applies(raddr, raddr));
-                    if let Some(range) = &f.ports {
+                    if let Some(range) = f.ports.as_ref().map(|p| &p.range) {
                         let held = (peer_rate * TIME_WAIT_S as f64).round();
                         let share = held / f64::from(range.usable.max(1));
                         x.evidence.push(format!(
@@ -803,9 +817,9 @@ fn watched(f: &Facts, out: &mut Vec<Finding>) {
                             }
                         ));
                         if !reuse {
-                            x.severity = if share >= CRITICAL_SHARE {
+                            x.severity = if share > CRITICAL_SHARE {
                                 Severity::Critical
-                            } else if share >= WARN_SHARE {
+                            } else if share > WARN_SHARE {
                                 Severity::Warning
                             } else {
                                 Severity::Info

@@ -7,21 +7,26 @@
 
 use std::{
     cmp::Reverse,
-    collections::{HashMap, HashSet},
+    collections::{HashMap, HashSet, VecDeque},
     hash::BuildHasher as _,
     net::SocketAddr,
 };
 
 use jiff::Timestamp;
 
+pub mod leaks;
+pub mod lives;
 mod owners;
+pub mod ports;
 pub mod snapshot;
 
 use crate::{
     event::{Attribution, Comm, Transition},
     state::TcpState,
 };
-use snapshot::{BEFORE_START, PeerKey, PeerRow, ProcessRow, Snapshot, Totals};
+use leaks::{CloseWaitAges, Sample};
+use lives::Lives;
+use snapshot::{BEFORE_START, Lifetimes, PeerKey, PeerRow, ProcessRow, Snapshot, Totals};
 
 /// Timer-wheel lateness assumed before any is measured. The kernel's timer wheel rounds a
 /// timer up to the end of a bucket whose size grows with how far out it is
@@ -70,6 +75,8 @@ pub struct Limits {
     /// time in include/net/tcp.h). Expiring by age between reconciliations keeps TIME_WAIT-now
     /// exact under heavy churn, where thousands die every second.
     pub timewait_len_ns: u64,
+    /// A CLOSE_WAIT socket older than this makes its process a leak suspect (`--min-age`).
+    pub leak_min_age_ns: u64,
 }
 
 impl Default for Limits {
@@ -79,6 +86,7 @@ impl Default for Limits {
             peer_idle_ns: 60_000_000_000,
             process_idle_ns: 10_000_000_000,
             timewait_len_ns: 60_000_000_000,
+            leak_min_age_ns: 30_000_000_000,
         }
     }
 }
@@ -93,6 +101,12 @@ struct Sock {
     tuple: Tuple,
     /// Monotonic ns of the last event or of the kernel dump that confirmed it.
     seen_ns: u64,
+    /// Since when it is in `state`: the event that put it there, or the dump that first found
+    /// it (then only a lower bound of its age: `since_known` is false).
+    since_ns: u64,
+    since_known: bool,
+    /// When its connection opened (`CLOSE -> SYN_SENT`, `LISTEN -> SYN_RECV`), if seen.
+    opened_ns: Option<u64>,
     /// The owner the kernel program still names for it, when that process has exited (or its
     /// pid was reused) and `pid` is the process found holding the socket now.
     inherited_from: Option<u32>,
@@ -120,6 +134,8 @@ struct Peer {
     cw_now: u64,
     est_now: u64,
     last_ns: u64,
+    /// Lifetimes of its connections that ended in the last minute.
+    lives: Lives,
 }
 
 impl Peer {
@@ -144,8 +160,14 @@ struct Proc {
     rates: (f64, f64, f64),
     tw_now: u64,
     cw_now: u64,
+    /// The most CLOSE_WAIT sockets it held at once.
+    cw_peak: u64,
     est_now: u64,
     history: Vec<u64>,
+    /// Its gauges at each snapshot of the last minute, for growth.
+    samples: VecDeque<Sample>,
+    /// CLOSE_WAIT now at each of the last HISTORY_LEN snapshots, oldest first.
+    cw_history: Vec<u64>,
     peers: Map<PeerKey, Peer>,
     last_ns: u64,
 }
@@ -392,24 +414,42 @@ impl Model {
         ) {
             proc.opens += 1;
         }
+        let opened_ns = if matches!(
+            (t.old, t.new),
+            (TcpState::Close, TcpState::SynSent) | (TcpState::Listen, TcpState::SynRecv)
+        ) {
+            Some(t.mono_ns)
+        } else {
+            previous.and_then(|s| s.opened_ns)
+        };
         match t.new {
             TcpState::TimeWait => {
                 let deadline_ns = t.mono_ns.saturating_add(self.limits.timewait_len_ns);
                 self.enter_timewait(pid, peer, key, (t.mono_ns, deadline_ns), false);
+                self.end_life(pid, peer, previous.as_ref(), t.mono_ns);
             }
             TcpState::Close => {
                 proc.closes += 1;
                 if t.reset.is_some() {
                     proc.resets += 1;
                 }
+                self.end_life(pid, peer, previous.as_ref(), t.mono_ns);
             }
             state => {
+                // Its age in this state carries over an event that did not change the state.
+                let (since_ns, since_known) = match previous {
+                    Some(s) if s.state == state => (s.since_ns, s.since_known),
+                    _ => (t.mono_ns, true),
+                };
                 let sock = Sock {
                     pid,
                     state,
                     peer,
                     tuple: key,
                     seen_ns: t.mono_ns,
+                    since_ns,
+                    since_known,
+                    opened_ns,
                     inherited_from,
                     by_listener,
                 };
@@ -466,11 +506,32 @@ impl Model {
         }
     }
 
+    /// A connection of `pid` to `peer` ended at `end_ns`; `s` is its socket as last tracked.
+    /// Only connections that were seen opening and got past the handshake have a lifetime (a
+    /// refused connect() says nothing about reuse).
+    fn end_life(&mut self, pid: u32, peer: PeerKey, s: Option<&Sock>, end_ns: u64) {
+        let Some(s) = s.filter(|s| !matches!(s.state, TcpState::SynSent | TcpState::SynRecv))
+        else {
+            return;
+        };
+        let Some(opened_ns) = s.opened_ns else {
+            return;
+        };
+        if let Some(p) = self
+            .procs
+            .get_mut(&pid)
+            .and_then(|proc| proc.peers.get_mut(&peer))
+        {
+            p.lives.record(end_ns.saturating_sub(opened_ns), end_ns);
+        }
+    }
+
     /// Adds a socket's gauges to its process and peer (the peer was interned by the caller).
     fn count(&mut self, s: &Sock) {
         let proc = self.procs.entry(s.pid).or_default();
         let (cw, est) = gauge(s.state);
         proc.cw_now += cw;
+        proc.cw_peak = proc.cw_peak.max(proc.cw_now);
         proc.est_now += est;
         let p = proc.peers.entry(s.peer).or_default();
         p.cw_now += cw;
@@ -553,6 +614,7 @@ impl Model {
         self.tw_recovered += 1;
         let entered_ns = deadline_ns.saturating_sub(self.limits.timewait_len_ns);
         self.enter_timewait(s.pid, s.peer, s.tuple, (entered_ns, deadline_ns), true);
+        self.end_life(s.pid, s.peer, Some(s), s.seen_ns);
     }
 
     /// A TIME_WAIT entry for `pid` toward `peer` (interned already): counted as a close and an
@@ -802,6 +864,18 @@ impl Model {
                 proc.history.remove(0);
             }
             proc.history.push(tw_delta);
+            leaks::push(
+                &mut proc.samples,
+                Sample {
+                    mono_ns: now_ns,
+                    close_wait: proc.cw_now,
+                    established: proc.est_now,
+                },
+            );
+            if proc.cw_history.len() == HISTORY_LEN {
+                proc.cw_history.remove(0);
+            }
+            proc.cw_history.push(proc.cw_now);
             proc.peers
                 .retain(|_, p| p.alive() || now_ns.saturating_sub(p.last_ns) < limits.peer_idle_ns);
         }
@@ -821,22 +895,28 @@ impl Model {
         for &(_, peer) in &self.before_start_tw {
             *before_start.entry(peer).or_default() += 1;
         }
+        let ages = self.close_wait_ages(now_ns);
+        let ctx = RowContext {
+            before_start_tw: &before_start,
+            ages: &ages,
+            now_ns,
+        };
         let mut processes: Vec<ProcessRow> = self
             .procs
-            .iter()
+            .iter_mut()
             .filter_map(|(&pid, p)| {
-                let mut r = row(pid, p, &before_start)?;
+                let mut r = row(pid, p, &ctx)?;
                 r.exited = pid != 0 && !exists(pid);
                 Some(r)
             })
-            .chain(self.retired.iter().filter_map(|(pid, p)| {
-                let mut r = row(*pid, p, &before_start)?;
+            .chain(self.retired.iter_mut().filter_map(|(pid, p)| {
+                let mut r = row(*pid, p, &ctx)?;
                 r.exited = true;
                 Some(r)
             }))
             .collect();
         if !self.procs.contains_key(&0)
-            && let Some(r) = row(0, &Proc::default(), &before_start)
+            && let Some(r) = row(0, &mut Proc::default(), &ctx)
         {
             processes.push(r);
         }
@@ -866,7 +946,34 @@ impl Model {
             unattributed_events: self.unattributed_events,
             totals,
             processes,
+            ..Snapshot::default()
         }
+    }
+
+    /// The ages of every CLOSE_WAIT socket at `now_ns`, per process and per peer.
+    fn close_wait_ages(&self, now_ns: u64) -> Map<u32, CloseWaitStats> {
+        let min_age = self.limits.leak_min_age_ns;
+        let mut out: Map<u32, CloseWaitStats> = Map::default();
+        for s in self
+            .socks
+            .values()
+            .chain(self.seeded.values())
+            .filter(|s| s.state == TcpState::CloseWait)
+        {
+            let age = now_ns.saturating_sub(s.since_ns);
+            let st = out.entry(s.pid).or_default();
+            st.ages.add(age);
+            if age >= min_age {
+                st.old += 1;
+            }
+            if age > st.oldest_ns || (age == st.oldest_ns && !s.since_known) {
+                st.oldest_ns = age;
+                st.oldest_at_least = !s.since_known;
+            }
+            let peer = st.peers.entry(s.peer).or_default();
+            *peer = (*peer).max(age);
+        }
+        out
     }
 
     /// Sockets and processes tracked, for bounds checks.
@@ -888,22 +995,57 @@ fn gauge(state: TcpState) -> (u64, u64) {
     }
 }
 
+/// A process's CLOSE_WAIT sockets by age, at one snapshot.
+#[derive(Debug, Default)]
+struct CloseWaitStats {
+    ages: CloseWaitAges,
+    /// Older than the leak threshold.
+    old: u64,
+    oldest_ns: u64,
+    /// The oldest one's age is a lower bound (found in CLOSE_WAIT by a dump).
+    oldest_at_least: bool,
+    /// The oldest age per peer.
+    peers: Map<PeerKey, u64>,
+}
+
+/// What every row of one snapshot is built with.
+struct RowContext<'a> {
+    before_start_tw: &'a Map<PeerKey, u64>,
+    ages: &'a Map<u32, CloseWaitStats>,
+    now_ns: u64,
+}
+
+/// Seconds to one decimal, as ages are shown.
+fn age_s(ns: u64) -> f64 {
+    leaks::round(ns as f64 / 1e9, 1)
+}
+
 /// A process's row; pid 0 also carries the unowned TIME_WAIT sockets. None for an empty pid 0.
-fn row(pid: u32, p: &Proc, before_start_tw: &Map<PeerKey, u64>) -> Option<ProcessRow> {
+fn row(pid: u32, p: &mut Proc, ctx: &RowContext<'_>) -> Option<ProcessRow> {
+    let cw = ctx.ages.get(&pid);
     let mut peers: Vec<PeerRow> = p
         .peers
-        .iter()
+        .iter_mut()
         .map(|(&peer, c)| PeerRow {
             peer,
             timewait_entered: c.tw_entered,
             timewait_now: c.tw_now,
             close_wait_now: c.cw_now,
+            close_wait_oldest_s: cw
+                .and_then(|st| st.peers.get(&peer))
+                .map_or(0.0, |&ns| age_s(ns)),
             established_now: c.est_now,
+            lifetimes: c.lives.stats(ctx.now_ns).map(|l| Lifetimes {
+                ended: l.count,
+                ended_per_s: leaks::round(l.per_s, 3),
+                short_share: leaks::round(l.short_share, 3),
+                median_le_s: l.median_le_s,
+            }),
         })
         .collect();
     let mut tw_now = p.tw_now;
     if pid == 0 {
-        for (key, &n) in before_start_tw {
+        for (key, &n) in ctx.before_start_tw {
             tw_now += n;
             match peers.iter_mut().find(|r| r.peer == *key) {
                 Some(r) => r.timewait_now += n,
@@ -944,13 +1086,23 @@ fn row(pid: u32, p: &Proc, before_start_tw: &Map<PeerKey, u64>) -> Option<Proces
         timewait_per_s: p.rates.0,
         timewait_now: tw_now,
         close_wait_now: p.cw_now,
+        close_wait_peak: p.cw_peak,
+        close_wait_oldest_s: cw.map_or(0.0, |st| age_s(st.oldest_ns)),
+        close_wait_oldest_at_least: cw.is_some_and(|st| st.oldest_at_least),
+        close_wait_old: cw.map_or(0, |st| st.old),
+        close_wait_growth_per_min: leaks::close_wait_growth_per_min(&p.samples),
+        close_wait_ages: cw.map(|st| st.ages).unwrap_or_default(),
+        leak_suspect: cw.is_some_and(|st| st.old > 0),
         established_now: p.est_now,
+        established_growing: leaks::established_only_grows(&p.samples),
+        established_growth_per_min: leaks::established_growth_per_min(&p.samples),
         opens: p.opens,
         opens_per_s: p.rates.1,
         closes: p.closes,
         closes_per_s: p.rates.2,
         resets: p.resets,
         timewait_history: p.history.clone(),
+        close_wait_history: p.cw_history.clone(),
         peers,
     })
 }
@@ -1096,7 +1248,14 @@ mod tests {
                 timewait_entered: 3,
                 timewait_now: 3,
                 close_wait_now: 0,
-                established_now: 0
+                established_now: 0,
+                lifetimes: Some(Lifetimes {
+                    ended: 3,
+                    ended_per_s: 3.0,
+                    short_share: 1.0,
+                    median_le_s: Some(0.001)
+                }),
+                ..PeerRow::new(PeerKey::Other)
             }
         );
         let srv = proc(&s, SERVER);
@@ -1141,6 +1300,11 @@ mod tests {
         let s = snap(&mut m, 3 * S);
         let c = proc(&s, CLIENT);
         assert_eq!((c.established_now, c.close_wait_now, c.closes), (0, 0, 1));
+        assert_eq!(
+            c.close_wait_history,
+            [0, 1, 0],
+            "the drill-down's CLOSE_WAIT sparkline"
+        );
     }
 
     #[test]
@@ -1603,6 +1767,149 @@ mod tests {
         m.apply(&Ev::new(CLIENT, 1, SynSent, Established, cl, srv).at(S).0);
         m.reconcile(&[], 2 * S, &mut no_owners, &|_| true, &mut alive);
         assert_eq!(proc(&snap(&mut m, 3 * S), CLIENT).established_now, 0);
+    }
+
+    #[test]
+    fn close_wait_sockets_have_ages_a_peak_and_make_a_leak_suspect() {
+        let mut m = Model::new(0, Limits::default());
+        let srv = "127.0.0.1:8080";
+        // Three connections whose peer closed at 1 s, 2 s and 20 s; the client never closes
+        // the first two, and closes the third at 25 s.
+        for (i, at) in [1, 2, 20].into_iter().enumerate() {
+            let cl = format!("127.0.0.1:{}", 40000 + i);
+            let sk = 0x100 + i as u64;
+            m.apply(
+                &Ev::new(CLIENT, sk, Close, SynSent, "127.0.0.1:0", srv)
+                    .at(0)
+                    .0,
+            );
+            m.apply(&Ev::new(CLIENT, sk, SynSent, Established, &cl, srv).at(0).0);
+            m.apply(
+                &Ev::new(0, sk, Established, CloseWait, &cl, srv)
+                    .at(at * S)
+                    .0,
+            );
+        }
+        let s = snap(&mut m, 21 * S);
+        let c = proc(&s, CLIENT);
+        assert_eq!((c.close_wait_now, c.close_wait_peak), (3, 3));
+        assert_eq!(c.close_wait_oldest_s, 20.0);
+        assert_eq!((c.close_wait_old, c.leak_suspect), (0, false));
+        m.apply(
+            &Ev::new(CLIENT, 0x102, CloseWait, LastAck, "127.0.0.1:40002", srv)
+                .at(25 * S)
+                .0,
+        );
+        let s = snap(&mut m, 40 * S);
+        let c = proc(&s, CLIENT);
+        // The peak stays; 39 s and 38 s old are past the 30 s threshold.
+        assert_eq!((c.close_wait_now, c.close_wait_peak), (2, 3));
+        assert_eq!(c.close_wait_oldest_s, 39.0);
+        assert!(!c.close_wait_oldest_at_least);
+        assert_eq!((c.close_wait_old, c.leak_suspect), (2, true));
+        assert_eq!(c.close_wait_ages.0, [0, 0, 0, 2, 0, 0, 0]);
+        assert_eq!(c.peers[0].close_wait_oldest_s, 39.0);
+        // From 3 at 21 s to 2 at 40 s: -1 over 19 s.
+        assert_eq!(c.close_wait_growth_per_min, -3.2);
+    }
+
+    #[test]
+    fn a_close_wait_socket_from_before_the_start_is_at_least_as_old_as_its_first_dump() {
+        let mut m = Model::new(0, Limits::default());
+        let kernel = [full(CloseWait, "127.0.0.1:40000", "127.0.0.1:8080", 77)];
+        m.reconcile(
+            &kernel,
+            S,
+            &mut |_: &[u64]| HashMap::from([(77, (CLIENT, Comm::from("leaky")))]),
+            &|_| true,
+            &mut alive,
+        );
+        let s = snap(&mut m, 41 * S);
+        let c = proc(&s, CLIENT);
+        assert_eq!(c.close_wait_oldest_s, 40.0);
+        assert!(c.close_wait_oldest_at_least);
+        assert!(c.leak_suspect);
+    }
+
+    #[test]
+    fn lifetimes_are_kept_per_peer_from_open_to_close() {
+        let mut m = Model::new(0, Limits::default());
+        let (srv, other) = ("127.0.0.1:8080", "127.0.0.1:9090");
+        // Ten 2 ms connections to srv, one 5 s connection to other, one refused connect.
+        for i in 0..10u64 {
+            let cl = format!("127.0.0.1:{}", 40000 + i);
+            let (sk, at) = (0x100 + i, S + i * 100_000_000);
+            m.apply(
+                &Ev::new(CLIENT, sk, Close, SynSent, "127.0.0.1:0", srv)
+                    .at(at)
+                    .0,
+            );
+            m.apply(&Ev::new(CLIENT, sk, SynSent, Established, &cl, srv).at(at).0);
+            m.apply(
+                &Ev::new(CLIENT, sk, Established, FinWait1, &cl, srv)
+                    .at(at + 1_000_000)
+                    .0,
+            );
+            m.apply(
+                &Ev::new(CLIENT, sk, FinWait1, FinWait2, &cl, srv)
+                    .at(at + 1_500_000)
+                    .0,
+            );
+            m.apply(
+                &Ev::new(CLIENT, sk, FinWait2, TimeWait, &cl, srv)
+                    .at(at + 2_000_000)
+                    .0,
+            );
+        }
+        let cl = "127.0.0.1:41000";
+        m.apply(
+            &Ev::new(CLIENT, 0x200, Close, SynSent, "127.0.0.1:0", other)
+                .at(S)
+                .0,
+        );
+        m.apply(
+            &Ev::new(CLIENT, 0x200, SynSent, Established, cl, other)
+                .at(S)
+                .0,
+        );
+        m.apply(
+            &Ev::new(CLIENT, 0x200, Established, Close, cl, other)
+                .at(6 * S)
+                .0,
+        );
+        m.apply(
+            &Ev::new(CLIENT, 0x300, Close, SynSent, "127.0.0.1:0", other)
+                .at(S)
+                .0,
+        );
+        m.apply(
+            &Ev::new(CLIENT, 0x300, SynSent, Close, "127.0.0.1:0", other)
+                .at(S)
+                .0,
+        );
+        let s = snap(&mut m, 11 * S);
+        let c = proc(&s, CLIENT);
+        let life = |port: u16| {
+            c.peers
+                .iter()
+                .find(|p| p.peer.rport() == port)
+                .and_then(|p| p.lifetimes)
+                .expect("lifetimes")
+        };
+        assert_eq!(
+            life(8080),
+            Lifetimes {
+                ended: 10,
+                ended_per_s: 1.0,
+                short_share: 1.0,
+                median_le_s: Some(0.004)
+            }
+        );
+        let o = life(9090);
+        assert_eq!(
+            (o.ended, o.short_share, o.median_le_s),
+            (1, 0.0, Some(16.0))
+        );
     }
 
     #[test]

@@ -9,6 +9,10 @@ use std::{
 use jiff::Timestamp;
 use serde::{Serialize, Serializer, ser::SerializeStruct as _};
 
+use super::leaks::CloseWaitAges;
+use super::ports::Destination;
+use crate::kernel::sysctl::PortSettings;
+
 /// One refresh of the leaderboard.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Snapshot {
@@ -27,6 +31,12 @@ pub struct Snapshot {
     pub totals: Totals,
     /// Sorted by TIME_WAIT entered in the interval, then in total, then pid.
     pub processes: Vec<ProcessRow>,
+    /// Outgoing destinations with local ports in use, most used share of the port pool first
+    /// (capped): see [`super::ports`].
+    pub destinations: Vec<Destination>,
+    /// Each network namespace's local-port sysctls, as last read (for `twtrace ports`' header).
+    #[serde(skip)]
+    pub port_settings: Vec<(u32, PortSettings)>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -85,7 +95,31 @@ pub struct ProcessRow {
     pub timewait_per_s: f64,
     pub timewait_now: u64,
     pub close_wait_now: u64,
+    /// The most CLOSE_WAIT sockets it held at once since start (a leaker that closed them all
+    /// before the end still shows).
+    pub close_wait_peak: u64,
+    /// Age of its oldest CLOSE_WAIT socket in seconds (0 without one).
+    pub close_wait_oldest_s: f64,
+    /// The oldest was in CLOSE_WAIT already when twtrace first saw it (a socket from before the
+    /// start): its age is at least `close_wait_oldest_s`.
+    #[serde(skip_serializing_if = "is_false")]
+    pub close_wait_oldest_at_least: bool,
+    /// Of `close_wait_now`, those older than the leak threshold (`--min-age`, 30 s).
+    pub close_wait_old: u64,
+    /// How CLOSE_WAIT now changed over the last minute, per minute (0 over less than 10 s).
+    pub close_wait_growth_per_min: f64,
+    /// CLOSE_WAIT sockets by age: `{"lt_1s": n, "lt_10s", "lt_30s", "lt_1m", "lt_5m", "lt_30m",
+    /// "ge_30m"}`, the empty buckets left out.
+    #[serde(skip_serializing_if = "CloseWaitAges::is_empty")]
+    pub close_wait_ages: CloseWaitAges,
+    /// A CLOSE_WAIT leak suspect: it holds CLOSE_WAIT sockets older than the threshold.
+    pub leak_suspect: bool,
     pub established_now: u64,
+    /// Its ESTABLISHED count grew by 10 or more over at least 30 s of the last minute and never
+    /// fell: connections opened and never closed.
+    pub established_growing: bool,
+    /// How ESTABLISHED now changed over the last minute, per minute (0 over less than 10 s).
+    pub established_growth_per_min: f64,
     /// Connections opened (connect() or accepted) since start.
     pub opens: u64,
     pub opens_per_s: f64,
@@ -98,6 +132,10 @@ pub struct ProcessRow {
     /// sparkline). Not in the JSON: the rates above carry the same information per interval.
     #[serde(skip)]
     pub timewait_history: Vec<u64>,
+    /// CLOSE_WAIT now at each snapshot over the last minute, oldest first (the drill-down's
+    /// second sparkline). Not in the JSON either.
+    #[serde(skip)]
+    pub close_wait_history: Vec<u64>,
     /// Sorted like the processes; capped, with the rest summed in [`PeerKey::Other`].
     pub peers: Vec<PeerRow>,
 }
@@ -111,7 +149,14 @@ pub struct PeerRow {
     pub timewait_entered: u64,
     pub timewait_now: u64,
     pub close_wait_now: u64,
+    /// Age of the oldest CLOSE_WAIT socket to this peer, in seconds (left out without one).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub close_wait_oldest_s: f64,
     pub established_now: u64,
+    /// How long its connections lived, over those that ended in the last minute (left out when
+    /// none did): the evidence for a new connection per request.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lifetimes: Option<Lifetimes>,
 }
 
 impl PeerRow {
@@ -122,9 +167,34 @@ impl PeerRow {
             timewait_entered: 0,
             timewait_now: 0,
             close_wait_now: 0,
+            close_wait_oldest_s: 0.0,
             established_now: 0,
+            lifetimes: None,
         }
     }
+}
+
+/// Lifetimes of a peer's connections that ended in the last 30 to 60 seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Lifetimes {
+    /// Connections that ended, counted.
+    pub ended: u64,
+    /// Per second over the time covered.
+    pub ended_per_s: f64,
+    /// Share of them that lived under a second.
+    pub short_share: f64,
+    /// The median lifetime is at most this many seconds (the upper edge of the logarithmic
+    /// bucket holding it: 0.001, 0.004, 0.016, 0.064, 0.25, 1, 4, 16, 64, 256, 1024, 4096); null
+    /// when longer.
+    pub median_le_s: Option<f64>,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+fn is_zero(x: &f64) -> bool {
+    *x == 0.0
 }
 
 /// Where a process's connections go.

@@ -87,6 +87,7 @@ pub(crate) fn kernel_truth() -> KernelTruth {
         ],
         owners: vec![(12345, 777, Comm::from("java"))],
         timewait_kernel: Some(1),
+        port_settings: Vec::new(),
     }
 }
 
@@ -594,6 +595,7 @@ fn arb_kernel() -> impl Strategy<Value = KernelTruth> {
                 .map(|(i, p, c)| (i, p, Comm::from(c.as_str())))
                 .collect(),
             timewait_kernel,
+            port_settings: Vec::new(),
         })
 }
 

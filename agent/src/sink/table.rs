@@ -8,7 +8,8 @@ use std::{
 use super::Sink;
 use crate::{
     container::short_id,
-    model::snapshot::{Snapshot, WholeSeconds},
+    diagnosis::short_age,
+    model::snapshot::{ProcessRow, Snapshot, WholeSeconds},
     text::{escape, write_json},
 };
 
@@ -86,6 +87,11 @@ pub fn print_table(out: &mut impl Write, snap: &Snapshot, top: usize) -> io::Res
         },
         snap.unattributed_events
     )?;
+    // A destination running out of local ports: said before the processes, as it is what makes
+    // connect() fail next.
+    if let Some((text, _)) = super::ports::warning(snap) {
+        writeln!(out, "WARNING: {text}")?;
+    }
     let shown = &snap.processes[..top.min(snap.processes.len())];
     let containers = shown.iter().any(|p| p.container.is_some());
     write!(out, "{:>7} {:<16} ", "PID", "COMM")?;
@@ -94,8 +100,8 @@ pub fn print_table(out: &mut impl Write, snap: &Snapshot, top: usize) -> io::Res
     }
     writeln!(
         out,
-        "{:>8} {:>9} {:>7} {:>7} {:>7} {:>7} {:>8} {:>6}  TOP PEER",
-        "TW/s", "TW_TOTAL", "TW_NOW", "CW_NOW", "EST_NOW", "OPEN/s", "CLOSE/s", "RESETS"
+        "{:>8} {:>9} {:>7} {:>7} {:>7} {:>7} {:>8} {:>6} {:>8}  TOP PEER",
+        "TW/s", "TW_TOTAL", "TW_NOW", "CW_NOW", "EST_NOW", "OPEN/s", "CLOSE/s", "RESETS", "CW_AGE"
     )?;
     for p in shown {
         let peer = p
@@ -114,7 +120,7 @@ pub fn print_table(out: &mut impl Write, snap: &Snapshot, top: usize) -> io::Res
         }
         writeln!(
             out,
-            "{:>8.1} {:>9} {:>7} {:>7} {:>7} {:>7.1} {:>8.1} {:>6}  {exited}{peer}",
+            "{:>8.1} {:>9} {:>7} {:>7} {:>7} {:>7.1} {:>8.1} {:>6} {:>8}  {exited}{peer}",
             p.timewait_per_s,
             p.timewait_entered,
             p.timewait_now,
@@ -123,6 +129,7 @@ pub fn print_table(out: &mut impl Write, snap: &Snapshot, top: usize) -> io::Res
             p.opens_per_s,
             p.closes_per_s,
             p.resets,
+            cw_age(p),
             // Before the peer, which is the free-length last column.
             exited = if p.exited { "[exited] " } else { "" },
         )?;
@@ -136,6 +143,14 @@ pub fn print_table(out: &mut impl Write, snap: &Snapshot, top: usize) -> io::Res
     }
     writeln!(out)?;
     out.flush()
+}
+
+/// The CW_AGE cell: the oldest CLOSE_WAIT's age, with `!` for a leak suspect (older than
+/// the threshold).
+fn cw_age(p: &ProcessRow) -> String {
+    let age = short_age(p.close_wait_oldest_s, p.close_wait_oldest_at_least);
+    let mark = if p.leak_suspect { "!" } else { "" };
+    format!("{age}{mark}")
 }
 
 #[cfg(test)]
@@ -175,6 +190,8 @@ mod tests {
                 }],
                 ..ProcessRow::default()
             }],
+            destinations: Vec::new(),
+            port_settings: Vec::new(),
         }
     }
 
@@ -201,6 +218,27 @@ mod tests {
             lines[2]
         );
         assert!(lines[2].ends_with("[::1]:443"), "{}", lines[2]);
+    }
+
+    #[test]
+    fn a_leak_suspect_is_marked_with_the_age_of_its_oldest_close_wait() {
+        let mut snap = sample();
+        snap.processes[0].close_wait_oldest_s = 312.0;
+        snap.processes[0].close_wait_oldest_at_least = true;
+        snap.processes[0].leak_suspect = true;
+        let mut out = Vec::new();
+        print_table(&mut out, &snap, 20).expect("print");
+        let text = String::from_utf8(out).expect("utf8");
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(
+            lines[1].contains("RESETS   CW_AGE  TOP PEER"),
+            "{}",
+            lines[1]
+        );
+        // The age ends where the header's CW_AGE ends.
+        let end = lines[1].find("CW_AGE").expect("CW_AGE") + "CW_AGE".len();
+        let cell: String = lines[2].chars().take(end).collect();
+        assert!(cell.ends_with(" ≥5m12s!"), "{}", lines[2]);
     }
 
     #[test]
@@ -348,6 +386,45 @@ mod tests {
             .nth(2)
             .expect("row")
             .len()
+    }
+
+    #[test]
+    fn a_destination_over_half_its_ports_gets_a_warning_line() {
+        use crate::{event::Comm, kernel::sysctl::PortRange, model::ports};
+        let mut snap = sample();
+        let d = ports::Destination {
+            netns: 0,
+            laddr: "10.0.0.1".parse().expect("addr"),
+            raddr: "10.0.0.5".parse().expect("addr"),
+            rport: 8080,
+            in_use: 261,
+            timewait: 250,
+            share: Some(0.87),
+            opens_per_s: 6.5,
+            exhaustion_eta_s: Some(40.0),
+            connect_failures: 0,
+            range: PortRange::parse("40000 40299", ""),
+            tcp_tw_reuse: Some(0),
+            tcp_timestamps: Some(1),
+            pids: vec![ports::PidOpens {
+                pid: 42,
+                comm: Comm::from("client"),
+                opens: 300,
+            }],
+            other_pids_opens: 0,
+        };
+        snap.destinations = vec![d.clone()];
+        let text = table(&snap, 20);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines[1],
+            "WARNING: local ports toward 10.0.0.5:8080 (from 10.0.0.1) 87.0% used (261 of 300, \
+             250 in TIME_WAIT), none left in 40s; top opener 42 client (twtrace ports)"
+        );
+        assert!(lines[2].trim_start().starts_with("PID COMM"));
+        // Half or less: no line, the table as before.
+        snap.destinations[0].share = Some(0.5);
+        assert_eq!(table(&snap, 20), table(&sample(), 20));
     }
 
     #[test]

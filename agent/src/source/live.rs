@@ -20,6 +20,7 @@ use crate::{
         netns::{AllNamespaces, NetnsId},
         procnet,
         sockdiag::{self, DiagSocket, SockDiag},
+        sysctl::SysctlFiles,
         tracer::{Options, Tracer},
     },
     model::{KernelSocket, ProcStatus, snapshot::ProcessRow},
@@ -44,8 +45,8 @@ enum Tables {
     /// Every network namespace on the host (events carry namespaces).
     All(AllNamespaces),
     /// twtrace's own namespace only: the kernel gave no offsets for namespaces, so events
-    /// carry namespace 0 and so does this table.
-    Own(SockDiag),
+    /// carry namespace 0 and so does this table (and its local-port sysctls).
+    Own(SockDiag, SysctlFiles),
 }
 
 pub struct Live {
@@ -76,7 +77,7 @@ impl Live {
         let tracer = Tracer::start(opts)?;
         let tables = match cadence.reconcile {
             Some(_) if tracer.netns_known => Some(Tables::All(AllNamespaces::new())),
-            Some(_) => Some(Tables::Own(SockDiag::open()?)),
+            Some(_) => Some(Tables::Own(SockDiag::open()?, SysctlFiles::open_here())),
             None => None,
         };
         let now = Instant::now();
@@ -131,10 +132,12 @@ impl Live {
     fn reconcile(&mut self, f: &mut dyn FnMut(Item) -> Flow) -> anyhow::Result<()> {
         self.drain(f);
         let dump_ns = monotonic_ns();
+        let port_settings;
         match self.tables.as_mut() {
             None => return Ok(()),
             Some(Tables::All(all)) => {
                 let dumped = all.dump_all(self.netns, &mut self.dump);
+                port_settings = all.port_settings(self.netns);
                 for (id, why) in &dumped.failed {
                     log::debug!("network namespace {id}: {why}");
                 }
@@ -153,9 +156,10 @@ impl Live {
                     );
                 }
             }
-            Some(Tables::Own(diag)) => {
+            Some(Tables::Own(diag, sysctls)) => {
                 diag.dump_tcp_into(&mut self.dump)
                     .context("reading the kernel's socket table")?;
+                port_settings = vec![(0, sysctls.read(&mut Vec::new()))];
             }
         }
         let ports = &self.ports;
@@ -186,6 +190,7 @@ impl Live {
             // Filled by the pipeline with what the model asks for (see `Processes`).
             owners: Vec::new(),
             timewait_kernel: self.timewait_kernel().0,
+            port_settings,
         }));
         Ok(())
     }

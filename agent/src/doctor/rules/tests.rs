@@ -45,7 +45,7 @@ fn base() -> Facts {
     .collect();
     let mut counters = Counters::parse(NETSTAT);
     counters.parse_into(SNMP);
-    let ports = PortRange::parse("32768\t60999", "").expect("range");
+    let ports = PortPool::parse("32768\t60999", "").expect("range");
     let dump = vec![
         sock(10, false, "0.0.0.0:22", "0.0.0.0:0"),
         sock(1, false, "10.0.0.1:22", "10.0.0.9:50000"),
@@ -273,7 +273,7 @@ fn reserved_ports_shrink_the_pool() {
         "net.ipv4.ip_local_reserved_ports",
         Some("40000-59999"),
     );
-    f.ports = PortRange::parse("32768 60999", "40000-59999");
+    f.ports = PortPool::parse("32768 60999", "40000-59999");
     set(&mut f, "net.ipv4.tcp_tw_reuse", Some("0"));
     // Ports 32768.. and 60000..: toward() uses consecutive ones, 7232 left below 40000.
     toward(&mut f, "10.0.0.5:80", "10.0.0.1", 7_000, 0);
@@ -728,10 +728,13 @@ fn the_watch_names_churners_and_leakers() {
                 },
             ),
             churner(13, "idle", 1, out("10.0.0.7", 80)),
+            // Marked a suspect by the model (CLOSE_WAIT older than --min-age).
             ProcessRow {
                 pid: 14,
                 comm: "leaky".into(),
                 close_wait_now: 40,
+                close_wait_oldest_s: 120.0,
+                leak_suspect: true,
                 ..ProcessRow::default()
             },
         ],
@@ -822,4 +825,53 @@ fn the_capped_rest_of_the_peers_is_not_named() {
         "{:?}",
         c.evidence
     );
+}
+
+#[test]
+fn a_destination_the_watch_named_is_not_named_twice() {
+    use crate::{event::Comm, kernel::sysctl::PortRange, model::ports};
+    let mut f = base();
+    set(&mut f, "net.ipv4.tcp_tw_reuse", Some("0"));
+    toward(&mut f, "10.0.0.5:5432", "10.0.0.1", 27_000, 0);
+    let dest = ports::Destination {
+        netns: 0,
+        laddr: "10.0.0.1".parse().expect("addr"),
+        raddr: "10.0.0.5".parse().expect("addr"),
+        rport: 5432,
+        in_use: 27_000,
+        timewait: 27_000,
+        share: Some(0.956),
+        opens_per_s: 500.0,
+        exhaustion_eta_s: Some(2.5),
+        connect_failures: 0,
+        range: PortRange::parse("32768 60999", ""),
+        tcp_tw_reuse: Some(0),
+        tcp_timestamps: Some(1),
+        pids: vec![ports::PidOpens {
+            pid: 10,
+            comm: Comm::from("loader"),
+            opens: 27_000,
+        }],
+        other_pids_opens: 0,
+    };
+    f.watch = Some(Watched {
+        seconds: 10.0,
+        snapshot: Some(Arc::new(Snapshot {
+            uptime_s: 10.0,
+            destinations: vec![dest],
+            ..Snapshot::default()
+        })),
+        counters_before: None,
+    });
+    let x = findings(&f, false);
+    let p = one(&x, "port_exhaustion");
+    assert_eq!(
+        p.pid,
+        Some(10),
+        "the watch's, which names the opener: {p:#?}"
+    );
+    // Without the watch, the one dump's.
+    f.watch = None;
+    let x = findings(&f, false);
+    assert_eq!(one(&x, "port_exhaustion").pid, None);
 }

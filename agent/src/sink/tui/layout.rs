@@ -68,14 +68,14 @@ pub(super) const MAX_CONTAINER: u16 = 13;
 pub(super) const CONTAINER_COL: usize = 2;
 
 /// Where COMMAND sits in [`PROCESS_COLS`]: last, not sortable either.
-pub(super) const COMMAND_COL: usize = 12;
+pub(super) const COMMAND_COL: usize = 13;
 
-/// Display order: `ProcCol::ALL` with CONTAINER after COMM, then TOP PEER and COMMAND. Text
+/// Display order: `ProcCol::ALL` with CONTAINER after COMM, then CW AGE, TOP PEER and COMMAND. Text
 /// columns get their preferred width from what they show. CONTAINER, shown only when asked for,
 /// ranks with PID: whoever turns it on wants it more than the counts after TW NOW. COMMAND (the
 /// command line, when one is known) ranks last and takes what is left, so it appears only on a
 /// terminal wide enough for everything else.
-pub(super) const PROCESS_COLS: [Col; 13] = [
+pub(super) const PROCESS_COLS: [Col; 14] = [
     col("PID", 7, 2),
     text_col("COMM", MAX_COMM, 6, 1, false),
     // Its minimum is the title's width; drawing sets both from what is on screen.
@@ -88,6 +88,9 @@ pub(super) const PROCESS_COLS: [Col; 13] = [
     col("OPEN/s", 8, 9),
     col("CLOSE/s", 8, 10),
     col("RESETS", 7, 8),
+    // The oldest CLOSE_WAIT's age; not sortable (the digit keys stop at ten). Leak suspects'
+    // rows are red as well.
+    col("CW AGE", 7, 11),
     text_col("TOP PEER", 24, 12, 7, true),
     text_col("COMMAND", 40, 20, 13, true),
 ];

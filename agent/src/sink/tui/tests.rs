@@ -28,6 +28,7 @@ fn counts(peer: PeerKey, tw: u64, tw_now: u64, cw: u64, est: u64) -> PeerRow {
         timewait_now: tw_now,
         close_wait_now: cw,
         established_now: est,
+        ..PeerRow::new(peer)
     }
 }
 
@@ -65,7 +66,9 @@ fn process(pid: u32, comm: &str, tw_per_s: f64, tw: u64, peers: Vec<PeerRow>) ->
         closes_per_s: tw_per_s,
         resets: 0,
         timewait_history: Vec::new(),
+        close_wait_history: Vec::new(),
         peers,
+        ..ProcessRow::default()
     }
 }
 
@@ -85,6 +88,7 @@ pub(super) fn demo_snapshot() -> Snapshot {
     );
     java.resets = 37;
     java.timewait_history = (0..60u64).map(|s| 700 + (s * 37) % 230).collect();
+    java.close_wait_history = (0..60u64).map(|s| s / 2).collect();
     let mut curl = process(
         31337,
         "curl",
@@ -131,6 +135,8 @@ pub(super) fn demo_snapshot() -> Snapshot {
             timewait_recovered: 0,
         },
         processes: vec![java, curl, nginx, before],
+        destinations: Vec::new(),
+        port_settings: Vec::new(),
     }
 }
 
@@ -304,7 +310,7 @@ fn one_row_with_all_columns() {
     let text = screen(&buf);
     for col in [
         "PID", "COMM", "TW/s▼", "TW TOTAL", "TW NOW", "CW NOW", "EST NOW", "OPEN/s", "CLOSE/s",
-        "RESETS", "TOP PEER",
+        "RESETS", "CW AGE", "TOP PEER",
     ] {
         assert!(text.contains(col), "{col} missing:\n{text}");
     }
@@ -515,6 +521,10 @@ fn drill_down_shows_peers_and_sparkline() {
     assert!(text.contains("java pid 4242"), "{text}");
     assert!(text.contains("last minute"), "{text}");
     assert!(text.contains("peak 927, latest 813"), "{text}");
+    assert!(
+        text.contains("CLOSE_WAIT now, last minute: peak 29, latest 29"),
+        "{text}"
+    );
     assert!(text.contains("10.0.3.18:5432"), "{text}");
     // Sparkline bars.
     assert!(
