@@ -738,7 +738,19 @@ fn watched(f: &Facts, out: &mut Vec<Finding>) {
     let Some(snap) = &w.snapshot else {
         return;
     };
-    let diag = diagnosis::diagnose(snap, &Thresholds::default());
+    let mut diag = diagnosis::diagnose(snap, &Thresholds::default());
+    // Each process the diagnosis names, by its command line too: three `python3` are three
+    // different programs.
+    for x in &mut diag {
+        let cmdline = x
+            .pid
+            .and_then(|pid| snap.processes.iter().find(|p| p.pid == pid))
+            .and_then(|p| p.cmdline.as_deref());
+        if let Some(c) = cmdline {
+            x.evidence
+                .push(format!("command line of pid {}: {c}", x.pid.unwrap_or(0)));
+        }
+    }
     let covered: Vec<u32> = diag
         .iter()
         .filter(|d| d.kind == "churn_without_reuse")

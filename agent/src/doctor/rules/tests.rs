@@ -732,6 +732,7 @@ fn the_watch_names_churners_and_leakers() {
             ProcessRow {
                 pid: 14,
                 comm: "leaky".into(),
+                cmdline: Some("/usr/bin/leaky --serve".into()),
                 close_wait_now: 40,
                 close_wait_oldest_s: 120.0,
                 leak_suspect: true,
@@ -777,6 +778,12 @@ fn the_watch_names_churners_and_leakers() {
         loader.remedy
     );
     assert_eq!(x[1].pid, Some(14));
+    assert_eq!(
+        x[1].evidence.last().map(String::as_str),
+        Some("command line of pid 14: /usr/bin/leaky --serve"),
+        "the diagnosis's findings get the command line: {:?}",
+        x[1].evidence
+    );
     assert_eq!(x[2].pid, Some(11));
     let server = &x[3];
     assert_eq!(server.pid, Some(12));
