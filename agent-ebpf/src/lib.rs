@@ -90,6 +90,13 @@ pub mod flags {
     /// Not a state change: a process took the socket with accept() and is its owner from now
     /// on (`oldstate == newstate`, the state it is in).
     pub const ACCEPTED: u32 = 1 << 5;
+    /// On a `FIN_WAIT2 -> CLOSE` only: the socket was orphaned (`SOCK_DEAD`: its process had
+    /// closed it) and the peer's FIN had not arrived (`SOCK_DONE` clear), so `tcp_time_wait()`
+    /// handed the connection to a timewait socket in the FIN_WAIT2 substate, not TIME_WAIT
+    /// (`ss` shows it as FIN-WAIT-2 with a timewait timer; sockstat counts it in `tw`). Read
+    /// from `sk->sk_flags` (offset and bits from BTF); never set without them, so such a close
+    /// is then reported as TIME_WAIT, as before. Bit 6 is taken elsewhere.
+    pub const ORPHAN_FIN_WAIT2: u32 = 1 << 7;
 }
 
 /// Index of each counter in the `STATS` per-CPU array.
@@ -147,6 +154,11 @@ pub mod globals {
     pub const OFF_FDTABLE_MAX_FDS: &str = "OFF_FDTABLE_MAX_FDS";
     pub const OFF_FILE_PRIVATE_DATA: &str = "OFF_FILE_PRIVATE_DATA";
     pub const OFF_SOCKET_SK: &str = "OFF_SOCKET_SK";
+    /// `u32`: `struct sock` to `__sk_common.skc_flags` (`sk->sk_flags`, an unsigned long).
+    pub const OFF_SOCK_FLAGS: &str = "OFF_SOCK_FLAGS";
+    /// `u32`: bit numbers of `SOCK_DEAD` and `SOCK_DONE` in `sk_flags` (`enum sock_flags`).
+    pub const BIT_SOCK_DEAD: &str = "BIT_SOCK_DEAD";
+    pub const BIT_SOCK_DONE: &str = "BIT_SOCK_DONE";
 }
 
 /// Program names (the function names in `src/main.rs`).

@@ -306,9 +306,10 @@ pub struct RecordArgs {
 
     /// A condition checked every second on the leaderboard's snapshot, e.g. 'timewait_now>20000',
     /// 'close_wait_now[comm=java]>500', 'timewait_per_s[pid=42]>=1000' (repeatable). Fields:
-    /// totals (timewait_now, timewait_kernel, close_wait_now, established_now, timewait_entered,
-    /// timewait_per_s, lost_events, unattributed_events) or, with [pid=N] or [comm=NAME] (summed
-    /// over processes of that name), a process's (timewait_entered, timewait_per_s, timewait_now,
+    /// totals (timewait_now, fin_wait2_now, timewait_kernel, close_wait_now, established_now,
+    /// timewait_entered, fin_wait2_entered, timewait_per_s, lost_events, unattributed_events) or,
+    /// with [pid=N] or [comm=NAME] (summed over processes of that name), a process's
+    /// (timewait_entered, timewait_per_s, timewait_now, fin_wait2_entered, fin_wait2_now,
     /// close_wait_now, established_now, opens, opens_per_s, closes, closes_per_s, resets). A
     /// trigger fires when its condition becomes true.
     #[arg(long, value_name = "EXPR", requires = "ring")]

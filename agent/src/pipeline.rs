@@ -708,6 +708,7 @@ mod tests {
             old: TcpState::Close,
             new: TcpState::SynSent,
             reset: None,
+            orphan: false,
         };
         let step = |k: u64, old, new| Transition {
             mono_ns: t0 + k,

@@ -10,7 +10,11 @@ use std::{
 };
 
 use serde_json::Value;
-use twtrace_tests::{Attached, DRIVER_TIMEOUT, Mode, Traffic, skip_unless_root};
+use twtrace_tests::{
+    Attached, DRIVER_TIMEOUT, Mode, Traffic,
+    record::{Recording, TempDir, twtrace_output},
+    skip_unless_root,
+};
 
 fn driver() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_tcpdrive"))
@@ -163,4 +167,43 @@ fn a_connection_per_request_is_flagged_and_a_reused_connection_is_not() {
         let any: Vec<_> = found.iter().filter(|v| v["pid"] == pid).collect();
         assert!(any.is_empty(), "pid {pid} reported: {any:#?}");
     }
+}
+
+#[test]
+fn a_recording_names_the_same_suspect_without_root() {
+    const TEST: &str = "leaks a_recording_names_the_same_suspect_without_root";
+    if skip_unless_root(TEST) {
+        return;
+    }
+    const N: usize = 4;
+    let dir = TempDir::new("leaks-from");
+    let file = dir.join("leak.twr");
+    let leaky = Traffic::new(driver(), Mode::Leak, N, "tws-rl", "twc-rl").hold_ms(60_000);
+    let server = leaky.server();
+    let rec = Recording::start(&file, &["--port".into(), server.port.to_string()]);
+    let mut client = leaky.client(server.port);
+    client.wait_for_stdout("holding", DRIVER_TIMEOUT);
+    // Past --min-age (2 s) and two reconciliations, with the sockets still held.
+    std::thread::sleep(Duration::from_secs(4));
+    let recorded = rec.stop(libc::SIGINT);
+    assert!(recorded.status.success());
+    // A recording is created 0600 for root: hand it to the unprivileged reader.
+    std::os::unix::fs::chown(&file, Some(65534), Some(65534)).expect("chown");
+    let path = file.to_str().expect("utf-8 path");
+    let out = twtrace_output(
+        &["leaks", "--from", path, "--json", "--min-age", "2s"],
+        true,
+    );
+    assert!(out.status.success());
+    let found: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let leak = of(&found, "close_wait_leak", client.pid());
+    assert_eq!(leak.len(), 1, "{found:#?}");
+    assert_eq!(leak[0]["close_wait_now"], N);
+    let oldest = leak[0]["oldest_age_s"].as_f64().expect("oldest_age_s");
+    assert!((3.0..=6.0).contains(&oldest), "oldest {oldest} s");
+    assert_eq!(found.len(), 1, "nothing else: {found:#?}");
+    drop(client);
 }

@@ -143,8 +143,10 @@ impl Tracer {
             Err(e) => {
                 notices.push(format!(
                     "{e:#}: network namespaces are not told apart (every socket shows as \
-                     namespace 0) and accept() is not followed (accepted sockets stay with \
-                     the listener's owner until a reconcile asks /proc)"
+                     namespace 0), accept() is not followed (accepted sockets stay with \
+                     the listener's owner until a reconcile asks /proc), and orphaned \
+                     FIN_WAIT2 timewait sockets are reported as TIME_WAIT until a reconcile \
+                     sees their state"
                 ));
                 None
             }
@@ -168,6 +170,9 @@ impl Tracer {
             (globals::OFF_FDTABLE_MAX_FDS, &o.fdtable_max_fds),
             (globals::OFF_FILE_PRIVATE_DATA, &o.file_private_data),
             (globals::OFF_SOCKET_SK, &o.socket_sk),
+            (globals::OFF_SOCK_FLAGS, &o.sock_flags),
+            (globals::BIT_SOCK_DEAD, &o.sock_dead_bit),
+            (globals::BIT_SOCK_DONE, &o.sock_done_bit),
         ] {
             loader.override_global(name, value, true);
         }

@@ -19,6 +19,7 @@ pub mod lives;
 mod owners;
 pub mod ports;
 pub mod snapshot;
+mod substate;
 
 use crate::{
     event::{Attribution, Comm, Transition},
@@ -27,6 +28,7 @@ use crate::{
 use leaks::{CloseWaitAges, Sample};
 use lives::Lives;
 use snapshot::{BEFORE_START, Lifetimes, PeerKey, PeerRow, ProcessRow, Snapshot, Totals};
+use substate::Substate;
 
 /// Timer-wheel lateness assumed before any is measured. The kernel's timer wheel rounds a
 /// timer up to the end of a bucket whose size grows with how far out it is
@@ -115,7 +117,7 @@ struct Sock {
     by_listener: bool,
 }
 
-/// A TIME_WAIT socket twtrace attributed.
+/// A timewait socket twtrace attributed: TIME_WAIT, or an orphan's FIN_WAIT2 (see `Substate`).
 #[derive(Clone, Copy, Debug)]
 struct TwSock {
     pid: u32,
@@ -125,12 +127,19 @@ struct TwSock {
     deadline_ns: u64,
     /// Counted by `recover_skipped`, not by its event (which may still come: see `apply`).
     recovered: bool,
+    /// Its substate now, which its "now" gauge follows; a dump corrects it.
+    sub: Substate,
+    /// The substate its entry was counted in.
+    entered_as: Substate,
 }
 
 #[derive(Clone, Copy, Debug, Default)]
 struct Peer {
     tw_entered: u64,
     tw_now: u64,
+    /// Orphaned FIN_WAIT2 timewait sockets: entries and alive now.
+    fw2_entered: u64,
+    fw2_now: u64,
     cw_now: u64,
     est_now: u64,
     last_ns: u64,
@@ -140,7 +149,7 @@ struct Peer {
 
 impl Peer {
     fn alive(&self) -> bool {
-        self.tw_now + self.cw_now + self.est_now > 0
+        self.tw_now + self.fw2_now + self.cw_now + self.est_now > 0
     }
 }
 
@@ -159,6 +168,9 @@ struct Proc {
     prev: (u64, u64, u64),
     rates: (f64, f64, f64),
     tw_now: u64,
+    /// Orphaned FIN_WAIT2 timewait sockets: entries and alive now.
+    fw2_entered: u64,
+    fw2_now: u64,
     cw_now: u64,
     /// The most CLOSE_WAIT sockets it held at once.
     cw_peak: u64,
@@ -174,7 +186,7 @@ struct Proc {
 
 impl Proc {
     fn alive(&self) -> bool {
-        self.tw_now + self.cw_now + self.est_now > 0
+        self.tw_now + self.fw2_now + self.cw_now + self.est_now > 0
     }
 
     /// The key `key`'s counts live under: itself, or "other" once the cap is reached. Creates
@@ -249,15 +261,17 @@ pub struct Model {
     /// Rows of processes whose pid was reused by another process: kept apart, so the new
     /// process never merges with the old one, until they age out.
     retired: Vec<(u32, Proc)>,
-    /// TIME_WAIT sockets in the kernel's table whose owner twtrace never saw, with peers.
-    /// (deadline from the kernel's timer, peer).
-    before_start_tw: Vec<(u64, PeerKey)>,
+    /// Timewait sockets in the kernel's table whose owner twtrace never saw, with peers.
+    /// (deadline from the kernel's timer, peer, substate).
+    before_start_tw: Vec<(u64, PeerKey, Substate)>,
     /// How long after its deadline the kernel really drops a timewait socket, learnt from
     /// sockets it still had when they were due.
     tw_slack_ns: u64,
     unattributed_events: u64,
     tw_entered_total: u64,
-    /// TIME_WAIT entries found by `recover_skipped` (included in `tw_entered_total`).
+    /// Orphaned FIN_WAIT2 timewait entries since start.
+    fw2_entered_total: u64,
+    /// Timewait entries found by `recover_skipped` (included in the two totals above).
     tw_recovered: u64,
     tw_entered_prev: u64,
     tw_rate: f64,
@@ -280,6 +294,7 @@ impl Model {
             unattributed_events: 0,
             tw_recovered: 0,
             tw_entered_total: 0,
+            fw2_entered_total: 0,
             tw_entered_prev: 0,
             tw_rate: 0.0,
             last_snapshot_ns: start_ns,
@@ -307,7 +322,7 @@ impl Model {
         // once; it is no longer "recovered".
         // Events before it that were in flight too (FIN_WAIT1 -> FIN_WAIT2) made the socket
         // anew here; it goes now.
-        if t.new == TcpState::TimeWait
+        if t.timewait().is_some()
             && let Some(tw) = self.timewait.get_mut(&key)
             && tw.recovered
         {
@@ -337,9 +352,11 @@ impl Model {
             // It closed before this event; when exactly is not known, its last event is the
             // best bound. A dump drops it from the "now" gauges if the kernel has no timewait
             // socket for it (a full table).
+            // Its substate is not known: TIME_WAIT until a dump says otherwise.
             self.recover(
                 &old,
                 old.seen_ns.saturating_add(self.limits.timewait_len_ns),
+                Substate::TimeWait,
             );
         }
         // A socket can be in the kernel's table before its first events are read (the dump
@@ -422,20 +439,22 @@ impl Model {
         } else {
             previous.and_then(|s| s.opened_ns)
         };
-        match t.new {
-            TcpState::TimeWait => {
+        // A timewait entry: TIME_WAIT, or FIN_WAIT2 for an orphan (`t.new` FIN_WAIT2 then).
+        match (t.timewait(), t.new) {
+            (Some(sub), _) => {
                 let deadline_ns = t.mono_ns.saturating_add(self.limits.timewait_len_ns);
-                self.enter_timewait(pid, peer, key, (t.mono_ns, deadline_ns), false);
+                let when = (t.mono_ns, deadline_ns);
+                self.enter_timewait(pid, peer, key, when, (Substate::of(sub), false));
                 self.end_life(pid, peer, previous.as_ref(), t.mono_ns);
             }
-            TcpState::Close => {
+            (None, TcpState::Close) => {
                 proc.closes += 1;
                 if t.reset.is_some() {
                     proc.resets += 1;
                 }
                 self.end_life(pid, peer, previous.as_ref(), t.mono_ns);
             }
-            state => {
+            (None, state) => {
                 // Its age in this state carries over an event that did not change the state.
                 let (since_ns, since_known) = match previous {
                     Some(s) if s.state == state => (s.since_ns, s.since_known),
@@ -552,18 +571,20 @@ impl Model {
 
     fn count_tw(&mut self, tw: &TwSock) {
         if let Some(proc) = self.procs.get_mut(&tw.pid) {
-            proc.tw_now += 1;
+            *proc.now_mut(tw.sub) += 1;
             if let Some(p) = proc.peers.get_mut(&tw.peer) {
-                p.tw_now += 1;
+                *p.now_mut(tw.sub) += 1;
             }
         }
     }
 
     fn uncount_tw(&mut self, tw: &TwSock) {
         if let Some(proc) = self.procs.get_mut(&tw.pid) {
-            proc.tw_now = proc.tw_now.saturating_sub(1);
+            let now = proc.now_mut(tw.sub);
+            *now = now.saturating_sub(1);
             if let Some(p) = proc.peers.get_mut(&tw.peer) {
-                p.tw_now = p.tw_now.saturating_sub(1);
+                let now = p.now_mut(tw.sub);
+                *now = now.saturating_sub(1);
             }
         }
     }
@@ -585,7 +606,7 @@ impl Model {
     ///
     /// Either way the entry is counted for the owner twtrace knows, as the event would have
     /// been, and in `timewait_recovered`; the skipped events themselves stay counted as lost.
-    fn recover_skipped(&mut self, kernel_tw: &Map<Tuple, u64>, dump_ns: u64) {
+    fn recover_skipped(&mut self, kernel_tw: &Map<Tuple, (u64, Substate)>, dump_ns: u64) {
         let missed: Vec<u64> = self
             .socks
             .iter()
@@ -602,47 +623,60 @@ impl Model {
         for skaddr in missed {
             if let Some(s) = self.socks.remove(&skaddr) {
                 self.uncount(&s);
-                let deadline_ns = kernel_tw.get(&s.tuple).copied().unwrap_or(dump_ns);
-                self.recover(&s, deadline_ns);
+                let (deadline_ns, sub) = kernel_tw
+                    .get(&s.tuple)
+                    .copied()
+                    .unwrap_or((dump_ns, Substate::TimeWait));
+                self.recover(&s, deadline_ns, sub);
             }
         }
     }
 
     /// Counts a closing socket's TIME_WAIT entry whose event never came (see
-    /// `recover_skipped`), due at `deadline_ns`. The socket is already out of `socks`.
-    fn recover(&mut self, s: &Sock, deadline_ns: u64) {
+    /// `recover_skipped`), due at `deadline_ns`, in substate `sub`. The socket is already out
+    /// of `socks`.
+    fn recover(&mut self, s: &Sock, deadline_ns: u64, sub: Substate) {
         self.tw_recovered += 1;
         let entered_ns = deadline_ns.saturating_sub(self.limits.timewait_len_ns);
-        self.enter_timewait(s.pid, s.peer, s.tuple, (entered_ns, deadline_ns), true);
+        self.enter_timewait(
+            s.pid,
+            s.peer,
+            s.tuple,
+            (entered_ns, deadline_ns),
+            (sub, true),
+        );
         self.end_life(s.pid, s.peer, Some(s), s.seen_ns);
     }
 
-    /// A TIME_WAIT entry for `pid` toward `peer` (interned already): counted as a close and an
-    /// entry, alive from `when.0` until `when.1` (a dump corrects that from the kernel's timer).
-    /// `recovered`: counted without its event (see `recover_skipped`).
+    /// A timewait entry for `pid` toward `peer` (interned already) in substate `how.0`: counted
+    /// as a close and an entry, alive from `when.0` until `when.1` (a dump corrects that from
+    /// the kernel's timer). `how.1`, recovered: counted without its event (see
+    /// `recover_skipped`).
     fn enter_timewait(
         &mut self,
         pid: u32,
         peer: PeerKey,
         key: Tuple,
         (entered_ns, deadline_ns): (u64, u64),
-        recovered: bool,
+        (sub, recovered): (Substate, bool),
     ) {
         let proc = self.procs.entry(pid).or_default();
         proc.closes += 1;
-        proc.tw_entered += 1;
-        proc.tw_now += 1;
+        *proc.entered_mut(sub) += 1;
+        *proc.now_mut(sub) += 1;
         if let Some(p) = proc.peers.get_mut(&peer) {
-            p.tw_entered += 1;
-            p.tw_now += 1;
+            *p.entered_mut(sub) += 1;
+            *p.now_mut(sub) += 1;
         }
-        self.tw_entered_total += 1;
+        *self.entered_total_mut(sub) += 1;
         let tw = TwSock {
             pid,
             peer,
             entered_ns,
             deadline_ns,
             recovered,
+            sub,
+            entered_as: sub,
         };
         // A 4-tuple is in TIME_WAIT once at most; a new entry means the kernel reused it
         // (tcp_tw_reuse) and the old timewait socket is gone.
@@ -677,10 +711,14 @@ impl Model {
         // The kernel also says when each one's timer fires, which keeps the count exact between
         // dumps (thousands expire every second under churn) and covers re-armed timers.
         let deadline = |k: &KernelSocket| dump_ns.saturating_add(k.expires_ns);
-        let kernel_tw: Map<Tuple, u64> = kernel
+        // With its substate, TIME_WAIT or FIN_WAIT2 (the state sock_diag reports for it).
+        let kernel_tw: Map<Tuple, (u64, Substate)> = kernel
             .iter()
             .filter(|k| k.timewait)
-            .map(|k| (tuple(k.netns, k.local, k.remote), deadline(k)))
+            .map(|k| {
+                let key = tuple(k.netns, k.local, k.remote);
+                (key, (deadline(k), Substate::of(k.state)))
+            })
             .collect();
         // Aged ones the kernel still has are late (the timer wheel fires a 60 s timer in a
         // bucket up to a few hundred ms after its deadline, more at low HZ) or were re-armed:
@@ -693,7 +731,7 @@ impl Model {
             .collect();
         for key in rearmed {
             if let Some(tw) = self.aged.remove(&key) {
-                let overdue = kernel_tw.get(&key).is_some_and(|&d| d <= dump_ns);
+                let overdue = kernel_tw.get(&key).is_some_and(|&(d, _)| d <= dump_ns);
                 if overdue {
                     let late = dump_ns
                         .saturating_sub(tw.deadline_ns)
@@ -706,10 +744,11 @@ impl Model {
         }
         self.aged.clear();
         for (key, tw) in self.timewait.iter_mut() {
-            if let Some(&d) = kernel_tw.get(key) {
+            if let Some(&(d, _)) = kernel_tw.get(key) {
                 tw.deadline_ns = d;
             }
         }
+        self.correct_substates(&kernel_tw);
         self.recover_skipped(&kernel_tw, dump_ns);
         let expired: Vec<Tuple> = self
             .timewait
@@ -735,7 +774,8 @@ impl Model {
                 k.local,
                 k.remote,
             );
-            self.before_start_tw.push((deadline(k), peer));
+            self.before_start_tw
+                .push((deadline(k), peer, Substate::of(k.state)));
         }
 
         // Full sockets: drop what the kernel no longer has (a close twtrace did not see), add
@@ -846,13 +886,14 @@ impl Model {
             }
         };
         self.last_snapshot_ns = now_ns;
-        self.tw_rate = per_s(self.tw_entered_total - self.tw_entered_prev);
+        // Saturating: a dump can move a guessed entry to FIN_WAIT2 (`correct_substates`).
+        self.tw_rate = per_s(self.tw_entered_total.saturating_sub(self.tw_entered_prev));
         self.tw_entered_prev = self.tw_entered_total;
 
         let limits = self.limits;
         for proc in self.procs.values_mut() {
             let (tw, opens, closes) = proc.prev;
-            let tw_delta = proc.tw_entered - tw;
+            let tw_delta = proc.tw_entered.saturating_sub(tw);
             proc.rates = (
                 per_s(tw_delta),
                 // An accept() moves an open from the listener's owner to the worker.
@@ -890,10 +931,15 @@ impl Model {
         });
 
         self.before_start_tw
-            .retain(|&(deadline, _)| now_ns < deadline.saturating_add(slack));
-        let mut before_start: Map<PeerKey, u64> = Map::default();
-        for &(_, peer) in &self.before_start_tw {
-            *before_start.entry(peer).or_default() += 1;
+            .retain(|&(deadline, _, _)| now_ns < deadline.saturating_add(slack));
+        // (TIME_WAIT, FIN_WAIT2) per peer.
+        let mut before_start: Map<PeerKey, (u64, u64)> = Map::default();
+        for &(_, peer, sub) in &self.before_start_tw {
+            let n = before_start.entry(peer).or_default();
+            match sub {
+                Substate::TimeWait => n.0 += 1,
+                Substate::FinWait2 => n.1 += 1,
+            }
         }
         let ages = self.close_wait_ages(now_ns);
         let ctx = RowContext {
@@ -925,16 +971,19 @@ impl Model {
                 .total_cmp(&a.timewait_per_s)
                 .then(b.timewait_entered.cmp(&a.timewait_entered))
                 .then(b.timewait_now.cmp(&a.timewait_now))
+                .then(b.fin_wait2_now.cmp(&a.fin_wait2_now))
                 .then(b.close_wait_now.cmp(&a.close_wait_now))
                 .then(a.pid.cmp(&b.pid))
         });
         let totals = Totals {
             timewait_now: processes.iter().map(|p| p.timewait_now).sum(),
+            fin_wait2_now: processes.iter().map(|p| p.fin_wait2_now).sum(),
             timewait_kernel: outside.timewait_kernel,
             namespaces: outside.namespaces,
             close_wait_now: processes.iter().map(|p| p.close_wait_now).sum(),
             established_now: processes.iter().map(|p| p.established_now).sum(),
             timewait_entered: self.tw_entered_total,
+            fin_wait2_entered: self.fw2_entered_total,
             timewait_per_s: self.tw_rate,
             timewait_recovered: self.tw_recovered,
         };
@@ -1010,7 +1059,8 @@ struct CloseWaitStats {
 
 /// What every row of one snapshot is built with.
 struct RowContext<'a> {
-    before_start_tw: &'a Map<PeerKey, u64>,
+    /// Unowned timewait sockets per peer: (TIME_WAIT, FIN_WAIT2).
+    before_start_tw: &'a Map<PeerKey, (u64, u64)>,
     ages: &'a Map<u32, CloseWaitStats>,
     now_ns: u64,
 }
@@ -1020,7 +1070,8 @@ fn age_s(ns: u64) -> f64 {
     leaks::round(ns as f64 / 1e9, 1)
 }
 
-/// A process's row; pid 0 also carries the unowned TIME_WAIT sockets. None for an empty pid 0.
+/// A process's row; pid 0 also carries the unowned timewait sockets, (TIME_WAIT, FIN_WAIT2)
+/// per peer. None for an empty pid 0.
 fn row(pid: u32, p: &mut Proc, ctx: &RowContext<'_>) -> Option<ProcessRow> {
     let cw = ctx.ages.get(&pid);
     let mut peers: Vec<PeerRow> = p
@@ -1030,6 +1081,8 @@ fn row(pid: u32, p: &mut Proc, ctx: &RowContext<'_>) -> Option<ProcessRow> {
             peer,
             timewait_entered: c.tw_entered,
             timewait_now: c.tw_now,
+            fin_wait2_entered: c.fw2_entered,
+            fin_wait2_now: c.fw2_now,
             close_wait_now: c.cw_now,
             close_wait_oldest_s: cw
                 .and_then(|st| st.peers.get(&peer))
@@ -1043,19 +1096,25 @@ fn row(pid: u32, p: &mut Proc, ctx: &RowContext<'_>) -> Option<ProcessRow> {
             }),
         })
         .collect();
-    let mut tw_now = p.tw_now;
+    let (mut tw_now, mut fw2_now) = (p.tw_now, p.fw2_now);
     if pid == 0 {
-        for (key, &n) in ctx.before_start_tw {
-            tw_now += n;
+        for (key, &(tw, fw2)) in ctx.before_start_tw {
+            tw_now += tw;
+            fw2_now += fw2;
             match peers.iter_mut().find(|r| r.peer == *key) {
-                Some(r) => r.timewait_now += n,
+                Some(r) => {
+                    r.timewait_now += tw;
+                    r.fin_wait2_now += fw2;
+                }
                 None => peers.push(PeerRow {
-                    timewait_now: n,
+                    timewait_now: tw,
+                    fin_wait2_now: fw2,
                     ..PeerRow::new(*key)
                 }),
             }
         }
-        if tw_now + p.cw_now + p.est_now + p.tw_entered + p.opens + p.closes == 0 {
+        let entered = p.tw_entered + p.fw2_entered;
+        if tw_now + fw2_now + p.cw_now + p.est_now + entered + p.opens + p.closes == 0 {
             return None;
         }
     }
@@ -1063,6 +1122,7 @@ fn row(pid: u32, p: &mut Proc, ctx: &RowContext<'_>) -> Option<ProcessRow> {
         (
             Reverse(r.timewait_entered),
             Reverse(r.timewait_now),
+            Reverse(r.fin_wait2_now),
             Reverse(r.close_wait_now),
             Reverse(r.established_now),
             r.peer.text_order(),
@@ -1085,6 +1145,8 @@ fn row(pid: u32, p: &mut Proc, ctx: &RowContext<'_>) -> Option<ProcessRow> {
         timewait_entered: p.tw_entered,
         timewait_per_s: p.rates.0,
         timewait_now: tw_now,
+        fin_wait2_entered: p.fw2_entered,
+        fin_wait2_now: fw2_now,
         close_wait_now: p.cw_now,
         close_wait_peak: p.cw_peak,
         close_wait_oldest_s: cw.map_or(0.0, |st| age_s(st.oldest_ns)),
@@ -1159,6 +1221,7 @@ mod tests {
                 old,
                 new,
                 reset: None,
+                orphan: false,
             })
         }
         fn at(mut self, ns: u64) -> Self {
@@ -1247,6 +1310,8 @@ mod tests {
                 },
                 timewait_entered: 3,
                 timewait_now: 3,
+                fin_wait2_entered: 0,
+                fin_wait2_now: 0,
                 close_wait_now: 0,
                 established_now: 0,
                 lifetimes: Some(Lifetimes {

@@ -480,6 +480,7 @@ mod tests {
             old: TcpState::Close,
             new: TcpState::SynSent,
             reset: None,
+            orphan: false,
         }
     }
 

@@ -39,12 +39,19 @@ pub struct Snapshot {
     pub port_settings: Vec<(u32, PortSettings)>,
 }
 
+/// Timewait sockets come in two substates, which is what `ss` shows as their state: TIME_WAIT,
+/// and FIN_WAIT2 for an orphan (its process closed it, the peer has not closed yet). The
+/// kernel's `tw` counts both, so `timewait_now + fin_wait2_now` is what compares with
+/// `timewait_kernel`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Totals {
     /// TIME_WAIT sockets alive now, as twtrace counts them (owned ones plus "(before start)").
     pub timewait_now: u64,
+    /// Orphaned FIN_WAIT2 timewait sockets alive now (owned ones plus "(before start)").
+    pub fin_wait2_now: u64,
     /// The kernel's own count (`tw` in /proc/net/sockstat), when readable: summed over every
-    /// network namespace read.
+    /// network namespace read. It counts both substates: compare it with
+    /// `timewait_now + fin_wait2_now`.
     pub timewait_kernel: Option<u64>,
     /// Network namespaces whose sockets the kernel's counts cover (None: twtrace's own only).
     pub namespaces: Option<u32>,
@@ -52,10 +59,13 @@ pub struct Totals {
     pub established_now: u64,
     /// TIME_WAIT entries since start.
     pub timewait_entered: u64,
+    /// Orphaned FIN_WAIT2 timewait entries since start (in the substate the event reported;
+    /// one that a peer's FIN later turned into TIME_WAIT stays counted here).
+    pub fin_wait2_entered: u64,
     pub timewait_per_s: f64,
-    /// Of `timewait_entered`, the entries whose event never arrived (the kernel skipped it, see
-    /// `lost_events`) but which a reconciliation found: a socket last seen closing whose 4-tuple
-    /// the kernel's table then held in TIME_WAIT.
+    /// Of `timewait_entered` and `fin_wait2_entered`, the entries whose event never arrived
+    /// (the kernel skipped it, see `lost_events`) but which a reconciliation found: a socket
+    /// last seen closing whose 4-tuple the kernel's table then held as a timewait socket.
     pub timewait_recovered: u64,
 }
 
@@ -94,6 +104,9 @@ pub struct ProcessRow {
     /// In the last interval.
     pub timewait_per_s: f64,
     pub timewait_now: u64,
+    /// Orphaned FIN_WAIT2 timewait entries since start, and those alive now (see `Totals`).
+    pub fin_wait2_entered: u64,
+    pub fin_wait2_now: u64,
     pub close_wait_now: u64,
     /// The most CLOSE_WAIT sockets it held at once since start (a leaker that closed them all
     /// before the end still shows).
@@ -123,7 +136,7 @@ pub struct ProcessRow {
     /// Connections opened (connect() or accepted) since start.
     pub opens: u64,
     pub opens_per_s: f64,
-    /// Connections ended (CLOSE or TIME_WAIT) since start.
+    /// Connections ended (CLOSE, TIME_WAIT or an orphan's FIN_WAIT2 timewait) since start.
     pub closes: u64,
     pub closes_per_s: f64,
     /// Connections ended by a reset (sent or received) since start.
@@ -148,6 +161,8 @@ pub struct PeerRow {
     pub peer: PeerKey,
     pub timewait_entered: u64,
     pub timewait_now: u64,
+    pub fin_wait2_entered: u64,
+    pub fin_wait2_now: u64,
     pub close_wait_now: u64,
     /// Age of the oldest CLOSE_WAIT socket to this peer, in seconds (left out without one).
     #[serde(skip_serializing_if = "is_zero")]
@@ -166,6 +181,8 @@ impl PeerRow {
             peer,
             timewait_entered: 0,
             timewait_now: 0,
+            fin_wait2_entered: 0,
+            fin_wait2_now: 0,
             close_wait_now: 0,
             close_wait_oldest_s: 0.0,
             established_now: 0,
@@ -342,8 +359,7 @@ mod tests {
     fn peers_are_spelt_out_in_the_json() {
         let v4: IpAddr = "10.0.0.9".parse().expect("addr");
         let v6: IpAddr = "2001:db8::7".parse().expect("addr");
-        let counts =
-            r#""timewait_entered":3,"timewait_now":0,"close_wait_now":0,"established_now":0}"#;
+        let counts = r#""timewait_entered":3,"timewait_now":0,"fin_wait2_entered":0,"fin_wait2_now":0,"close_wait_now":0,"established_now":0}"#;
         for (peer, want) in [
             (
                 PeerKey::Out {

@@ -29,6 +29,9 @@
 //! namespace (u32), a socket of a dump carries one when its flag byte says so, and an event's
 //! attribution may be 4 (accepted); a version-2 reader would refuse those socket flags and
 //! attributions mid-file, so the version says it up front. This reader reads all three.
+//! Within version 3, an event gained a last byte after its namespace (`EVENT_ORPHAN`: an
+//! orphan's FIN_WAIT2 timewait entry, written as TIME_WAIT so that earlier readers, which skip
+//! the byte, read it as they always did); a record without it reads as before.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
@@ -199,7 +202,15 @@ pub fn encode_event(out: &mut BytesMut, t: &Transition) {
     put_addr(out, t.local);
     put_addr(out, t.remote);
     out.put_u8(state_code(t.old));
-    out.put_u8(state_code(t.new));
+    // An orphan's FIN_WAIT2 timewait entry is written as the TIME_WAIT entry it was before
+    // twtrace told them apart, and told by the byte at the end: a reader that predates it
+    // reads a TIME_WAIT entry (never a `FIN_WAIT2 -> FIN_WAIT2`, which it would take for an
+    // accept), as it did then.
+    out.put_u8(state_code(if t.orphan {
+        TcpState::TimeWait
+    } else {
+        t.new
+    }));
     out.put_u8(match t.reset {
         None => 0,
         Some(Reset::Received) => 1,
@@ -207,8 +218,18 @@ pub fn encode_event(out: &mut BytesMut, t: &Transition) {
     });
     // Since version 3; a record of an older file ends before it (namespace 0, not known).
     out.put_u32_le(t.netns);
+    // Added within version 3, at the end, where a reader that predates it ignores it (it
+    // reads a record's fields and skips the rest of its length): `EVENT_ORPHAN`.
+    out.put_u8(if t.orphan { EVENT_ORPHAN } else { 0 });
     end_record(out, at);
 }
+
+/// A bit of the event record's last byte (added within version 3): this `FIN_WAIT2 ->
+/// TIME_WAIT` entry left the connection in a timewait socket in the FIN_WAIT2 substate
+/// (`Transition::orphan`). The other bits are for later additions a reader may ignore, as
+/// this one is ignored by readers that predate it; one that must not be ignored bumps the
+/// version.
+const EVENT_ORPHAN: u8 = 1;
 
 pub fn encode_stats(out: &mut BytesMut, s: &Stats) {
     let at = begin_record(out, TAG_STATS);
@@ -502,6 +523,13 @@ fn decode_event(b: &mut &[u8]) -> Result<Transition, RecordError> {
         other => return Err(bad("reset", other)),
     };
     let netns = if b.is_empty() { 0 } else { get_u32(b)? };
+    // Absent in records written before it was added: a TIME_WAIT entry, as it was then.
+    let more = if b.is_empty() { 0 } else { get_u8(b)? };
+    let orphan = more & EVENT_ORPHAN != 0;
+    if orphan && (old, new) != (TcpState::FinWait2, TcpState::TimeWait) {
+        return Err(bad("orphan flag after state", state_code(old)));
+    }
+    let new = if orphan { TcpState::FinWait2 } else { new };
     Ok(Transition {
         mono_ns,
         skaddr,
@@ -518,6 +546,7 @@ fn decode_event(b: &mut &[u8]) -> Result<Transition, RecordError> {
         old,
         new,
         reset,
+        orphan,
     })
 }
 

@@ -57,6 +57,7 @@ pub(crate) fn event(i: u64) -> Transition {
         old: TcpState::FinWait2,
         new: TcpState::TimeWait,
         reset: None,
+        orphan: false,
     }
 }
 
@@ -137,6 +138,35 @@ fn every_event_field_round_trips() {
     e.cookie = Some(0);
     e.pid = 0;
     assert_eq!(round_trip(&Item::Event(e)), Item::Event(e));
+    // An orphan's FIN_WAIT2 timewait entry.
+    let mut o = event(4);
+    (o.new, o.orphan) = (TcpState::FinWait2, true);
+    assert_eq!(round_trip(&Item::Event(o)), Item::Event(o));
+}
+
+/// Written as the TIME_WAIT entry it was before they were told apart, plus the byte that says
+/// otherwise: without that byte (a reader that predates it skips it; a file written before
+/// it lacks it) it reads as TIME_WAIT.
+#[test]
+fn an_orphan_entry_reads_as_time_wait_without_its_last_byte() {
+    let mut o = event(4);
+    (o.new, o.orphan) = (TcpState::FinWait2, true);
+    let mut buf = BytesMut::new();
+    encode(&mut buf, &Item::Event(o));
+    let mut out = Vec::new();
+    decode_items(&shortened(&buf, 1), &mut out).expect("decodes");
+    let before = Transition {
+        new: TcpState::TimeWait,
+        orphan: false,
+        ..o
+    };
+    assert_eq!(out, vec![Item::Event(before)]);
+    // The byte on any other transition is damage.
+    let mut bad = BytesMut::new();
+    encode(&mut bad, &Item::Event(o));
+    let state_at = bad.len() - 1 - 4 - 1 - 1;
+    bad[state_at] = format::state_code(TcpState::Close);
+    assert!(decode_items(&bad, &mut Vec::new()).is_err());
 }
 
 #[test]
@@ -239,7 +269,8 @@ fn a_version_2_event_has_namespace_zero() {
     assert_ne!(t.netns, 0, "the fixture has a namespace");
     encode(&mut buf, &Item::Event(t));
     let mut out = Vec::new();
-    decode_items(&shortened(&buf, 4), &mut out).expect("decodes");
+    // Its namespace and the orphan byte after it.
+    decode_items(&shortened(&buf, 5), &mut out).expect("decodes");
     assert_eq!(out, vec![Item::Event(Transition { netns: 0, ..t })]);
 }
 
@@ -527,34 +558,39 @@ fn arb_event() -> impl Strategy<Value = Transition> {
         ),
         ("[a-z0-9/._-]{0,15}", any::<u64>(), 0u8..3, any::<u32>()),
         (any::<bool>(), arb_addr(), arb_addr()),
-        (arb_state(), arb_state(), 0u8..3),
+        (arb_state(), arb_state(), 0u8..3, any::<bool>()),
     )
         .prop_map(
             |(
                 (mono_ns, skaddr, cookie, pid),
                 (comm, cgroup_id, attr, current_pid),
                 (v6, local, remote),
-                (old, new, reset),
-            )| Transition {
-                netns: 0,
-                mono_ns,
-                skaddr,
-                cookie,
-                pid,
-                comm: Comm::from(comm.as_str()),
-                cgroup_id,
-                attribution: [
-                    Attribution::Owner,
-                    Attribution::Listener,
-                    Attribution::Unknown,
-                ][attr as usize],
-                current_pid,
-                family: if v6 { Family::Ipv6 } else { Family::Ipv4 },
-                local,
-                remote,
-                old,
-                new,
-                reset: [None, Some(Reset::Received), Some(Reset::Sent)][reset as usize],
+                (old, new, reset, orphan),
+            )| {
+                // Only a close from FIN_WAIT2 can be an orphan's entry.
+                let orphan = orphan && old == TcpState::FinWait2;
+                Transition {
+                    netns: 0,
+                    mono_ns,
+                    skaddr,
+                    cookie,
+                    pid,
+                    comm: Comm::from(comm.as_str()),
+                    cgroup_id,
+                    attribution: [
+                        Attribution::Owner,
+                        Attribution::Listener,
+                        Attribution::Unknown,
+                    ][attr as usize],
+                    current_pid,
+                    family: if v6 { Family::Ipv6 } else { Family::Ipv4 },
+                    local,
+                    remote,
+                    old,
+                    new: if orphan { TcpState::FinWait2 } else { new },
+                    reset: [None, Some(Reset::Received), Some(Reset::Sent)][reset as usize],
+                    orphan,
+                }
             },
         )
 }

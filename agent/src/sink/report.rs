@@ -36,6 +36,8 @@ pub struct TimelinePoint {
     pub time: Timestamp,
     pub timewait_per_s: f64,
     pub timewait_now: u64,
+    /// Orphaned FIN_WAIT2 timewait sockets: with `timewait_now`, what `timewait_kernel` counts.
+    pub fin_wait2_now: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub timewait_kernel: Option<u64>,
     pub close_wait_now: u64,
@@ -91,6 +93,7 @@ impl<W: Write> Sink for Report<W> {
             time: snap.time,
             timewait_per_s: snap.totals.timewait_per_s,
             timewait_now: snap.totals.timewait_now,
+            fin_wait2_now: snap.totals.fin_wait2_now,
             timewait_kernel: snap.totals.timewait_kernel,
             close_wait_now: snap.totals.close_wait_now,
         });
@@ -362,13 +365,15 @@ fn text_report(
     let t = &snap.totals;
     writeln!(
         out,
-        "  at the end: TIME_WAIT now {} (kernel {}), CLOSE_WAIT {}, ESTABLISHED {}; TIME_WAIT entered {}",
+        "  at the end: TIME_WAIT now {} (+{} orphaned FIN_WAIT2, kernel tw {}), CLOSE_WAIT {}, ESTABLISHED {}; TIME_WAIT entered {} (orphaned FIN_WAIT2 {})",
         t.timewait_now,
+        t.fin_wait2_now,
         t.timewait_kernel
             .map_or_else(|| "?".to_owned(), |k| k.to_string()),
         t.close_wait_now,
         t.established_now,
-        t.timewait_entered
+        t.timewait_entered,
+        t.fin_wait2_entered
     )?;
 
     writeln!(out)?;

@@ -70,11 +70,14 @@ pub fn print_table(out: &mut impl Write, snap: &Snapshot, top: usize) -> io::Res
     if let Some(n) = t.namespaces {
         kernel.push_str(&format!(" in {n} netns"));
     }
+    // The kernel's `tw` counts both substates of a timewait socket: TIME_WAIT and the orphaned
+    // FIN_WAIT2 ones, which are shown beside it so the two add up to it.
     writeln!(
         out,
-        "{}  TIME_WAIT now {} (kernel {})  CLOSE_WAIT {}  ESTABLISHED {}  TIME_WAIT/s {:.1}  lost {}{}  unattributed {}",
+        "{}  TIME_WAIT now {} (+{} orphaned FIN_WAIT2), kernel tw {}  CLOSE_WAIT {}  ESTABLISHED {}  TIME_WAIT/s {:.1}  lost {}{}  unattributed {}",
         WholeSeconds(snap.time),
         t.timewait_now,
+        t.fin_wait2_now,
         kernel,
         t.close_wait_now,
         t.established_now,
@@ -83,7 +86,7 @@ pub fn print_table(out: &mut impl Write, snap: &Snapshot, top: usize) -> io::Res
         // Entries whose skipped event a reconciliation found; said only when there are some.
         match t.timewait_recovered {
             0 => String::new(),
-            n => format!(" ({n} TIME_WAIT recovered)"),
+            n => format!(" ({n} timewait entries recovered)"),
         },
         snap.unattributed_events
     )?;
@@ -100,8 +103,17 @@ pub fn print_table(out: &mut impl Write, snap: &Snapshot, top: usize) -> io::Res
     }
     writeln!(
         out,
-        "{:>8} {:>9} {:>7} {:>7} {:>7} {:>7} {:>8} {:>6} {:>8}  TOP PEER",
-        "TW/s", "TW_TOTAL", "TW_NOW", "CW_NOW", "EST_NOW", "OPEN/s", "CLOSE/s", "RESETS", "CW_AGE"
+        "{:>8} {:>9} {:>7} {:>8} {:>7} {:>7} {:>7} {:>8} {:>6} {:>8}  TOP PEER",
+        "TW/s",
+        "TW_TOTAL",
+        "TW_NOW",
+        "FW2_NOW",
+        "CW_NOW",
+        "EST_NOW",
+        "OPEN/s",
+        "CLOSE/s",
+        "RESETS",
+        "CW_AGE"
     )?;
     for p in shown {
         let peer = p
@@ -120,10 +132,13 @@ pub fn print_table(out: &mut impl Write, snap: &Snapshot, top: usize) -> io::Res
         }
         writeln!(
             out,
-            "{:>8.1} {:>9} {:>7} {:>7} {:>7} {:>7.1} {:>8.1} {:>6} {:>8}  {exited}{peer}",
+            "{:>8.1} {:>9} {:>7} {:>8} {:>7} {:>7} {:>7.1} {:>8.1} {:>6} {:>8}  {exited}{peer}",
             p.timewait_per_s,
             p.timewait_entered,
             p.timewait_now,
+            // Orphaned FIN_WAIT2 timewait sockets: a server closing clients that have not
+            // closed yet.
+            p.fin_wait2_now,
             p.close_wait_now,
             p.established_now,
             p.opens_per_s,
@@ -168,10 +183,12 @@ mod tests {
             totals: Totals {
                 namespaces: None,
                 timewait_now: 5,
+                fin_wait2_now: 1,
                 timewait_kernel: Some(6),
                 close_wait_now: 1,
                 established_now: 2,
                 timewait_entered: 9,
+                fin_wait2_entered: 1,
                 timewait_per_s: 3.0,
                 timewait_recovered: 0,
             },
@@ -202,7 +219,7 @@ mod tests {
         let text = String::from_utf8(out).expect("utf8");
         let lines: Vec<&str> = text.lines().collect();
         assert!(
-            lines[0].contains("TIME_WAIT now 5 (kernel 6)"),
+            lines[0].contains("TIME_WAIT now 5 (+1 orphaned FIN_WAIT2), kernel tw 6  "),
             "{}",
             lines[0]
         );

@@ -58,6 +58,8 @@ fn process(pid: u32, comm: &str, tw_per_s: f64, tw: u64, peers: Vec<PeerRow>) ->
         timewait_entered: tw,
         timewait_per_s: tw_per_s,
         timewait_now: peers.iter().map(|p| p.timewait_now).sum(),
+        fin_wait2_entered: peers.iter().map(|p| p.fin_wait2_entered).sum(),
+        fin_wait2_now: peers.iter().map(|p| p.fin_wait2_now).sum(),
         close_wait_now: peers.iter().map(|p| p.close_wait_now).sum(),
         established_now: peers.iter().map(|p| p.established_now).sum(),
         opens: tw + 10,
@@ -127,10 +129,12 @@ pub(super) fn demo_snapshot() -> Snapshot {
         totals: Totals {
             namespaces: None,
             timewait_now: 37_881,
+            fin_wait2_now: 21,
             timewait_kernel: Some(37_902),
             close_wait_now: 217,
             established_now: 111,
             timewait_entered: 49_181,
+            fin_wait2_entered: 30,
             timewait_per_s: 814.7,
             timewait_recovered: 0,
         },
@@ -277,7 +281,11 @@ fn empty_snapshot_shows_header_and_waiting_message() {
     let app = app_with(Snapshot::default());
     let buf = draw(&app, 100, 12);
     assert!(has(&buf, "twtrace — pid 4242"), "{}", screen(&buf));
-    assert!(has(&buf, "TIME_WAIT now 0 kernel n/a"), "{}", screen(&buf));
+    assert!(
+        has(&buf, "TIME_WAIT now 0 +0 orphaned FIN_WAIT2, kernel tw n/a"),
+        "{}",
+        screen(&buf)
+    );
     assert!(has(&buf, "No TCP activity yet"), "{}", screen(&buf));
     assert!(!has(&buf, " UTC"), "no time before the first snapshot");
     // Every view copes with nothing.
@@ -454,7 +462,7 @@ fn header_shows_kernel_count_beside_ours() {
     let buf = draw(&app, 160, 12);
     let text = screen(&buf);
     for s in [
-        "TIME_WAIT now 37881 kernel 37902",
+        "TIME_WAIT now 37881 +21 orphaned FIN_WAIT2, kernel tw 37902",
         "CLOSE_WAIT now 217",
         "ESTABLISHED now 111",
         "TW/s 814.7",

@@ -102,8 +102,14 @@ fn render_header(frame: &mut Frame, area: Rect, app: &App, snap: &Snapshot) {
     if let Some(n) = t.namespaces {
         kernel.push_str(&format!(" in {n} netns"));
     }
+    // The kernel's `tw` counts both substates: the orphaned FIN_WAIT2 ones are shown beside
+    // TIME_WAIT so the two add up to it.
     let mut tw = item("TIME_WAIT now", t.timewait_now.to_string());
-    tw.spans.push(Span::from(" kernel ").dim());
+    tw.spans.push(Span::from(" +").dim());
+    tw.spans
+        .push(Span::from(t.fin_wait2_now.to_string()).bold());
+    tw.spans
+        .push(Span::from(" orphaned FIN_WAIT2, kernel tw ").dim());
     tw.spans.push(Span::from(kernel).bold());
     items.push(tw);
     items.push(item("TW/s", format!("{:.1}", t.timewait_per_s)));
@@ -544,6 +550,10 @@ fn render_drill(frame: &mut Frame, area: Rect, app: &App, snap: &Snapshot, pid: 
         item("TW/s", format!("{:.1}", p.timewait_per_s)),
         item("TW total", p.timewait_entered.to_string()),
         item("TW now", p.timewait_now.to_string()),
+        item(
+            "orphaned FIN_WAIT2 now",
+            format!("{} ({} total)", p.fin_wait2_now, p.fin_wait2_entered),
+        ),
         item("CW now", p.close_wait_now.to_string()),
         item("CW peak", p.close_wait_peak.to_string()),
         item(
