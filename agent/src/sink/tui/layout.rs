@@ -70,11 +70,11 @@ pub(super) const CONTAINER_COL: usize = 2;
 /// Where COMMAND sits in [`PROCESS_COLS`]: last, not sortable either.
 pub(super) const COMMAND_COL: usize = 13;
 
-/// Display order: `ProcCol::ALL` with CONTAINER after COMM, then CW AGE, TOP PEER and COMMAND. Text
-/// columns get their preferred width from what they show. CONTAINER, shown only when asked for,
-/// ranks with PID: whoever turns it on wants it more than the counts after TW NOW. COMMAND (the
-/// command line, when one is known) ranks last and takes what is left, so it appears only on a
-/// terminal wide enough for everything else.
+/// Display order: `ProcCol::ALL` with CONTAINER after COMM, then CW AGE, TOP PEER and COMMAND.
+/// Text columns get their preferred width from what they show. CONTAINER, shown only when asked
+/// for, ranks with PID: whoever turns it on wants it more than the counts after TW NOW. COMMAND
+/// (the command line, when one is known) ranks last and takes what is left, so it appears only
+/// on a terminal wide enough for everything else.
 pub(super) const PROCESS_COLS: [Col; 14] = [
     col("PID", 7, 2),
     text_col("COMM", MAX_COMM, 6, 1, false),
