@@ -14,6 +14,8 @@ Examples:
                                         who creates TIME_WAIT sockets, as JSON Lines
   sudo twtrace record -o incident.twr   capture everything to a file, for later
   twtrace report incident.twr           summarise a recording, on any machine, without root
+  twtrace doctor                        what is true on this host: port range, TIME_WAIT, listen
+                                        queues, open-file limits, and common advice that is wrong
   twtrace --from incident.twr --speed 10
                                         replay a recording into the leaderboard, ten times as fast
   sudo twtrace --record incident.twr    watch the leaderboard and record everything meanwhile
@@ -168,6 +170,40 @@ IN_USE counts the sockets holding a port toward the destination at the last look
 socket table (every second); SHARE is IN_USE over the usable ports of its namespace; ETA is the
 time until none is left at the growth of IN_USE over the last 10 seconds (- when not growing).")]
     Ports(PortsArgs),
+
+    /// Check this host's TCP settings, counters and open-file limits, from evidence. No root
+    /// needed (except for --watch, and to count other users' open files).
+    #[command(after_help = "Examples:
+  twtrace doctor                       findings, most severe first, each with its evidence
+  twtrace doctor --explain             also what was read, and common advice that does not apply
+  twtrace doctor --json | jq '.findings[] | select(.severity != \"info\")'
+  sudo twtrace doctor --watch 10s      also 10 s of live tracing: who churns, who leaks
+  sudo nsenter -n -t PID twtrace doctor
+                                       a container's network namespace (settings and counters are
+                                       per namespace)
+
+Exit status: 0 whatever the findings (they are the output); 1 when it could not run; 2 on a
+usage error.")]
+    Doctor(DoctorArgs),
+}
+
+#[derive(Debug, Args, Clone, Default)]
+pub struct DoctorArgs {
+    /// Print one JSON document (schema 1) instead of text.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Also say what each rule read when it found nothing wrong, list the settings and counters
+    /// read, and correct common advice (tcp_tw_recycle, tcp_fin_timeout, tcp_tw_reuse) even
+    /// where it is not applied.
+    #[arg(long)]
+    pub explain: bool,
+
+    /// First watch TCP state changes live for this long (e.g. 10s; needs what the live view
+    /// needs: root or its capabilities), so the findings name the processes that churn
+    /// connections or leak CLOSE_WAIT.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub watch: Option<std::time::Duration>,
 }
 
 #[derive(Debug, Args, Clone)]
@@ -749,6 +785,28 @@ mod tests {
             panic!("trace expected")
         };
         assert!(args.from.is_some());
+    }
+
+    #[test]
+    fn doctor_options() {
+        let cli = parse(&["doctor", "--json", "--explain", "--watch", "10s"]).expect("parses");
+        let Some(Command::Doctor(args)) = cli.command else {
+            panic!("doctor expected")
+        };
+        assert!(args.json && args.explain);
+        assert_eq!(args.watch, Some(std::time::Duration::from_secs(10)));
+        let cli = parse(&["-v", "doctor"]).expect("parses");
+        assert!(matches!(
+            cli.command,
+            Some(Command::Doctor(DoctorArgs { watch: None, .. }))
+        ));
+        assert!(parse(&["doctor", "--watch", "0s"]).is_err());
+        assert!(parse(&["doctor", "--watch", "soon"]).is_err());
+        assert!(parse(&["doctor", "--pid", "1"]).is_err(), "no filters");
+        assert!(
+            parse(&["--json", "doctor"]).is_err(),
+            "the leaderboard's --json"
+        );
     }
 
     #[test]

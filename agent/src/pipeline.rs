@@ -379,6 +379,7 @@ impl<'a> Core<'a> {
                 row.container = Some(c.id);
             }
         }
+        processes.cmdlines(&mut snap.processes);
         let snap = Arc::new(snap);
         self.last_snapshot_ns = Some(now_ns);
         self.since_snapshot = 0;

@@ -4,6 +4,7 @@
 use std::{
     io::{self, IsTerminal as _, Write as _},
     path::Path,
+    sync::Arc,
     time::{Duration, UNIX_EPOCH},
 };
 
@@ -11,13 +12,14 @@ use anyhow::Context as _;
 
 use crate::{
     cli::{
-        Cli, Command, Export, FilterArgs, LeaksArgs, LiveArgs, PortsArgs, RecordArgs, ReportArgs,
-        TraceArgs, TracerArgs, When,
+        Cli, Command, DoctorArgs, Export, FilterArgs, LeaksArgs, LiveArgs, PortsArgs, RecordArgs,
+        ReportArgs, TraceArgs, TracerArgs, When,
     },
     container::CgroupPaths,
     diagnosis::Thresholds,
-    kernel::{netns, procnet, sysctl::PortSettings, tracer::Options},
-    model::Limits,
+    doctor::Watched,
+    kernel::{netns, netstat::Counters, procnet, sysctl::PortSettings, tracer::Options},
+    model::{Limits, snapshot::Snapshot},
     pipeline::{self, Cadence, Core, Outcome, Selection, Signals, Stopped},
     recording::{
         Filters, Header, Writer, header_now, human_size,
@@ -48,6 +50,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Some(Command::Trace(args)) => trace(args, verbose).await,
         Some(Command::Record(args)) => record(args, verbose).await,
         Some(Command::Report(args)) => report(args).await,
+        Some(Command::Doctor(args)) => doctor(args, verbose).await,
         Some(Command::Leaks(args)) => leaks(args, verbose).await,
         Some(Command::Ports(args)) => ports(args, verbose).await,
         None => leaderboard(cli.live, verbose).await,
@@ -486,6 +489,73 @@ async fn report(args: ReportArgs) -> anyhow::Result<()> {
     core.set_port_fallback(PortSettings::from_sysctls(&header.sysctls));
     let outcome = run_pipeline(&mut source, core, false, None).await?;
     outcome.error.map_or(Ok(()), Err)
+}
+
+/// `twtrace doctor`: this host's settings, counters and limits, after `--watch` if asked.
+async fn doctor(args: DoctorArgs, verbose: bool) -> anyhow::Result<()> {
+    let watched = match args.watch {
+        Some(span) => Some(watch(span, verbose).await?),
+        None => None,
+    };
+    crate::doctor::run(&mut stdout(), args.json, args.explain, watched)?;
+    Ok(())
+}
+
+/// `doctor --watch`: the live leaderboard for `span`, unfiltered, and its last snapshot, with
+/// the kernel's counters from before it began.
+async fn watch(span: Duration, verbose: bool) -> anyhow::Result<Watched> {
+    let opts = Options {
+        pids: Vec::new(),
+        ports: Vec::new(),
+        netns: None,
+        cgroup: None,
+        follow_accept: true,
+        verbose,
+    };
+    let live_cadence = live::Cadence {
+        stats: Duration::from_secs(1),
+        reconcile: Some(Duration::from_secs(2)),
+        duration: Some(span),
+    };
+    let mut source = start_live(&opts, live_cadence, true)?;
+    let counters_before = Counters::read().ok();
+    let last = std::rc::Rc::new(std::cell::RefCell::new(None));
+    let sinks: Vec<Box<dyn Sink>> = vec![Box::new(LastSnapshot(std::rc::Rc::clone(&last)))];
+    // A snapshot a second, so the command lines of processes that come and go during the watch
+    // are read while they run; the rules use the last one's totals since the start.
+    let cadence = Cadence::default();
+    let core = new_core(
+        &source,
+        sinks,
+        Box::new(ProcFs::new()),
+        Selection::default(),
+        cadence,
+    );
+    let outcome = run_pipeline(&mut source, core, false, None).await?;
+    let seconds = span.as_secs_f64();
+    finish(outcome)?;
+    let snapshot = last.borrow_mut().take();
+    Ok(Watched {
+        seconds: snapshot
+            .as_ref()
+            .map_or(seconds, |s: &Arc<Snapshot>| s.uptime_s),
+        snapshot,
+        counters_before,
+    })
+}
+
+/// Keeps the last snapshot (`doctor --watch`).
+struct LastSnapshot(std::rc::Rc<std::cell::RefCell<Option<Arc<Snapshot>>>>);
+
+impl Sink for LastSnapshot {
+    fn wants_snapshots(&self) -> bool {
+        true
+    }
+
+    fn snapshot(&mut self, snap: &Arc<Snapshot>) -> anyhow::Result<()> {
+        *self.0.borrow_mut() = Some(Arc::clone(snap));
+        Ok(())
+    }
 }
 
 /// `twtrace leaks`: watch (or replay a recording), then diagnose the last snapshot.

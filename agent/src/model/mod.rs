@@ -1141,6 +1141,7 @@ fn row(pid: u32, p: &mut Proc, ctx: &RowContext<'_>) -> Option<ProcessRow> {
         container: None,
         runtime: None,
         pod_uid: None,
+        cmdline: None,
         timewait_entered: p.tw_entered,
         timewait_per_s: p.rates.0,
         timewait_now: tw_now,

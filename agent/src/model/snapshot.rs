@@ -91,6 +91,11 @@ pub struct ProcessRow {
     /// The Kubernetes pod UID its cgroup path carries.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pod_uid: Option<String>,
+    /// Its command line (arguments joined by spaces, at most about 200 bytes, `…` where cut),
+    /// read live from /proc once per process; unknown for a process that exited before it was
+    /// read, and in replays (recordings do not hold it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cmdline: Option<String>,
     /// The process has exited (or its pid now belongs to another process): its row stays until
     /// its sockets are gone and it has been idle a while, as the counts it made still matter.
     pub exited: bool,

@@ -51,6 +51,7 @@ fn process(pid: u32, comm: &str, tw_per_s: f64, tw: u64, peers: Vec<PeerRow>) ->
         container: None,
         runtime: None,
         pod_uid: None,
+        cmdline: None,
         pid,
         comm: comm.to_owned(),
         exited: false,

@@ -246,6 +246,11 @@ fn render_processes(frame: &mut Frame, area: Rect, app: &App, snap: &Snapshot) {
         container.width = 0;
         container.min = 0;
     }
+    // Only when a row on screen has a command line: replays have none.
+    if !window().any(|p| p.cmdline.is_some()) {
+        cols[COMMAND_COL].width = 0;
+        cols[COMMAND_COL].min = 0;
+    }
     let w = widths(&cols, table.width, sorted);
     let selected = app.selected();
     let body = rows
@@ -318,6 +323,9 @@ fn process_cell(p: &ProcessRow, c: usize, width: u16, common: u32) -> Cell<'_> {
             ))
             .right_aligned(),
         ),
+        COMMAND_COL => {
+            Cell::from(fit(&escape(p.cmdline.as_deref().unwrap_or("-")), width).into_owned())
+        }
         _ => match p.peers.first() {
             Some(r) => Cell::from(fit(&peer_label(r), width).into_owned()),
             None => Cell::from("-"),
@@ -642,11 +650,15 @@ fn render_drill(frame: &mut Frame, area: Rect, app: &App, snap: &Snapshot, pid: 
     );
 }
 
-/// What is known of where `p` runs, most telling first: its container (full id, or the short
-/// one when the full one would not fit in `width`), the runtime, the pod, the network
-/// namespace. Empty when nothing is.
+/// What is known of what `p` is and where it runs, most telling first: its command line, its
+/// container (full id, or the short one when the full one would not fit in `width`), the
+/// runtime, the pod, the network namespace. Empty when nothing is.
 fn placement(p: &ProcessRow, width: u16) -> Vec<Line<'static>> {
     let mut items = Vec::new();
+    // What tells three `python3` apart; cut at the area's edge when longer.
+    if let Some(cmdline) = &p.cmdline {
+        items.push(item("cmd", escape(cmdline).into_owned()));
+    }
     // Hex, UUIDs and runtime names as parsed from cgroup paths; escaped all the same, as the
     // row's fields are anyone's to fill.
     if let Some(id) = &p.container {
@@ -682,8 +694,10 @@ fn render_footer(frame: &mut Frame, area: Rect, app: &App) {
             Span::from("/").bold(),
             Span::from(app.filter()).yellow(),
             Span::from("█"),
-            Span::from("  Enter keep  Esc clear  (comm, pid, port, address, container or netns)")
-                .dim(),
+            Span::from(
+                "  Enter keep  Esc clear  (comm, command, pid, port, address, container or netns)",
+            )
+            .dim(),
         ]);
         frame.render_widget(line, area);
         return;
@@ -848,6 +862,43 @@ mod tests {
         assert!(has(1, &format!("{esc} 42")), "{:#?}", screens[1].1);
         assert!(has(2, &format!("{esc} pid 42")), "{:#?}", screens[2].1);
         assert!(has(2, &format!("Peers of {esc}")), "{:#?}", screens[2].1);
+    }
+
+    /// The command line: in a COMMAND column when the terminal is wide enough for it after
+    /// every other column, and in the drill-down; escaped in both.
+    #[test]
+    fn command_lines_when_wide_enough_and_in_the_drill_down() {
+        let mut app = hostile_app();
+        let mut snap = app.snapshot().clone();
+        snap.processes[0].cmdline = Some(format!("python3 /srv/worker.py --name {HOSTILE}"));
+        app.set_snapshot(Arc::new(snap));
+        let shown = r"python3 /srv/worker.py --name \x1b[2J\x1b[H\nFAKE\r";
+        let narrow = draw(&app, 120, 12).join("\n");
+        assert!(!narrow.contains("COMMAND"), "{narrow}");
+        let wide = draw(&app, 200, 12);
+        let screen = wide.join("\n");
+        assert!(
+            !wide.iter().any(|l| l.contains(char::is_control)),
+            "{screen}"
+        );
+        let title = wide
+            .iter()
+            .find(|l| l.contains("TOP PEER"))
+            .expect("header");
+        let at = title.find("COMMAND").expect("COMMAND column");
+        let row = wide
+            .iter()
+            .find(|l| l.contains("10.0.0.1:80"))
+            .expect("row");
+        assert_eq!(row.get(at..at + shown.len()), Some(shown), "{screen}");
+
+        press(&mut app, KeyCode::Enter);
+        let drill = draw(&app, 160, 20).join("\n");
+        assert!(drill.contains(&format!("cmd {shown}")), "{drill}");
+
+        // A replay has none: no column, however wide.
+        let replay = hostile_app();
+        assert!(!draw(&replay, 250, 12).join("\n").contains("COMMAND"));
     }
 
     #[test]
