@@ -606,6 +606,7 @@ mod port_tests {
             in_use: 261,
             timewait: 250,
             share: Some(share),
+            timewait_reusable: false,
             opens_per_s: 6.5,
             exhaustion_eta_s: eta_s,
             connect_failures: 3,

@@ -19,7 +19,7 @@ use serde::{Serialize, Serializer};
 use super::{KernelSocket, Map, Model, Set};
 use crate::{
     event::{Comm, Transition},
-    kernel::sysctl::{PortRange, PortSettings},
+    kernel::sysctl::{PortRange, PortSettings, TwReuse},
     state::TcpState,
 };
 
@@ -77,9 +77,14 @@ pub struct Destination {
     pub in_use: u64,
     /// Of those, in TIME_WAIT.
     pub timewait: u64,
-    /// `in_use` over the usable ports of its namespace (3 decimals); None when the range is not
+    /// The ports connect() cannot take now over the usable ports of its namespace (3 decimals):
+    /// `in_use`, less the TIME_WAIT ones where `timewait_reusable`; None when the range is not
     /// known.
     pub share: Option<f64>,
+    /// connect() may take over a TIME_WAIT port toward it (tcp_tw_reuse 1, or 2 with a loopback
+    /// address, and tcp_timestamps on; a TIME_WAIT socket younger than a second is not taken),
+    /// so TIME_WAIT holds no port for good and `share` leaves those out.
+    pub timewait_reusable: bool,
     /// Connections opened toward it per second over the last interval (3 decimals).
     pub opens_per_s: f64,
     /// Seconds until no port is left, at the growth of `in_use` over the last ~10 s (1 decimal);
@@ -124,7 +129,10 @@ impl Destination {
 struct Dest {
     in_use: u64,
     timewait: u64,
-    /// (dump time, in_use), oldest first, within the growth window.
+    /// Of `in_use`, the ports connect() cannot take now: all of them, or, where tcp_tw_reuse
+    /// applies, those not in TIME_WAIT.
+    blocked: u64,
+    /// (dump time, blocked), oldest first, within the growth window.
     samples: VecDeque<(u64, u64)>,
     opens: u64,
     opens_prev: u64,
@@ -201,6 +209,19 @@ impl Ports {
         self.settings.get(&netns).copied().or(self.fallback)
     }
 
+    /// Whether connect() may take over a TIME_WAIT port toward `key`: tcp_tw_reuse applies to
+    /// its addresses (1; 2 for loopback ones) and timestamps, which reuse needs, are on.
+    fn reuses_timewait(&self, key: &DestKey) -> bool {
+        let Some(s) = self.settings_of(key.netns) else {
+            return false;
+        };
+        let reuse = s
+            .tw_reuse
+            .and_then(|v| TwReuse::parse(&v.to_string()))
+            .is_some_and(|r| r.applies(key.laddr, key.raddr));
+        reuse && s.timestamps != Some(0)
+    }
+
     /// An event, shown as owned by `pid` (`comm`): a connect() (`CLOSE -> SYN_SENT`) counts an
     /// open toward its destination. The local address is set by then; the port is still 0.
     pub fn event(&mut self, t: &Transition, pid: u32, comm: Comm) {
@@ -261,13 +282,20 @@ impl Ports {
             c.0 += 1;
             c.1 += u64::from(k.state == TcpState::TimeWait);
         }
+        let reuses: Set<DestKey> = self
+            .dests
+            .keys()
+            .chain(counts.keys())
+            .filter(|k| self.reuses_timewait(k))
+            .copied()
+            .collect();
         for (key, d) in &mut self.dests {
             let (in_use, timewait) = counts.remove(key).unwrap_or_default();
-            d.sample(dump_ns, in_use, timewait);
+            d.sample(dump_ns, in_use, timewait, reuses.contains(key));
         }
         for (key, (in_use, timewait)) in counts {
             let mut d = Dest::default();
-            d.sample(dump_ns, in_use, timewait);
+            d.sample(dump_ns, in_use, timewait, reuses.contains(&key));
             self.dests.insert(key, d);
         }
         self.dests
@@ -330,7 +358,8 @@ impl Ports {
                 rport: key.rport,
                 in_use: d.in_use,
                 timewait: d.timewait,
-                share: usable.map(|u| round(share(d.in_use, u), 1000.0)),
+                share: usable.map(|u| round(share(d.blocked, u), 1000.0)),
+                timewait_reusable: self.reuses_timewait(key),
                 opens_per_s: round(d.opens_per_s, 1000.0),
                 exhaustion_eta_s: usable
                     .and_then(|u| eta_s(&d.samples, u))
@@ -364,9 +393,11 @@ impl Ports {
 }
 
 impl Dest {
-    fn sample(&mut self, dump_ns: u64, in_use: u64, timewait: u64) {
+    /// `reuse`: connect() may take over the TIME_WAIT ports (see `Ports::reuses_timewait`).
+    fn sample(&mut self, dump_ns: u64, in_use: u64, timewait: u64, reuse: bool) {
         self.in_use = in_use;
         self.timewait = timewait;
+        self.blocked = if reuse { in_use - timewait } else { in_use };
         if in_use > 0 {
             self.last_ns = self.last_ns.max(dump_ns);
         }
@@ -374,7 +405,7 @@ impl Dest {
         if self.samples.back().is_some_and(|&(t, _)| t >= dump_ns) {
             return;
         }
-        self.samples.push_back((dump_ns, in_use));
+        self.samples.push_back((dump_ns, self.blocked));
         while self.samples.len() > MAX_SAMPLES
             || self
                 .samples
@@ -634,6 +665,48 @@ mod tests {
         assert_eq!(rows[0].in_use, 3);
         assert_eq!(rows[0].pids.len(), MAX_PIDS);
         assert_eq!(rows[0].other_pids_opens, 3);
+    }
+
+    #[test]
+    fn time_wait_ports_that_tw_reuse_hands_on_leave_the_share() {
+        // 600 TIME_WAIT and 10 ESTABLISHED toward one destination, 1000 usable ports.
+        let kernel_toward = |dest: &str, local: &str| -> Vec<KernelSocket> {
+            (0..610u16)
+                .map(|i| {
+                    let state = if i < 600 {
+                        TcpState::TimeWait
+                    } else {
+                        TcpState::Established
+                    };
+                    sock(state, &format!("{local}:{}", 40000 + i), dest)
+                })
+                .collect()
+        };
+        let share = |tw_reuse: u8, dest: &str, local: &str| {
+            let mut p = Ports::new();
+            p.dump(
+                &kernel_toward(dest, local),
+                S,
+                &settings(40000, 40999, tw_reuse),
+            );
+            let r = p.snapshot(S, &none).remove(0);
+            (r.in_use, r.share, r.timewait_reusable)
+        };
+        // Off: every port held.
+        assert_eq!(
+            share(0, "10.0.0.5:80", "10.0.0.1"),
+            (610, Some(0.61), false)
+        );
+        // 2 (the default) applies to loopback only; 1 everywhere.
+        assert_eq!(
+            share(2, "10.0.0.5:80", "10.0.0.1"),
+            (610, Some(0.61), false)
+        );
+        assert_eq!(
+            share(2, "127.0.0.1:80", "127.0.0.1"),
+            (610, Some(0.01), true)
+        );
+        assert_eq!(share(1, "10.0.0.5:80", "10.0.0.1"), (610, Some(0.01), true));
     }
 
     #[test]

@@ -277,6 +277,7 @@ mod tests {
             in_use: 280,
             timewait: 279,
             share: Some(0.933),
+            timewait_reusable: false,
             opens_per_s: 48.002,
             exhaustion_eta_s: Some(39.5),
             connect_failures: 0,

@@ -417,6 +417,7 @@ mod tests {
             in_use: 261,
             timewait: 250,
             share: Some(0.87),
+            timewait_reusable: false,
             opens_per_s: 6.5,
             exhaustion_eta_s: Some(40.0),
             connect_failures: 0,

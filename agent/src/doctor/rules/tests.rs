@@ -848,6 +848,7 @@ fn a_destination_the_watch_named_is_not_named_twice() {
         in_use: 27_000,
         timewait: 27_000,
         share: Some(0.956),
+        timewait_reusable: false,
         opens_per_s: 500.0,
         exhaustion_eta_s: Some(2.5),
         connect_failures: 0,

@@ -912,6 +912,7 @@ mod tests {
             in_use: 280,
             timewait: 279,
             share: Some(share),
+            timewait_reusable: false,
             opens_per_s: 0.0,
             exhaustion_eta_s: None,
             connect_failures: 0,
