@@ -119,6 +119,13 @@ pub mod flags {
     /// connect() is in `ends.daddr`/`dport`, the address of a bind() in `saddr`/`sport`; the
     /// owner is the calling task; `oldstate == newstate == CLOSE`.
     pub const SYSCALL_FAILED: u32 = 1 << 6;
+    /// On a `FIN_WAIT2 -> CLOSE` only: the socket was orphaned (`SOCK_DEAD`: its process had
+    /// closed it) and the peer's FIN had not arrived (`SOCK_DONE` clear), so `tcp_time_wait()`
+    /// handed the connection to a timewait socket in the FIN_WAIT2 substate, not TIME_WAIT
+    /// (`ss` shows it as FIN-WAIT-2 with a timewait timer; sockstat counts it in `tw`). Read
+    /// from `sk->sk_flags` (offset and bits from BTF); never set without them, so such a close
+    /// is then reported as TIME_WAIT, as before. (Bit 6 is `SYSCALL_FAILED`.)
+    pub const ORPHAN_FIN_WAIT2: u32 = 1 << 7;
 }
 
 /// Index of each counter in the `STATS` per-CPU array.
@@ -181,6 +188,11 @@ pub mod globals {
     /// reported for TCP stream sockets only.
     pub const OFF_SOCK_PROTOCOL: &str = "OFF_SOCK_PROTOCOL";
     pub const OFF_SOCK_TYPE: &str = "OFF_SOCK_TYPE";
+    /// `u32`: `struct sock` to `__sk_common.skc_flags` (`sk->sk_flags`, an unsigned long).
+    pub const OFF_SOCK_FLAGS: &str = "OFF_SOCK_FLAGS";
+    /// `u32`: bit numbers of `SOCK_DEAD` and `SOCK_DONE` in `sk_flags` (`enum sock_flags`).
+    pub const BIT_SOCK_DEAD: &str = "BIT_SOCK_DEAD";
+    pub const BIT_SOCK_DONE: &str = "BIT_SOCK_DONE";
 }
 
 /// Program names (the function names in `src/main.rs`).

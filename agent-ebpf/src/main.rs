@@ -101,6 +101,12 @@ static OFF_SOCKET_SK: Global<u32> = Global::new(0);
 static OFF_SOCK_PROTOCOL: Global<u32> = Global::new(0);
 #[unsafe(no_mangle)]
 static OFF_SOCK_TYPE: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+static OFF_SOCK_FLAGS: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+static BIT_SOCK_DEAD: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+static BIT_SOCK_DONE: Global<u32> = Global::new(0);
 
 /// Reads a kernel value at `base + offset` with bpf_probe_read_kernel, which checks the
 /// address and fails instead of faulting. None on failure (a NULL pointer on the way).
@@ -124,6 +130,27 @@ fn netns_of(skaddr: u64) -> u32 {
     kread::<u64>(skaddr, OFF_SOCK_NET.load())
         .and_then(|net| kread::<u32>(net, OFF_NET_INUM.load()))
         .unwrap_or(0)
+}
+
+/// Whether a socket going `FIN_WAIT2 -> CLOSE` is an orphan the peer has not sent its FIN to:
+/// `SOCK_DEAD` set (its process closed it) and `SOCK_DONE` clear (`tcp_fin()` sets it when the
+/// peer's FIN arrives). `tcp_time_wait()` then made a timewait socket in the FIN_WAIT2 substate
+/// (from `tcp_close()`, from the ACK of our FIN in `tcp_rcv_state_process()`, or from the
+/// keepalive timer); with the peer's FIN it is TIME_WAIT. One probe read of `sk->sk_flags`,
+/// at this transition only. False when it cannot be read (no BTF): TIME_WAIT, as before.
+#[inline(always)]
+fn orphan_without_peer_fin(skaddr: u64) -> bool {
+    if BTF_OK.load() == 0 {
+        return false;
+    }
+    let Some(sk_flags) = kread::<u64>(skaddr, OFF_SOCK_FLAGS.load()) else {
+        return false;
+    };
+    // The bit numbers are below 64 (checked by the agent against BTF); masked so the verifier
+    // sees a shift it accepts.
+    let dead = (sk_flags >> (BIT_SOCK_DEAD.load() & 63)) & 1;
+    let done = (sk_flags >> (BIT_SOCK_DONE.load() & 63)) & 1;
+    dead == 1 && done == 0
 }
 
 #[inline(always)]
@@ -422,6 +449,11 @@ fn try_set_state(ctx: &TracePointContext) -> Result<(), i64> {
             }
         }
     } else {
+        // Read here, at the transition itself: the timewait socket's substate changes later
+        // without any tracepoint (a FIN reaching it makes it TIME_WAIT).
+        if oldstate == FIN_WAIT2 && newstate == CLOSE && orphan_without_peer_fin(skaddr) {
+            ev.flags |= flags::ORPHAN_FIN_WAIT2;
+        }
         match entry {
             Some(entry) => {
                 // SAFETY: see `entry` above.
@@ -851,6 +883,10 @@ fn panic(_info: &core::panic::PanicInfo) -> ! {
     loop {}
 }
 
+/// The license the kernel is told. It must be GPL-compatible for the GPL-only helpers this
+/// program calls (bpf_probe_read_kernel and others); "Dual MIT/GPL" is one of the strings the
+/// kernel accepts as such (license_is_gpl_compatible), and says what is true: this code is the
+/// project's MIT-licensed code, offered under the GPL too, as the kernel requires.
 #[unsafe(link_section = "license")]
 #[unsafe(no_mangle)]
-static LICENSE: [u8; 4] = *b"GPL\0";
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

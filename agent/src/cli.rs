@@ -14,6 +14,8 @@ Examples:
                                         who creates TIME_WAIT sockets, as JSON Lines
   sudo twtrace record -o incident.twr   capture everything to a file, for later
   twtrace report incident.twr           summarise a recording, on any machine, without root
+  twtrace doctor                        what is true on this host: port range, TIME_WAIT, listen
+                                        queues, open-file limits, and common advice that is wrong
   twtrace --from incident.twr --speed 10
                                         replay a recording into the leaderboard, ten times as fast
   sudo twtrace --record incident.twr    watch the leaderboard and record everything meanwhile
@@ -22,6 +24,8 @@ Examples:
                                         only one container's sockets (its cgroup and below)
   sudo twtrace trace --json | jq -c 'select(.container) | {pid, container, pod_uid, new}'
                                         transitions of processes in containers, with their ids
+  sudo twtrace ports                    which destination's pool of local ports runs out, and who
+                                        opens the connections (\"Cannot assign requested address\")
 
 twtrace attributes each transition to the process that owns the socket, not to whichever task
 the kernel happened to run when a packet arrived (what tcpstates and bpftrace print).";
@@ -113,16 +117,158 @@ The flight recorder holds at most --ring-max bytes (default 256 MiB) of recordin
 the last socket table its ring dropped (about 26 bytes a socket), which starts each capture.")]
     Record(RecordArgs),
 
-    /// Summarise a recording: host facts, top processes and peers, a TIME_WAIT timeline. No root.
+    /// Summarise a recording: host facts, top processes and peers, TIME_WAIT and CLOSE_WAIT
+    /// timelines, each process's CLOSE_WAIT peak; as text, JSON or an HTML page. No root.
     #[command(after_help = "Examples:
   twtrace report incident.twr
   twtrace report incident.twr --json | jq '.processes[0]'
+  twtrace report incident.twr --json | jq '.close_wait_peaks[0]'
+                                        the process that held the most CLOSE_WAIT at once, and when
   twtrace report incident.twr --since 30s --until 90s --port 8080
+  twtrace report incident.twr --html incident.html
+                                        one self-contained page (charts, findings, tables) to
+                                        open in any browser, offline; nothing on it is fetched
+  twtrace report incident.twr --html incident.html --force --since 2m
   twtrace report incident.twr --export jsonl > events.jsonl
 
+Processes are ranked by the larger of TIME_WAIT entered and CLOSE_WAIT peak: one that held 30
+connections in CLOSE_WAIT and closed them before the end ranks with one that made 30 TIME_WAIT.
 --since/--until take RFC 3339 times or durations from the recording's start; the report is what
 twtrace would have shown had it been started at --since and stopped at --until.")]
     Report(ReportArgs),
+
+    /// Watch for a while, then name the processes that leak connections (CLOSE_WAIT sockets
+    /// their peer closed long ago, ESTABLISHED that only grows) or open a new connection per
+    /// request, each with its evidence and a fix.
+    #[command(after_help = "Examples:
+  sudo twtrace leaks                        watch for 60 s, then list the suspects
+  sudo twtrace leaks --watch 5m --min-age 2m
+  sudo twtrace leaks --json | jq -c 'select(.kind == \"close_wait_leak\") | {pid, comm, oldest_age_s}'
+  twtrace leaks --from incident.twr         the same over a recording, no root
+
+A CLOSE_WAIT socket means the peer closed and the process never called close(). A process is a
+leak suspect when it holds CLOSE_WAIT sockets older than --min-age; growing makes it critical.
+Sockets already in CLOSE_WAIT when twtrace starts count with an age of at least the time watched
+(`oldest_age_at_least` in the JSON). Ctrl-C stops early and reports what was seen. Exit status 0
+whether or not suspects were found (1: an error; 2: bad usage).")]
+    Leaks(LeaksArgs),
+
+    /// Local (ephemeral) ports in use per destination: which one's pool runs out, how soon, and
+    /// which processes open the connections.
+    #[command(after_help = "Examples:
+  sudo twtrace ports                        a table every second, most used pool first; Ctrl-C to stop
+  sudo twtrace ports --watch 30s            watch 30 seconds, then print one table and exit
+  sudo twtrace ports --json --watch 10s | jq '.destinations[0]'
+  sudo twtrace ports --netns /run/netns/blue --top 5
+  sudo twtrace ports --json | jq -c '.destinations[] | select(.share > 0.5)'
+
+connect() without bind() picks a local port from net.ipv4.ip_local_port_range, less
+net.ipv4.ip_local_reserved_ports, such that the 4-tuple is unique: the pool runs out per
+destination (local address, remote address, remote port), and a port stays taken in TIME_WAIT for
+60 s. When none is left, connect() fails with EADDRNOTAVAIL, \"Cannot assign requested address\".
+IN_USE counts the sockets holding a port toward the destination at the last look at the kernel's
+socket table (every second); SHARE is IN_USE over the usable ports of its namespace; ETA is the
+time until none is left at the growth of IN_USE over the last 10 seconds (- when not growing).")]
+    Ports(PortsArgs),
+
+    /// Check this host's TCP settings, counters and open-file limits, from evidence. No root
+    /// needed (except for --watch, and to count other users' open files).
+    #[command(after_help = "Examples:
+  twtrace doctor                       findings, most severe first, each with its evidence
+  twtrace doctor --explain             also what was read, and common advice that does not apply
+  twtrace doctor --json | jq '.findings[] | select(.severity != \"info\")'
+  sudo twtrace doctor --watch 10s      also 10 s of live tracing: who churns, who leaks
+  sudo nsenter -n -t PID twtrace doctor
+                                       a container's network namespace (settings and counters are
+                                       per namespace)
+
+Exit status: 0 whatever the findings (they are the output); 1 when it could not run; 2 on a
+usage error.")]
+    Doctor(DoctorArgs),
+}
+
+#[derive(Debug, Args, Clone, Default)]
+pub struct DoctorArgs {
+    /// Print one JSON document (schema 1) instead of text.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Also say what each rule read when it found nothing wrong, list the settings and counters
+    /// read, and correct common advice (tcp_tw_recycle, tcp_fin_timeout, tcp_tw_reuse) even
+    /// where it is not applied.
+    #[arg(long)]
+    pub explain: bool,
+
+    /// First watch TCP state changes live for this long (e.g. 10s; needs what the live view
+    /// needs: root or its capabilities), so the findings name the processes that churn
+    /// connections or leak CLOSE_WAIT.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub watch: Option<std::time::Duration>,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct LeaksArgs {
+    #[command(flatten)]
+    pub filter: FilterArgs,
+
+    #[command(flatten)]
+    pub tracer: TracerArgs,
+
+    /// One JSON object per suspect (JSON Lines) instead of text.
+    #[arg(long)]
+    pub json: bool,
+
+    /// A CLOSE_WAIT socket older than this makes its process a leak suspect.
+    #[arg(long, default_value = "30s", value_name = "DURATION", value_parser = parse_duration)]
+    pub min_age: std::time::Duration,
+
+    /// How long to watch before reporting (Ctrl-C reports earlier).
+    #[arg(long, default_value = "60s", value_name = "DURATION", value_parser = parse_duration)]
+    pub watch: std::time::Duration,
+
+    /// Connections per second to one peer, ended in the last minute, from which short-lived
+    /// ones (median under a second) count as a new connection per request.
+    #[arg(long, default_value_t = 2.0, value_name = "N", value_parser = parse_rate)]
+    pub churn_rate: f64,
+
+    /// Analyse a recording (`twtrace record`) instead of tracing; no root needed.
+    #[arg(long, value_name = "FILE")]
+    pub from: Option<std::path::PathBuf>,
+}
+
+fn parse_rate(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
+        _ => Err(format!(
+            "`{s}`: a rate is a number above 0 (connections per second)"
+        )),
+    }
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct PortsArgs {
+    #[command(flatten)]
+    pub filter: FilterArgs,
+
+    #[command(flatten)]
+    pub tracer: TracerArgs,
+
+    /// Print one JSON document per interval instead of a table.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Watch this long (e.g. 30s, 2m), then print once and exit; without it, print every
+    /// interval until Ctrl-C.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub watch: Option<std::time::Duration>,
+
+    /// Seconds between printouts (and between the open rates' measurements).
+    #[arg(long, default_value_t = 1.0, value_name = "SECS", value_parser = parse_interval)]
+    pub interval: f64,
+
+    /// Destinations shown, most used share first.
+    #[arg(long, default_value_t = 10, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub top: u64,
 }
 
 #[derive(Debug, Args, Clone)]
@@ -160,12 +306,13 @@ pub struct RecordArgs {
 
     /// A condition checked every second on the leaderboard's snapshot, e.g. 'timewait_now>20000',
     /// 'close_wait_now[comm=java]>500', 'timewait_per_s[pid=42]>=1000' (repeatable). Fields:
-    /// totals (timewait_now, timewait_kernel, close_wait_now, established_now, timewait_entered,
-    /// timewait_per_s, lost_events, unattributed_events, connect_failures, bind_failures) or,
-    /// with [pid=N] or [comm=NAME] (summed over processes of that name), a process's
-    /// (timewait_entered, timewait_per_s, timewait_now, close_wait_now, established_now, opens,
-    /// opens_per_s, closes, closes_per_s, resets, connect_failures, bind_failures). A trigger
-    /// fires when its condition becomes true.
+    /// totals (timewait_now, fin_wait2_now, timewait_kernel, close_wait_now, established_now,
+    /// timewait_entered, fin_wait2_entered, timewait_per_s, lost_events, unattributed_events,
+    /// connect_failures, bind_failures) or, with [pid=N] or [comm=NAME] (summed over processes
+    /// of that name), a process's (timewait_entered, timewait_per_s, timewait_now,
+    /// fin_wait2_entered, fin_wait2_now, close_wait_now, established_now, opens, opens_per_s,
+    /// closes, closes_per_s, resets, connect_failures, bind_failures). A trigger fires when its
+    /// condition becomes true.
     #[arg(long, value_name = "EXPR", requires = "ring")]
     pub trigger: Vec<crate::sink::trigger::Trigger>,
 
@@ -205,8 +352,18 @@ pub struct ReportArgs {
     pub until: Option<When>,
 
     /// Print every selected event instead of the summary (jsonl: as `trace --json` does).
-    #[arg(long, value_name = "FORMAT")]
+    #[arg(long, value_name = "FORMAT", conflicts_with = "html")]
     pub export: Option<Export>,
+
+    /// Write the report as one self-contained HTML page to OUT (inline CSS and SVG charts, no
+    /// script, nothing fetched), created mode 0600; an existing OUT is refused without --force.
+    #[arg(long, value_name = "OUT", conflicts_with = "json")]
+    pub html: Option<std::path::PathBuf>,
+
+    /// With --html: replace OUT if it exists (a new 0600 file; a symbolic link is replaced,
+    /// never written through).
+    #[arg(long, requires = "html")]
+    pub force: bool,
 }
 
 /// What `report --export` writes.
@@ -277,6 +434,10 @@ pub struct LiveArgs {
     #[arg(long, default_value_t = 20, value_name = "N")]
     pub top: usize,
 
+    /// A CLOSE_WAIT socket older than this marks its process as a leak suspect (red, `!`).
+    #[arg(long, default_value = "30s", value_name = "DURATION", value_parser = parse_duration)]
+    pub min_age: std::time::Duration,
+
     /// Replay a recording (`twtrace record`) instead of tracing; no root needed.
     #[arg(long, value_name = "FILE")]
     pub from: Option<std::path::PathBuf>,
@@ -318,6 +479,7 @@ impl Default for LiveArgs {
             count: None,
             reconcile: 2.0,
             top: 20,
+            min_age: std::time::Duration::from_secs(30),
             from: None,
             record: None,
             force: false,
@@ -613,6 +775,18 @@ mod tests {
         assert!(parse(&["--record", "g.twr", "--force", "--once"]).is_ok());
         assert!(parse(&["report", "f.twr", "--export", "csv"]).is_err());
         assert!(parse(&["report"]).is_err());
+        let cli = parse(&["report", "f.twr", "--html", "o.html", "--force"]).expect("parses");
+        let Some(Command::Report(args)) = cli.command else {
+            panic!("report expected")
+        };
+        assert_eq!(args.html.as_deref(), Some(std::path::Path::new("o.html")));
+        assert!(args.force);
+        assert!(
+            parse(&["report", "f.twr", "--force"]).is_err(),
+            "--force needs --html"
+        );
+        assert!(parse(&["report", "f.twr", "--html", "o", "--json"]).is_err());
+        assert!(parse(&["report", "f.twr", "--html", "o", "--export", "jsonl"]).is_err());
 
         let cli = parse(&["--from", "f.twr", "--speed", "0", "--json"]).expect("parses");
         assert_eq!(
@@ -627,6 +801,57 @@ mod tests {
             panic!("trace expected")
         };
         assert!(args.from.is_some());
+    }
+
+    #[test]
+    fn doctor_options() {
+        let cli = parse(&["doctor", "--json", "--explain", "--watch", "10s"]).expect("parses");
+        let Some(Command::Doctor(args)) = cli.command else {
+            panic!("doctor expected")
+        };
+        assert!(args.json && args.explain);
+        assert_eq!(args.watch, Some(std::time::Duration::from_secs(10)));
+        let cli = parse(&["-v", "doctor"]).expect("parses");
+        assert!(matches!(
+            cli.command,
+            Some(Command::Doctor(DoctorArgs { watch: None, .. }))
+        ));
+        assert!(parse(&["doctor", "--watch", "0s"]).is_err());
+        assert!(parse(&["doctor", "--watch", "soon"]).is_err());
+        assert!(parse(&["doctor", "--pid", "1"]).is_err(), "no filters");
+        assert!(
+            parse(&["--json", "doctor"]).is_err(),
+            "the leaderboard's --json"
+        );
+    }
+
+    #[test]
+    fn ports_takes_watch_interval_top_and_filters() {
+        let cli = parse(&[
+            "ports",
+            "--json",
+            "--watch",
+            "30s",
+            "--netns",
+            "4026532281",
+            "--top",
+            "3",
+        ])
+        .expect("parses");
+        let Some(Command::Ports(args)) = cli.command else {
+            panic!("ports expected")
+        };
+        assert!(args.json);
+        assert_eq!(args.watch, Some(std::time::Duration::from_secs(30)));
+        assert_eq!((args.interval, args.top), (1.0, 3));
+        assert_eq!(args.filter.netns_id().expect("inode"), Some(4_026_532_281));
+        assert!(parse(&["ports", "--watch", "0s"]).is_err());
+        assert!(parse(&["ports", "--top", "0"]).is_err());
+        assert!(parse(&["ports", "--interval", "0"]).is_err());
+        assert!(
+            parse(&["--json", "ports"]).is_err(),
+            "the leaderboard's --json"
+        );
     }
 
     #[test]

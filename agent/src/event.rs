@@ -194,7 +194,8 @@ pub struct Transition {
     pub local: SocketAddr,
     pub remote: SocketAddr,
     pub old: TcpState,
-    /// As reported: `TimeWait` where inferred.
+    /// As reported: `TimeWait` where inferred, and `FinWait2` (with `orphan`) for a close that
+    /// left the connection in a timewait socket in the FIN_WAIT2 substate.
     pub new: TcpState,
     pub reset: Option<Reset>,
     /// Not a state change but a failed connect() or bind() on a TCP socket: the calling process
@@ -202,15 +203,21 @@ pub struct Transition {
     /// address of a bind() `local` (`remote` unspecified); `old` and `new` are CLOSE, the
     /// socket's state after the failure.
     pub failure: Option<SyscallFailure>,
+    /// `FIN_WAIT2 -> FIN_WAIT2`: the socket's process had closed it (an orphan) and the peer
+    /// had not closed its side, so the kernel handed the connection to a timewait socket in
+    /// the FIN_WAIT2 substate (`ss`: FIN-WAIT-2 with `timer:(timewait,...)`), which counts in
+    /// sockstat's `tw` like TIME_WAIT. A FIN from the peer later makes it TIME_WAIT, with no
+    /// event: only the kernel's table shows that.
+    pub orphan: bool,
 }
 
 impl Transition {
     /// Not a state change but a process taking the socket with accept(): it owns it from now on
     /// (`attribution` is `Accepted`, `old` and `new` the state it is in). The kernel never
     /// reports a transition to the same state otherwise (a failure, which has them equal too,
-    /// is no accept).
+    /// is no accept); an orphan's timewait entry is reported as one (see `orphan`).
     pub fn is_accept(&self) -> bool {
-        self.failure.is_none() && self.old == self.new
+        self.failure.is_none() && self.old == self.new && !self.orphan
     }
 
     /// A failed connect() or bind(), not a transition (see [`Transition::failure`]).
@@ -224,6 +231,18 @@ impl Transition {
             Call::Connect => self.remote.port(),
             Call::Bind => self.local.port(),
         })
+    }
+
+    /// The substate of the timewait socket this transition handed the connection to (TIME_WAIT,
+    /// or FIN_WAIT2 for an orphan), or None when it made none.
+    pub fn timewait(&self) -> Option<TcpState> {
+        if self.orphan {
+            Some(TcpState::FinWait2)
+        } else if self.new == TcpState::TimeWait {
+            Some(TcpState::TimeWait)
+        } else {
+            None
+        }
     }
 }
 
@@ -288,6 +307,8 @@ pub fn from_wire(raw: &twtrace_ebpf::Event) -> Result<Transition, DecodeError> {
     } else {
         infer::reported(old, raw_new, raw.flags)
     };
+    // The one close reported with its old state as new (see `infer::reported`).
+    let orphan = raw_new == TcpState::Close && new == TcpState::FinWait2;
     let ends = &raw.ends;
     Ok(Transition {
         mono_ns: raw.ts_ns,
@@ -306,6 +327,7 @@ pub fn from_wire(raw: &twtrace_ebpf::Event) -> Result<Transition, DecodeError> {
         new,
         reset,
         failure,
+        orphan,
     })
 }
 
@@ -531,6 +553,28 @@ pub(crate) mod tests {
         let t = from_wire(&ev).expect("decodes");
         assert_eq!(t.cookie, Some(12345));
         assert_eq!(t.new, TcpState::TimeWait);
+    }
+
+    #[test]
+    fn an_orphan_the_peer_has_not_closed_is_a_fin_wait2_timewait_entry() {
+        let mut ev = wire(tcp_state::FIN_WAIT2, tcp_state::CLOSE);
+        ev.flags = flags::DESTROYED | flags::ORPHAN_FIN_WAIT2;
+        let t = from_wire(&ev).expect("decodes");
+        assert_eq!(
+            (t.old, t.new, t.orphan),
+            (TcpState::FinWait2, TcpState::FinWait2, true)
+        );
+        assert!(!t.is_accept());
+        assert_eq!(t.timewait(), Some(TcpState::FinWait2));
+        ev.flags = flags::DESTROYED;
+        let t = from_wire(&ev).expect("decodes");
+        assert_eq!((t.new, t.orphan), (TcpState::TimeWait, false));
+        assert_eq!(t.timewait(), Some(TcpState::TimeWait));
+        // An accept of a socket in FIN_WAIT2 is no timewait entry.
+        let mut ev = wire(tcp_state::FIN_WAIT2, tcp_state::FIN_WAIT2);
+        ev.flags = flags::ACCEPTED | flags::ORPHAN_FIN_WAIT2;
+        let t = from_wire(&ev).expect("decodes");
+        assert!(t.is_accept() && !t.orphan && t.timewait().is_none());
     }
 
     #[test]

@@ -12,9 +12,12 @@ use crate::state::{Reset, TcpState};
 ///   close, whatever the old state.
 /// - A reset sent (an abort: SO_LINGER 0, unread data, `tcp_disconnect()`) likewise.
 /// - Otherwise leaving FIN_WAIT1, FIN_WAIT2 or CLOSING for CLOSE is `tcp_time_wait()` handing
-///   the connection to a timewait socket: the TIME_WAIT entry (including orphaned FIN_WAIT2
-///   sockets, which become timewait sockets with a FIN_WAIT2 substate and count in sockstat's
-///   `tw` too).
+///   the connection to a timewait socket, which counts in sockstat's `tw`. Its substate is what
+///   `ss` shows as its state: TIME_WAIT, or FIN_WAIT2 when the kernel side saw an orphan the
+///   peer had not sent its FIN to (`flags::ORPHAN_FIN_WAIT2`, read at `FIN_WAIT2 -> CLOSE`):
+///   reported as `FIN_WAIT2 -> FIN_WAIT2`, the only close reported with its old state as new.
+///   Without that flag (no BTF, an older recording) it is TIME_WAIT, as before; the reconcile
+///   corrects it from the kernel's table.
 pub fn reported(old: TcpState, new: TcpState, raw_flags: u32) -> (TcpState, Option<Reset>) {
     if new != TcpState::Close {
         return (new, None);
@@ -26,6 +29,9 @@ pub fn reported(old: TcpState, new: TcpState, raw_flags: u32) -> (TcpState, Opti
         return (TcpState::Close, Some(Reset::Sent));
     }
     match old {
+        TcpState::FinWait2 if raw_flags & flags::ORPHAN_FIN_WAIT2 != 0 => {
+            (TcpState::FinWait2, None)
+        }
         TcpState::FinWait1 | TcpState::FinWait2 | TcpState::Closing => (TcpState::TimeWait, None),
         _ => (TcpState::Close, None),
     }
@@ -46,6 +52,25 @@ mod tests {
                 "{old}"
             );
         }
+    }
+
+    #[test]
+    fn an_orphan_the_peer_has_not_closed_stays_fin_wait2() {
+        let orphan = flags::ORPHAN_FIN_WAIT2 | flags::DESTROYED;
+        assert_eq!(reported(FinWait2, Close, orphan), (FinWait2, None));
+        // The kernel side sets it only at FIN_WAIT2 -> CLOSE; anywhere else it means nothing.
+        assert_eq!(reported(FinWait1, Close, orphan), (TimeWait, None));
+        assert_eq!(reported(Closing, Close, orphan), (TimeWait, None));
+        assert_eq!(reported(LastAck, Close, orphan), (Close, None));
+        // A reset still wins: no timewait socket was made.
+        assert_eq!(
+            reported(FinWait2, Close, orphan | flags::RESET_SENT),
+            (Close, Some(Reset::Sent))
+        );
+        assert_eq!(
+            reported(FinWait2, Close, orphan | flags::RESET_RECEIVED),
+            (Close, Some(Reset::Received))
+        );
     }
 
     #[test]

@@ -17,7 +17,12 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
 use crate::{
     clock::WallClock,
     event::{Attribution, Comm, Transition},
-    model::{Limits, Model, Outside, snapshot::Snapshot},
+    kernel::sysctl::PortSettings,
+    model::{
+        Limits, Model, Outside,
+        ports::{self, Ports},
+        snapshot::Snapshot,
+    },
     sink::{End, Sink, View},
     source::{Processes, Source},
     stream::{Flow, Item, KernelStats, KernelTruth, Stats, Tally},
@@ -139,7 +144,10 @@ pub struct Core<'a> {
     clock: WallClock,
     start_ns: u64,
     wants_model: bool,
+    limits: Limits,
     model: Option<Model>,
+    /// Local ports per destination, beside the model (see [`crate::model::ports`]).
+    ports: Ports,
     tally: Tally,
     /// The kernel program's counters at the first stats item: losses count from there.
     base: Option<KernelStats>,
@@ -176,7 +184,9 @@ impl<'a> Core<'a> {
             clock,
             start_ns,
             wants_model,
+            limits: Limits::default(),
             model: None,
+            ports: Ports::new(),
             tally: Tally::default(),
             base: None,
             timewait_kernel: None,
@@ -194,6 +204,18 @@ impl<'a> Core<'a> {
         }
     }
 
+    /// The model's bounds and thresholds (`--min-age`), instead of the defaults.
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// The local-port settings assumed for namespaces whose own the stream does not carry: a
+    /// replay's, from its header.
+    pub fn set_port_fallback(&mut self, settings: Option<PortSettings>) {
+        self.ports.set_fallback(settings);
+    }
+
     /// Why the stream should stop, once it should.
     pub fn stopped(&self) -> Option<&Stopped> {
         self.stopped.as_ref()
@@ -208,7 +230,7 @@ impl<'a> Core<'a> {
         self.first_ns.get_or_insert(ns);
         self.last_ns = Some(self.last_ns.map_or(ns, |l| l.max(ns)));
         if self.wants_model && self.model.is_none() {
-            self.model = Some(Model::new(self.start_ns.min(ns), Limits::default()));
+            self.model = Some(Model::new(self.start_ns.min(ns), self.limits));
         }
         let result = match item {
             Item::Event(t) => self.event(&t),
@@ -235,6 +257,10 @@ impl<'a> Core<'a> {
             self.tally.unattributed += 1;
         }
         let inherited = self.model.as_mut().and_then(|m| m.apply(t));
+        if self.model.is_some() {
+            let (pid, comm) = inherited.unwrap_or((t.pid, t.comm));
+            self.ports.event(t, pid, comm);
+        }
         // The owner the views show: a socket whose owner exited goes to whoever holds it now.
         let shown = inherited.map(|(pid, comm)| Transition {
             pid,
@@ -290,6 +316,7 @@ impl<'a> Core<'a> {
             );
             found.sort_unstable_by_key(|&(inode, _, _)| inode);
             k.owners = found;
+            self.ports.dump(&k.sockets, k.dump_ns, &k.port_settings);
         }
         if k.timewait_kernel.is_some() {
             self.timewait_kernel = k.timewait_kernel;
@@ -346,6 +373,10 @@ impl<'a> Core<'a> {
         let time = jiff::Timestamp::try_from(self.clock.to_system_time(now_ns))?;
         let processes = &mut self.processes;
         let mut snap = model.snapshot(now_ns, time, outside, &|pid| processes.exists(pid));
+        snap.destinations = self
+            .ports
+            .snapshot(now_ns, &|key| ports::connect_failures(model, key));
+        snap.port_settings = self.ports.settings();
         for row in &mut snap.processes {
             if row.cgroup_id != 0
                 && let Some(c) = processes.container(row.cgroup_id)
@@ -355,6 +386,7 @@ impl<'a> Core<'a> {
                 row.container = Some(c.id);
             }
         }
+        processes.cmdlines(&mut snap.processes);
         let snap = Arc::new(snap);
         self.last_snapshot_ns = Some(now_ns);
         self.since_snapshot = 0;
@@ -684,6 +716,7 @@ mod tests {
             new: TcpState::SynSent,
             reset: None,
             failure: None,
+            orphan: false,
         };
         let step = |k: u64, old, new| Transition {
             mono_ns: t0 + k,
@@ -973,6 +1006,7 @@ mod tests {
                 sockets: vec![socket(false, 5000), socket(true, 5001)],
                 owners: Vec::new(),
                 timewait_kernel: None,
+                port_settings: Vec::new(),
             }));
             c.item(Item::Stats(Stats {
                 mono_ns: S,
@@ -1041,6 +1075,7 @@ mod tests {
             sockets: vec![socket],
             owners: Vec::new(),
             timewait_kernel: None,
+            port_settings: Vec::new(),
         }));
         assert_eq!(*asked.borrow(), vec![4242]);
         let seen = dumps.0.borrow();

@@ -4,6 +4,7 @@
 use std::{
     io::{self, IsTerminal as _, Write as _},
     path::Path,
+    sync::Arc,
     time::{Duration, UNIX_EPOCH},
 };
 
@@ -11,11 +12,14 @@ use anyhow::Context as _;
 
 use crate::{
     cli::{
-        Cli, Command, Export, FilterArgs, LiveArgs, RecordArgs, ReportArgs, TraceArgs, TracerArgs,
-        When,
+        Cli, Command, DoctorArgs, Export, FilterArgs, LeaksArgs, LiveArgs, PortsArgs, RecordArgs,
+        ReportArgs, TraceArgs, TracerArgs, When,
     },
     container::CgroupPaths,
-    kernel::{procnet, tracer::Options},
+    diagnosis::Thresholds,
+    doctor::Watched,
+    kernel::{netns, netstat::Counters, procnet, sysctl::PortSettings, tracer::Options},
+    model::{Limits, snapshot::Snapshot},
     pipeline::{self, Cadence, Core, Outcome, Selection, Signals, Stopped},
     recording::{
         Filters, Header, Writer, header_now, human_size,
@@ -23,6 +27,8 @@ use crate::{
     },
     sink::{
         Sink, View,
+        leaks::LeaksReport,
+        ports::{self as ports_sink, PortsPrinter},
         recorder::{FileRecorder, FlightRecorder},
         report::{self, Report},
         ring::Ring,
@@ -44,6 +50,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Some(Command::Trace(args)) => trace(args, verbose).await,
         Some(Command::Record(args)) => record(args, verbose).await,
         Some(Command::Report(args)) => report(args).await,
+        Some(Command::Doctor(args)) => doctor(args, verbose).await,
+        Some(Command::Leaks(args)) => leaks(args, verbose).await,
+        Some(Command::Ports(args)) => ports(args, verbose).await,
         None => leaderboard(cli.live, verbose).await,
     };
     match result {
@@ -201,6 +210,10 @@ fn new_core<'a, S: Source>(
 
 /// The default command: the leaderboard, live or replayed, in the terminal or printed.
 async fn leaderboard(args: LiveArgs, verbose: bool) -> anyhow::Result<()> {
+    let limits = Limits {
+        leak_min_age_ns: u64::try_from(args.min_age.as_nanos()).unwrap_or(u64::MAX),
+        ..Limits::default()
+    };
     let tui = !(args.json || args.once || args.count.is_some() || !io::stdout().is_terminal());
     let interval = Duration::from_secs_f64(args.interval);
     let cadence = Cadence {
@@ -255,7 +268,9 @@ async fn leaderboard(args: LiveArgs, verbose: bool) -> anyhow::Result<()> {
         );
         view = view_sink(title, &mut sinks);
         let select = recorded_selection(&header).and(&asked);
-        let core = new_core(&source, sinks, Box::new(Recorded), select, cadence);
+        let mut core =
+            new_core(&source, sinks, Box::new(Recorded), select, cadence).with_limits(limits);
+        core.set_port_fallback(PortSettings::from_sysctls(&header.sysctls));
         return finish(run_pipeline(&mut source, core, false, view).await?);
     }
 
@@ -290,7 +305,8 @@ async fn leaderboard(args: LiveArgs, verbose: bool) -> anyhow::Result<()> {
         Box::new(ProcFs::new()),
         selection(&args.filter)?,
         cadence,
-    );
+    )
+    .with_limits(limits);
     finish(run_pipeline(&mut source, core, false, view).await?)
 }
 
@@ -446,6 +462,9 @@ async fn report(args: ReportArgs) -> anyhow::Result<()> {
     };
     let mut source = Recording::open(&args.file, window, 0.0)?;
     let select = recorded_selection(&header).and(&replay_selection(&args.filter)?);
+    if let Some(out) = &args.html {
+        return html_report(&args, out, source, select, header).await;
+    }
     let sink: Box<dyn Sink> = match args.export {
         Some(Export::Jsonl) => Box::new(TraceSink::new(
             Printer::new(stdout(), Format::Json, header.clock()),
@@ -460,15 +479,229 @@ async fn report(args: ReportArgs) -> anyhow::Result<()> {
             Box::new(Report::new(stdout(), style, &args.file, header.clone()))
         }
     };
-    let core = new_core(
+    let mut core = new_core(
         &source,
         vec![sink],
         Box::new(Recorded),
         select,
         Cadence::default(),
     );
+    core.set_port_fallback(PortSettings::from_sysctls(&header.sysctls));
     let outcome = run_pipeline(&mut source, core, false, None).await?;
     outcome.error.map_or(Ok(()), Err)
+}
+
+/// `twtrace doctor`: this host's settings, counters and limits, after `--watch` if asked.
+async fn doctor(args: DoctorArgs, verbose: bool) -> anyhow::Result<()> {
+    let watched = match args.watch {
+        Some(span) => Some(watch(span, verbose).await?),
+        None => None,
+    };
+    crate::doctor::run(&mut stdout(), args.json, args.explain, watched)?;
+    Ok(())
+}
+
+/// `doctor --watch`: the live leaderboard for `span`, unfiltered, and its last snapshot, with
+/// the kernel's counters from before it began.
+async fn watch(span: Duration, verbose: bool) -> anyhow::Result<Watched> {
+    let opts = Options {
+        pids: Vec::new(),
+        ports: Vec::new(),
+        netns: None,
+        cgroup: None,
+        syscall_hooks: true,
+        verbose,
+    };
+    let live_cadence = live::Cadence {
+        stats: Duration::from_secs(1),
+        reconcile: Some(Duration::from_secs(2)),
+        duration: Some(span),
+    };
+    let mut source = start_live(&opts, live_cadence, true)?;
+    let counters_before = Counters::read().ok();
+    let last = std::rc::Rc::new(std::cell::RefCell::new(None));
+    let sinks: Vec<Box<dyn Sink>> = vec![Box::new(LastSnapshot(std::rc::Rc::clone(&last)))];
+    // A snapshot a second, so the command lines of processes that come and go during the watch
+    // are read while they run; the rules use the last one's totals since the start.
+    let cadence = Cadence::default();
+    let core = new_core(
+        &source,
+        sinks,
+        Box::new(ProcFs::new()),
+        Selection::default(),
+        cadence,
+    );
+    let outcome = run_pipeline(&mut source, core, false, None).await?;
+    let seconds = span.as_secs_f64();
+    finish(outcome)?;
+    let snapshot = last.borrow_mut().take();
+    Ok(Watched {
+        seconds: snapshot
+            .as_ref()
+            .map_or(seconds, |s: &Arc<Snapshot>| s.uptime_s),
+        snapshot,
+        counters_before,
+    })
+}
+
+/// Keeps the last snapshot (`doctor --watch`).
+struct LastSnapshot(std::rc::Rc<std::cell::RefCell<Option<Arc<Snapshot>>>>);
+
+impl Sink for LastSnapshot {
+    fn wants_snapshots(&self) -> bool {
+        true
+    }
+
+    fn snapshot(&mut self, snap: &Arc<Snapshot>) -> anyhow::Result<()> {
+        *self.0.borrow_mut() = Some(Arc::clone(snap));
+        Ok(())
+    }
+}
+
+/// `twtrace leaks`: watch (or replay a recording), then diagnose the last snapshot.
+async fn leaks(args: LeaksArgs, verbose: bool) -> anyhow::Result<()> {
+    let limits = Limits {
+        leak_min_age_ns: u64::try_from(args.min_age.as_nanos()).unwrap_or(u64::MAX),
+        ..Limits::default()
+    };
+    let thresholds = Thresholds {
+        churn_per_s: args.churn_rate,
+    };
+    if let Some(path) = &args.from {
+        let asked = replay_selection(&args.filter)?;
+        let mut source = Recording::open(path, Window::default(), 0.0)?;
+        let select = recorded_selection(source.header()).and(&asked);
+        let sink = LeaksReport::new(stdout(), args.json, thresholds, None);
+        let core = new_core(
+            &source,
+            vec![Box::new(sink)],
+            Box::new(Recorded),
+            select,
+            Cadence::default(),
+        )
+        .with_limits(limits);
+        let outcome = run_pipeline(&mut source, core, false, None).await?;
+        return outcome.error.map_or(Ok(()), Err);
+    }
+    args.filter.validate()?;
+    let opts = options(&args.filter, &args.tracer, verbose)?;
+    let cadence = live::Cadence {
+        stats: Duration::from_secs(1),
+        reconcile: Some(Duration::from_secs(2)),
+        duration: Some(args.watch),
+    };
+    let mut source = start_live(&opts, cadence, true)?;
+    say(&format!(
+        "twtrace: reporting leak suspects after {} (Ctrl-C reports early)",
+        humantime::format_duration(args.watch)
+    ));
+    let sink = LeaksReport::new(
+        stdout(),
+        args.json,
+        thresholds,
+        Some(args.watch.as_secs_f64()),
+    );
+    let core = new_core(
+        &source,
+        vec![Box::new(sink)],
+        Box::new(ProcFs::new()),
+        selection(&args.filter)?,
+        Cadence::default(),
+    )
+    .with_limits(limits);
+    finish(run_pipeline(&mut source, core, false, None).await?)
+}
+
+/// `twtrace ports`: local ports in use per destination, live, through the leaderboard's
+/// pipeline; printed every interval, or once after `--watch`.
+async fn ports(args: PortsArgs, verbose: bool) -> anyhow::Result<()> {
+    args.filter.validate()?;
+    let opts = options(&args.filter, &args.tracer, verbose)?;
+    let interval = Duration::from_secs_f64(args.interval);
+    let cadence = match args.watch {
+        // One snapshot at the end: its open rates cover the whole watch.
+        Some(watch) => Cadence {
+            interval: watch,
+            count: Some(1),
+        },
+        None => Cadence {
+            interval,
+            count: None,
+        },
+    };
+    // The kernel's table every second: `in_use` and its growth (the ETA) come from it.
+    let live_cadence = live::Cadence {
+        stats: interval.min(Duration::from_secs(1)),
+        reconcile: Some(Duration::from_secs(1)),
+        duration: None,
+    };
+    let mut source = start_live(&opts, live_cadence, false)?;
+    say(&format!(
+        "twtrace: tracing TCP state changes{}{}",
+        describe_options(&opts),
+        match args.watch {
+            Some(watch) => format!(
+                "; printing once after {}",
+                humantime::format_duration(watch)
+            ),
+            None => "; Ctrl-C to stop".to_owned(),
+        }
+    ));
+    let style = if args.json {
+        ports_sink::Style::Json
+    } else {
+        ports_sink::Style::Table
+    };
+    let top = usize::try_from(args.top).unwrap_or(usize::MAX);
+    let head = opts.netns.or_else(|| netns::own().ok());
+    let sinks: Vec<Box<dyn Sink>> = vec![Box::new(PortsPrinter::new(stdout(), style, top, head))];
+    let core = new_core(
+        &source,
+        sinks,
+        Box::new(ProcFs::new()),
+        selection(&args.filter)?,
+        cadence,
+    );
+    finish(run_pipeline(&mut source, core, false, None).await?)
+}
+
+/// `twtrace report FILE --html OUT`: the page is created before the replay (a bad path costs
+/// no reading), written at its end, and removed if the replay fails.
+async fn html_report(
+    args: &ReportArgs,
+    out: &Path,
+    mut source: Recording,
+    select: Selection,
+    header: Header,
+) -> anyhow::Result<()> {
+    let created = create_file(out, args.force)?;
+    if let Some(target) = &created.replaced_link {
+        say(&format!(
+            "twtrace: {} was a symbolic link (to {}); replaced it with a new file, its target \
+             is untouched",
+            out.display(),
+            target.display()
+        ));
+    }
+    let style = report::Style::Html { top: args.top };
+    let file = io::BufWriter::new(created.file);
+    let fallback = PortSettings::from_sysctls(&header.sysctls);
+    let sink: Box<dyn Sink> = Box::new(Report::new(file, style, &args.file, header));
+    let mut core = new_core(
+        &source,
+        vec![sink],
+        Box::new(Recorded),
+        select,
+        Cadence::default(),
+    );
+    core.set_port_fallback(fallback);
+    let outcome = run_pipeline(&mut source, core, false, None).await?;
+    if let Some(e) = outcome.error {
+        let _ = std::fs::remove_file(out);
+        return Err(e);
+    }
+    say(&format!("twtrace: wrote {}", out.display()));
+    Ok(())
 }
 
 /// A `--since`/`--until` moment as the recording's monotonic ns.

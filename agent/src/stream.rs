@@ -3,6 +3,7 @@
 
 use crate::{
     event::{Comm, Transition},
+    kernel::sysctl::PortSettings,
     model::KernelSocket,
 };
 
@@ -45,6 +46,9 @@ pub struct KernelTruth {
     pub sockets: Vec<KernelSocket>,
     pub owners: Vec<(u64, u32, Comm)>,
     pub timewait_kernel: Option<u64>,
+    /// Each dumped namespace's local-port sysctls, read with the dump (live only: a recording
+    /// does not hold them, and a replay uses its header's).
+    pub port_settings: Vec<(u32, PortSettings)>,
 }
 
 /// The tracer's counters at one moment (written once a second).

@@ -19,6 +19,7 @@ pub enum Mode {
     ServerFirst,
     Abort,
     Leak,
+    Reuse,
 }
 
 impl Mode {
@@ -28,6 +29,7 @@ impl Mode {
             Self::ServerFirst => "server-first",
             Self::Abort => "abort",
             Self::Leak => "leak",
+            Self::Reuse => "reuse",
         }
     }
 }

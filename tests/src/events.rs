@@ -35,6 +35,10 @@ pub struct Event {
     /// Not a transition either: a connect() or bind() of the process failed.
     #[serde(default)]
     pub failure: Option<Failure>,
+    /// `FIN_WAIT2 -> FIN_WAIT2`: a timewait entry in the FIN_WAIT2 substate (the socket's
+    /// process had closed it and the peer had not closed yet).
+    #[serde(default)]
+    pub orphan: bool,
     /// The owner's container (full id), runtime and pod UID, when its cgroup names them.
     #[serde(default)]
     pub container: Option<String>,
@@ -73,6 +77,12 @@ impl Event {
         format!("{}->{}", self.old, self.new)
     }
 
+    /// A timewait entry: TIME_WAIT, or FIN_WAIT2 for an orphan whose peer had not closed (which
+    /// of the two depends on whether the peer closed before our FIN was acknowledged).
+    pub fn timewait_entry(&self) -> bool {
+        self.new == "TIME_WAIT" || self.orphan
+    }
+
     /// Checks the values against the documented output contract.
     pub fn contract_violations(&self) -> Vec<String> {
         let mut bad = Vec::new();
@@ -92,7 +102,7 @@ impl Event {
         {
             bad.push(format!("attribution {:?}", self.attribution));
         }
-        if self.accept != (self.old == self.new && self.failure.is_none()) {
+        if self.accept != (self.old == self.new && self.failure.is_none() && !self.orphan) {
             bad.push(format!(
                 "accept {} but {} -> {}",
                 self.accept, self.old, self.new
@@ -116,6 +126,12 @@ impl Event {
                     self.attribution, self.pid, self.current_pid
                 ));
             }
+        }
+        if self.orphan && (self.old != "FIN_WAIT2" || self.new != "FIN_WAIT2" || self.accept) {
+            bad.push(format!(
+                "orphan but {} -> {} (accept {})",
+                self.old, self.new, self.accept
+            ));
         }
         if self.accept && self.attribution != "accepted" {
             bad.push(format!("accept attributed to {:?}", self.attribution));
@@ -461,6 +477,15 @@ mod tests {
             "{:?}",
             e.contract_violations()
         );
+        // An orphan's timewait entry is the one FIN_WAIT2 -> FIN_WAIT2 that is no accept.
+        let orphan = line
+            .replace("\"TIME_WAIT\"", "\"FIN_WAIT2\"")
+            .replace("\"current_pid\"", "\"orphan\":true,\"current_pid\"");
+        let e: Event = serde_json::from_str(&orphan).unwrap();
+        assert!(e.contract_violations().is_empty() && e.timewait_entry());
+        let not_orphan = line.replace("\"TIME_WAIT\"", "\"FIN_WAIT2\"");
+        let e: Event = serde_json::from_str(&not_orphan).unwrap();
+        assert_eq!(e.contract_violations().len(), 1, "accept missing");
         // A missing required field is a parse error, not a default.
         assert!(
             serde_json::from_str::<Event>(&line.replace("\"current_pid\":0", "\"x\":0")).is_err()

@@ -13,6 +13,7 @@ pub mod child;
 pub mod live;
 pub mod netns;
 pub mod record;
+pub mod staged;
 
 mod drive;
 mod events;

@@ -77,3 +77,24 @@ pub fn counter(snapshot: &Value, pid: u32, field: &str) -> u64 {
         .and_then(|p| p[field].as_u64())
         .unwrap_or(0)
 }
+
+/// `pid`'s timewait entries in both substates: `timewait_entered` (TIME_WAIT) plus
+/// `fin_wait2_entered` (orphans whose peer had not closed yet). Every connection leaves one
+/// timewait entry on the side that closed first; which substate it starts in depends on
+/// whether the peer closed before our FIN was acknowledged (docs/kernel.md), so a test that
+/// counts one entry per connection counts both.
+pub fn timewait_entries(snapshot: &Value, pid: u32) -> u64 {
+    counter(snapshot, pid, "timewait_entered") + counter(snapshot, pid, "fin_wait2_entered")
+}
+
+/// `pid`'s timewait sockets alive now, in both substates.
+pub fn timewait_sockets_now(snapshot: &Value, pid: u32) -> u64 {
+    counter(snapshot, pid, "timewait_now") + counter(snapshot, pid, "fin_wait2_now")
+}
+
+/// The totals' timewait sockets alive now in both substates: what sockstat's `tw` counts.
+pub fn timewait_total_now(snapshot: &Value) -> u64 {
+    let t = &snapshot["totals"];
+    t["timewait_now"].as_u64().expect("totals.timewait_now")
+        + t["fin_wait2_now"].as_u64().expect("totals.fin_wait2_now")
+}

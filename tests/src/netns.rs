@@ -47,6 +47,27 @@ impl Netns {
         cmd
     }
 
+    /// `sysctl -w` each `name=value` inside the namespace (its own network sysctls).
+    pub fn sysctl(&self, settings: &[&str]) {
+        let mut args = vec!["netns", "exec", &self.name, "sysctl", "-qw"];
+        args.extend_from_slice(settings);
+        run("ip", &args);
+    }
+
+    /// How many sockets `ss -tanH state all <filter>` lists inside the namespace.
+    pub fn ss_count(&self, filter: &[&str]) -> usize {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.name, "ss", "-tanH", "state", "all"])
+            .args(filter)
+            .output()
+            .expect("ip netns exec ss");
+        assert!(out.status.success(), "ss {filter:?}: {}", out.status);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .count()
+    }
+
     /// The `tw` of this namespace's /proc/net/sockstat.
     pub fn sockstat_tw(&self) -> u64 {
         let out = Command::new("ip")

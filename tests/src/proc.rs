@@ -145,7 +145,7 @@ impl Drop for ChildGuard {
 
 /// Reads lines from a pipe on a thread and hands them over a channel; the channel disconnects
 /// at EOF, which tells the receiver the process closed that pipe (usually: exited).
-pub(crate) fn line_reader<R: Read + Send + 'static>(name: String, pipe: R) -> Receiver<String> {
+pub fn line_reader<R: Read + Send + 'static>(name: String, pipe: R) -> Receiver<String> {
     let (tx, rx) = mpsc::channel();
     thread::Builder::new()
         .name(name)

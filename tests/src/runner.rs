@@ -92,10 +92,20 @@ impl Attached {
     }
 
     /// Waits `settle`, sends SIGTERM, waits for the exit and collects everything printed.
-    pub fn stop_after(mut self, settle: Duration) -> Stopped {
+    pub fn stop_after(self, settle: Duration) -> Stopped {
         thread::sleep(settle);
         self.guard.signal(libc::SIGTERM);
-        let status = self.guard.wait_timeout(STOP_TIMEOUT);
+        self.collect(STOP_TIMEOUT)
+    }
+
+    /// Waits up to `timeout` for twtrace to end by itself (`--watch`, `--duration`) and
+    /// collects everything printed.
+    pub fn wait_exit(self, timeout: Duration) -> Stopped {
+        self.collect(timeout)
+    }
+
+    fn collect(mut self, timeout: Duration) -> Stopped {
+        let status = self.guard.wait_timeout(timeout);
         let stdout = self.stdout.join().expect("stdout reader thread panicked");
         // The process is gone, so the stderr channel disconnects once drained.
         let mut stderr = self.stderr_seen;

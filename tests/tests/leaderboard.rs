@@ -10,7 +10,7 @@ use std::{
 use twtrace::kernel::sockdiag::dump_tcp;
 use twtrace_tests::{
     DRIVER_TIMEOUT, Mode, Traffic,
-    live::{Live, counter, process},
+    live::{Live, counter, process, timewait_entries, timewait_sockets_now, timewait_total_now},
     skip_unless_root,
 };
 
@@ -22,7 +22,8 @@ fn driver() -> &'static Path {
 const SETTLE: Duration = Duration::from_millis(3500);
 
 /// Client closes first: the client pid gets every TIME_WAIT, entered and alive now, toward the
-/// server's address and port; the server gets none.
+/// server's address and port; the server gets none. The server closes as soon as it reads the
+/// end, so its FIN rides on its (delayed) ACK of the client's: TIME_WAIT, no orphaned FIN_WAIT2.
 #[test]
 fn time_wait_per_process_and_peer() {
     const TEST: &str = "leaderboard time_wait_per_process_and_peer";
@@ -39,11 +40,12 @@ fn time_wait_per_process_and_peer() {
     let (c, s, port) = (peers.client.pid(), peers.server.pid(), peers.port());
     assert_eq!(counter(last, c, "timewait_entered"), N as u64);
     assert_eq!(counter(last, c, "timewait_now"), N as u64);
+    assert_eq!(timewait_entries(last, c), N as u64, "no FIN_WAIT2 entry");
     assert_eq!(counter(last, c, "opens"), N as u64);
     assert_eq!(counter(last, c, "closes"), N as u64);
     assert_eq!(counter(last, c, "established_now"), 0);
-    assert_eq!(counter(last, s, "timewait_entered"), 0);
-    assert_eq!(counter(last, s, "timewait_now"), 0);
+    assert_eq!(timewait_entries(last, s), 0);
+    assert_eq!(timewait_sockets_now(last, s), 0);
     assert_eq!(counter(last, s, "opens"), N as u64, "accepted connections");
     assert_eq!(counter(last, s, "close_wait_now"), 0);
     let row = process(last, c).expect("client row");
@@ -60,13 +62,17 @@ fn time_wait_per_process_and_peer() {
         server_peer["lport"], port,
         "accepted connections are grouped by listening port"
     );
-    // Other tests' TIME_WAIT sockets may share the port number (they live 60 s); they can only
+    // Other tests' timewait sockets may share the port number (they live 60 s); they can only
     // be in the "(before start)" row.
-    let before = counter(last, 0, "timewait_now");
+    let before = timewait_sockets_now(last, 0);
     assert_eq!(
-        last["totals"]["timewait_now"],
+        timewait_total_now(last),
         N as u64 + before,
         "the total is the rows' sum"
+    );
+    assert_eq!(
+        last["totals"]["timewait_now"],
+        N as u64 + counter(last, 0, "timewait_now"),
     );
     assert_eq!(last["lost_events"], 0);
     // The rate shows up in the snapshot that covered the traffic.
@@ -166,31 +172,38 @@ fn sockets_from_before_the_start() {
     assert_eq!(before["comm"], "(before start)");
     // The client-first connections left N TIME_WAIT sockets on the client side; the leak
     // server closed first and exited, so its N orphaned FIN_WAIT2 sockets became timewait sockets
-    // too (substate FIN_WAIT2, counted in sockstat's tw as well).
+    // too, in the FIN_WAIT2 substate while the client holds its side (counted in sockstat's tw
+    // as well): the dump's substate splits them.
     let peers = before["peers"].as_array().expect("peers");
-    let sum = |keep: &dyn Fn(&serde_json::Value) -> bool| -> u64 {
+    let sum = |field: &str, keep: &dyn Fn(&serde_json::Value) -> bool| -> u64 {
         peers
             .iter()
             .filter(|p| keep(p))
-            .map(|p| p["timewait_now"].as_u64().unwrap_or(0))
+            .map(|p| p[field].as_u64().unwrap_or(0))
             .sum()
     };
-    let toward_first = sum(&|p| p["rport"] == tw.port());
-    let leak_side = sum(&|p| p["rport"] != tw.port());
+    let first_port = |p: &serde_json::Value| p["rport"] == tw.port();
+    let leak_port = |p: &serde_json::Value| p["rport"] != tw.port();
+    let toward_first = sum("timewait_now", &first_port);
     assert_eq!(
         toward_first, N as u64,
         "client-side TIME_WAIT toward the first server"
     );
+    assert_eq!(sum("fin_wait2_now", &first_port), 0);
+    let leak_side = sum("fin_wait2_now", &leak_port);
     assert!(
         leak_side >= N as u64,
-        "the leak server's orphaned sockets: {leak_side}"
+        "the leak server's orphaned FIN_WAIT2 sockets: {leak_side}"
     );
+    let leak_tw = sum("timewait_now", &leak_port);
     assert_eq!(
         before["timewait_now"].as_u64(),
-        Some(toward_first + leak_side)
+        Some(toward_first + leak_tw)
     );
+    assert_eq!(before["fin_wait2_now"].as_u64(), Some(leak_side));
     assert_eq!(
-        before["timewait_entered"], 0,
+        (&before["timewait_entered"], &before["fin_wait2_entered"]),
+        (&0.into(), &0.into()),
         "entered before twtrace saw them"
     );
     let c = cw.client.pid();
@@ -202,8 +215,9 @@ fn sockets_from_before_the_start() {
     assert_eq!(process(first, c).expect("client row")["comm"], "twc-lbcw");
 }
 
-/// Without filters, twtrace's TIME_WAIT-now total (owned plus before start) matches the kernel's
-/// own count in /proc/net/sockstat: while the churn generator runs flat out, and afterwards.
+/// Without filters, twtrace's timewait-now total (TIME_WAIT and orphaned FIN_WAIT2, owned plus
+/// before start) matches the kernel's own count in /proc/net/sockstat (`tw`, which counts both):
+/// while the churn generator runs flat out, and afterwards.
 #[test]
 fn time_wait_total_matches_sockstat() {
     const TEST: &str = "leaderboard time_wait_total_matches_sockstat";
@@ -224,9 +238,7 @@ fn time_wait_total_matches_sockstat() {
     let run = live.stop_after(SETTLE);
     let mut checked = 0;
     for snap in &run.snapshots {
-        let ours = snap["totals"]["timewait_now"]
-            .as_u64()
-            .expect("timewait_now");
+        let ours = timewait_total_now(snap);
         let kernel = snap["totals"]["timewait_kernel"]
             .as_u64()
             .expect("timewait_kernel");
@@ -244,9 +256,12 @@ fn time_wait_total_matches_sockstat() {
     }
     assert!(checked >= 3, "only {checked} snapshots were compared");
     let last = run.last();
+    let server = peers.server.pid();
+    assert_eq!(counter(last, server, "timewait_entered"), N as u64);
+    assert_eq!(counter(last, server, "timewait_now"), N as u64);
     assert_eq!(
-        counter(last, peers.server.pid(), "timewait_entered"),
-        N as u64
+        timewait_entries(last, server),
+        N as u64,
+        "no FIN_WAIT2 entry"
     );
-    assert_eq!(counter(last, peers.server.pid(), "timewait_now"), N as u64);
 }

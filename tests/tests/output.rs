@@ -183,14 +183,15 @@ fn once_table_escapes_names() {
             "not a row: {row:?} in {stdout:#?}"
         );
     }
-    // PID, COMM (16), TW/s, TW_TOTAL, TW_NOW, then CW_NOW: the client leaks N sockets.
+    // PID, COMM (16), TW/s, TW_TOTAL, TW_NOW, FW2_NOW, then CW_NOW: the client leaks N
+    // sockets.
     let want = format!("{client:>7} {CLIENT_COLUMN:<16} ");
     let row = rows
         .iter()
         .find(|r| r.starts_with(&want))
         .unwrap_or_else(|| panic!("no row starting {want:?} in {stdout:#?}"));
     let numbers: Vec<&str> = row[want.len()..].split_whitespace().collect();
-    assert_eq!(numbers.get(3), Some(&N.to_string().as_str()), "{row}");
+    assert_eq!(numbers.get(4), Some(&N.to_string().as_str()), "{row}");
 }
 
 /// A recording of traffic between processes with hostile names: `report` (text) shows them

@@ -16,14 +16,13 @@
 
 use std::fs;
 use std::io::Read;
-use std::os::unix::fs::PermissionsExt as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, ExitStatus, Stdio};
 use std::thread;
 
 use twtrace_tests::{
     Checks, ChildGuard, DRIVER_TIMEOUT, Event, Mode, READY_TIMEOUT, TIME_WAIT, Trace, Traffic,
-    Twtrace, parse_summary, print_breakdown, select, skip_unless_root, twtrace_bin,
+    Twtrace, parse_summary, print_breakdown, select, skip_unless_root, staged::Staged,
 };
 
 const TRACEFS: &str = "/sys/kernel/tracing";
@@ -90,42 +89,6 @@ fn tracefs_mounted() -> bool {
             .and_then(|(_, rest)| rest.split(' ').next());
         point == Some(TRACEFS) && fs_type == Some("tracefs")
     })
-}
-
-/// The copy of twtrace that nobody runs: in a fresh directory of its own, mode 0755, because
-/// the checkout (and so target/release) may lie where nobody may not look, such as /root.
-/// Removed when dropped.
-struct Staged {
-    dir: PathBuf,
-    bin: PathBuf,
-}
-
-impl Staged {
-    fn new(test: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("twtrace-{test}-{}", std::process::id()));
-        // A leftover of a killed earlier run with the same pid would make create_dir fail.
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir(&dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
-        let staged = Self {
-            bin: dir.join("twtrace"),
-            dir,
-        };
-        let world = |path: &Path| {
-            fs::set_permissions(path, fs::Permissions::from_mode(0o755))
-                .unwrap_or_else(|e| panic!("chmod 0755 {}: {e}", path.display()));
-        };
-        world(&staged.dir);
-        fs::copy(twtrace_bin(), &staged.bin)
-            .unwrap_or_else(|e| panic!("copying twtrace to {}: {e}", staged.bin.display()));
-        world(&staged.bin);
-        staged
-    }
-}
-
-impl Drop for Staged {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.dir);
-    }
 }
 
 /// What the mount namespace twtrace runs in has at [`TRACEFS`].

@@ -2,8 +2,9 @@
 //! every `apt-get install` here comes after an `apt-get update`, run once per xtask run.
 
 use std::{
-    io,
+    env, io,
     os::fd::AsFd as _,
+    path::PathBuf,
     process::{Command, Stdio},
     sync::atomic::{AtomicBool, Ordering},
 };
@@ -24,6 +25,29 @@ pub fn install(step: &str, packages: &[&str]) -> Result<()> {
     }
     let args = ["install", "-y"].iter().chain(packages);
     shell::run(step, &mut apt_get(args)?)
+}
+
+/// `program` on PATH, or in the sbin directories a non-login root shell may lack (Debian puts
+/// bpftool in /usr/sbin).
+pub fn find_program(program: &str) -> Option<PathBuf> {
+    let path = env::var_os("PATH").unwrap_or_default();
+    env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin"].map(PathBuf::from))
+        .map(|dir| dir.join(program))
+        .find(|candidate| candidate.is_file())
+}
+
+/// `program` from Debian's package `package`, installed with apt-get when missing; `who`
+/// starts the lines it prints (`bench`, `xtask`).
+pub fn ensure(who: &str, program: &str, package: &str) -> Result<PathBuf> {
+    if let Some(path) = find_program(program) {
+        eprintln!("{who}: {program} ok ({})", path.display());
+        return Ok(path);
+    }
+    eprintln!("{who}: {program} is missing: installing Debian's package {package} with apt-get");
+    install(&format!("install {package}"), &[package])?;
+    find_program(program)
+        .with_context(|| format!("apt-get installed {package}, but {program} is not on PATH"))
 }
 
 fn apt_get<I, S>(args: I) -> Result<Command>

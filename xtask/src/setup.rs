@@ -19,7 +19,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::shell;
+use crate::{apt, shell};
 
 /// The bpf-linker release we build; it has cargo features `llvm-21`, `llvm-22` and `llvm-23`.
 pub const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -78,7 +78,22 @@ pub fn setup() -> Result<Tools> {
     // For the second clippy pass of `cargo xtask test` (the no_std eBPF crate needs nightly).
     ensure_nightly_component("clippy")?;
     ensure_bpf_linker(&tools).context("setup step `bpf-linker` failed")?;
+    ensure_chromium().context("setup step `chromium` failed")?;
     Ok(tools)
+}
+
+/// Debian's headless-capable Chromium: tests/tests/report_html.rs renders the HTML report in it
+/// and checks the page fetches nothing. Installing needs root (as the integration tests do);
+/// without it the test says it skipped.
+fn ensure_chromium() -> Result<()> {
+    if !crate::run::is_root() && apt::find_program("chromium").is_none() {
+        eprintln!(
+            "xtask: chromium is missing and installing it needs root: the HTML report's \
+             browser test will skip"
+        );
+        return Ok(());
+    }
+    apt::ensure("xtask", "chromium", "chromium").map(drop)
 }
 
 fn check_rustup() -> Result<()> {

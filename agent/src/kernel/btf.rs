@@ -42,6 +42,13 @@ pub struct Offsets {
     pub sock_protocol: u32,
     /// struct sock -> sk_type (u16)
     pub sock_type: u32,
+    /// struct sock -> __sk_common.skc_flags (`sk->sk_flags`, unsigned long): read at an
+    /// orphan's `FIN_WAIT2 -> CLOSE` to tell its timewait substate (docs/kernel.md).
+    pub sock_flags: u32,
+    /// Bit numbers in `sk_flags` of `SOCK_DEAD` (orphaned: its process closed it) and
+    /// `SOCK_DONE` (the peer's FIN arrived), from `enum sock_flags`.
+    pub sock_dead_bit: u32,
+    pub sock_done_bit: u32,
 }
 
 /// [`Offsets`] for the running kernel, from /sys/kernel/btf/vmlinux.
@@ -115,7 +122,7 @@ impl Drop for Mapped {
 
 /// [`Offsets`] from a BTF file's bytes (the contents of /sys/kernel/btf/vmlinux).
 pub fn resolve_from(bytes: &[u8]) -> Result<Offsets> {
-    use Expect::{Pointer, U16, U32};
+    use Expect::{Pointer, U16, U32, U64};
     let btf = Btf::parse(bytes)?;
     Ok(Offsets {
         sock_net: typed_offset(&btf, "sock", &["__sk_common", "skc_net", "net"], Pointer)?,
@@ -128,7 +135,20 @@ pub fn resolve_from(bytes: &[u8]) -> Result<Offsets> {
         socket_sk: typed_offset(&btf, "socket", &["sk"], Pointer)?,
         sock_protocol: typed_offset(&btf, "sock", &["sk_protocol"], U16)?,
         sock_type: typed_offset(&btf, "sock", &["sk_type"], U16)?,
+        sock_flags: typed_offset(&btf, "sock", &["__sk_common", "skc_flags"], U64)?,
+        sock_dead_bit: flag_bit(&btf, "SOCK_DEAD")?,
+        sock_done_bit: flag_bit(&btf, "SOCK_DONE")?,
     })
+}
+
+/// The bit number of `flag` in `sk->sk_flags`: its value in `enum sock_flags` (the kernel
+/// tests it with `test_bit(flag, &sk->sk_flags)`), which must fit the 64-bit word read.
+fn flag_bit(btf: &Btf<'_>, flag: &str) -> Result<u32> {
+    let value = btf.enum_value("sock_flags", flag)?;
+    match u32::try_from(value) {
+        Ok(bit) if bit < 64 => Ok(bit),
+        _ => bail!("kernel BTF: enum sock_flags {flag} is {value}, not a bit of a 64-bit word"),
+    }
 }
 
 /// Byte offset of the member at `path` (one name per nesting level, e.g. `["__sk_common",
@@ -146,6 +166,8 @@ enum Expect {
     Pointer,
     U16,
     U32,
+    /// An 8-byte integer (`unsigned long` on a 64-bit kernel).
+    U64,
 }
 
 fn typed_offset(btf: &Btf<'_>, struct_name: &str, path: &[&str], expect: Expect) -> Result<u32> {
@@ -155,12 +177,14 @@ fn typed_offset(btf: &Btf<'_>, struct_name: &str, path: &[&str], expect: Expect)
         Expect::Pointer => ty.kind() == KIND_PTR,
         Expect::U16 => matches!(ty.kind(), KIND_INT | KIND_ENUM) && ty.size_or_type == 2,
         Expect::U32 => matches!(ty.kind(), KIND_INT | KIND_ENUM) && ty.size_or_type == 4,
+        Expect::U64 => ty.kind() == KIND_INT && ty.size_or_type == 8,
     };
     if !ok {
         let wanted = match expect {
             Expect::Pointer => "a pointer",
             Expect::U16 => "a 2-byte integer",
             Expect::U32 => "a 4-byte integer",
+            Expect::U64 => "an 8-byte integer",
         };
         bail!(
             "kernel BTF: struct {struct_name} member {} is {} (size/type {}), expected {wanted}",
@@ -519,6 +543,56 @@ impl<'a> Btf<'a> {
         Ok(offset != 0 || u64::from(nr_bits) != u64::from(ty.size_or_type) * 8)
     }
 
+    /// The value of enumerator `name` in `enum enum_name` (ENUM or ENUM64). Enums of that name
+    /// that lack it are passed over; two that have it must agree.
+    pub fn enum_value(&self, enum_name: &str, name: &str) -> Result<u64> {
+        let mut found: Option<u64> = None;
+        let mut named = false;
+        for index in 0..self.starts.len() {
+            // Fits: `starts` holds one entry per type of a section whose length is a u32.
+            let id = index as u32 + 1;
+            let ty = self.ty(id)?;
+            let per_value = match ty.kind() {
+                KIND_ENUM => 8,
+                KIND_ENUM64 => 12,
+                _ => continue,
+            };
+            if !self.name_is(ty.name_off, enum_name.as_bytes()) {
+                continue;
+            }
+            named = true;
+            for value_index in 0..ty.vlen() {
+                let at = element(ty.data, value_index, per_value)
+                    .context("kernel BTF: enumerator out of range")?;
+                let word = |i: usize| {
+                    u32_at(self.types, at + 4 * i, self.endian)
+                        .context("kernel BTF: enumerator truncated")
+                };
+                if !self.name_is(word(0)?, name.as_bytes()) {
+                    continue;
+                }
+                // An ENUM's value is 32 bits (signed or not, by kind_flag); an ENUM64's two
+                // halves, low first. Only small non-negative values are used here.
+                let value = if per_value == 8 {
+                    u64::from(word(1)?)
+                } else {
+                    u64::from(word(2)?) << 32 | u64::from(word(1)?)
+                };
+                match found {
+                    Some(previous) if previous != value => bail!(
+                        "kernel BTF: two enums named {enum_name} disagree on the value of {name}"
+                    ),
+                    _ => found = Some(value),
+                }
+            }
+        }
+        match (found, named) {
+            (Some(value), _) => Ok(value),
+            (None, true) => bail!("kernel BTF: enum {enum_name} has no value {name}"),
+            (None, false) => bail!("kernel BTF: no enum {enum_name}"),
+        }
+    }
+
     fn member(&self, struct_name: &str, path: &[&str]) -> Result<Member> {
         let dotted = path.join(".");
         if path.is_empty() || path.iter().any(|name| name.is_empty()) {
@@ -763,6 +837,21 @@ mod tests {
             id
         }
 
+        /// An ENUM (8 bytes a value) or ENUM64 (12: the value's low half, then the high one).
+        fn enumeration(&mut self, kind: u32, name: &str, values: &[(&str, u64)]) -> u32 {
+            let size = if kind == KIND_ENUM64 { 8 } else { 4 };
+            let id = self.record(name, kind, false, values.len() as u32, size);
+            for &(value_name, value) in values {
+                let off = self.string(value_name);
+                self.put(off);
+                self.put(value as u32);
+                if kind == KIND_ENUM64 {
+                    self.put((value >> 32) as u32);
+                }
+            }
+            id
+        }
+
         fn strukt(&mut self, name: &str, size: u32, members: &[(&str, u32, u32)]) -> u32 {
             self.composite(KIND_STRUCT, name, size, false, members)
         }
@@ -832,6 +921,9 @@ mod tests {
         // possible_net_t: a typedef of an anonymous struct holding the pointer.
         let possible = b.strukt("", 8, &[("net", net_ptr, 0)]);
         let possible_t = b.modifier(KIND_TYPEDEF, "possible_net_t", possible);
+        // skc_flags shares an anonymous union with another member, as in the kernel.
+        let ulong = b.int("long unsigned int", 8);
+        let flags_union = b.union("", 8, &[("skc_flags", ulong, 0), ("skc_listener", u64_, 0)]);
         // sock_common has bitfields, so kind_flag is set and offsets carry a size byte.
         let sock_common = b.composite(
             KIND_STRUCT,
@@ -841,6 +933,7 @@ mod tests {
             &[
                 ("skc_reuse", uchar, 4 << 24 | 152),
                 ("skc_net", possible_t, 384),
+                ("", flags_union, 768),
             ],
         );
         // sk_protocol and sk_type are typedef'd u16s, as the kernel's are.
@@ -886,6 +979,11 @@ mod tests {
             128,
             &[("state", uint, 0), ("sk", sock_ptr, 24 * 8)],
         );
+        b.enumeration(
+            KIND_ENUM,
+            "sock_flags",
+            &[("SOCK_DEAD", 0), ("SOCK_DONE", 1), ("SOCK_URGINLINE", 2)],
+        );
         b.finish()
     }
 
@@ -900,6 +998,9 @@ mod tests {
         socket_sk: 24,
         sock_protocol: 532,
         sock_type: 534,
+        sock_flags: 96,
+        sock_dead_bit: 0,
+        sock_done_bit: 1,
     };
 
     #[test]
@@ -1221,6 +1322,57 @@ mod tests {
         bits / 8
     }
 
+    /// The value of `name` in bpftool's dump of `enum enum_name`.
+    fn bpftool_enum_value(types: &[serde_json::Value], enum_name: &str, name: &str) -> u64 {
+        types
+            .iter()
+            .filter(|t| matches!(t["kind"].as_str(), Some("ENUM" | "ENUM64")))
+            .filter(|t| t["name"] == enum_name)
+            .flat_map(|t| t["values"].as_array().unwrap())
+            .find(|v| v["name"] == name)
+            .and_then(|v| v["val"].as_u64())
+            .unwrap_or_else(|| panic!("enum {enum_name} value {name} in bpftool's dump"))
+    }
+
+    #[test]
+    fn enum_values_are_found_in_enum_and_enum64_and_must_agree() {
+        let mut b = Builder::new(false);
+        b.enumeration(KIND_ENUM, "other", &[("SOCK_DONE", 7)]);
+        b.enumeration(
+            KIND_ENUM64,
+            "sock_flags",
+            &[("SOCK_DEAD", 0), ("SOCK_DONE", 1)],
+        );
+        b.enumeration(KIND_ENUM, "sock_flags", &[("SOCK_DONE", 1), ("BIG", 70)]);
+        let bytes = b.finish();
+        let btf = Btf::parse(&bytes).unwrap();
+        assert_eq!(btf.enum_value("sock_flags", "SOCK_DONE").unwrap(), 1);
+        assert_eq!(btf.enum_value("sock_flags", "SOCK_DEAD").unwrap(), 0);
+        assert_eq!(
+            btf.enum_value("sock_flags", "SOCK_NOPE")
+                .unwrap_err()
+                .to_string(),
+            "kernel BTF: enum sock_flags has no value SOCK_NOPE"
+        );
+        assert_eq!(
+            btf.enum_value("nope", "SOCK_DONE").unwrap_err().to_string(),
+            "kernel BTF: no enum nope"
+        );
+        assert_eq!(
+            flag_bit(&btf, "BIG").unwrap_err().to_string(),
+            "kernel BTF: enum sock_flags BIG is 70, not a bit of a 64-bit word"
+        );
+        b.enumeration(KIND_ENUM, "sock_flags", &[("SOCK_DONE", 2)]);
+        let bytes = b.finish();
+        let btf = Btf::parse(&bytes).unwrap();
+        assert!(
+            btf.enum_value("sock_flags", "SOCK_DONE")
+                .unwrap_err()
+                .to_string()
+                .contains("disagree")
+        );
+    }
+
     #[test]
     fn running_kernel_matches_bpftool() {
         let Some(bytes) = vmlinux() else { return };
@@ -1282,6 +1434,9 @@ mod tests {
             socket_sk: bpftool_offset(&by_id, "socket", &["sk"]) as u32,
             sock_protocol: bpftool_offset(&by_id, "sock", &["sk_protocol"]) as u32,
             sock_type: bpftool_offset(&by_id, "sock", &["sk_type"]) as u32,
+            sock_flags: bpftool_offset(&by_id, "sock", &["__sk_common", "skc_flags"]) as u32,
+            sock_dead_bit: bpftool_enum_value(&types, "sock_flags", "SOCK_DEAD") as u32,
+            sock_done_bit: bpftool_enum_value(&types, "sock_flags", "SOCK_DONE") as u32,
         };
         assert_eq!(offsets, expected);
     }

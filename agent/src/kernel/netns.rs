@@ -47,7 +47,10 @@ use std::{
 
 use anyhow::{Context as _, anyhow, bail};
 
-use super::sockdiag::{DiagSocket, SockDiag, parse_sockstat};
+use super::{
+    sockdiag::{DiagSocket, SockDiag, parse_sockstat},
+    sysctl::{PortSettings, SysctlFiles},
+};
 
 /// A network namespace's identity: the inode of its nsfs file, what `ls -Li /proc/<pid>/ns/net`,
 /// `lsns` and `readlink /proc/<pid>/ns/net` (`net:[N]`) show. The kernel's `ns.inum` is an
@@ -297,10 +300,12 @@ fn run_netns() -> BTreeMap<NetnsId, PathBuf> {
     found
 }
 
-/// One namespace's sock_diag socket and sockstat file, both created inside it.
+/// One namespace's sock_diag socket, sockstat file and local-port sysctl files, all created
+/// inside it.
 struct Handle {
     diag: SockDiag,
     sockstat: File,
+    sysctls: SysctlFiles,
 }
 
 impl Handle {
@@ -327,12 +332,13 @@ impl Handle {
             .map_err(|_| anyhow!("the thread entering a network namespace panicked"))?
     }
 
-    /// Opens both in the calling thread's namespace.
+    /// Opens them all in the calling thread's namespace.
     fn here() -> anyhow::Result<Self> {
         Ok(Self {
             diag: SockDiag::open_bare()?,
             sockstat: File::open(OWN_SOCKSTAT)
                 .with_context(|| format!("opening {OWN_SOCKSTAT}"))?,
+            sysctls: SysctlFiles::open_here(),
         })
     }
 
@@ -513,6 +519,16 @@ impl AllNamespaces {
             sum = sum.zip(count).and_then(|(s, c)| s.checked_add(c));
         }
         (if n == 0 { None } else { sum }, n)
+    }
+
+    /// The local-port sysctls of every namespace opened by the last [`Self::dump_all`] (`only`:
+    /// that one), read now through the files opened inside each.
+    pub fn port_settings(&mut self, only: Option<NetnsId>) -> Vec<(NetnsId, PortSettings)> {
+        self.open
+            .iter()
+            .filter(|(id, _)| only.is_none_or(|o| o == **id))
+            .map(|(&id, handle)| (id, handle.sysctls.read(&mut self.text)))
+            .collect()
     }
 }
 
@@ -844,6 +860,40 @@ mod tests {
         assert!(dumped.failed.iter().all(|(id, _)| *id != idb));
         assert_eq!(tw_of(&dumped, ida), Some(Some(2)));
         drop(held);
+    }
+
+    #[test]
+    fn each_namespace_reads_its_own_port_sysctls_through_the_kept_files() {
+        let ns = TestNetns::add(4);
+        let set = |value: &str| {
+            assert!(ip(&[
+                "netns",
+                "exec",
+                &ns.name,
+                "sysctl",
+                "-qw",
+                &format!("net.ipv4.ip_local_port_range={value}"),
+                "net.ipv4.ip_local_reserved_ports=40003-40004",
+                "net.ipv4.tcp_tw_reuse=0",
+            ]));
+        };
+        set("40000 40009");
+        let mut all = AllNamespaces::new();
+        all.dump_all(Some(ns.id()), &mut Vec::new());
+        let got = all.port_settings(None);
+        let (id, s) = got.first().copied().unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(id, ns.id());
+        let r = s.range.unwrap();
+        assert_eq!((r.low, r.high, r.reserved, r.usable), (40000, 40009, 2, 8));
+        assert_eq!(s.tw_reuse, Some(0));
+        // Changed inside, read again through the same files from this (the host's) thread.
+        set("41000 41999");
+        let r = all.port_settings(None)[0].1.range.unwrap();
+        assert_eq!((r.low, r.high, r.usable), (41000, 41999, 1000));
+        // The host's own values are not the namespace's.
+        let host = super::super::sysctl::SysctlFiles::open_here().read(&mut Vec::new());
+        assert_ne!(host.range.map(|r| r.low), Some(41000));
     }
 
     #[test]

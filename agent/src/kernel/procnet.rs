@@ -160,6 +160,49 @@ pub fn owner_of(pid: u32, cgroup_root: Option<&Path>) -> Owner {
     }
 }
 
+/// Bytes of a command line kept (an ellipsis marks a cut): enough to tell three `python3`
+/// processes apart by their scripts and options, short enough for a table row.
+pub const CMDLINE_CAP: usize = 200;
+
+/// A process's command line, from /proc/<pid>/cmdline: its arguments joined by spaces, not
+/// escaped (the text outputs escape it), cut at [`CMDLINE_CAP`] bytes with `…`. `None` when it
+/// cannot be read or is empty (a kernel thread, a zombie).
+pub fn cmdline(pid: u32) -> Option<String> {
+    use std::io::Read as _;
+    let mut buf = Vec::with_capacity(CMDLINE_CAP + 64);
+    // A command line may be megabytes long; what is shown needs its start only. One byte past
+    // the cap (and a UTF-8 character's worth more) tells whether it was cut.
+    fs::File::open(format!("/proc/{pid}/cmdline"))
+        .ok()?
+        .take((CMDLINE_CAP + 8) as u64)
+        .read_to_end(&mut buf)
+        .ok()?;
+    format_cmdline(&buf)
+}
+
+/// The text of a /proc/<pid>/cmdline: arguments are NUL-terminated (a process that rewrote its
+/// arguments may leave one string with spaces), invalid UTF-8 is replaced, and text beyond
+/// [`CMDLINE_CAP`] bytes is cut at a character boundary, followed by `…`.
+pub fn format_cmdline(raw: &[u8]) -> Option<String> {
+    let raw = raw.strip_suffix(b"\0").unwrap_or(raw);
+    let text: String = String::from_utf8_lossy(raw)
+        .split('\0')
+        .collect::<Vec<_>>()
+        .join(" ");
+    let text = text.trim_end();
+    if text.is_empty() {
+        return None;
+    }
+    if text.len() <= CMDLINE_CAP {
+        return Some(text.to_owned());
+    }
+    let mut cut = CMDLINE_CAP;
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    Some(format!("{}…", &text[..cut]))
+}
+
 /// Where the cgroup v2 hierarchy is mounted (`/sys/fs/cgroup`, or `/sys/fs/cgroup/unified` on
 /// hybrid systems like this one), from this process's mountinfo.
 pub fn cgroup2_mount() -> Option<PathBuf> {
@@ -298,6 +341,41 @@ mod tests {
             (cols.get(2) == Some(&"cgroup2")).then(|| PathBuf::from(cols[1]))
         });
         assert_eq!(cgroup2_mount(), expected);
+    }
+
+    #[test]
+    fn command_lines() {
+        assert_eq!(
+            format_cmdline(b"python3\0-m\0http.server\08000\0").as_deref(),
+            Some("python3 -m http.server 8000")
+        );
+        // Rewritten by the process (setproctitle): one string, no NUL at the end.
+        assert_eq!(
+            format_cmdline(b"nginx: worker process").as_deref(),
+            Some("nginx: worker process")
+        );
+        assert_eq!(format_cmdline(b""), None, "a kernel thread");
+        assert_eq!(format_cmdline(b"\0"), None);
+        // Kept as read (escaping is the outputs' job), invalid UTF-8 replaced.
+        assert_eq!(
+            format_cmdline(b"a\x1b[2J\0\xff\0").as_deref(),
+            Some("a\x1b[2J \u{fffd}")
+        );
+        // Cut at the cap, on a character boundary, with an ellipsis.
+        let long = "é".repeat(150);
+        let cut = format_cmdline(long.as_bytes()).expect("text");
+        assert!(cut.ends_with('…'), "{cut}");
+        assert_eq!(cut.len(), CMDLINE_CAP + '…'.len_utf8());
+        let exact = "x".repeat(CMDLINE_CAP);
+        assert_eq!(format_cmdline(exact.as_bytes()), Some(exact));
+    }
+
+    #[test]
+    fn its_own_command_line() {
+        let mine = cmdline(std::process::id()).expect("own cmdline");
+        let argv0 = std::env::args().next().expect("argv[0]");
+        assert!(mine.starts_with(&argv0) || mine.ends_with('…'), "{mine}");
+        assert_eq!(cmdline(i32::MAX as u32), None);
     }
 
     #[test]

@@ -145,8 +145,9 @@ impl Tracer {
                 notices.push(format!(
                     "{e:#}: network namespaces are not told apart (every socket shows as \
                      namespace 0), accept() is not followed (accepted sockets stay with \
-                     the listener's owner until a reconcile asks /proc) and failed connect() \
-                     and bind() calls are not counted"
+                     the listener's owner until a reconcile asks /proc), failed connect() \
+                     and bind() calls are not counted, and orphaned FIN_WAIT2 timewait \
+                     sockets are reported as TIME_WAIT until a reconcile sees their state"
                 ));
                 None
             }
@@ -172,6 +173,9 @@ impl Tracer {
             (globals::OFF_SOCKET_SK, &o.socket_sk),
             (globals::OFF_SOCK_PROTOCOL, &o.sock_protocol),
             (globals::OFF_SOCK_TYPE, &o.sock_type),
+            (globals::OFF_SOCK_FLAGS, &o.sock_flags),
+            (globals::BIT_SOCK_DEAD, &o.sock_dead_bit),
+            (globals::BIT_SOCK_DONE, &o.sock_done_bit),
         ] {
             loader.override_global(name, value, true);
         }

@@ -150,6 +150,7 @@ mod tests {
             new: TcpState::Close,
             reset: None,
             failure: Some(SyscallFailure { call, errno }),
+            orphan: false,
         }
     }
 

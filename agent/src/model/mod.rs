@@ -7,7 +7,7 @@
 
 use std::{
     cmp::Reverse,
-    collections::{HashMap, HashSet},
+    collections::{HashMap, HashSet, VecDeque},
     hash::BuildHasher as _,
     net::SocketAddr,
 };
@@ -15,14 +15,21 @@ use std::{
 use jiff::Timestamp;
 
 mod failures;
+pub mod leaks;
+pub mod lives;
 mod owners;
+pub mod ports;
 pub mod snapshot;
+mod substate;
 
 use crate::{
     event::{Attribution, Comm, Transition},
     state::TcpState,
 };
-use snapshot::{BEFORE_START, PeerKey, PeerRow, ProcessRow, Snapshot, Totals};
+use leaks::{CloseWaitAges, Sample};
+use lives::Lives;
+use snapshot::{BEFORE_START, Lifetimes, PeerKey, PeerRow, ProcessRow, Snapshot, Totals};
+use substate::Substate;
 
 /// Timer-wheel lateness assumed before any is measured. The kernel's timer wheel rounds a
 /// timer up to the end of a bucket whose size grows with how far out it is
@@ -71,6 +78,8 @@ pub struct Limits {
     /// time in include/net/tcp.h). Expiring by age between reconciliations keeps TIME_WAIT-now
     /// exact under heavy churn, where thousands die every second.
     pub timewait_len_ns: u64,
+    /// A CLOSE_WAIT socket older than this makes its process a leak suspect (`--min-age`).
+    pub leak_min_age_ns: u64,
 }
 
 impl Default for Limits {
@@ -80,6 +89,7 @@ impl Default for Limits {
             peer_idle_ns: 60_000_000_000,
             process_idle_ns: 10_000_000_000,
             timewait_len_ns: 60_000_000_000,
+            leak_min_age_ns: 30_000_000_000,
         }
     }
 }
@@ -94,6 +104,12 @@ struct Sock {
     tuple: Tuple,
     /// Monotonic ns of the last event or of the kernel dump that confirmed it.
     seen_ns: u64,
+    /// Since when it is in `state`: the event that put it there, or the dump that first found
+    /// it (then only a lower bound of its age: `since_known` is false).
+    since_ns: u64,
+    since_known: bool,
+    /// When its connection opened (`CLOSE -> SYN_SENT`, `LISTEN -> SYN_RECV`), if seen.
+    opened_ns: Option<u64>,
     /// The owner the kernel program still names for it, when that process has exited (or its
     /// pid was reused) and `pid` is the process found holding the socket now.
     inherited_from: Option<u32>,
@@ -102,7 +118,7 @@ struct Sock {
     by_listener: bool,
 }
 
-/// A TIME_WAIT socket twtrace attributed.
+/// A timewait socket twtrace attributed: TIME_WAIT, or an orphan's FIN_WAIT2 (see `Substate`).
 #[derive(Clone, Copy, Debug)]
 struct TwSock {
     pid: u32,
@@ -112,22 +128,31 @@ struct TwSock {
     deadline_ns: u64,
     /// Counted by `recover_skipped`, not by its event (which may still come: see `apply`).
     recovered: bool,
+    /// Its substate now, which its "now" gauge follows; a dump corrects it.
+    sub: Substate,
+    /// The substate its entry was counted in.
+    entered_as: Substate,
 }
 
 #[derive(Clone, Copy, Debug, Default)]
 struct Peer {
     tw_entered: u64,
     tw_now: u64,
+    /// Orphaned FIN_WAIT2 timewait sockets: entries and alive now.
+    fw2_entered: u64,
+    fw2_now: u64,
     cw_now: u64,
     est_now: u64,
     last_ns: u64,
     /// Failed connect() calls toward it (`failures.rs`).
     connect_failures: u64,
+    /// Lifetimes of its connections that ended in the last minute.
+    lives: Lives,
 }
 
 impl Peer {
     fn alive(&self) -> bool {
-        self.tw_now + self.cw_now + self.est_now > 0
+        self.tw_now + self.fw2_now + self.cw_now + self.est_now > 0
     }
 }
 
@@ -146,9 +171,18 @@ struct Proc {
     prev: (u64, u64, u64),
     rates: (f64, f64, f64),
     tw_now: u64,
+    /// Orphaned FIN_WAIT2 timewait sockets: entries and alive now.
+    fw2_entered: u64,
+    fw2_now: u64,
     cw_now: u64,
+    /// The most CLOSE_WAIT sockets it held at once.
+    cw_peak: u64,
     est_now: u64,
     history: Vec<u64>,
+    /// Its gauges at each snapshot of the last minute, for growth.
+    samples: VecDeque<Sample>,
+    /// CLOSE_WAIT now at each of the last HISTORY_LEN snapshots, oldest first.
+    cw_history: Vec<u64>,
     peers: Map<PeerKey, Peer>,
     last_ns: u64,
     /// Failed connect() and bind() calls (`failures.rs`).
@@ -157,7 +191,7 @@ struct Proc {
 
 impl Proc {
     fn alive(&self) -> bool {
-        self.tw_now + self.cw_now + self.est_now > 0
+        self.tw_now + self.fw2_now + self.cw_now + self.est_now > 0
     }
 
     /// The key `key`'s counts live under: itself, or "other" once the cap is reached. Creates
@@ -232,15 +266,17 @@ pub struct Model {
     /// Rows of processes whose pid was reused by another process: kept apart, so the new
     /// process never merges with the old one, until they age out.
     retired: Vec<(u32, Proc)>,
-    /// TIME_WAIT sockets in the kernel's table whose owner twtrace never saw, with peers.
-    /// (deadline from the kernel's timer, peer).
-    before_start_tw: Vec<(u64, PeerKey)>,
+    /// Timewait sockets in the kernel's table whose owner twtrace never saw, with peers.
+    /// (deadline from the kernel's timer, peer, substate).
+    before_start_tw: Vec<(u64, PeerKey, Substate)>,
     /// How long after its deadline the kernel really drops a timewait socket, learnt from
     /// sockets it still had when they were due.
     tw_slack_ns: u64,
     unattributed_events: u64,
     tw_entered_total: u64,
-    /// TIME_WAIT entries found by `recover_skipped` (included in `tw_entered_total`).
+    /// Orphaned FIN_WAIT2 timewait entries since start.
+    fw2_entered_total: u64,
+    /// Timewait entries found by `recover_skipped` (included in the two totals above).
     tw_recovered: u64,
     tw_entered_prev: u64,
     tw_rate: f64,
@@ -265,6 +301,7 @@ impl Model {
             unattributed_events: 0,
             tw_recovered: 0,
             tw_entered_total: 0,
+            fw2_entered_total: 0,
             tw_entered_prev: 0,
             tw_rate: 0.0,
             last_snapshot_ns: start_ns,
@@ -297,7 +334,7 @@ impl Model {
         // once; it is no longer "recovered".
         // Events before it that were in flight too (FIN_WAIT1 -> FIN_WAIT2) made the socket
         // anew here; it goes now.
-        if t.new == TcpState::TimeWait
+        if t.timewait().is_some()
             && let Some(tw) = self.timewait.get_mut(&key)
             && tw.recovered
         {
@@ -327,9 +364,11 @@ impl Model {
             // It closed before this event; when exactly is not known, its last event is the
             // best bound. A dump drops it from the "now" gauges if the kernel has no timewait
             // socket for it (a full table).
+            // Its substate is not known: TIME_WAIT until a dump says otherwise.
             self.recover(
                 &old,
                 old.seen_ns.saturating_add(self.limits.timewait_len_ns),
+                Substate::TimeWait,
             );
         }
         // A socket can be in the kernel's table before its first events are read (the dump
@@ -404,24 +443,44 @@ impl Model {
         ) {
             proc.opens += 1;
         }
-        match t.new {
-            TcpState::TimeWait => {
+        let opened_ns = if matches!(
+            (t.old, t.new),
+            (TcpState::Close, TcpState::SynSent) | (TcpState::Listen, TcpState::SynRecv)
+        ) {
+            Some(t.mono_ns)
+        } else {
+            previous.and_then(|s| s.opened_ns)
+        };
+        // A timewait entry: TIME_WAIT, or FIN_WAIT2 for an orphan (`t.new` FIN_WAIT2 then).
+        match (t.timewait(), t.new) {
+            (Some(sub), _) => {
                 let deadline_ns = t.mono_ns.saturating_add(self.limits.timewait_len_ns);
-                self.enter_timewait(pid, peer, key, (t.mono_ns, deadline_ns), false);
+                let when = (t.mono_ns, deadline_ns);
+                self.enter_timewait(pid, peer, key, when, (Substate::of(sub), false));
+                self.end_life(pid, peer, previous.as_ref(), t.mono_ns);
             }
-            TcpState::Close => {
+            (None, TcpState::Close) => {
                 proc.closes += 1;
                 if t.reset.is_some() {
                     proc.resets += 1;
                 }
+                self.end_life(pid, peer, previous.as_ref(), t.mono_ns);
             }
-            state => {
+            (None, state) => {
+                // Its age in this state carries over an event that did not change the state.
+                let (since_ns, since_known) = match previous {
+                    Some(s) if s.state == state => (s.since_ns, s.since_known),
+                    _ => (t.mono_ns, true),
+                };
                 let sock = Sock {
                     pid,
                     state,
                     peer,
                     tuple: key,
                     seen_ns: t.mono_ns,
+                    since_ns,
+                    since_known,
+                    opened_ns,
                     inherited_from,
                     by_listener,
                 };
@@ -478,11 +537,32 @@ impl Model {
         }
     }
 
+    /// A connection of `pid` to `peer` ended at `end_ns`; `s` is its socket as last tracked.
+    /// Only connections that were seen opening and got past the handshake have a lifetime (a
+    /// refused connect() says nothing about reuse).
+    fn end_life(&mut self, pid: u32, peer: PeerKey, s: Option<&Sock>, end_ns: u64) {
+        let Some(s) = s.filter(|s| !matches!(s.state, TcpState::SynSent | TcpState::SynRecv))
+        else {
+            return;
+        };
+        let Some(opened_ns) = s.opened_ns else {
+            return;
+        };
+        if let Some(p) = self
+            .procs
+            .get_mut(&pid)
+            .and_then(|proc| proc.peers.get_mut(&peer))
+        {
+            p.lives.record(end_ns.saturating_sub(opened_ns), end_ns);
+        }
+    }
+
     /// Adds a socket's gauges to its process and peer (the peer was interned by the caller).
     fn count(&mut self, s: &Sock) {
         let proc = self.procs.entry(s.pid).or_default();
         let (cw, est) = gauge(s.state);
         proc.cw_now += cw;
+        proc.cw_peak = proc.cw_peak.max(proc.cw_now);
         proc.est_now += est;
         let p = proc.peers.entry(s.peer).or_default();
         p.cw_now += cw;
@@ -503,18 +583,20 @@ impl Model {
 
     fn count_tw(&mut self, tw: &TwSock) {
         if let Some(proc) = self.procs.get_mut(&tw.pid) {
-            proc.tw_now += 1;
+            *proc.now_mut(tw.sub) += 1;
             if let Some(p) = proc.peers.get_mut(&tw.peer) {
-                p.tw_now += 1;
+                *p.now_mut(tw.sub) += 1;
             }
         }
     }
 
     fn uncount_tw(&mut self, tw: &TwSock) {
         if let Some(proc) = self.procs.get_mut(&tw.pid) {
-            proc.tw_now = proc.tw_now.saturating_sub(1);
+            let now = proc.now_mut(tw.sub);
+            *now = now.saturating_sub(1);
             if let Some(p) = proc.peers.get_mut(&tw.peer) {
-                p.tw_now = p.tw_now.saturating_sub(1);
+                let now = p.now_mut(tw.sub);
+                *now = now.saturating_sub(1);
             }
         }
     }
@@ -536,7 +618,7 @@ impl Model {
     ///
     /// Either way the entry is counted for the owner twtrace knows, as the event would have
     /// been, and in `timewait_recovered`; the skipped events themselves stay counted as lost.
-    fn recover_skipped(&mut self, kernel_tw: &Map<Tuple, u64>, dump_ns: u64) {
+    fn recover_skipped(&mut self, kernel_tw: &Map<Tuple, (u64, Substate)>, dump_ns: u64) {
         let missed: Vec<u64> = self
             .socks
             .iter()
@@ -553,46 +635,60 @@ impl Model {
         for skaddr in missed {
             if let Some(s) = self.socks.remove(&skaddr) {
                 self.uncount(&s);
-                let deadline_ns = kernel_tw.get(&s.tuple).copied().unwrap_or(dump_ns);
-                self.recover(&s, deadline_ns);
+                let (deadline_ns, sub) = kernel_tw
+                    .get(&s.tuple)
+                    .copied()
+                    .unwrap_or((dump_ns, Substate::TimeWait));
+                self.recover(&s, deadline_ns, sub);
             }
         }
     }
 
     /// Counts a closing socket's TIME_WAIT entry whose event never came (see
-    /// `recover_skipped`), due at `deadline_ns`. The socket is already out of `socks`.
-    fn recover(&mut self, s: &Sock, deadline_ns: u64) {
+    /// `recover_skipped`), due at `deadline_ns`, in substate `sub`. The socket is already out
+    /// of `socks`.
+    fn recover(&mut self, s: &Sock, deadline_ns: u64, sub: Substate) {
         self.tw_recovered += 1;
         let entered_ns = deadline_ns.saturating_sub(self.limits.timewait_len_ns);
-        self.enter_timewait(s.pid, s.peer, s.tuple, (entered_ns, deadline_ns), true);
+        self.enter_timewait(
+            s.pid,
+            s.peer,
+            s.tuple,
+            (entered_ns, deadline_ns),
+            (sub, true),
+        );
+        self.end_life(s.pid, s.peer, Some(s), s.seen_ns);
     }
 
-    /// A TIME_WAIT entry for `pid` toward `peer` (interned already): counted as a close and an
-    /// entry, alive from `when.0` until `when.1` (a dump corrects that from the kernel's timer).
-    /// `recovered`: counted without its event (see `recover_skipped`).
+    /// A timewait entry for `pid` toward `peer` (interned already) in substate `how.0`: counted
+    /// as a close and an entry, alive from `when.0` until `when.1` (a dump corrects that from
+    /// the kernel's timer). `how.1`, recovered: counted without its event (see
+    /// `recover_skipped`).
     fn enter_timewait(
         &mut self,
         pid: u32,
         peer: PeerKey,
         key: Tuple,
         (entered_ns, deadline_ns): (u64, u64),
-        recovered: bool,
+        (sub, recovered): (Substate, bool),
     ) {
         let proc = self.procs.entry(pid).or_default();
         proc.closes += 1;
-        proc.tw_entered += 1;
-        proc.tw_now += 1;
+        *proc.entered_mut(sub) += 1;
+        *proc.now_mut(sub) += 1;
         if let Some(p) = proc.peers.get_mut(&peer) {
-            p.tw_entered += 1;
-            p.tw_now += 1;
+            *p.entered_mut(sub) += 1;
+            *p.now_mut(sub) += 1;
         }
-        self.tw_entered_total += 1;
+        *self.entered_total_mut(sub) += 1;
         let tw = TwSock {
             pid,
             peer,
             entered_ns,
             deadline_ns,
             recovered,
+            sub,
+            entered_as: sub,
         };
         // A 4-tuple is in TIME_WAIT once at most; a new entry means the kernel reused it
         // (tcp_tw_reuse) and the old timewait socket is gone.
@@ -627,10 +723,14 @@ impl Model {
         // The kernel also says when each one's timer fires, which keeps the count exact between
         // dumps (thousands expire every second under churn) and covers re-armed timers.
         let deadline = |k: &KernelSocket| dump_ns.saturating_add(k.expires_ns);
-        let kernel_tw: Map<Tuple, u64> = kernel
+        // With its substate, TIME_WAIT or FIN_WAIT2 (the state sock_diag reports for it).
+        let kernel_tw: Map<Tuple, (u64, Substate)> = kernel
             .iter()
             .filter(|k| k.timewait)
-            .map(|k| (tuple(k.netns, k.local, k.remote), deadline(k)))
+            .map(|k| {
+                let key = tuple(k.netns, k.local, k.remote);
+                (key, (deadline(k), Substate::of(k.state)))
+            })
             .collect();
         // Aged ones the kernel still has are late (the timer wheel fires a 60 s timer in a
         // bucket up to a few hundred ms after its deadline, more at low HZ) or were re-armed:
@@ -643,7 +743,7 @@ impl Model {
             .collect();
         for key in rearmed {
             if let Some(tw) = self.aged.remove(&key) {
-                let overdue = kernel_tw.get(&key).is_some_and(|&d| d <= dump_ns);
+                let overdue = kernel_tw.get(&key).is_some_and(|&(d, _)| d <= dump_ns);
                 if overdue {
                     let late = dump_ns
                         .saturating_sub(tw.deadline_ns)
@@ -656,10 +756,11 @@ impl Model {
         }
         self.aged.clear();
         for (key, tw) in self.timewait.iter_mut() {
-            if let Some(&d) = kernel_tw.get(key) {
+            if let Some(&(d, _)) = kernel_tw.get(key) {
                 tw.deadline_ns = d;
             }
         }
+        self.correct_substates(&kernel_tw);
         self.recover_skipped(&kernel_tw, dump_ns);
         let expired: Vec<Tuple> = self
             .timewait
@@ -685,7 +786,8 @@ impl Model {
                 k.local,
                 k.remote,
             );
-            self.before_start_tw.push((deadline(k), peer));
+            self.before_start_tw
+                .push((deadline(k), peer, Substate::of(k.state)));
         }
 
         // Full sockets: drop what the kernel no longer has (a close twtrace did not see), add
@@ -796,13 +898,14 @@ impl Model {
             }
         };
         self.last_snapshot_ns = now_ns;
-        self.tw_rate = per_s(self.tw_entered_total - self.tw_entered_prev);
+        // Saturating: a dump can move a guessed entry to FIN_WAIT2 (`correct_substates`).
+        self.tw_rate = per_s(self.tw_entered_total.saturating_sub(self.tw_entered_prev));
         self.tw_entered_prev = self.tw_entered_total;
 
         let limits = self.limits;
         for proc in self.procs.values_mut() {
             let (tw, opens, closes) = proc.prev;
-            let tw_delta = proc.tw_entered - tw;
+            let tw_delta = proc.tw_entered.saturating_sub(tw);
             proc.rates = (
                 per_s(tw_delta),
                 // An accept() moves an open from the listener's owner to the worker.
@@ -814,6 +917,18 @@ impl Model {
                 proc.history.remove(0);
             }
             proc.history.push(tw_delta);
+            leaks::push(
+                &mut proc.samples,
+                Sample {
+                    mono_ns: now_ns,
+                    close_wait: proc.cw_now,
+                    established: proc.est_now,
+                },
+            );
+            if proc.cw_history.len() == HISTORY_LEN {
+                proc.cw_history.remove(0);
+            }
+            proc.cw_history.push(proc.cw_now);
             proc.peers
                 .retain(|_, p| p.alive() || now_ns.saturating_sub(p.last_ns) < limits.peer_idle_ns);
         }
@@ -828,27 +943,38 @@ impl Model {
         });
 
         self.before_start_tw
-            .retain(|&(deadline, _)| now_ns < deadline.saturating_add(slack));
-        let mut before_start: Map<PeerKey, u64> = Map::default();
-        for &(_, peer) in &self.before_start_tw {
-            *before_start.entry(peer).or_default() += 1;
+            .retain(|&(deadline, _, _)| now_ns < deadline.saturating_add(slack));
+        // (TIME_WAIT, FIN_WAIT2) per peer.
+        let mut before_start: Map<PeerKey, (u64, u64)> = Map::default();
+        for &(_, peer, sub) in &self.before_start_tw {
+            let n = before_start.entry(peer).or_default();
+            match sub {
+                Substate::TimeWait => n.0 += 1,
+                Substate::FinWait2 => n.1 += 1,
+            }
         }
+        let ages = self.close_wait_ages(now_ns);
+        let ctx = RowContext {
+            before_start_tw: &before_start,
+            ages: &ages,
+            now_ns,
+        };
         let mut processes: Vec<ProcessRow> = self
             .procs
-            .iter()
+            .iter_mut()
             .filter_map(|(&pid, p)| {
-                let mut r = row(pid, p, &before_start)?;
+                let mut r = row(pid, p, &ctx)?;
                 r.exited = pid != 0 && !exists(pid);
                 Some(r)
             })
-            .chain(self.retired.iter().filter_map(|(pid, p)| {
-                let mut r = row(*pid, p, &before_start)?;
+            .chain(self.retired.iter_mut().filter_map(|(pid, p)| {
+                let mut r = row(*pid, p, &ctx)?;
                 r.exited = true;
                 Some(r)
             }))
             .collect();
         if !self.procs.contains_key(&0)
-            && let Some(r) = row(0, &Proc::default(), &before_start)
+            && let Some(r) = row(0, &mut Proc::default(), &ctx)
         {
             processes.push(r);
         }
@@ -857,16 +983,19 @@ impl Model {
                 .total_cmp(&a.timewait_per_s)
                 .then(b.timewait_entered.cmp(&a.timewait_entered))
                 .then(b.timewait_now.cmp(&a.timewait_now))
+                .then(b.fin_wait2_now.cmp(&a.fin_wait2_now))
                 .then(b.close_wait_now.cmp(&a.close_wait_now))
                 .then(a.pid.cmp(&b.pid))
         });
         let totals = Totals {
             timewait_now: processes.iter().map(|p| p.timewait_now).sum(),
+            fin_wait2_now: processes.iter().map(|p| p.fin_wait2_now).sum(),
             timewait_kernel: outside.timewait_kernel,
             namespaces: outside.namespaces,
             close_wait_now: processes.iter().map(|p| p.close_wait_now).sum(),
             established_now: processes.iter().map(|p| p.established_now).sum(),
             timewait_entered: self.tw_entered_total,
+            fin_wait2_entered: self.fw2_entered_total,
             timewait_per_s: self.tw_rate,
             timewait_recovered: self.tw_recovered,
             connect_failures: self.failures.connect_total,
@@ -880,7 +1009,34 @@ impl Model {
             unattributed_events: self.unattributed_events,
             totals,
             processes,
+            ..Snapshot::default()
         }
+    }
+
+    /// The ages of every CLOSE_WAIT socket at `now_ns`, per process and per peer.
+    fn close_wait_ages(&self, now_ns: u64) -> Map<u32, CloseWaitStats> {
+        let min_age = self.limits.leak_min_age_ns;
+        let mut out: Map<u32, CloseWaitStats> = Map::default();
+        for s in self
+            .socks
+            .values()
+            .chain(self.seeded.values())
+            .filter(|s| s.state == TcpState::CloseWait)
+        {
+            let age = now_ns.saturating_sub(s.since_ns);
+            let st = out.entry(s.pid).or_default();
+            st.ages.add(age);
+            if age >= min_age {
+                st.old += 1;
+            }
+            if age > st.oldest_ns || (age == st.oldest_ns && !s.since_known) {
+                st.oldest_ns = age;
+                st.oldest_at_least = !s.since_known;
+            }
+            let peer = st.peers.entry(s.peer).or_default();
+            *peer = (*peer).max(age);
+        }
+        out
     }
 
     /// Sockets and processes tracked, for bounds checks.
@@ -902,33 +1058,78 @@ fn gauge(state: TcpState) -> (u64, u64) {
     }
 }
 
-/// A process's row; pid 0 also carries the unowned TIME_WAIT sockets. None for an empty pid 0.
-fn row(pid: u32, p: &Proc, before_start_tw: &Map<PeerKey, u64>) -> Option<ProcessRow> {
+/// A process's CLOSE_WAIT sockets by age, at one snapshot.
+#[derive(Debug, Default)]
+struct CloseWaitStats {
+    ages: CloseWaitAges,
+    /// Older than the leak threshold.
+    old: u64,
+    oldest_ns: u64,
+    /// The oldest one's age is a lower bound (found in CLOSE_WAIT by a dump).
+    oldest_at_least: bool,
+    /// The oldest age per peer.
+    peers: Map<PeerKey, u64>,
+}
+
+/// What every row of one snapshot is built with.
+struct RowContext<'a> {
+    /// Unowned timewait sockets per peer: (TIME_WAIT, FIN_WAIT2).
+    before_start_tw: &'a Map<PeerKey, (u64, u64)>,
+    ages: &'a Map<u32, CloseWaitStats>,
+    now_ns: u64,
+}
+
+/// Seconds to one decimal, as ages are shown.
+fn age_s(ns: u64) -> f64 {
+    leaks::round(ns as f64 / 1e9, 1)
+}
+
+/// A process's row; pid 0 also carries the unowned timewait sockets, (TIME_WAIT, FIN_WAIT2)
+/// per peer. None for an empty pid 0.
+fn row(pid: u32, p: &mut Proc, ctx: &RowContext<'_>) -> Option<ProcessRow> {
+    let cw = ctx.ages.get(&pid);
     let mut peers: Vec<PeerRow> = p
         .peers
-        .iter()
+        .iter_mut()
         .map(|(&peer, c)| PeerRow {
             peer,
             timewait_entered: c.tw_entered,
             timewait_now: c.tw_now,
+            fin_wait2_entered: c.fw2_entered,
+            fin_wait2_now: c.fw2_now,
             close_wait_now: c.cw_now,
+            close_wait_oldest_s: cw
+                .and_then(|st| st.peers.get(&peer))
+                .map_or(0.0, |&ns| age_s(ns)),
             established_now: c.est_now,
             connect_failures: c.connect_failures,
+            lifetimes: c.lives.stats(ctx.now_ns).map(|l| Lifetimes {
+                ended: l.count,
+                ended_per_s: leaks::round(l.per_s, 3),
+                short_share: leaks::round(l.short_share, 3),
+                median_le_s: l.median_le_s,
+            }),
         })
         .collect();
-    let mut tw_now = p.tw_now;
+    let (mut tw_now, mut fw2_now) = (p.tw_now, p.fw2_now);
     if pid == 0 {
-        for (key, &n) in before_start_tw {
-            tw_now += n;
+        for (key, &(tw, fw2)) in ctx.before_start_tw {
+            tw_now += tw;
+            fw2_now += fw2;
             match peers.iter_mut().find(|r| r.peer == *key) {
-                Some(r) => r.timewait_now += n,
+                Some(r) => {
+                    r.timewait_now += tw;
+                    r.fin_wait2_now += fw2;
+                }
                 None => peers.push(PeerRow {
-                    timewait_now: n,
+                    timewait_now: tw,
+                    fin_wait2_now: fw2,
                     ..PeerRow::new(*key)
                 }),
             }
         }
-        if tw_now + p.cw_now + p.est_now + p.tw_entered + p.opens + p.closes == 0 {
+        let entered = p.tw_entered + p.fw2_entered;
+        if tw_now + fw2_now + p.cw_now + p.est_now + entered + p.opens + p.closes == 0 {
             return None;
         }
     }
@@ -936,6 +1137,7 @@ fn row(pid: u32, p: &Proc, before_start_tw: &Map<PeerKey, u64>) -> Option<Proces
         (
             Reverse(r.timewait_entered),
             Reverse(r.timewait_now),
+            Reverse(r.fin_wait2_now),
             Reverse(r.close_wait_now),
             Reverse(r.established_now),
             r.peer.text_order(),
@@ -954,11 +1156,23 @@ fn row(pid: u32, p: &Proc, before_start_tw: &Map<PeerKey, u64>) -> Option<Proces
         container: None,
         runtime: None,
         pod_uid: None,
+        cmdline: None,
         timewait_entered: p.tw_entered,
         timewait_per_s: p.rates.0,
         timewait_now: tw_now,
+        fin_wait2_entered: p.fw2_entered,
+        fin_wait2_now: fw2_now,
         close_wait_now: p.cw_now,
+        close_wait_peak: p.cw_peak,
+        close_wait_oldest_s: cw.map_or(0.0, |st| age_s(st.oldest_ns)),
+        close_wait_oldest_at_least: cw.is_some_and(|st| st.oldest_at_least),
+        close_wait_old: cw.map_or(0, |st| st.old),
+        close_wait_growth_per_min: leaks::close_wait_growth_per_min(&p.samples),
+        close_wait_ages: cw.map(|st| st.ages).unwrap_or_default(),
+        leak_suspect: cw.is_some_and(|st| st.old > 0),
         established_now: p.est_now,
+        established_growing: leaks::established_only_grows(&p.samples),
+        established_growth_per_min: leaks::established_growth_per_min(&p.samples),
         opens: p.opens,
         opens_per_s: p.rates.1,
         closes: p.closes,
@@ -968,6 +1182,7 @@ fn row(pid: u32, p: &Proc, before_start_tw: &Map<PeerKey, u64>) -> Option<Proces
         bind_failures: p.failures.bind,
         failures: p.failures.rows(),
         timewait_history: p.history.clone(),
+        close_wait_history: p.cw_history.clone(),
         peers,
     })
 }
@@ -1025,6 +1240,7 @@ mod tests {
                 new,
                 reset: None,
                 failure: None,
+                orphan: false,
             })
         }
         fn at(mut self, ns: u64) -> Self {
@@ -1113,9 +1329,18 @@ mod tests {
                 },
                 timewait_entered: 3,
                 timewait_now: 3,
+                fin_wait2_entered: 0,
+                fin_wait2_now: 0,
                 close_wait_now: 0,
                 established_now: 0,
                 connect_failures: 0,
+                lifetimes: Some(Lifetimes {
+                    ended: 3,
+                    ended_per_s: 3.0,
+                    short_share: 1.0,
+                    median_le_s: Some(0.001)
+                }),
+                ..PeerRow::new(PeerKey::Other)
             }
         );
         let srv = proc(&s, SERVER);
@@ -1160,6 +1385,11 @@ mod tests {
         let s = snap(&mut m, 3 * S);
         let c = proc(&s, CLIENT);
         assert_eq!((c.established_now, c.close_wait_now, c.closes), (0, 0, 1));
+        assert_eq!(
+            c.close_wait_history,
+            [0, 1, 0],
+            "the drill-down's CLOSE_WAIT sparkline"
+        );
     }
 
     #[test]
@@ -1622,6 +1852,149 @@ mod tests {
         m.apply(&Ev::new(CLIENT, 1, SynSent, Established, cl, srv).at(S).0);
         m.reconcile(&[], 2 * S, &mut no_owners, &|_| true, &mut alive);
         assert_eq!(proc(&snap(&mut m, 3 * S), CLIENT).established_now, 0);
+    }
+
+    #[test]
+    fn close_wait_sockets_have_ages_a_peak_and_make_a_leak_suspect() {
+        let mut m = Model::new(0, Limits::default());
+        let srv = "127.0.0.1:8080";
+        // Three connections whose peer closed at 1 s, 2 s and 20 s; the client never closes
+        // the first two, and closes the third at 25 s.
+        for (i, at) in [1, 2, 20].into_iter().enumerate() {
+            let cl = format!("127.0.0.1:{}", 40000 + i);
+            let sk = 0x100 + i as u64;
+            m.apply(
+                &Ev::new(CLIENT, sk, Close, SynSent, "127.0.0.1:0", srv)
+                    .at(0)
+                    .0,
+            );
+            m.apply(&Ev::new(CLIENT, sk, SynSent, Established, &cl, srv).at(0).0);
+            m.apply(
+                &Ev::new(0, sk, Established, CloseWait, &cl, srv)
+                    .at(at * S)
+                    .0,
+            );
+        }
+        let s = snap(&mut m, 21 * S);
+        let c = proc(&s, CLIENT);
+        assert_eq!((c.close_wait_now, c.close_wait_peak), (3, 3));
+        assert_eq!(c.close_wait_oldest_s, 20.0);
+        assert_eq!((c.close_wait_old, c.leak_suspect), (0, false));
+        m.apply(
+            &Ev::new(CLIENT, 0x102, CloseWait, LastAck, "127.0.0.1:40002", srv)
+                .at(25 * S)
+                .0,
+        );
+        let s = snap(&mut m, 40 * S);
+        let c = proc(&s, CLIENT);
+        // The peak stays; 39 s and 38 s old are past the 30 s threshold.
+        assert_eq!((c.close_wait_now, c.close_wait_peak), (2, 3));
+        assert_eq!(c.close_wait_oldest_s, 39.0);
+        assert!(!c.close_wait_oldest_at_least);
+        assert_eq!((c.close_wait_old, c.leak_suspect), (2, true));
+        assert_eq!(c.close_wait_ages.0, [0, 0, 0, 2, 0, 0, 0]);
+        assert_eq!(c.peers[0].close_wait_oldest_s, 39.0);
+        // From 3 at 21 s to 2 at 40 s: -1 over 19 s.
+        assert_eq!(c.close_wait_growth_per_min, -3.2);
+    }
+
+    #[test]
+    fn a_close_wait_socket_from_before_the_start_is_at_least_as_old_as_its_first_dump() {
+        let mut m = Model::new(0, Limits::default());
+        let kernel = [full(CloseWait, "127.0.0.1:40000", "127.0.0.1:8080", 77)];
+        m.reconcile(
+            &kernel,
+            S,
+            &mut |_: &[u64]| HashMap::from([(77, (CLIENT, Comm::from("leaky")))]),
+            &|_| true,
+            &mut alive,
+        );
+        let s = snap(&mut m, 41 * S);
+        let c = proc(&s, CLIENT);
+        assert_eq!(c.close_wait_oldest_s, 40.0);
+        assert!(c.close_wait_oldest_at_least);
+        assert!(c.leak_suspect);
+    }
+
+    #[test]
+    fn lifetimes_are_kept_per_peer_from_open_to_close() {
+        let mut m = Model::new(0, Limits::default());
+        let (srv, other) = ("127.0.0.1:8080", "127.0.0.1:9090");
+        // Ten 2 ms connections to srv, one 5 s connection to other, one refused connect.
+        for i in 0..10u64 {
+            let cl = format!("127.0.0.1:{}", 40000 + i);
+            let (sk, at) = (0x100 + i, S + i * 100_000_000);
+            m.apply(
+                &Ev::new(CLIENT, sk, Close, SynSent, "127.0.0.1:0", srv)
+                    .at(at)
+                    .0,
+            );
+            m.apply(&Ev::new(CLIENT, sk, SynSent, Established, &cl, srv).at(at).0);
+            m.apply(
+                &Ev::new(CLIENT, sk, Established, FinWait1, &cl, srv)
+                    .at(at + 1_000_000)
+                    .0,
+            );
+            m.apply(
+                &Ev::new(CLIENT, sk, FinWait1, FinWait2, &cl, srv)
+                    .at(at + 1_500_000)
+                    .0,
+            );
+            m.apply(
+                &Ev::new(CLIENT, sk, FinWait2, TimeWait, &cl, srv)
+                    .at(at + 2_000_000)
+                    .0,
+            );
+        }
+        let cl = "127.0.0.1:41000";
+        m.apply(
+            &Ev::new(CLIENT, 0x200, Close, SynSent, "127.0.0.1:0", other)
+                .at(S)
+                .0,
+        );
+        m.apply(
+            &Ev::new(CLIENT, 0x200, SynSent, Established, cl, other)
+                .at(S)
+                .0,
+        );
+        m.apply(
+            &Ev::new(CLIENT, 0x200, Established, Close, cl, other)
+                .at(6 * S)
+                .0,
+        );
+        m.apply(
+            &Ev::new(CLIENT, 0x300, Close, SynSent, "127.0.0.1:0", other)
+                .at(S)
+                .0,
+        );
+        m.apply(
+            &Ev::new(CLIENT, 0x300, SynSent, Close, "127.0.0.1:0", other)
+                .at(S)
+                .0,
+        );
+        let s = snap(&mut m, 11 * S);
+        let c = proc(&s, CLIENT);
+        let life = |port: u16| {
+            c.peers
+                .iter()
+                .find(|p| p.peer.rport() == port)
+                .and_then(|p| p.lifetimes)
+                .expect("lifetimes")
+        };
+        assert_eq!(
+            life(8080),
+            Lifetimes {
+                ended: 10,
+                ended_per_s: 1.0,
+                short_share: 1.0,
+                median_le_s: Some(0.004)
+            }
+        );
+        let o = life(9090);
+        assert_eq!(
+            (o.ended, o.short_share, o.median_le_s),
+            (1, 0.0, Some(16.0))
+        );
     }
 
     #[test]

@@ -46,6 +46,10 @@ impl Model {
                 peer,
                 tuple: key,
                 seen_ns: dump_ns,
+                // Found already in its state: its age is at least the time since.
+                since_ns: dump_ns,
+                since_known: false,
+                opened_ns: None,
                 inherited_from: None,
                 by_listener: false,
             };

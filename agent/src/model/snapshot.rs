@@ -9,8 +9,10 @@ use std::{
 use jiff::Timestamp;
 use serde::{Serialize, Serializer, ser::SerializeStruct as _};
 
+use super::leaks::CloseWaitAges;
+use super::ports::Destination;
 use crate::event::{Call, Errno};
-
+use crate::kernel::sysctl::PortSettings;
 /// One refresh of the leaderboard.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Snapshot {
@@ -29,14 +31,27 @@ pub struct Snapshot {
     pub totals: Totals,
     /// Sorted by TIME_WAIT entered in the interval, then in total, then pid.
     pub processes: Vec<ProcessRow>,
+    /// Outgoing destinations with local ports in use, most used share of the port pool first
+    /// (capped): see [`super::ports`].
+    pub destinations: Vec<Destination>,
+    /// Each network namespace's local-port sysctls, as last read (for `twtrace ports`' header).
+    #[serde(skip)]
+    pub port_settings: Vec<(u32, PortSettings)>,
 }
 
+/// Timewait sockets come in two substates, which is what `ss` shows as their state: TIME_WAIT,
+/// and FIN_WAIT2 for an orphan (its process closed it, the peer has not closed yet). The
+/// kernel's `tw` counts both, so `timewait_now + fin_wait2_now` is what compares with
+/// `timewait_kernel`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Totals {
     /// TIME_WAIT sockets alive now, as twtrace counts them (owned ones plus "(before start)").
     pub timewait_now: u64,
+    /// Orphaned FIN_WAIT2 timewait sockets alive now (owned ones plus "(before start)").
+    pub fin_wait2_now: u64,
     /// The kernel's own count (`tw` in /proc/net/sockstat), when readable: summed over every
-    /// network namespace read.
+    /// network namespace read. It counts both substates: compare it with
+    /// `timewait_now + fin_wait2_now`.
     pub timewait_kernel: Option<u64>,
     /// Network namespaces whose sockets the kernel's counts cover (None: twtrace's own only).
     pub namespaces: Option<u32>,
@@ -44,10 +59,13 @@ pub struct Totals {
     pub established_now: u64,
     /// TIME_WAIT entries since start.
     pub timewait_entered: u64,
+    /// Orphaned FIN_WAIT2 timewait entries since start (in the substate the event reported;
+    /// one that a peer's FIN later turned into TIME_WAIT stays counted here).
+    pub fin_wait2_entered: u64,
     pub timewait_per_s: f64,
-    /// Of `timewait_entered`, the entries whose event never arrived (the kernel skipped it, see
-    /// `lost_events`) but which a reconciliation found: a socket last seen closing whose 4-tuple
-    /// the kernel's table then held in TIME_WAIT.
+    /// Of `timewait_entered` and `fin_wait2_entered`, the entries whose event never arrived
+    /// (the kernel skipped it, see `lost_events`) but which a reconciliation found: a socket
+    /// last seen closing whose 4-tuple the kernel's table then held as a timewait socket.
     pub timewait_recovered: u64,
     /// Failed connect() calls on TCP sockets since start (EADDRNOTAVAIL, EAGAIN, ENOBUFS: the
     /// ephemeral ports ran out, or the kernel had no room).
@@ -78,6 +96,11 @@ pub struct ProcessRow {
     /// The Kubernetes pod UID its cgroup path carries.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pod_uid: Option<String>,
+    /// Its command line (arguments joined by spaces, at most about 200 bytes, `…` where cut),
+    /// read live from /proc once per process; unknown for a process that exited before it was
+    /// read, and in replays (recordings do not hold it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cmdline: Option<String>,
     /// The process has exited (or its pid now belongs to another process): its row stays until
     /// its sockets are gone and it has been idle a while, as the counts it made still matter.
     pub exited: bool,
@@ -86,12 +109,39 @@ pub struct ProcessRow {
     /// In the last interval.
     pub timewait_per_s: f64,
     pub timewait_now: u64,
+    /// Orphaned FIN_WAIT2 timewait entries since start, and those alive now (see `Totals`).
+    pub fin_wait2_entered: u64,
+    pub fin_wait2_now: u64,
     pub close_wait_now: u64,
+    /// The most CLOSE_WAIT sockets it held at once since start (a leaker that closed them all
+    /// before the end still shows).
+    pub close_wait_peak: u64,
+    /// Age of its oldest CLOSE_WAIT socket in seconds (0 without one).
+    pub close_wait_oldest_s: f64,
+    /// The oldest was in CLOSE_WAIT already when twtrace first saw it (a socket from before the
+    /// start): its age is at least `close_wait_oldest_s`.
+    #[serde(skip_serializing_if = "is_false")]
+    pub close_wait_oldest_at_least: bool,
+    /// Of `close_wait_now`, those older than the leak threshold (`--min-age`, 30 s).
+    pub close_wait_old: u64,
+    /// How CLOSE_WAIT now changed over the last minute, per minute (0 over less than 10 s).
+    pub close_wait_growth_per_min: f64,
+    /// CLOSE_WAIT sockets by age: `{"lt_1s": n, "lt_10s", "lt_30s", "lt_1m", "lt_5m", "lt_30m",
+    /// "ge_30m"}`, the empty buckets left out.
+    #[serde(skip_serializing_if = "CloseWaitAges::is_empty")]
+    pub close_wait_ages: CloseWaitAges,
+    /// A CLOSE_WAIT leak suspect: it holds CLOSE_WAIT sockets older than the threshold.
+    pub leak_suspect: bool,
     pub established_now: u64,
+    /// Its ESTABLISHED count grew by 10 or more over at least 30 s of the last minute and never
+    /// fell: connections opened and never closed.
+    pub established_growing: bool,
+    /// How ESTABLISHED now changed over the last minute, per minute (0 over less than 10 s).
+    pub established_growth_per_min: f64,
     /// Connections opened (connect() or accepted) since start.
     pub opens: u64,
     pub opens_per_s: f64,
-    /// Connections ended (CLOSE or TIME_WAIT) since start.
+    /// Connections ended (CLOSE, TIME_WAIT or an orphan's FIN_WAIT2 timewait) since start.
     pub closes: u64,
     pub closes_per_s: f64,
     /// Connections ended by a reset (sent or received) since start.
@@ -108,6 +158,10 @@ pub struct ProcessRow {
     /// sparkline). Not in the JSON: the rates above carry the same information per interval.
     #[serde(skip)]
     pub timewait_history: Vec<u64>,
+    /// CLOSE_WAIT now at each snapshot over the last minute, oldest first (the drill-down's
+    /// second sparkline). Not in the JSON either.
+    #[serde(skip)]
+    pub close_wait_history: Vec<u64>,
     /// Sorted like the processes; capped, with the rest summed in [`PeerKey::Other`].
     pub peers: Vec<PeerRow>,
 }
@@ -120,10 +174,19 @@ pub struct PeerRow {
     pub peer: PeerKey,
     pub timewait_entered: u64,
     pub timewait_now: u64,
+    pub fin_wait2_entered: u64,
+    pub fin_wait2_now: u64,
     pub close_wait_now: u64,
+    /// Age of the oldest CLOSE_WAIT socket to this peer, in seconds (left out without one).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub close_wait_oldest_s: f64,
     pub established_now: u64,
     /// Failed connect() calls toward it since start (outgoing peers only).
     pub connect_failures: u64,
+    /// How long its connections lived, over those that ended in the last minute (left out when
+    /// none did): the evidence for a new connection per request.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lifetimes: Option<Lifetimes>,
 }
 
 impl PeerRow {
@@ -133,9 +196,13 @@ impl PeerRow {
             peer,
             timewait_entered: 0,
             timewait_now: 0,
+            fin_wait2_entered: 0,
+            fin_wait2_now: 0,
             close_wait_now: 0,
+            close_wait_oldest_s: 0.0,
             established_now: 0,
             connect_failures: 0,
+            lifetimes: None,
         }
     }
 }
@@ -157,6 +224,29 @@ fn call_name<S: Serializer>(call: &Call, s: S) -> Result<S::Ok, S::Error> {
 
 fn errno_name<S: Serializer>(errno: &Errno, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&errno.name())
+}
+
+/// Lifetimes of a peer's connections that ended in the last 30 to 60 seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Lifetimes {
+    /// Connections that ended, counted.
+    pub ended: u64,
+    /// Per second over the time covered.
+    pub ended_per_s: f64,
+    /// Share of them that lived under a second.
+    pub short_share: f64,
+    /// The median lifetime is at most this many seconds (the upper edge of the logarithmic
+    /// bucket holding it: 0.001, 0.004, 0.016, 0.064, 0.25, 1, 4, 16, 64, 256, 1024, 4096); null
+    /// when longer.
+    pub median_le_s: Option<f64>,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+fn is_zero(x: &f64) -> bool {
+    *x == 0.0
 }
 
 /// Where a process's connections go.
@@ -304,7 +394,7 @@ mod tests {
     fn peers_are_spelt_out_in_the_json() {
         let v4: IpAddr = "10.0.0.9".parse().expect("addr");
         let v6: IpAddr = "2001:db8::7".parse().expect("addr");
-        let counts = r#""timewait_entered":3,"timewait_now":0,"close_wait_now":0,"established_now":0,"connect_failures":0}"#;
+        let counts = r#""timewait_entered":3,"timewait_now":0,"fin_wait2_entered":0,"fin_wait2_now":0,"close_wait_now":0,"established_now":0,"connect_failures":0}"#;
         for (peer, want) in [
             (
                 PeerKey::Out {

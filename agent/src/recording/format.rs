@@ -31,14 +31,20 @@
 //! attribution may be 4 (accepted); a version-2 reader would refuse those socket flags and
 //! attributions mid-file, so the version says it up front. This reader reads all three.
 //!
-//! **Failed connect() and bind() calls** (tag 7, added within version 3): an event record's body
-//! followed by the call (u8: 1 connect, 2 bind) and the errno (u16). Not a version bump, by the
-//! rule above: a version-3 reader that predates the tag skips these records and reads every
-//! other one as before. It misreads nothing (written as tag-1 events they would read as
-//! accepts, `old == new`, hence the tag of their own), and nothing it counts depends on them: a
-//! failure changes no socket's state in the model, the transitions the kernel reports around a
-//! failed connect() (`CLOSE -> SYN_SENT -> CLOSE`) are ordinary event records. It only cannot
-//! show the failures, which it does not know of.
+//! Within version 3, an event gained a last byte after its namespace (`EVENT_ORPHAN`: an
+//! orphan's FIN_WAIT2 timewait entry, written as TIME_WAIT so that earlier readers, which skip
+//! the byte, read it as they always did); a record without it reads as before.
+//!
+//! **Failed connect() and bind() calls** (tag 7, added within version 3): an event record's full
+//! body (its namespace and its last byte included, both always present here) followed by the
+//! call (u8: 1 connect, 2 bind) and the errno (u16). Not a version bump, by the rule above: a
+//! version-3 reader that predates the tag skips these records and reads every other one as
+//! before. It misreads nothing (written as tag-1 events they would read as accepts,
+//! `old == new`, hence the tag of their own), and nothing it counts depends on them: a failure
+//! changes no socket's state in the model, the transitions the kernel reports around a failed
+//! connect() (`CLOSE -> SYN_SENT -> CLOSE`) are ordinary event records. It only cannot show the
+//! failures, which it does not know of. A later addition to the event record goes after the
+//! errno in a failure record.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
@@ -217,7 +223,15 @@ pub fn encode_event(out: &mut BytesMut, t: &Transition) {
     put_addr(out, t.local);
     put_addr(out, t.remote);
     out.put_u8(state_code(t.old));
-    out.put_u8(state_code(t.new));
+    // An orphan's FIN_WAIT2 timewait entry is written as the TIME_WAIT entry it was before
+    // twtrace told them apart, and told by the byte at the end: a reader that predates it
+    // reads a TIME_WAIT entry (never a `FIN_WAIT2 -> FIN_WAIT2`, which it would take for an
+    // accept), as it did then.
+    out.put_u8(state_code(if t.orphan {
+        TcpState::TimeWait
+    } else {
+        t.new
+    }));
     out.put_u8(match t.reset {
         None => 0,
         Some(Reset::Received) => 1,
@@ -225,6 +239,11 @@ pub fn encode_event(out: &mut BytesMut, t: &Transition) {
     });
     // Since version 3; a record of an older file ends before it (namespace 0, not known).
     out.put_u32_le(t.netns);
+    // Added within version 3, at the end, where a reader that predates it ignores it (it
+    // reads a record's fields and skips the rest of its length): `EVENT_ORPHAN`.
+    out.put_u8(if t.orphan { EVENT_ORPHAN } else { 0 });
+    // A failure record: the whole event body above (the orphan byte included, so a reader
+    // finds the call and errno at a fixed place after it), then the call and the errno.
     if let Some(f) = t.failure {
         out.put_u8(match f.call {
             Call::Connect => 1,
@@ -234,6 +253,13 @@ pub fn encode_event(out: &mut BytesMut, t: &Transition) {
     }
     end_record(out, at);
 }
+
+/// A bit of the event record's last byte (added within version 3): this `FIN_WAIT2 ->
+/// TIME_WAIT` entry left the connection in a timewait socket in the FIN_WAIT2 substate
+/// (`Transition::orphan`). The other bits are for later additions a reader may ignore, as
+/// this one is ignored by readers that predate it; one that must not be ignored bumps the
+/// version.
+const EVENT_ORPHAN: u8 = 1;
 
 pub fn encode_stats(out: &mut BytesMut, s: &Stats) {
     let at = begin_record(out, TAG_STATS);
@@ -528,6 +554,13 @@ fn decode_event(b: &mut &[u8]) -> Result<Transition, RecordError> {
         other => return Err(bad("reset", other)),
     };
     let netns = if b.is_empty() { 0 } else { get_u32(b)? };
+    // Absent in records written before it was added: a TIME_WAIT entry, as it was then.
+    let more = if b.is_empty() { 0 } else { get_u8(b)? };
+    let orphan = more & EVENT_ORPHAN != 0;
+    if orphan && (old, new) != (TcpState::FinWait2, TcpState::TimeWait) {
+        return Err(bad("orphan flag after state", state_code(old)));
+    }
+    let new = if orphan { TcpState::FinWait2 } else { new };
     Ok(Transition {
         mono_ns,
         skaddr,
@@ -544,12 +577,15 @@ fn decode_event(b: &mut &[u8]) -> Result<Transition, RecordError> {
         old,
         new,
         reset,
+        orphan,
         failure: None,
     })
 }
 
-/// A failure record (tag 7): an event's body, then the call and the errno. The body always
-/// has its namespace here (tag 7 came after version 3's).
+/// A failure record (tag 7): an event's full body, its namespace and its last byte (the
+/// `EVENT_ORPHAN` bits) included, as [`encode_event`] writes them, then the call and the errno.
+/// Both optional fields of the body are always there (tag 7 came after them), so
+/// [`decode_event`] reads them and leaves exactly the call and the errno.
 fn decode_failure(b: &mut &[u8]) -> Result<Transition, RecordError> {
     let t = decode_event(b)?;
     let call = match get_u8(b)? {

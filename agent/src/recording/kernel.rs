@@ -740,6 +740,8 @@ impl KernelDecoder {
             sockets,
             owners: table.owners.clone(),
             timewait_kernel,
+            // Not recorded: a replay takes the header's (see `Core::set_port_fallback`).
+            port_settings: Vec::new(),
         });
         self.base = Some((seq, table));
         Ok(k)
@@ -791,6 +793,8 @@ impl KernelDecoder {
             sockets,
             owners: table.owners.clone(),
             timewait_kernel,
+            // Not recorded: a replay takes the header's (see `Core::set_port_fallback`).
+            port_settings: Vec::new(),
         });
         drop(base);
         self.base = Some((seq, table));
@@ -827,6 +831,7 @@ pub(crate) mod tests {
                 .collect(),
             owners: vec![(99, 4242, Comm::from("java"))],
             timewait_kernel: Some(n as u64),
+            port_settings: Vec::new(),
         }
     }
 
@@ -883,6 +888,7 @@ pub(crate) mod tests {
             timewait_kernel: Some(sockets.len() as u64),
             sockets,
             owners: prev.owners.clone(),
+            port_settings: Vec::new(),
         }
     }
 
@@ -1241,6 +1247,7 @@ pub(crate) mod tests {
             sockets,
             owners,
             timewait_kernel: step.timewait_kernel,
+            port_settings: Vec::new(),
         }
     }
 
@@ -1257,6 +1264,7 @@ pub(crate) mod tests {
                 sockets,
                 owners,
                 timewait_kernel: None,
+                port_settings: Vec::new(),
             });
         (
             first,
@@ -1277,6 +1285,7 @@ pub(crate) mod tests {
                             sockets: unrelated.clone(),
                             owners: Vec::new(),
                             timewait_kernel: Some(7),
+                            port_settings: Vec::new(),
                         },
                     };
                     dumps.push(next);

@@ -19,12 +19,17 @@ pub use format::{Filters, Header};
 pub use reader::{Problem, Reader};
 pub use writer::{Encoder, Writer};
 
-use crate::clock::{WallClock, monotonic_ns};
+use crate::{
+    clock::{WallClock, monotonic_ns},
+    kernel::sysctl,
+};
 
 /// The sysctls that decide how TIME_WAIT and ephemeral ports behave, recorded in the header.
 pub const SYSCTLS: &[&str] = &[
     "net.ipv4.ip_local_port_range",
+    "net.ipv4.ip_local_reserved_ports",
     "net.ipv4.tcp_tw_reuse",
+    "net.ipv4.tcp_timestamps",
     "net.ipv4.tcp_fin_timeout",
     "net.ipv4.tcp_max_tw_buckets",
 ];
@@ -38,14 +43,7 @@ pub fn header_now(command_line: Vec<String>, filters: Filters) -> Header {
     let (hostname, kernel) = uname();
     let sysctls = SYSCTLS
         .iter()
-        .filter_map(|name| {
-            let path = format!("/proc/sys/{}", name.replace('.', "/"));
-            let value = std::fs::read_to_string(path).ok()?;
-            Some((
-                (*name).to_owned(),
-                value.split_whitespace().collect::<Vec<_>>().join(" "),
-            ))
-        })
+        .filter_map(|name| Some(((*name).to_owned(), sysctl::read(name).ok()??)))
         .collect();
     Header {
         format: format::FORMAT_NAME.to_owned(),
@@ -75,7 +73,7 @@ impl Header {
 }
 
 /// (nodename, release) from uname(2).
-fn uname() -> (String, String) {
+pub(crate) fn uname() -> (String, String) {
     // SAFETY: utsname is plain old data; an all-zero value is valid.
     let mut u: libc::utsname = unsafe { std::mem::zeroed() };
     // SAFETY: `u` is a valid, writable utsname; uname fills it and cannot fail on Linux.

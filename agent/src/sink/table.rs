@@ -8,7 +8,8 @@ use std::{
 use super::Sink;
 use crate::{
     container::short_id,
-    model::snapshot::{Snapshot, WholeSeconds},
+    diagnosis::short_age,
+    model::snapshot::{ProcessRow, Snapshot, WholeSeconds},
     text::{escape, write_json},
 };
 
@@ -77,11 +78,14 @@ pub fn print_table(out: &mut impl Write, snap: &Snapshot, top: usize) -> io::Res
     if t.bind_failures > 0 {
         failed.push_str(&format!("  bind() failed {}", t.bind_failures));
     }
+    // The kernel's `tw` counts both substates of a timewait socket: TIME_WAIT and the orphaned
+    // FIN_WAIT2 ones, which are shown beside it so the two add up to it.
     writeln!(
         out,
-        "{}  TIME_WAIT now {} (kernel {})  CLOSE_WAIT {}  ESTABLISHED {}  TIME_WAIT/s {:.1}  lost {}{}  unattributed {}{failed}",
+        "{}  TIME_WAIT now {} (+{} orphaned FIN_WAIT2), kernel tw {}  CLOSE_WAIT {}  ESTABLISHED {}  TIME_WAIT/s {:.1}  lost {}{}  unattributed {}{failed}",
         WholeSeconds(snap.time),
         t.timewait_now,
+        t.fin_wait2_now,
         kernel,
         t.close_wait_now,
         t.established_now,
@@ -90,10 +94,15 @@ pub fn print_table(out: &mut impl Write, snap: &Snapshot, top: usize) -> io::Res
         // Entries whose skipped event a reconciliation found; said only when there are some.
         match t.timewait_recovered {
             0 => String::new(),
-            n => format!(" ({n} TIME_WAIT recovered)"),
+            n => format!(" ({n} timewait entries recovered)"),
         },
         snap.unattributed_events
     )?;
+    // A destination running out of local ports: said before the processes, as it is what makes
+    // connect() fail next.
+    if let Some((text, _)) = super::ports::warning(snap) {
+        writeln!(out, "WARNING: {text}")?;
+    }
     let shown = &snap.processes[..top.min(snap.processes.len())];
     let containers = shown.iter().any(|p| p.container.is_some());
     // Columns of failed calls, each only when a row shown has some (as CONTAINER).
@@ -105,8 +114,8 @@ pub fn print_table(out: &mut impl Write, snap: &Snapshot, top: usize) -> io::Res
     }
     write!(
         out,
-        "{:>8} {:>9} {:>7} {:>7} {:>7} {:>7} {:>8} {:>6}",
-        "TW/s", "TW_TOTAL", "TW_NOW", "CW_NOW", "EST_NOW", "OPEN/s", "CLOSE/s", "RESETS"
+        "{:>8} {:>9} {:>7} {:>8} {:>7} {:>7} {:>7} {:>8} {:>6}",
+        "TW/s", "TW_TOTAL", "TW_NOW", "FW2_NOW", "CW_NOW", "EST_NOW", "OPEN/s", "CLOSE/s", "RESETS"
     )?;
     if connect_col {
         write!(out, " {:>9}", "CONN_FAIL")?;
@@ -114,7 +123,7 @@ pub fn print_table(out: &mut impl Write, snap: &Snapshot, top: usize) -> io::Res
     if bind_col {
         write!(out, " {:>9}", "BIND_FAIL")?;
     }
-    writeln!(out, "  TOP PEER")?;
+    writeln!(out, " {:>8}  TOP PEER", "CW_AGE")?;
     for p in shown {
         let peer = p
             .peers
@@ -132,10 +141,13 @@ pub fn print_table(out: &mut impl Write, snap: &Snapshot, top: usize) -> io::Res
         }
         write!(
             out,
-            "{:>8.1} {:>9} {:>7} {:>7} {:>7} {:>7.1} {:>8.1} {:>6}",
+            "{:>8.1} {:>9} {:>7} {:>8} {:>7} {:>7} {:>7.1} {:>8.1} {:>6}",
             p.timewait_per_s,
             p.timewait_entered,
             p.timewait_now,
+            // Orphaned FIN_WAIT2 timewait sockets: a server closing clients that have not
+            // closed yet.
+            p.fin_wait2_now,
             p.close_wait_now,
             p.established_now,
             p.opens_per_s,
@@ -150,7 +162,8 @@ pub fn print_table(out: &mut impl Write, snap: &Snapshot, top: usize) -> io::Res
         }
         writeln!(
             out,
-            "  {exited}{peer}",
+            " {:>8}  {exited}{peer}",
+            cw_age(p),
             // Before the peer, which is the free-length last column.
             exited = if p.exited { "[exited] " } else { "" },
         )?;
@@ -164,6 +177,14 @@ pub fn print_table(out: &mut impl Write, snap: &Snapshot, top: usize) -> io::Res
     }
     writeln!(out)?;
     out.flush()
+}
+
+/// The CW_AGE cell: the oldest CLOSE_WAIT's age, with `!` for a leak suspect (older than
+/// the threshold).
+fn cw_age(p: &ProcessRow) -> String {
+    let age = short_age(p.close_wait_oldest_s, p.close_wait_oldest_at_least);
+    let mark = if p.leak_suspect { "!" } else { "" };
+    format!("{age}{mark}")
 }
 
 #[cfg(test)]
@@ -181,10 +202,12 @@ mod tests {
             totals: Totals {
                 namespaces: None,
                 timewait_now: 5,
+                fin_wait2_now: 1,
                 timewait_kernel: Some(6),
                 close_wait_now: 1,
                 established_now: 2,
                 timewait_entered: 9,
+                fin_wait2_entered: 1,
                 timewait_per_s: 3.0,
                 timewait_recovered: 0,
                 connect_failures: 0,
@@ -205,6 +228,8 @@ mod tests {
                 }],
                 ..ProcessRow::default()
             }],
+            destinations: Vec::new(),
+            port_settings: Vec::new(),
         }
     }
 
@@ -215,7 +240,7 @@ mod tests {
         let text = String::from_utf8(out).expect("utf8");
         let lines: Vec<&str> = text.lines().collect();
         assert!(
-            lines[0].contains("TIME_WAIT now 5 (kernel 6)"),
+            lines[0].contains("TIME_WAIT now 5 (+1 orphaned FIN_WAIT2), kernel tw 6  "),
             "{}",
             lines[0]
         );
@@ -231,6 +256,27 @@ mod tests {
             lines[2]
         );
         assert!(lines[2].ends_with("[::1]:443"), "{}", lines[2]);
+    }
+
+    #[test]
+    fn a_leak_suspect_is_marked_with_the_age_of_its_oldest_close_wait() {
+        let mut snap = sample();
+        snap.processes[0].close_wait_oldest_s = 312.0;
+        snap.processes[0].close_wait_oldest_at_least = true;
+        snap.processes[0].leak_suspect = true;
+        let mut out = Vec::new();
+        print_table(&mut out, &snap, 20).expect("print");
+        let text = String::from_utf8(out).expect("utf8");
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(
+            lines[1].contains("RESETS   CW_AGE  TOP PEER"),
+            "{}",
+            lines[1]
+        );
+        // The age ends where the header's CW_AGE ends.
+        let end = lines[1].find("CW_AGE").expect("CW_AGE") + "CW_AGE".len();
+        let cell: String = lines[2].chars().take(end).collect();
+        assert!(cell.ends_with(" ≥5m12s!"), "{}", lines[2]);
     }
 
     #[test]
@@ -402,13 +448,21 @@ mod tests {
             lines[0]
         );
         assert!(
-            lines[1].ends_with("RESETS CONN_FAIL  TOP PEER"),
+            lines[1].ends_with("RESETS CONN_FAIL   CW_AGE  TOP PEER"),
             "{}",
             lines[1]
         );
         assert!(!lines[1].contains("BIND_FAIL"), "{}", lines[1]);
-        assert!(lines[2].ends_with("0        12  [::1]:443"), "{}", lines[2]);
-        assert!(lines[3].ends_with("0         0  "), "{:?}", lines[3]);
+        assert!(
+            lines[2].ends_with("0        12        -  [::1]:443"),
+            "{}",
+            lines[2]
+        );
+        assert!(
+            lines[3].ends_with("0         0        -  "),
+            "{:?}",
+            lines[3]
+        );
         // The free-length TOP PEER column starts at the same place on every line.
         let at = lines[1].find("TOP PEER").expect("title");
         assert_eq!(lines[2].find("[::1]:443"), Some(at), "{text}");
@@ -424,12 +478,12 @@ mod tests {
             lines[0]
         );
         assert!(
-            lines[1].ends_with("CONN_FAIL BIND_FAIL  TOP PEER"),
+            lines[1].ends_with("CONN_FAIL BIND_FAIL   CW_AGE  TOP PEER"),
             "{}",
             lines[1]
         );
         assert!(
-            lines[3].ends_with("0         0         1  "),
+            lines[3].ends_with("0         0         1        -  "),
             "{:?}",
             lines[3]
         );
@@ -438,6 +492,46 @@ mod tests {
         let text = table(&snap, 1);
         assert!(!text.contains("BIND_FAIL"), "{text}");
         assert!(text.contains("CONN_FAIL"), "{text}");
+    }
+
+    #[test]
+    fn a_destination_over_half_its_ports_gets_a_warning_line() {
+        use crate::{event::Comm, kernel::sysctl::PortRange, model::ports};
+        let mut snap = sample();
+        let d = ports::Destination {
+            netns: 0,
+            laddr: "10.0.0.1".parse().expect("addr"),
+            raddr: "10.0.0.5".parse().expect("addr"),
+            rport: 8080,
+            in_use: 261,
+            timewait: 250,
+            share: Some(0.87),
+            timewait_reusable: false,
+            opens_per_s: 6.5,
+            exhaustion_eta_s: Some(40.0),
+            connect_failures: 0,
+            range: PortRange::parse("40000 40299", ""),
+            tcp_tw_reuse: Some(0),
+            tcp_timestamps: Some(1),
+            pids: vec![ports::PidOpens {
+                pid: 42,
+                comm: Comm::from("client"),
+                opens: 300,
+            }],
+            other_pids_opens: 0,
+        };
+        snap.destinations = vec![d.clone()];
+        let text = table(&snap, 20);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines[1],
+            "WARNING: local ports toward 10.0.0.5:8080 (from 10.0.0.1) 87.0% used (261 of 300, \
+             250 in TIME_WAIT), none left in 40s; top opener 42 client (twtrace ports)"
+        );
+        assert!(lines[2].trim_start().starts_with("PID COMM"));
+        // Half or less: no line, the table as before.
+        snap.destinations[0].share = Some(0.5);
+        assert_eq!(table(&snap, 20), table(&sample(), 20));
     }
 
     #[test]

@@ -134,6 +134,10 @@ impl<W: Write> Printer<W> {
                 f.errno.name()
             )?;
         }
+        if t.orphan {
+            // FIN_WAIT2 -> FIN_WAIT2: now in a timewait socket in the FIN_WAIT2 substate.
+            write!(out, ",\"orphan\":true")?;
+        }
         // Container ids and pod UIDs are hex digits and dashes (the parser accepts no other).
         if let Some(c) = container {
             write!(
@@ -197,6 +201,10 @@ impl<W: Write> Printer<W> {
             format!("{} -> {}", t.old, t.new)
         };
         let mut by = t.attribution.name().to_owned();
+        if t.orphan {
+            // As `ss` shows it: FIN-WAIT-2 with a timewait timer, its process gone.
+            by.push_str(", orphan (timewait)");
+        }
         if let Some(r) = t.reset {
             by.push_str(", reset ");
             by.push_str(r.name());
@@ -318,6 +326,30 @@ mod tests {
         assert_eq!(v["cookie"], 77);
         assert_eq!(v["current_pid"], 99);
         assert!(v.get("reset").is_none());
+    }
+
+    #[test]
+    fn an_orphan_entry_stays_fin_wait2_and_says_so() {
+        let mut ev = wire(tcp_state::FIN_WAIT2, tcp_state::CLOSE);
+        ev.flags = flags::DESTROYED | flags::ORPHAN_FIN_WAIT2;
+        let v: serde_json::Value =
+            serde_json::from_str(render(Format::Json, &[ev]).trim()).expect("json");
+        assert_eq!(
+            (&v["old"], &v["new"]),
+            (&"FIN_WAIT2".into(), &"FIN_WAIT2".into())
+        );
+        assert_eq!(v["orphan"], true);
+        assert!(v.get("accept").is_none());
+        let text = render(Format::Text, &[ev]);
+        let line = text.lines().nth(1).expect("line");
+        assert!(line.contains("FIN_WAIT2 -> FIN_WAIT2"), "{line}");
+        assert!(line.ends_with("owner, orphan (timewait)"), "{line}");
+        // Without the flag: TIME_WAIT, no orphan field.
+        ev.flags = flags::DESTROYED;
+        let v: serde_json::Value =
+            serde_json::from_str(render(Format::Json, &[ev]).trim()).expect("json");
+        assert_eq!(v["new"], "TIME_WAIT");
+        assert!(v.get("orphan").is_none());
     }
 
     #[test]

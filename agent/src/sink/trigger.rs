@@ -9,10 +9,12 @@ use crate::model::snapshot::{ProcessRow, Snapshot};
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TotalField {
     TimewaitNow,
+    FinWait2Now,
     TimewaitKernel,
     CloseWaitNow,
     EstablishedNow,
     TimewaitEntered,
+    FinWait2Entered,
     TimewaitPerS,
     LostEvents,
     UnattributedEvents,
@@ -22,12 +24,14 @@ pub enum TotalField {
 
 impl TotalField {
     /// In the order the error message lists them.
-    pub const ALL: [Self; 10] = [
+    pub const ALL: [Self; 12] = [
         Self::TimewaitNow,
+        Self::FinWait2Now,
         Self::TimewaitKernel,
         Self::CloseWaitNow,
         Self::EstablishedNow,
         Self::TimewaitEntered,
+        Self::FinWait2Entered,
         Self::TimewaitPerS,
         Self::LostEvents,
         Self::UnattributedEvents,
@@ -39,10 +43,12 @@ impl TotalField {
     pub const fn name(self) -> &'static str {
         match self {
             Self::TimewaitNow => "timewait_now",
+            Self::FinWait2Now => "fin_wait2_now",
             Self::TimewaitKernel => "timewait_kernel",
             Self::CloseWaitNow => "close_wait_now",
             Self::EstablishedNow => "established_now",
             Self::TimewaitEntered => "timewait_entered",
+            Self::FinWait2Entered => "fin_wait2_entered",
             Self::TimewaitPerS => "timewait_per_s",
             Self::LostEvents => "lost_events",
             Self::UnattributedEvents => "unattributed_events",
@@ -56,10 +62,12 @@ impl TotalField {
         let t = &snap.totals;
         match self {
             Self::TimewaitNow => t.timewait_now as f64,
+            Self::FinWait2Now => t.fin_wait2_now as f64,
             Self::TimewaitKernel => t.timewait_kernel.unwrap_or(0) as f64,
             Self::CloseWaitNow => t.close_wait_now as f64,
             Self::EstablishedNow => t.established_now as f64,
             Self::TimewaitEntered => t.timewait_entered as f64,
+            Self::FinWait2Entered => t.fin_wait2_entered as f64,
             Self::TimewaitPerS => t.timewait_per_s,
             Self::LostEvents => snap.lost_events as f64,
             Self::UnattributedEvents => snap.unattributed_events as f64,
@@ -75,6 +83,8 @@ pub enum ProcessField {
     TimewaitEntered,
     TimewaitPerS,
     TimewaitNow,
+    FinWait2Entered,
+    FinWait2Now,
     CloseWaitNow,
     EstablishedNow,
     Opens,
@@ -88,10 +98,12 @@ pub enum ProcessField {
 
 impl ProcessField {
     /// In the order the error message lists them.
-    pub const ALL: [Self; 12] = [
+    pub const ALL: [Self; 14] = [
         Self::TimewaitEntered,
         Self::TimewaitPerS,
         Self::TimewaitNow,
+        Self::FinWait2Entered,
+        Self::FinWait2Now,
         Self::CloseWaitNow,
         Self::EstablishedNow,
         Self::Opens,
@@ -109,6 +121,8 @@ impl ProcessField {
             Self::TimewaitEntered => "timewait_entered",
             Self::TimewaitPerS => "timewait_per_s",
             Self::TimewaitNow => "timewait_now",
+            Self::FinWait2Entered => "fin_wait2_entered",
+            Self::FinWait2Now => "fin_wait2_now",
             Self::CloseWaitNow => "close_wait_now",
             Self::EstablishedNow => "established_now",
             Self::Opens => "opens",
@@ -126,6 +140,8 @@ impl ProcessField {
             Self::TimewaitEntered => p.timewait_entered as f64,
             Self::TimewaitPerS => p.timewait_per_s,
             Self::TimewaitNow => p.timewait_now as f64,
+            Self::FinWait2Entered => p.fin_wait2_entered as f64,
+            Self::FinWait2Now => p.fin_wait2_now as f64,
             Self::CloseWaitNow => p.close_wait_now as f64,
             Self::EstablishedNow => p.established_now as f64,
             Self::Opens => p.opens as f64,
@@ -375,9 +391,10 @@ mod tests {
         assert_eq!(
             "bogus>1".parse::<Trigger>(),
             Err(
-                "`bogus>1`: unknown field `bogus`; fields are timewait_now, timewait_kernel, \
-                 close_wait_now, established_now, timewait_entered, timewait_per_s, lost_events, \
-                 unattributed_events, connect_failures, bind_failures"
+                "`bogus>1`: unknown field `bogus`; fields are timewait_now, fin_wait2_now, \
+                 timewait_kernel, close_wait_now, established_now, timewait_entered, \
+                 fin_wait2_entered, timewait_per_s, lost_events, unattributed_events, \
+                 connect_failures, bind_failures"
                     .to_owned()
             )
         );
@@ -385,9 +402,9 @@ mod tests {
             "timewait_kernel[comm=x]>1".parse::<Trigger>(),
             Err(
                 "`timewait_kernel[comm=x]>1`: unknown field `timewait_kernel`; process fields are \
-                 timewait_entered, timewait_per_s, timewait_now, close_wait_now, established_now, \
-                 opens, opens_per_s, closes, closes_per_s, resets, connect_failures, \
-                 bind_failures"
+                 timewait_entered, timewait_per_s, timewait_now, fin_wait2_entered, fin_wait2_now, \
+                 close_wait_now, established_now, opens, opens_per_s, closes, closes_per_s, resets, \
+                 connect_failures, bind_failures"
                     .to_owned()
             )
         );
@@ -402,10 +419,12 @@ mod tests {
             totals: Totals {
                 namespaces: None,
                 timewait_now: 1,
+                fin_wait2_now: 31,
                 timewait_kernel: Some(2),
                 close_wait_now: 3,
                 established_now: 4,
                 timewait_entered: 5,
+                fin_wait2_entered: 32,
                 timewait_per_s: 6.5,
                 timewait_recovered: 0,
                 connect_failures: 9,
@@ -418,6 +437,8 @@ mod tests {
                 timewait_entered: 11,
                 timewait_per_s: 12.5,
                 timewait_now: 13,
+                fin_wait2_entered: 33,
+                fin_wait2_now: 34,
                 close_wait_now: 14,
                 established_now: 15,
                 opens: 16,
@@ -433,7 +454,12 @@ mod tests {
             .iter()
             .map(|f| t(&format!("{f}>0")).value(&s))
             .collect();
-        assert_eq!(totals, [1.0, 2.0, 3.0, 4.0, 5.0, 6.5, 7.0, 8.0, 9.0, 10.0]);
+        assert_eq!(
+            totals,
+            [
+                1.0, 31.0, 2.0, 3.0, 4.0, 5.0, 32.0, 6.5, 7.0, 8.0, 9.0, 10.0
+            ]
+        );
         let process: Vec<f64> = ProcessField::ALL
             .iter()
             .map(|f| t(&format!("{f}[pid=9]>0")).value(&s))
@@ -441,7 +467,7 @@ mod tests {
         assert_eq!(
             process,
             [
-                11.0, 12.5, 13.0, 14.0, 15.0, 16.0, 17.5, 18.0, 19.5, 20.0, 21.0, 22.0
+                11.0, 12.5, 13.0, 33.0, 34.0, 14.0, 15.0, 16.0, 17.5, 18.0, 19.5, 20.0, 21.0, 22.0
             ]
         );
     }

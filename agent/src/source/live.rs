@@ -20,9 +20,10 @@ use crate::{
         netns::{AllNamespaces, NetnsId},
         procnet,
         sockdiag::{self, DiagSocket, SockDiag},
+        sysctl::SysctlFiles,
         tracer::{Options, Tracer},
     },
-    model::{KernelSocket, ProcStatus},
+    model::{KernelSocket, ProcStatus, snapshot::ProcessRow},
     state::TcpState,
     stream::{Flow, Item, KernelTruth, Stats},
 };
@@ -44,8 +45,8 @@ enum Tables {
     /// Every network namespace on the host (events carry namespaces).
     All(AllNamespaces),
     /// twtrace's own namespace only: the kernel gave no offsets for namespaces, so events
-    /// carry namespace 0 and so does this table.
-    Own(SockDiag),
+    /// carry namespace 0 and so does this table (and its local-port sysctls).
+    Own(SockDiag, SysctlFiles),
 }
 
 pub struct Live {
@@ -76,7 +77,7 @@ impl Live {
         let tracer = Tracer::start(opts)?;
         let tables = match cadence.reconcile {
             Some(_) if tracer.netns_known => Some(Tables::All(AllNamespaces::new())),
-            Some(_) => Some(Tables::Own(SockDiag::open()?)),
+            Some(_) => Some(Tables::Own(SockDiag::open()?, SysctlFiles::open_here())),
             None => None,
         };
         let now = Instant::now();
@@ -131,10 +132,12 @@ impl Live {
     fn reconcile(&mut self, f: &mut dyn FnMut(Item) -> Flow) -> anyhow::Result<()> {
         self.drain(f);
         let dump_ns = monotonic_ns();
+        let port_settings;
         match self.tables.as_mut() {
             None => return Ok(()),
             Some(Tables::All(all)) => {
                 let dumped = all.dump_all(self.netns, &mut self.dump);
+                port_settings = all.port_settings(self.netns);
                 for (id, why) in &dumped.failed {
                     log::debug!("network namespace {id}: {why}");
                 }
@@ -153,9 +156,10 @@ impl Live {
                     );
                 }
             }
-            Some(Tables::Own(diag)) => {
+            Some(Tables::Own(diag, sysctls)) => {
                 diag.dump_tcp_into(&mut self.dump)
                     .context("reading the kernel's socket table")?;
+                port_settings = vec![(0, sysctls.read(&mut Vec::new()))];
             }
         }
         let ports = &self.ports;
@@ -186,6 +190,7 @@ impl Live {
             // Filled by the pipeline with what the model asks for (see `Processes`).
             owners: Vec::new(),
             timewait_kernel: self.timewait_kernel().0,
+            port_settings,
         }));
         Ok(())
     }
@@ -300,6 +305,9 @@ pub struct ProcFs {
     /// Each pid's start time (clock ticks after boot) when first asked about: a pid that
     /// shows another start time later belongs to another process.
     started: HashMap<u32, u64>,
+    /// Command lines read, per pid: (start time, command line) of each process seen under it,
+    /// newest last. Kept while the pid has a row.
+    cmdlines: HashMap<u32, Vec<(u64, String)>>,
 }
 
 impl ProcFs {
@@ -309,6 +317,7 @@ impl ProcFs {
             cgroups: CgroupPaths::new(cgroup_root.clone()),
             cgroup_root,
             started: HashMap::new(),
+            cmdlines: HashMap::new(),
         }
     }
 }
@@ -316,6 +325,60 @@ impl ProcFs {
 impl Default for ProcFs {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+impl ProcFs {
+    /// The start time of the process `pid` names now, as first seen (see `status`).
+    fn live_start(&mut self, pid: u32) -> Option<u64> {
+        if let Some(&start) = self.started.get(&pid) {
+            return Some(start);
+        }
+        let start = procnet::start_time(pid)?;
+        self.started.insert(pid, start);
+        Some(start)
+    }
+
+    /// The command line of the row of `pid`, read once per process (pid and start time).
+    fn cmdline(&mut self, pid: u32, exited: bool) -> Option<String> {
+        if exited {
+            // The row's process is gone: its command line is the one read while it ran, from
+            // the newest process seen under its pid that is not the one running now.
+            let alive = if self.exists(pid) {
+                self.started.get(&pid).copied()
+            } else {
+                None
+            };
+            let seen = self.cmdlines.get(&pid)?;
+            return seen
+                .iter()
+                .rev()
+                .find(|(start, _)| Some(*start) != alive)
+                .map(|(_, c)| c.clone());
+        }
+        let start = self.live_start(pid)?;
+        if let Some((_, c)) = self
+            .cmdlines
+            .get(&pid)
+            .and_then(|seen| seen.iter().find(|(s, _)| *s == start))
+        {
+            return Some(c.clone());
+        }
+        // Empty just after an exec (the parent of a vfork resumes before the new program's
+        // arguments are in place), and for processes with no user memory: asked again at the
+        // next snapshot rather than kept.
+        let cmdline = procnet::cmdline(pid)?;
+        // Read from the process that had this start time, not from one that took its pid
+        // since: asked again at the next snapshot otherwise.
+        if procnet::start_time(pid) != Some(start) {
+            return None;
+        }
+        let seen = self.cmdlines.entry(pid).or_default();
+        seen.push((start, cmdline.clone()));
+        if seen.len() > 4 {
+            seen.remove(0);
+        }
+        Some(cmdline)
     }
 }
 
@@ -344,6 +407,17 @@ impl Processes for ProcFs {
         self.cgroups.container(cgroup_id)
     }
 
+    fn cmdlines(&mut self, rows: &mut [ProcessRow]) {
+        for row in rows.iter_mut() {
+            if row.pid != 0 {
+                row.cmdline = self.cmdline(row.pid, row.exited);
+            }
+        }
+        // Processes without a row any more are not asked about again.
+        let shown: HashSet<u32> = rows.iter().map(|r| r.pid).collect();
+        self.cmdlines.retain(|pid, _| shown.contains(pid));
+    }
+
     fn status(&mut self, pid: u32) -> ProcStatus {
         // The first answer is remembered from the first question on: a pid reused between the
         // socket's first event and that question (at most one reconcile interval) is missed.
@@ -355,5 +429,73 @@ impl Processes for ProcFs {
             Some(then) if then != now => ProcStatus::Reused,
             _ => ProcStatus::Alive,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::process::Command;
+
+    use super::*;
+
+    fn row(pid: u32, exited: bool) -> ProcessRow {
+        ProcessRow {
+            pid,
+            exited,
+            ..ProcessRow::default()
+        }
+    }
+
+    #[test]
+    fn command_lines_are_read_once_and_outlive_their_process() {
+        let mut child = Command::new("sleep")
+            .args(["29", "1"])
+            .spawn()
+            .expect("spawn sleep");
+        let pid = child.id();
+        // Its arguments are in place a moment after spawn() returns (see `cmdline`).
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while procnet::cmdline(pid).is_none() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let mut procs = ProcFs::new();
+        let mut rows = vec![row(pid, false), row(0, false)];
+        procs.cmdlines(&mut rows);
+        assert_eq!(rows[0].cmdline.as_deref(), Some("sleep 29 1"));
+        assert_eq!(rows[1].cmdline, None, "pid 0 is no process");
+        assert_eq!(procs.cmdlines[&pid].len(), 1);
+
+        // Gone: its row keeps the command line read while it ran.
+        child.kill().expect("kill");
+        child.wait().expect("reap");
+        let mut rows = vec![row(pid, true)];
+        procs.cmdlines(&mut rows);
+        assert_eq!(rows[0].cmdline.as_deref(), Some("sleep 29 1"));
+
+        // A row that was never seen alive has none; rows that left are forgotten.
+        let mut rows = vec![row(i32::MAX as u32, true)];
+        procs.cmdlines(&mut rows);
+        assert_eq!(rows[0].cmdline, None);
+        assert!(procs.cmdlines.is_empty());
+    }
+
+    #[test]
+    fn a_reused_pid_is_not_mislabelled() {
+        let mut procs = ProcFs::new();
+        let me = std::process::id();
+        let start = procnet::start_time(me).expect("own start time");
+        // As if another process, started earlier, had had this pid and been read then.
+        procs
+            .cmdlines
+            .insert(me, vec![(start - 1, "old one".into())]);
+        let mut rows = vec![row(me, false)];
+        procs.cmdlines(&mut rows);
+        let mine = procnet::cmdline(me);
+        assert_eq!(rows[0].cmdline, mine, "the process running now");
+        // The retired row of the earlier process keeps its own.
+        let mut rows = vec![row(me, true), row(me, false)];
+        procs.cmdlines(&mut rows);
+        assert_eq!(rows[0].cmdline.as_deref(), Some("old one"));
+        assert_eq!(rows[1].cmdline, mine);
     }
 }

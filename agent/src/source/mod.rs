@@ -11,7 +11,7 @@ use crate::{
     clock::WallClock,
     container::Container,
     event::Comm,
-    model::ProcStatus,
+    model::{ProcStatus, snapshot::ProcessRow},
     stream::{Flow, Item, KernelTruth},
 };
 
@@ -76,6 +76,9 @@ pub trait Processes {
     fn container(&mut self, _cgroup_id: u64) -> Option<Container> {
         None
     }
+
+    /// Fills each row's command line. Live only, from /proc: a recording does not hold them.
+    fn cmdlines(&mut self, _rows: &mut [ProcessRow]) {}
 }
 
 /// The owners a recording holds: found by the recorder when it made each dump.

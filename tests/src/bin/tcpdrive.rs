@@ -20,6 +20,9 @@
 //! - `leak`: the server writes one byte and closes; the client reads to EOF but keeps every socket
 //!   open (so each sits in CLOSE_WAIT), prints `holding`, sleeps `--hold-ms` (default 1000),
 //!   then exits.
+//! - `reuse`: one connection carries N requests (a kept-alive client): the client writes one
+//!   byte and reads one back, N times, then closes first; the server accepts one connection,
+//!   answers each byte, reads to EOF and closes.
 //!
 //! `--wait-stdin` makes the client wait for one line on stdin before it connects, so a test can
 //! learn its pid and start twtrace with `--pid` first.
@@ -55,6 +58,8 @@ enum Mode {
     Abort,
     /// The server closes first and the client keeps every socket open in CLOSE_WAIT.
     Leak,
+    /// One connection, N request/response round trips; the client closes first.
+    Reuse,
 }
 
 /// Makes loopback TCP connections with a known pid and comm, for twtrace's integration tests.
@@ -204,6 +209,17 @@ fn run_server(bind: SocketAddr, count: usize, mode: Mode) -> Result<(), String> 
     writeln!(out, "port {port}").context("stdout")?;
     out.flush().context("stdout")?;
 
+    if mode == Mode::Reuse {
+        let (mut stream, _) = listener.accept().context("accept")?;
+        let mut byte = [0u8; 1];
+        for i in 0..count {
+            stream
+                .read_exact(&mut byte)
+                .context(&format!("request #{i}"))?;
+            stream.write_all(&byte).context(&format!("answer #{i}"))?;
+        }
+        return read_to_end_of_stream(&mut stream, false).context("read to EOF");
+    }
     for i in 0..count {
         let (mut stream, _) = listener.accept().context(&format!("accept #{i}"))?;
         match mode {
@@ -216,6 +232,8 @@ fn run_server(bind: SocketAddr, count: usize, mode: Mode) -> Result<(), String> 
             Mode::ServerFirst | Mode::Leak => {
                 stream.write_all(b"x").context(&format!("write #{i}"))?
             }
+            // Served on its one connection above.
+            Mode::Reuse => {}
         }
         // Closing here (not at exit) is the point: each close is one transition the test counts.
         drop(stream);
@@ -239,6 +257,17 @@ fn run_client(
         }
     }
 
+    if mode == Mode::Reuse {
+        let mut stream = TcpStream::connect(connect).context(&format!("connect to {connect}"))?;
+        let mut byte = [0u8; 1];
+        for i in 0..count {
+            stream.write_all(b"x").context(&format!("request #{i}"))?;
+            stream
+                .read_exact(&mut byte)
+                .context(&format!("answer #{i}"))?;
+        }
+        return Ok(());
+    }
     let mut held = Vec::new();
     for i in 0..count {
         let mut stream =
@@ -252,6 +281,8 @@ fn run_client(
                 stream.write_all(b"x").context(&format!("write #{i}"))?;
                 set_linger_zero(&stream).context(&format!("SO_LINGER #{i}"))?;
             }
+            // Done on its one connection above.
+            Mode::Reuse => {}
             Mode::Leak => {
                 read_to_end_of_stream(&mut stream, false).context(&format!("read #{i}"))?;
                 // Kept open on purpose: the socket stays in CLOSE_WAIT until we exit.

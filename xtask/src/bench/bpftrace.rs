@@ -2,45 +2,22 @@
 //! programs' run-time counters): found on PATH or installed from Debian.
 
 use std::{
-    env,
     path::{Path, PathBuf},
     process::{Command, Stdio},
 };
 
-use anyhow::{Context as _, Result};
+use anyhow::Result;
 
 use crate::apt;
 
-/// `program` on PATH, or in the sbin directories a non-login root shell may lack (Debian puts
-/// bpftool in /usr/sbin).
-fn find_program(program: &str) -> Option<PathBuf> {
-    let path = env::var_os("PATH").unwrap_or_default();
-    env::split_paths(&path)
-        .chain(["/usr/sbin", "/sbin"].map(PathBuf::from))
-        .map(|dir| dir.join(program))
-        .find(|candidate| candidate.is_file())
-}
-
-/// `program` from Debian's package `package`, installed with apt-get when missing.
-fn ensure(program: &str, package: &str) -> Result<PathBuf> {
-    if let Some(path) = find_program(program) {
-        eprintln!("bench: {program} ok ({})", path.display());
-        return Ok(path);
-    }
-    eprintln!("bench: {program} is missing: installing Debian's package {package} with apt-get");
-    apt::install(&format!("install {package}"), &[package])?;
-    find_program(program)
-        .with_context(|| format!("apt-get installed {package}, but {program} is not on PATH"))
-}
-
 /// Debian's bpftrace, installed with apt-get when missing.
 pub fn ensure_bpftrace() -> Result<PathBuf> {
-    ensure("bpftrace", "bpftrace")
+    apt::ensure("bench", "bpftrace", "bpftrace")
 }
 
 /// Debian's bpftool, installed with apt-get when missing.
 pub fn ensure_bpftool() -> Result<PathBuf> {
-    ensure("bpftool", "bpftool")
+    apt::ensure("bench", "bpftool", "bpftool")
 }
 
 /// The first line of `PROGRAM --version` (`bpftrace v0.17.0`, `bpftool v7.1.0`).

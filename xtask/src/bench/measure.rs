@@ -228,8 +228,9 @@ pub struct TracerSample {
     pub file_bytes: Option<u64>,
 }
 
-/// Client closes first, so each connection a generator made is one TIME_WAIT entered by its
-/// pid: the leaderboard's final `timewait_entered` of that pid must equal it.
+/// Client closes first, so each connection a generator made is one timewait entry by its pid
+/// (TIME_WAIT, or an orphan's FIN_WAIT2 if its server thread was slow to close): the
+/// leaderboard's final entries of that pid (`timewait_by_pid`) must equal it.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Exactness {
     /// Generators compared.

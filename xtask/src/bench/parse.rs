@@ -124,8 +124,11 @@ impl RingProgress {
     }
 }
 
-/// `timewait_entered` per pid in the last snapshot of `twtrace --json` output (one JSON object
-/// per line; the last one is printed when it stops, so it holds every event it counted).
+/// Timewait entries per pid in the last snapshot of `twtrace --json` output (one JSON object
+/// per line; the last one is printed when it stops, so it holds every event it counted):
+/// `timewait_entered` plus `fin_wait2_entered` (absent before twtrace told orphaned FIN_WAIT2
+/// entries apart). Each connection makes one entry, in either substate (a FIN_WAIT2 one when
+/// the generator's server thread had not closed by the time the client's FIN was acknowledged).
 pub fn timewait_by_pid(jsonl: &str) -> Result<BTreeMap<u32, u64>> {
     let Some(last) = jsonl.lines().rev().find(|l| !l.trim().is_empty()) else {
         bail!("no snapshot printed");
@@ -143,7 +146,7 @@ pub fn timewait_by_pid(jsonl: &str) -> Result<BTreeMap<u32, u64>> {
             bail!("a process without pid or timewait_entered: {process}");
         };
         let pid = u32::try_from(pid).with_context(|| format!("pid {pid} out of range"))?;
-        *counts.entry(pid).or_default() += entered;
+        *counts.entry(pid).or_default() += entered + field("fin_wait2_entered").unwrap_or(0);
     }
     Ok(counts)
 }
@@ -225,6 +228,9 @@ mod tests {
         assert_eq!(counts.get(&994), Some(&14_165));
         assert_eq!(counts.get(&0), Some(&0));
         assert_eq!(counts.len(), 2);
+        // Orphaned FIN_WAIT2 entries count too.
+        let split = r#"{"processes":[{"pid":7,"timewait_entered":5,"fin_wait2_entered":2}]}"#;
+        assert_eq!(timewait_by_pid(split).expect("parses").get(&7), Some(&7));
         assert!(timewait_by_pid("").is_err());
         assert!(timewait_by_pid("{\"processes\":[{\"pid\":1}]}").is_err());
         assert!(timewait_by_pid("twtrace: 3 events").is_err());

@@ -27,7 +27,7 @@ pub const HELP: &[(&str, &str)] = &[
     ("c", "show / hide the CONTAINER column (see below)"),
     (
         "/",
-        "filter: comm, pid, port, address, container id or netns inode",
+        "filter: comm, command, pid, port, address, container, netns",
     ),
     ("space", "pause / resume (the picture stays frozen)"),
     ("?", "this help"),

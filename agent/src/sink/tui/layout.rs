@@ -70,12 +70,19 @@ pub(super) const CONTAINER_COL: usize = 2;
 /// Where FAILED sits in [`PROCESS_COLS`]: shown only when a process has failed calls.
 pub(super) const FAILED_COL: usize = 11;
 
-/// Display order: `ProcCol::ALL` with CONTAINER after COMM, then TOP PEER. Text columns get
-/// their preferred width from what they show. CONTAINER, shown only when asked for, ranks with
-/// PID: whoever turns it on wants it more than the counts after TW NOW. FAILED, shown only when
-/// some process has failed connect()/bind() calls, ranks after TW NOW: failures are the
-/// symptom the user came for.
-pub(super) const PROCESS_COLS: [Col; 13] = [
+/// Where CW AGE sits in [`PROCESS_COLS`]: after the sortable columns, as it is not one.
+pub(super) const CW_AGE_COL: usize = 12;
+
+/// Where COMMAND sits in [`PROCESS_COLS`]: last, not sortable either.
+pub(super) const COMMAND_COL: usize = 14;
+
+/// Display order: `ProcCol::ALL` with CONTAINER after COMM, then CW AGE, TOP PEER and COMMAND.
+/// Text columns get their preferred width from what they show. CONTAINER, shown only when asked
+/// for, ranks with PID: whoever turns it on wants it more than the counts after TW NOW. FAILED,
+/// shown only when some process has failed connect()/bind() calls, ranks after TW NOW: failures
+/// are the symptom the user came for. COMMAND (the command line, when one is known) ranks last
+/// and takes what is left, so it appears only on a terminal wide enough for everything else.
+pub(super) const PROCESS_COLS: [Col; 15] = [
     col("PID", 7, 2),
     text_col("COMM", MAX_COMM, 6, 1, false),
     // Its minimum is the title's width; drawing sets both from what is on screen.
@@ -89,7 +96,11 @@ pub(super) const PROCESS_COLS: [Col; 13] = [
     col("CLOSE/s", 8, 10),
     col("RESETS", 7, 8),
     col("FAILED", 7, 3),
+    // The oldest CLOSE_WAIT's age; not sortable (the digit keys pick the columns of
+    // `ProcCol::ALL`, and it is none of them). Leak suspects' rows are red as well.
+    col("CW AGE", 7, 11),
     text_col("TOP PEER", 24, 12, 7, true),
+    text_col("COMMAND", 40, 20, 13, true),
 ];
 
 /// Display order, as `PeerCol::ALL`; the drill-down uses the first five.
@@ -109,9 +120,10 @@ pub(super) fn process_display_col(sort: usize) -> usize {
 
 /// Width of each column in `avail` cells (0: left out; a column whose preferred width is 0 is
 /// always left out, which is how a hidden one is asked for). Columns are placed in order of
-/// importance, each at its preferred width if that fits, else at its minimum; what is left
-/// then widens the shrunk ones, and the rest goes to the fill column. The sorted column is
-/// ranked right after the most important one, so the reason for the order stays in view.
+/// importance, each at its preferred width if that fits, else at its minimum (a fill column at
+/// its minimum); what is left then widens the shrunk ones up to their preferred width, in the
+/// same order, and the rest goes to the least important fill column shown. The sorted column
+/// is ranked right after the most important one, so the reason for the order stays in view.
 pub(super) fn widths<const N: usize>(cols: &[Col; N], avail: u16, sorted: usize) -> [u16; N] {
     let mut order: [usize; N] = std::array::from_fn(|i| i);
     order.sort_by_key(|&i| {
@@ -140,13 +152,13 @@ pub(super) fn widths<const N: usize>(cols: &[Col; N], avail: u16, sorted: usize)
     }
     let mut extra = avail.saturating_sub(used);
     for &i in &order {
-        if w[i] > 0 && !cols[i].fill {
+        if w[i] > 0 {
             let grow = cols[i].width.saturating_sub(w[i]).min(extra);
             w[i] += grow;
             extra -= grow;
         }
     }
-    if let Some(&i) = order.iter().find(|&&i| w[i] > 0 && cols[i].fill) {
+    if let Some(&i) = order.iter().rev().find(|&&i| w[i] > 0 && cols[i].fill) {
         w[i] += extra;
     }
     w

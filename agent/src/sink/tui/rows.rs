@@ -109,8 +109,8 @@ pub(super) fn container_label(p: &ProcessRow, common: u32) -> Cow<'_, str> {
     }
 }
 
-/// What the filter text matches. Text matches a comm or a peer label ("10.0.0.5:5432",
-/// "→:80") as a case-insensitive substring, and a container id as a prefix (as `docker` and
+/// What the filter text matches. Text matches a comm, a command line or a peer label
+/// ("10.0.0.5:5432", "→:80") as a case-insensitive substring, and a container id as a prefix (as `docker` and
 /// `crictl` take ids: the short id or the full one both work, and a few hex letters typed for
 /// a comm hit one id in thousands rather than any of the 64 places a substring could). A
 /// number matches a pid, a port or a network namespace inode exactly, because "80" as a
@@ -132,6 +132,9 @@ impl Matcher<'_> {
             Some(n) => p.pid == n || (p.netns != 0 && p.netns == n),
             None => {
                 contains_ci(&p.comm, self.lower)
+                    || p.cmdline
+                        .as_deref()
+                        .is_some_and(|c| contains_ci(c, self.lower))
                     || p.container
                         .as_deref()
                         .is_some_and(|id| starts_with_ci(id, self.lower))

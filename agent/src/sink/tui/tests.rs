@@ -28,7 +28,7 @@ fn counts(peer: PeerKey, tw: u64, tw_now: u64, cw: u64, est: u64) -> PeerRow {
         timewait_now: tw_now,
         close_wait_now: cw,
         established_now: est,
-        connect_failures: 0,
+        ..PeerRow::new(peer)
     }
 }
 
@@ -51,12 +51,15 @@ fn process(pid: u32, comm: &str, tw_per_s: f64, tw: u64, peers: Vec<PeerRow>) ->
         container: None,
         runtime: None,
         pod_uid: None,
+        cmdline: None,
         pid,
         comm: comm.to_owned(),
         exited: false,
         timewait_entered: tw,
         timewait_per_s: tw_per_s,
         timewait_now: peers.iter().map(|p| p.timewait_now).sum(),
+        fin_wait2_entered: peers.iter().map(|p| p.fin_wait2_entered).sum(),
+        fin_wait2_now: peers.iter().map(|p| p.fin_wait2_now).sum(),
         close_wait_now: peers.iter().map(|p| p.close_wait_now).sum(),
         established_now: peers.iter().map(|p| p.established_now).sum(),
         opens: tw + 10,
@@ -68,7 +71,9 @@ fn process(pid: u32, comm: &str, tw_per_s: f64, tw: u64, peers: Vec<PeerRow>) ->
         bind_failures: 0,
         failures: Vec::new(),
         timewait_history: Vec::new(),
+        close_wait_history: Vec::new(),
         peers,
+        ..ProcessRow::default()
     }
 }
 
@@ -88,6 +93,7 @@ pub(super) fn demo_snapshot() -> Snapshot {
     );
     java.resets = 37;
     java.timewait_history = (0..60u64).map(|s| 700 + (s * 37) % 230).collect();
+    java.close_wait_history = (0..60u64).map(|s| s / 2).collect();
     let mut curl = process(
         31337,
         "curl",
@@ -126,16 +132,20 @@ pub(super) fn demo_snapshot() -> Snapshot {
         totals: Totals {
             namespaces: None,
             timewait_now: 37_881,
+            fin_wait2_now: 21,
             timewait_kernel: Some(37_902),
             close_wait_now: 217,
             established_now: 111,
             timewait_entered: 49_181,
+            fin_wait2_entered: 30,
             timewait_per_s: 814.7,
             timewait_recovered: 0,
             connect_failures: 0,
             bind_failures: 0,
         },
         processes: vec![java, curl, nginx, before],
+        destinations: Vec::new(),
+        port_settings: Vec::new(),
     }
 }
 
@@ -276,7 +286,11 @@ fn empty_snapshot_shows_header_and_waiting_message() {
     let app = app_with(Snapshot::default());
     let buf = draw(&app, 100, 12);
     assert!(has(&buf, "twtrace — pid 4242"), "{}", screen(&buf));
-    assert!(has(&buf, "TIME_WAIT now 0 kernel n/a"), "{}", screen(&buf));
+    assert!(
+        has(&buf, "TIME_WAIT now 0 +0 orphaned FIN_WAIT2, kernel tw n/a"),
+        "{}",
+        screen(&buf)
+    );
     assert!(has(&buf, "No TCP activity yet"), "{}", screen(&buf));
     assert!(!has(&buf, " UTC"), "no time before the first snapshot");
     // Every view copes with nothing.
@@ -309,7 +323,7 @@ fn one_row_with_all_columns() {
     let text = screen(&buf);
     for col in [
         "PID", "COMM", "TW/s▼", "TW TOTAL", "TW NOW", "CW NOW", "EST NOW", "OPEN/s", "CLOSE/s",
-        "RESETS", "TOP PEER",
+        "RESETS", "CW AGE", "TOP PEER",
     ] {
         assert!(text.contains(col), "{col} missing:\n{text}");
     }
@@ -503,7 +517,7 @@ fn header_shows_kernel_count_beside_ours() {
     let buf = draw(&app, 160, 12);
     let text = screen(&buf);
     for s in [
-        "TIME_WAIT now 37881 kernel 37902",
+        "TIME_WAIT now 37881 +21 orphaned FIN_WAIT2, kernel tw 37902",
         "CLOSE_WAIT now 217",
         "ESTABLISHED now 111",
         "TW/s 814.7",
@@ -570,6 +584,10 @@ fn drill_down_shows_peers_and_sparkline() {
     assert!(text.contains("java pid 4242"), "{text}");
     assert!(text.contains("last minute"), "{text}");
     assert!(text.contains("peak 927, latest 813"), "{text}");
+    assert!(
+        text.contains("CLOSE_WAIT now, last minute: peak 29, latest 29"),
+        "{text}"
+    );
     assert!(text.contains("10.0.3.18:5432"), "{text}");
     // Sparkline bars.
     assert!(

@@ -25,8 +25,10 @@ use super::input::HELP;
 use super::layout::*;
 use super::rows::container_label;
 use crate::container::short_id;
+use crate::diagnosis::short_age;
 use crate::{
     model::snapshot::{BEFORE_START, ProcessRow, Snapshot},
+    sink::ports,
     text::escape,
 };
 
@@ -41,14 +43,25 @@ pub fn render(frame: &mut Frame, app: &App, snap: &Snapshot) {
     // Tiny terminals keep one header line and the footer, and give the rest to the table.
     let header_h = if area.height >= 8 { 2 } else { 1 };
     let footer_h = u16::from(area.height >= 3);
-    let [header, body, footer] = Layout::vertical([
+    // A destination running out of local ports gets a line of its own, when there is room.
+    let warning = ports::warning(snap).filter(|_| area.height >= 10);
+    let [header, warn, body, footer] = Layout::vertical([
         Constraint::Length(header_h),
+        Constraint::Length(u16::from(warning.is_some())),
         Constraint::Fill(1),
         Constraint::Length(footer_h),
     ])
     .areas(area);
 
     render_header(frame, header, app, snap);
+    if let Some((text, critical)) = warning {
+        let style = if critical {
+            Style::new().white().on_red().bold()
+        } else {
+            Style::new().black().on_yellow().bold()
+        };
+        frame.render_widget(Paragraph::new(format!(" ⚠ {text} ")).style(style), warn);
+    }
     match app.view() {
         View::Processes => render_processes(frame, body, app, snap),
         View::Peers => render_peers(frame, body, app, snap),
@@ -89,8 +102,14 @@ fn render_header(frame: &mut Frame, area: Rect, app: &App, snap: &Snapshot) {
     if let Some(n) = t.namespaces {
         kernel.push_str(&format!(" in {n} netns"));
     }
+    // The kernel's `tw` counts both substates: the orphaned FIN_WAIT2 ones are shown beside
+    // TIME_WAIT so the two add up to it.
     let mut tw = item("TIME_WAIT now", t.timewait_now.to_string());
-    tw.spans.push(Span::from(" kernel ").dim());
+    tw.spans.push(Span::from(" +").dim());
+    tw.spans
+        .push(Span::from(t.fin_wait2_now.to_string()).bold());
+    tw.spans
+        .push(Span::from(" orphaned FIN_WAIT2, kernel tw ").dim());
     tw.spans.push(Span::from(kernel).bold());
     items.push(tw);
     items.push(item("TW/s", format!("{:.1}", t.timewait_per_s)));
@@ -241,6 +260,11 @@ fn render_processes(frame: &mut Frame, area: Rect, app: &App, snap: &Snapshot) {
         cols[FAILED_COL].width = 0;
         cols[FAILED_COL].min = 0;
     }
+    // Only when a row on screen has a command line: replays have none.
+    if !window().any(|p| p.cmdline.is_some()) {
+        cols[COMMAND_COL].width = 0;
+        cols[COMMAND_COL].min = 0;
+    }
     let w = widths(&cols, table.width, sorted);
     let selected = app.selected();
     let body = rows
@@ -255,7 +279,12 @@ fn render_processes(frame: &mut Frame, area: Rect, app: &App, snap: &Snapshot) {
                     .filter(|&c| w[c] > 0)
                     .map(|c| process_cell(p, c, w[c], common)),
             );
-            let row = row_style(row, n == selected, p.pid == 0 && p.comm == BEFORE_START);
+            let row = row_style(
+                row,
+                n == selected,
+                p.pid == 0 && p.comm == BEFORE_START,
+                p.leak_suspect,
+            );
             // An exited process keeps its row while its counts matter; dimmed, and its name
             // says so.
             if p.exited { row.dim() } else { row }
@@ -266,8 +295,12 @@ fn render_processes(frame: &mut Frame, area: Rect, app: &App, snap: &Snapshot) {
     frame.render_widget(t, table);
 }
 
-fn row_style(row: Row<'_>, selected: bool, before_start: bool) -> Row<'_> {
+fn row_style(row: Row<'_>, selected: bool, before_start: bool, suspect: bool) -> Row<'_> {
     let mut style = Style::new();
+    if suspect {
+        // Holds CLOSE_WAIT sockets older than the leak threshold (`twtrace leaks` explains).
+        style = style.fg(Color::Red).bold();
+    }
     if before_start {
         // Not an owner: a bucket of sockets older than twtrace. Shown, but set apart.
         style = style.italic().fg(Color::Magenta);
@@ -298,6 +331,16 @@ fn process_cell(p: &ProcessRow, c: usize, width: u16, common: u32) -> Cell<'_> {
         9 => rate(p.closes_per_s),
         10 => num(p.resets),
         FAILED_COL => num(failed(p)),
+        CW_AGE_COL => Cell::from(
+            Line::from(short_age(
+                p.close_wait_oldest_s,
+                p.close_wait_oldest_at_least,
+            ))
+            .right_aligned(),
+        ),
+        COMMAND_COL => {
+            Cell::from(fit(&escape(p.cmdline.as_deref().unwrap_or("-")), width).into_owned())
+        }
         _ => match p.peers.first() {
             Some(r) => Cell::from(fit(&peer_label(r), width).into_owned()),
             None => Cell::from("-"),
@@ -385,7 +428,7 @@ fn peer_table<T, const N: usize>(
         .filter_map(|(n, &i)| Some((n, get(i)?)))
         .map(|(n, t)| {
             let row = Row::new((0..N).filter(|&c| w[c] > 0).map(|c| cell(t, c, w[c])));
-            row_style(row, n == selected, false)
+            row_style(row, n == selected, false, false)
         });
     let t = Table::new(body, constraints(&w))
         .header(header_row(&cols, &w, sorted, descending))
@@ -441,6 +484,35 @@ fn digits(n: usize) -> usize {
 
 // ---- drill-down --------------------------------------------------------------------------
 
+/// One history of the drill-down: a caption over a sparkline.
+fn sparkline(
+    frame: &mut Frame,
+    (cap, spark): (Rect, Rect),
+    what: &str,
+    hist: &[u64],
+    color: Color,
+) {
+    // The newest values matter most: when the history is wider than the area, drop the
+    // oldest rather than let the widget cut off the newest.
+    let data = &hist[hist.len().saturating_sub(usize::from(spark.width))..];
+    let text = match (data.iter().max(), data.last()) {
+        (Some(peak), Some(now)) => format!("{what}, last minute: peak {peak}, latest {now}"),
+        _ => format!("{what}, last minute: no history yet"),
+    };
+    frame.render_widget(Line::from(text).dim(), cap);
+    frame.render_widget(
+        Sparkline::default()
+            .data(data)
+            .style(Style::new().fg(color))
+            .block(
+                Block::new()
+                    .borders(Borders::BOTTOM)
+                    .border_style(Style::new().dim()),
+            ),
+        spark,
+    );
+}
+
 fn render_drill(frame: &mut Frame, area: Rect, app: &App, snap: &Snapshot, pid: u32) {
     if area.is_empty() {
         return;
@@ -493,7 +565,28 @@ fn render_drill(frame: &mut Frame, area: Rect, app: &App, snap: &Snapshot, pid: 
         item("TW/s", format!("{:.1}", p.timewait_per_s)),
         item("TW total", p.timewait_entered.to_string()),
         item("TW now", p.timewait_now.to_string()),
+        item(
+            "orphaned FIN_WAIT2 now",
+            format!("{} ({} total)", p.fin_wait2_now, p.fin_wait2_entered),
+        ),
         item("CW now", p.close_wait_now.to_string()),
+        item("CW peak", p.close_wait_peak.to_string()),
+        item(
+            "CW oldest",
+            format!(
+                "{}{}",
+                short_age(p.close_wait_oldest_s, p.close_wait_oldest_at_least),
+                if p.leak_suspect {
+                    " (leak suspect)"
+                } else {
+                    ""
+                }
+            ),
+        ),
+        item(
+            "CW growth",
+            format!("{:+}/min", p.close_wait_growth_per_min),
+        ),
         item("EST now", p.established_now.to_string()),
         item("opens", format!("{} ({:.1}/s)", p.opens, p.opens_per_s)),
         item("closes", format!("{} ({:.1}/s)", p.closes, p.closes_per_s)),
@@ -511,28 +604,25 @@ fn render_drill(frame: &mut Frame, area: Rect, app: &App, snap: &Snapshot, pid: 
     flow(frame, place_area, &place);
 
     if spark_h > 0 {
-        // The newest values matter most: when the history is wider than the area, drop the
-        // oldest rather than let the widget cut off the newest.
-        let hist = &p.timewait_history;
-        let data = &hist[hist.len().saturating_sub(usize::from(spark.width))..];
-        let text = match (data.iter().max(), data.last()) {
-            (Some(peak), Some(now)) => format!(
-                "TIME_WAIT entered per second, last minute (oldest left): peak {peak}, latest {now}"
-            ),
-            _ => "TIME_WAIT entered per second, last minute: no history yet".to_owned(),
-        };
-        frame.render_widget(Line::from(text).dim(), cap);
-        frame.render_widget(
-            Sparkline::default()
-                .data(data)
-                .style(Style::new().fg(Color::Yellow))
-                .block(
-                    Block::new()
-                        .borders(Borders::BOTTOM)
-                        .border_style(Style::new().dim()),
-                ),
-            spark,
-        );
+        // Side by side: what the process churns (TIME_WAIT entered) and what it holds
+        // (CLOSE_WAIT now), so a leak shows beside the churn.
+        let [tw_cap, _, cw_cap] = Layout::horizontal([
+            Constraint::Fill(1),
+            Constraint::Length(1),
+            Constraint::Fill(1),
+        ])
+        .areas(cap);
+        let [tw_spark, _, cw_spark] = Layout::horizontal([
+            Constraint::Fill(1),
+            Constraint::Length(1),
+            Constraint::Fill(1),
+        ])
+        .areas(spark);
+        let tw = ("TIME_WAIT entered/s", &p.timewait_history, Color::Yellow);
+        let cw = ("CLOSE_WAIT now", &p.close_wait_history, Color::Red);
+        for ((what, hist, color), cap, spark) in [(tw, tw_cap, tw_spark), (cw, cw_cap, cw_spark)] {
+            sparkline(frame, (cap, spark), what, hist, color);
+        }
     }
 
     let rows = app.drill_rows();
@@ -583,11 +673,15 @@ fn render_drill(frame: &mut Frame, area: Rect, app: &App, snap: &Snapshot, pid: 
     );
 }
 
-/// What is known of where `p` runs, most telling first: its container (full id, or the short
-/// one when the full one would not fit in `width`), the runtime, the pod, the network
-/// namespace. Empty when nothing is.
+/// What is known of what `p` is and where it runs, most telling first: its command line, its
+/// container (full id, or the short one when the full one would not fit in `width`), the
+/// runtime, the pod, the network namespace. Empty when nothing is.
 fn placement(p: &ProcessRow, width: u16) -> Vec<Line<'static>> {
     let mut items = Vec::new();
+    // What tells three `python3` apart; cut at the area's edge when longer.
+    if let Some(cmdline) = &p.cmdline {
+        items.push(item("cmd", escape(cmdline).into_owned()));
+    }
     // Hex, UUIDs and runtime names as parsed from cgroup paths; escaped all the same, as the
     // row's fields are anyone's to fill.
     if let Some(id) = &p.container {
@@ -623,8 +717,10 @@ fn render_footer(frame: &mut Frame, area: Rect, app: &App) {
             Span::from("/").bold(),
             Span::from(app.filter()).yellow(),
             Span::from("█"),
-            Span::from("  Enter keep  Esc clear  (comm, pid, port, address, container or netns)")
-                .dim(),
+            Span::from(
+                "  Enter keep  Esc clear  (comm, command, pid, port, address, container or netns)",
+            )
+            .dim(),
         ]);
         frame.render_widget(line, area);
         return;
@@ -789,5 +885,86 @@ mod tests {
         assert!(has(1, &format!("{esc} 42")), "{:#?}", screens[1].1);
         assert!(has(2, &format!("{esc} pid 42")), "{:#?}", screens[2].1);
         assert!(has(2, &format!("Peers of {esc}")), "{:#?}", screens[2].1);
+    }
+
+    /// The command line: in a COMMAND column when the terminal is wide enough for it after
+    /// every other column, and in the drill-down; escaped in both.
+    #[test]
+    fn command_lines_when_wide_enough_and_in_the_drill_down() {
+        let mut app = hostile_app();
+        let mut snap = app.snapshot().clone();
+        snap.processes[0].cmdline = Some(format!("python3 /srv/worker.py --name {HOSTILE}"));
+        app.set_snapshot(Arc::new(snap));
+        let shown = r"python3 /srv/worker.py --name \x1b[2J\x1b[H\nFAKE\r";
+        let narrow = draw(&app, 120, 12).join("\n");
+        assert!(!narrow.contains("COMMAND"), "{narrow}");
+        let wide = draw(&app, 200, 12);
+        let screen = wide.join("\n");
+        assert!(
+            !wide.iter().any(|l| l.contains(char::is_control)),
+            "{screen}"
+        );
+        let title = wide
+            .iter()
+            .find(|l| l.contains("TOP PEER"))
+            .expect("header");
+        let at = title.find("COMMAND").expect("COMMAND column");
+        let row = wide
+            .iter()
+            .find(|l| l.contains("10.0.0.1:80"))
+            .expect("row");
+        assert_eq!(row.get(at..at + shown.len()), Some(shown), "{screen}");
+
+        press(&mut app, KeyCode::Enter);
+        let drill = draw(&app, 160, 20).join("\n");
+        assert!(drill.contains(&format!("cmd {shown}")), "{drill}");
+
+        // A replay has none: no column, however wide.
+        let replay = hostile_app();
+        assert!(!draw(&replay, 250, 12).join("\n").contains("COMMAND"));
+    }
+
+    #[test]
+    fn a_destination_running_out_of_ports_gets_a_warning_line() {
+        use crate::{event::Comm, kernel::sysctl::PortRange, model::ports};
+        let dest = |share: f64| ports::Destination {
+            netns: 0,
+            laddr: "10.0.0.1".parse().expect("addr"),
+            raddr: "10.0.0.5".parse().expect("addr"),
+            rport: 8080,
+            in_use: 280,
+            timewait: 279,
+            share: Some(share),
+            timewait_reusable: false,
+            opens_per_s: 0.0,
+            exhaustion_eta_s: None,
+            connect_failures: 0,
+            range: PortRange::parse("40000 40299", ""),
+            tcp_tw_reuse: Some(0),
+            tcp_timestamps: Some(1),
+            pids: vec![ports::PidOpens {
+                pid: 42,
+                comm: Comm::from(HOSTILE),
+                opens: 280,
+            }],
+            other_pids_opens: 0,
+        };
+        let app = |share: f64| {
+            let mut snap = hostile_app().snapshot().clone();
+            snap.destinations = vec![dest(share)];
+            App::new("twtrace", Arc::new(snap))
+        };
+        let lines = draw(&app(0.933), 200, 12);
+        assert!(
+            lines[2].contains(
+                r"local ports toward 10.0.0.5:8080 (from 10.0.0.1) 93.3% used (280 of 300, 279 in TIME_WAIT); top opener 42 \x1b[2J\x1b[H\nFAKE\r"
+            ),
+            "{lines:#?}"
+        );
+        assert!(!lines.iter().any(|l| l.contains(char::is_control)));
+        let quiet = draw(&app(0.4), 200, 12);
+        assert!(!quiet.join("\n").contains("local ports"), "{quiet:#?}");
+        // Too short a terminal keeps its lines for the table.
+        assert!(!draw(&app(0.933), 200, 9).join("\n").contains("local ports"));
     }
 }
