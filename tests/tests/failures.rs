@@ -190,6 +190,17 @@ fn connect_failures_equal_what_the_client_saw() {
     assert_eq!(last["totals"]["bind_failures"], 0);
     assert_eq!(counter(last, server.pid(), "connect_failures"), 0);
     assert_eq!(last["lost_events"], 0);
+    // The port pool toward the server (`twtrace ports`' view): all 10 ports held, every failure
+    // counted on it.
+    let dest = last["destinations"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|d| d["raddr"] == "127.0.0.1" && d["rport"] == port)
+        .unwrap_or_else(|| panic!("no destination 127.0.0.1:{port} in {last}"));
+    assert_eq!(dest["connect_failures"], seen, "{dest}");
+    assert_eq!(dest["in_use"], 10, "{dest}");
+    assert_eq!(dest["share"], 1.0, "{dest}");
 
     // The recording carries them: its report and its replayed trace count the same.
     let recorded = recording.stop(libc::SIGINT);
