@@ -24,6 +24,12 @@ Examples:
                                         only one container's sockets (its cgroup and below)
   sudo twtrace trace --json | jq -c 'select(.container) | {pid, container, pod_uid, new}'
                                         transitions of processes in containers, with their ids
+  sudo twtrace leaks                    watch 60 s, then name who leaks CLOSE_WAIT or opens a
+                                        connection per request, with evidence and a fix
+  sudo twtrace ports                    local ports in use per destination: whose pool runs out
+  twtrace doctor --explain              this host's TCP settings and counters, from evidence
+  twtrace report incident.twr --html incident.html
+                                        a self-contained page with charts, for the postmortem
   sudo twtrace ports                    which destination's pool of local ports runs out, and who
                                         opens the connections (\"Cannot assign requested address\")
 
@@ -521,10 +527,10 @@ pub struct TraceArgs {
 pub struct TracerArgs {
     /// Attach no syscall tracepoints: accept() is not followed (accepted sockets stay with the
     /// listener's owner until a reconcile finds who holds them) and failed connect()/bind()
-    /// calls are not counted. Any syscall tracepoint makes every system call of every process
-    /// on the host slower by about 30 ns while twtrace runs (the kernel sends all of them
-    /// through its slow path then); this avoids that on syscall-heavy hosts. `--no-accept` is
-    /// its older name.
+    /// calls are not counted. With them every system call of every process on the host is slower
+    /// by about 45 ns while twtrace runs (30 ns because any syscall tracepoint sends all of them
+    /// through the kernel's slow path, 10-15 ns for the enter tracepoints connect() and bind()
+    /// need); this avoids that on syscall-heavy hosts. `--no-accept` is its older name.
     #[arg(long, visible_alias = "no-accept")]
     pub no_syscall_hooks: bool,
 }
