@@ -273,6 +273,9 @@ pub struct Model {
     /// sockets it still had when they were due.
     tw_slack_ns: u64,
     unattributed_events: u64,
+    /// Listening (namespace, port)s: the last dump's, plus those whose `* -> LISTEN` came since
+    /// (less those closed), so a socket first seen mid-life can be told accepted or outgoing.
+    listening: Set<(u32, u16)>,
     tw_entered_total: u64,
     /// Orphaned FIN_WAIT2 timewait entries since start.
     fw2_entered_total: u64,
@@ -299,6 +302,7 @@ impl Model {
             before_start_tw: Vec::new(),
             tw_slack_ns: TW_SLACK_INITIAL_NS,
             unattributed_events: 0,
+            listening: Set::default(),
             tw_recovered: 0,
             tw_entered_total: 0,
             fw2_entered_total: 0,
@@ -323,8 +327,15 @@ impl Model {
         if t.attribution == Attribution::Unknown {
             self.unattributed_events += 1;
         }
-        // Listening sockets are not connections.
-        if (t.old == TcpState::Listen && t.new != TcpState::SynRecv) || t.new == TcpState::Listen {
+        // Listening sockets are not connections; they are remembered (see `listening`).
+        if t.new == TcpState::Listen {
+            self.listening.insert((t.netns, t.local.port()));
+            return None;
+        }
+        if t.old == TcpState::Listen && t.new != TcpState::SynRecv {
+            // A listener closing; another one may still listen on the port (SO_REUSEPORT), which
+            // the next dump restores.
+            self.listening.remove(&(t.netns, t.local.port()));
             return None;
         }
         // The 4-tuple's key, hashed once for all the maps below.
@@ -415,9 +426,16 @@ impl Model {
             }
             self.aged.remove(&key);
         }
+        // A socket first seen mid-life (it predates twtrace) on a port its namespace listens
+        // on was accepted: keyed as outgoing, each client's ephemeral port would be a peer of
+        // its own and fill the process's peer cap at once.
         let accepted = match previous {
             Some(s) => matches!(s.peer, PeerKey::In { .. }),
-            None => t.old == TcpState::Listen || t.attribution == Attribution::Listener,
+            None => {
+                t.old == TcpState::Listen
+                    || t.attribution == Attribution::Listener
+                    || self.listening.contains(&(t.netns, t.local.port()))
+            }
         };
         let cap = self.limits.max_peers_per_process;
         let proc = self.procs.entry(pid).or_default();
@@ -715,6 +733,7 @@ impl Model {
             .filter(|k| k.state == TcpState::Listen)
             .map(|k| (k.netns, k.local.port()))
             .collect();
+        self.listening.clone_from(&listening);
 
         // TIME_WAIT: the kernel drops them after 60 s or when tcp_tw_reuse hands the port on.
         // Joined by 4-tuple, not by cookie: inet_twsk_alloc() copies the full socket's cookie
@@ -1995,6 +2014,51 @@ mod tests {
             (o.ended, o.short_share, o.median_le_s),
             (1, 0.0, Some(16.0))
         );
+    }
+
+    #[test]
+    fn sockets_first_seen_mid_life_on_a_listening_port_are_accepted_ones() {
+        let mut m = Model::new(0, Limits::default());
+        // A server listening on 8080, found by a dump; its accepted sockets predate twtrace, so
+        // their first events come mid-life and name the owner, not the listener.
+        let listener = KernelSocket {
+            state: Listen,
+            ..full(Listen, "127.0.0.1:8080", "0.0.0.0:0", 1)
+        };
+        m.reconcile(&[listener], S, &mut no_owners, &|_| true, &mut alive);
+        for i in 0..100u16 {
+            let cl = format!("127.0.0.1:{}", 40000 + i);
+            m.apply(
+                &Ev::new(
+                    SERVER,
+                    0x100 + u64::from(i),
+                    Established,
+                    CloseWait,
+                    "127.0.0.1:8080",
+                    &cl,
+                )
+                .at(2 * S)
+                .0,
+            );
+        }
+        // And an outgoing connection of the same process, first seen mid-life too.
+        m.apply(
+            &Ev::new(
+                SERVER,
+                0x900,
+                Established,
+                FinWait1,
+                "127.0.0.1:50000",
+                "10.0.0.5:5432",
+            )
+            .at(2 * S)
+            .0,
+        );
+        let s = snap(&mut m, 3 * S);
+        let p = proc(&s, SERVER);
+        let peers: Vec<String> = p.peers.iter().map(|r| r.peer.to_string()).collect();
+        assert_eq!(peers, ["127.0.0.1 -> :8080", "10.0.0.5:5432"], "{peers:?}");
+        assert_eq!(p.peers[0].close_wait_now, 100);
     }
 
     #[test]
