@@ -346,6 +346,110 @@ fn daemonset_mounts_what_twtrace_reads_read_only() {
     }
 }
 
+/// The scrape configuration README.md shows in "A fleet": the yaml block with `scrape_configs`.
+fn readme_scrape_config() -> Yaml {
+    let readme = read("README.md");
+    let fleet = &readme[readme.find("\n## A fleet").expect("README has \"A fleet\"")..];
+    let fleet = &fleet[..fleet[1..].find("\n## ").map_or(fleet.len(), |e| e + 1)];
+    let block = fleet
+        .split("```yaml\n")
+        .skip(1)
+        .map(|b| &b[..b.find("```").expect("the block ends")])
+        .find(|b| b.contains("scrape_configs"))
+        .expect("a yaml block with scrape_configs in \"A fleet\"");
+    YamlLoader::load_from_str(block)
+        .expect("the README's scrape config is valid YAML")
+        .remove(0)
+}
+
+/// Prometheus' meta label for a pod annotation: every character outside [A-Za-z0-9_] becomes `_`.
+fn annotation_label(annotation: &str) -> String {
+    let name: String = annotation
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    format!("__meta_kubernetes_pod_annotation_{name}")
+}
+
+#[test]
+fn readme_scrape_config_reads_the_daemonsets_annotations() {
+    let jobs = readme_scrape_config();
+    let jobs = list(&jobs["scrape_configs"], "scrape_configs");
+    let ds = daemonset();
+    let annotations = ds["spec"]["template"]["metadata"]["annotations"]
+        .as_hash()
+        .expect("pod annotations");
+
+    let k8s = jobs
+        .iter()
+        .find(|j| !j["kubernetes_sd_configs"].is_badvalue())
+        .expect("a kubernetes_sd_configs job");
+    let sd = &list(&k8s["kubernetes_sd_configs"], "kubernetes_sd_configs")[0];
+    assert_eq!(s(&sd["role"], "role"), "pod");
+    assert!(
+        list(&sd["namespaces"]["names"], "namespaces")
+            .iter()
+            .any(|n| n.as_str() == ds["metadata"]["namespace"].as_str()),
+        "the job looks in the DaemonSet's namespace"
+    );
+    // Every annotation the relabelling reads is one the pods carry.
+    let rules = list(&k8s["relabel_configs"], "relabel_configs");
+    let sources: BTreeSet<&str> = rules
+        .iter()
+        .flat_map(|r| list(&r["source_labels"], "source_labels"))
+        .map(|l| s(l, "source label"))
+        .filter(|l| l.starts_with("__meta_kubernetes_pod_annotation_"))
+        .collect();
+    let carried: BTreeSet<String> = annotations
+        .keys()
+        .map(|k| annotation_label(s(k, "annotation")))
+        .collect();
+    for needed in [
+        "prometheus.io/scrape",
+        "prometheus.io/port",
+        "prometheus.io/path",
+    ] {
+        assert!(
+            sources.contains(annotation_label(needed).as_str()),
+            "the README's relabelling reads {needed}"
+        );
+    }
+    for source in &sources {
+        assert!(carried.contains(*source), "the pods carry {source}");
+    }
+    let keep = rules
+        .iter()
+        .find(|r| r["action"].as_str() == Some("keep"))
+        .expect("a keep rule");
+    assert_eq!(
+        s(&list(&keep["source_labels"], "keep")[0], "keep source"),
+        annotation_label("prometheus.io/scrape")
+    );
+    assert_eq!(
+        keep["regex"].as_str(),
+        annotations
+            .get(&Yaml::String("prometheus.io/scrape".into()))
+            .and_then(Yaml::as_str),
+        "the keep rule matches the pods' scrape annotation"
+    );
+
+    // The systemd hosts: static targets on the unit's port.
+    let hosts = jobs
+        .iter()
+        .find(|j| !j["static_configs"].is_badvalue())
+        .expect("a static_configs job for the systemd hosts");
+    for target in list(&hosts["static_configs"], "static_configs")
+        .iter()
+        .flat_map(|c| list(&c["targets"], "targets"))
+    {
+        let target = s(target, "target");
+        assert!(
+            target.ends_with(&format!(":{PORT}")),
+            "{target} on port {PORT}"
+        );
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // The systemd unit
 
