@@ -4,7 +4,9 @@
 //! project says: the capability set against docs/privileges.md's least set, the memory numbers
 //! against bench/results.md, the port, probes and mounts against each other. When
 //! `systemd-analyze` is installed, the unit also goes through `systemd-analyze verify`, which
-//! knows every option systemd accepts; without it that test says SKIPPED and why.
+//! knows every option systemd accepts, and the manifests through `kubernetes-validate --strict`
+//! (the Kubernetes 1.30 schema) when that is on PATH; without them those tests say SKIPPED and
+//! why.
 //!
 //! None of this needs root or a built twtrace.
 
@@ -346,6 +348,34 @@ fn daemonset_mounts_what_twtrace_reads_read_only() {
     }
 }
 
+/// Strict schema validation against Kubernetes 1.30 (the oldest version with
+/// `securityContext.appArmorProfile`), when the `kubernetes-validate` tool (PyPI) is on PATH:
+/// it catches misspelt or misplaced fields, which the checks above do not look for.
+#[test]
+fn daemonset_passes_kubernetes_schema_validation() {
+    let path = repo().join("deploy/kubernetes/daemonset.yaml");
+    let out = match Command::new("kubernetes-validate")
+        .args(["--strict", "-k", "1.30.0"])
+        .arg(&path)
+        .output()
+    {
+        Ok(out) => out,
+        Err(e) => {
+            eprintln!(
+                "SKIPPED: kubernetes-validate is not on PATH ({e}); `pip install \
+                 kubernetes-validate` to check daemonset.yaml against the 1.30 schema"
+            );
+            return;
+        }
+    };
+    let report = String::from_utf8_lossy(&out.stdout) + String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && report.matches("passed for resource").count() == 3,
+        "kubernetes-validate: {}\n{report}",
+        out.status
+    );
+}
+
 /// The scrape configuration README.md shows in "A fleet": the yaml block with `scrape_configs`.
 fn readme_scrape_config() -> Yaml {
     let readme = read("README.md");
@@ -518,14 +548,30 @@ fn unit_sandboxes_twtrace_and_keeps_what_it_needs() {
         words("AF_UNIX AF_INET AF_INET6 AF_NETLINK")
     );
     // twtrace writes nothing and pins nothing; hiding other processes or the host's network
-    // would blind it.
+    // would blind it, and a user namespace of its own would make its capabilities worthless.
     for absent in [
         "ReadWritePaths",
         "ProtectProc",
         "ProcSubset",
         "PrivateNetwork",
+        "PrivateUsers",
     ] {
         assert_eq!(service(&u, absent), None, "{absent}= is not set");
+    }
+    // A system call filter, if any, must let the programs load and attach.
+    if let Some(filter) = service(&u, "SystemCallFilter") {
+        let allowed = words(filter);
+        assert!(
+            !filter.starts_with('~')
+                && allowed.contains("bpf")
+                && allowed.contains("perf_event_open"),
+            "SystemCallFilter={filter} must allow bpf and perf_event_open"
+        );
+        assert_eq!(
+            service(&u, "SystemCallErrorNumber"),
+            Some("EPERM"),
+            "a refused call fails with EPERM rather than killing twtrace"
+        );
     }
     assert!(
         u.contains_key(&("Install".to_owned(), "WantedBy".to_owned())),
