@@ -28,6 +28,7 @@ Examples:
                                         connection per request, with evidence and a fix
   sudo twtrace ports                    local ports in use per destination: whose pool runs out
   twtrace doctor --explain              this host's TCP settings and counters, from evidence
+  sudo twtrace serve                    Prometheus metrics on http://127.0.0.1:9814/metrics
   twtrace report incident.twr --html incident.html
                                         a self-contained page with charts, for the postmortem
   sudo twtrace ports                    which destination's pool of local ports runs out, and who
@@ -864,6 +865,33 @@ mod tests {
             parse(&["--json", "doctor"]).is_err(),
             "the leaderboard's --json"
         );
+    }
+
+    #[test]
+    fn serve_listens_on_loopback_by_default() {
+        let Some(Command::Serve(args)) = parse(&["serve"]).expect("parses").command else {
+            panic!("serve expected")
+        };
+        assert_eq!(args.listen.to_string(), "127.0.0.1:9814");
+        assert_eq!(args.top_k, 20);
+        let Some(Command::Serve(args)) = parse(&[
+            "serve",
+            "--listen",
+            "[::1]:9900",
+            "--top-k",
+            "5",
+            "--port",
+            "443",
+        ])
+        .expect("parses")
+        .command
+        else {
+            panic!("serve expected")
+        };
+        assert_eq!(args.listen.to_string(), "[::1]:9900");
+        assert_eq!((args.top_k, args.filter.port.as_slice()), (5, &[443][..]));
+        assert!(parse(&["serve", "--top-k", "0"]).is_err());
+        assert!(parse(&["serve", "--listen", "localhost"]).is_err());
     }
 
     #[test]
