@@ -416,14 +416,21 @@ pub fn exposition(
     }
 }
 
+/// The process rows' counts at the previous snapshot, by pid. A row's counts only grow while it
+/// lasts, but it goes when its process has exited and gone idle, so the exporter adds up the
+/// increments itself and keeps them after the row is gone. One pid may have two rows (the model
+/// keeps an exited process apart from a new one behind its reused pid), and a row's comm changes
+/// when its process calls exec(), so a row is matched to the previous one of its pid whose counts
+/// it has all reached, the largest such: a new process's row, which starts from 0, then never
+/// takes over the counts of the old one it shares the pid with.
+pub type Seen = HashMap<u32, Vec<[u64; N_COUNTERS]>>;
+
 /// The sink: folds snapshots and the tracer's counters into the shared [`State`].
 pub struct ServeSink {
     shared: Shared,
     k: usize,
-    /// Each process's counts at the previous snapshot, by (pid, comm): a process's counts only
-    /// grow while its row lasts, but the row goes when the process has exited and gone idle, so
-    /// the exporter adds up the increments itself and keeps them after the row is gone.
-    seen: HashMap<(u32, String), [u64; N_COUNTERS]>,
+    /// The rows' counts at the previous snapshot, by pid (see [`Seen`]).
+    seen: Seen,
     lost_before: Option<u64>,
 }
 
@@ -446,27 +453,34 @@ fn labels_of(row: &ProcessRow) -> CommLabels {
 }
 
 /// Folds one snapshot into `state` (the sink's work, apart from the lock).
-pub fn fold_snapshot(
-    state: &mut State,
-    seen: &mut HashMap<(u32, String), [u64; N_COUNTERS]>,
-    snap: &Snapshot,
-    k: usize,
-) {
-    let mut now_seen = HashMap::with_capacity(snap.processes.len());
+pub fn fold_snapshot(state: &mut State, seen: &mut Seen, snap: &Snapshot, k: usize) {
+    let mut now_seen: Seen = HashMap::with_capacity(snap.processes.len());
     let mut timewait = HashMap::new();
     let mut close_wait = HashMap::new();
     let mut oldest: HashMap<CommLabels, f64> = HashMap::new();
-    for row in &snap.processes {
+    // The largest rows first, so each takes its own previous counts before a smaller row of
+    // the same pid could.
+    let mut rows: Vec<&ProcessRow> = snap.processes.iter().collect();
+    rows.sort_by_key(|r| std::cmp::Reverse(counts(r).iter().sum::<u64>()));
+    for row in rows {
         let label = labels_of(row);
-        let key = (row.pid, row.comm.clone());
         let now = counts(row);
-        let before = seen.remove(&key).unwrap_or_default();
+        let before = seen
+            .get_mut(&row.pid)
+            .and_then(|prev| {
+                let best = prev
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, p)| p.iter().zip(&now).all(|(b, n)| b <= n))
+                    .max_by_key(|(_, p)| p.iter().sum::<u64>())
+                    .map(|(i, _)| i)?;
+                Some(prev.swap_remove(best))
+            })
+            .unwrap_or_default();
         for (i, fold) in state.counters.iter_mut().enumerate() {
-            // A count below the last one is a new process behind a reused pid: all of it is new.
-            let delta = now[i].checked_sub(before[i]).unwrap_or(now[i]);
-            fold.add(&label, delta);
+            fold.add(&label, now[i].saturating_sub(before[i]));
         }
-        now_seen.insert(key, now);
+        now_seen.entry(row.pid).or_default().push(now);
         *timewait.entry(label.clone()).or_insert(0.0) += row.timewait_now as f64;
         *close_wait.entry(label.clone()).or_insert(0.0) += row.close_wait_now as f64;
         let o = oldest.entry(label).or_insert(0.0);

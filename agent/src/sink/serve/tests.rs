@@ -51,7 +51,7 @@ fn series(state: &State) -> BTreeMap<String, f64> {
 fn five_hundred_comms_give_at_most_k_plus_one_series() {
     let k = 20;
     let mut state = State::default();
-    let mut seen = HashMap::new();
+    let mut seen = Seen::new();
     for round in 1..=3u64 {
         let snap = Snapshot {
             processes: (0..500)
@@ -130,7 +130,7 @@ fn counters_stay_monotonic_as_labels_enter_and_leave_the_top() {
 #[test]
 fn a_label_seen_first_in_the_top_counts_from_zero_exactly() {
     let mut state = State::default();
-    let mut seen = HashMap::new();
+    let mut seen = Seen::new();
     let snap = |n| Snapshot {
         processes: vec![row(7, "client", n), row(8, "server", 0)],
         ..Snapshot::default()
@@ -172,7 +172,7 @@ fn gauges_fold_by_sum_and_ages_by_max() {
 #[test]
 fn exposition_names_units_escaping_and_openmetrics() {
     let mut state = State::default();
-    let mut seen = HashMap::new();
+    let mut seen = Seen::new();
     let mut r = row(7, "we\"ird\nname", 4);
     r.container = Some("abc123".to_owned());
     r.close_wait_now = 2;
@@ -303,4 +303,46 @@ fn the_dashboard_queries_served_metrics() {
         }
     }
     assert!(names >= 4);
+}
+
+/// A pid reused by a new process of the same name (the model shows both rows), the old row
+/// going later, and a process that calls exec(): every connection counted once.
+#[test]
+fn reused_pids_and_exec_count_once() {
+    let mut state = State::default();
+    let mut seen = Seen::new();
+    let snap = |rows: Vec<ProcessRow>| Snapshot {
+        processes: rows,
+        ..Snapshot::default()
+    };
+    fold_snapshot(&mut state, &mut seen, &snap(vec![row(7, "w", 5)]), 20);
+    let exited = ProcessRow {
+        exited: true,
+        ..row(7, "w", 5)
+    };
+    fold_snapshot(
+        &mut state,
+        &mut seen,
+        &snap(vec![row(7, "w", 1), exited.clone()]),
+        20,
+    );
+    fold_snapshot(
+        &mut state,
+        &mut seen,
+        &snap(vec![exited, row(7, "w", 3)]),
+        20,
+    );
+    // The old row ages out.
+    fold_snapshot(&mut state, &mut seen, &snap(vec![row(7, "w", 4)]), 20);
+    // The new process execs: its row keeps its counts under its new name.
+    fold_snapshot(&mut state, &mut seen, &snap(vec![row(7, "curl", 6)]), 20);
+    let all = series(&state);
+    assert_eq!(
+        all[r#"twtrace_timewait_entered_total{comm="w",container=""}"#],
+        9.0
+    );
+    assert_eq!(
+        all[r#"twtrace_timewait_entered_total{comm="curl",container=""}"#],
+        2.0
+    );
 }
