@@ -28,6 +28,7 @@ Examples:
                                         connection per request, with evidence and a fix
   sudo twtrace ports                    local ports in use per destination: whose pool runs out
   twtrace doctor --explain              this host's TCP settings and counters, from evidence
+  sudo twtrace serve                    Prometheus metrics on http://127.0.0.1:9814/metrics
   twtrace report incident.twr --html incident.html
                                         a self-contained page with charts, for the postmortem
   sudo twtrace ports                    which destination's pool of local ports runs out, and who
@@ -177,6 +178,22 @@ socket table (every second); SHARE is IN_USE over the usable ports of its namesp
 time until none is left at the growth of IN_USE over the last 10 seconds (- when not growing).")]
     Ports(PortsArgs),
 
+    /// A Prometheus exporter: /metrics (per-process-name counters and gauges, the port pools'
+    /// shares, the agent's own health) and /healthz, over HTTP.
+    #[command(after_help = "Examples:
+  sudo twtrace serve                                 http://127.0.0.1:9814/metrics
+  sudo twtrace serve --listen 0.0.0.0:9814 --top-k 50
+  sudo twtrace serve --port 5432                     only connections with port 5432
+  curl -s 127.0.0.1:9814/healthz                     200 ok, or 503 and why
+
+Labels are the process name (comm) and its container id, never pids or ports: per metric the
+--top-k largest values get their own series and the rest is summed in comm=\"other\". A counter's
+series starts at 0 when its label enters the top K (what it counted before stays in \"other\"), so
+every series only grows and sum() over them is the host's total. /healthz answers 503 with the
+reason while no statistics came from the kernel program in the last 5 s or when events were lost
+in the last interval. It listens on loopback unless --listen says otherwise.")]
+    Serve(ServeArgs),
+
     /// Check this host's TCP settings, counters and open-file limits, from evidence. No root
     /// needed (except for --watch, and to count other users' open files).
     #[command(after_help = "Examples:
@@ -275,6 +292,25 @@ pub struct PortsArgs {
     /// Destinations shown, most used share first.
     #[arg(long, default_value_t = 10, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub top: u64,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub filter: FilterArgs,
+
+    #[command(flatten)]
+    pub tracer: TracerArgs,
+
+    /// Address and port to listen on. Loopback by default: the metrics name processes and
+    /// peers, so exposing them to the network is a choice to make explicitly.
+    #[arg(long, default_value = "127.0.0.1:9814", value_name = "ADDR:PORT")]
+    pub listen: std::net::SocketAddr,
+
+    /// Label values per metric: the K largest get their own series, the rest is summed in
+    /// comm="other".
+    #[arg(long, default_value_t = 20, value_name = "K", value_parser = clap::value_parser!(u64).range(1..=1000))]
+    pub top_k: u64,
 }
 
 #[derive(Debug, Args, Clone)]
@@ -829,6 +865,33 @@ mod tests {
             parse(&["--json", "doctor"]).is_err(),
             "the leaderboard's --json"
         );
+    }
+
+    #[test]
+    fn serve_listens_on_loopback_by_default() {
+        let Some(Command::Serve(args)) = parse(&["serve"]).expect("parses").command else {
+            panic!("serve expected")
+        };
+        assert_eq!(args.listen.to_string(), "127.0.0.1:9814");
+        assert_eq!(args.top_k, 20);
+        let Some(Command::Serve(args)) = parse(&[
+            "serve",
+            "--listen",
+            "[::1]:9900",
+            "--top-k",
+            "5",
+            "--port",
+            "443",
+        ])
+        .expect("parses")
+        .command
+        else {
+            panic!("serve expected")
+        };
+        assert_eq!(args.listen.to_string(), "[::1]:9900");
+        assert_eq!((args.top_k, args.filter.port.as_slice()), (5, &[443][..]));
+        assert!(parse(&["serve", "--top-k", "0"]).is_err());
+        assert!(parse(&["serve", "--listen", "localhost"]).is_err());
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! source (live kernel | recording) -> pipeline -> model -> sinks (trace, table/JSON, TUI,
-//!                                                                 recorder, flight recorder, report)
+//!                                                   recorder, flight recorder, report, exporter)
 //! ```
 //!
 //! [`source`] yields [`stream::Item`]s; [`pipeline`] runs the one loop, feeds the [`model`] (plain

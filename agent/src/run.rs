@@ -13,7 +13,7 @@ use anyhow::Context as _;
 use crate::{
     cli::{
         Cli, Command, DoctorArgs, Export, FilterArgs, LeaksArgs, LiveArgs, PortsArgs, RecordArgs,
-        ReportArgs, TraceArgs, TracerArgs, When,
+        ReportArgs, ServeArgs, TraceArgs, TracerArgs, When,
     },
     container::CgroupPaths,
     diagnosis::Thresholds,
@@ -32,6 +32,7 @@ use crate::{
         recorder::{FileRecorder, FlightRecorder},
         report::{self, Report},
         ring::Ring,
+        serve::ServeSink,
         table::{self, SnapshotPrinter},
         trace::{Format, Printer, TraceSink},
         tui::TuiSink,
@@ -53,6 +54,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Some(Command::Doctor(args)) => doctor(args, verbose).await,
         Some(Command::Leaks(args)) => leaks(args, verbose).await,
         Some(Command::Ports(args)) => ports(args, verbose).await,
+        Some(Command::Serve(args)) => serve(args, verbose).await,
         None => leaderboard(cli.live, verbose).await,
     };
     match result {
@@ -663,6 +665,47 @@ async fn ports(args: PortsArgs, verbose: bool) -> anyhow::Result<()> {
         cadence,
     );
     finish(run_pipeline(&mut source, core, false, None).await?)
+}
+
+/// `twtrace serve`: the leaderboard's snapshots as Prometheus metrics over HTTP.
+async fn serve(args: ServeArgs, verbose: bool) -> anyhow::Result<()> {
+    args.filter.validate()?;
+    let opts = options(&args.filter, &args.tracer, verbose)?;
+    // Bound before the tracer starts: a port already taken costs no attach.
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .map_err(|e| match e.kind() {
+            io::ErrorKind::AddrInUse => anyhow::anyhow!(
+                "--listen {}: the address is already in use (another twtrace serve?)",
+                args.listen
+            ),
+            _ => anyhow::anyhow!("--listen {}: {e}", args.listen),
+        })?;
+    let bound = listener.local_addr().unwrap_or(args.listen);
+    let live_cadence = live::Cadence {
+        stats: Duration::from_secs(1),
+        reconcile: Some(Duration::from_secs(2)),
+        duration: None,
+    };
+    let mut source = start_live(&opts, live_cadence, true)?;
+    say(&format!(
+        "twtrace: serving http://{bound}/metrics and /healthz"
+    ));
+    let shared = crate::sink::serve::Shared::default();
+    let k = usize::try_from(args.top_k).unwrap_or(usize::MAX);
+    let sinks: Vec<Box<dyn Sink>> = vec![Box::new(ServeSink::new(shared.clone(), k))];
+    // On the same one-thread runtime as the pipeline: a scrape is a short encode between batches.
+    let server = tokio::spawn(crate::sink::serve::http::run(listener, shared));
+    let core = new_core(
+        &source,
+        sinks,
+        Box::new(ProcFs::new()),
+        selection(&args.filter)?,
+        Cadence::default(),
+    );
+    let outcome = run_pipeline(&mut source, core, false, None).await;
+    server.abort();
+    finish(outcome?)
 }
 
 /// `twtrace report FILE --html OUT`: the page is created before the replay (a bad path costs

@@ -79,6 +79,7 @@ pub fn setup() -> Result<Tools> {
     ensure_nightly_component("clippy")?;
     ensure_bpf_linker(&tools).context("setup step `bpf-linker` failed")?;
     ensure_chromium().context("setup step `chromium` failed")?;
+    ensure_prometheus().context("setup step `prometheus` failed")?;
     Ok(tools)
 }
 
@@ -94,6 +95,22 @@ fn ensure_chromium() -> Result<()> {
         return Ok(());
     }
     apt::ensure("xtask", "chromium", "chromium").map(drop)
+}
+
+/// Debian's Prometheus server and its promtool: tests/tests/serve.rs has a real Prometheus
+/// scrape `twtrace serve` and checks the exposition with `promtool check metrics`. Like
+/// chromium, installing needs root; without it that part of the test skips.
+fn ensure_prometheus() -> Result<()> {
+    if !crate::run::is_root() && apt::find_program("prometheus").is_none() {
+        eprintln!(
+            "xtask: prometheus is missing and installing it needs root: the exporter's \
+             Prometheus test will skip"
+        );
+        return Ok(());
+    }
+    apt::ensure("xtask", "prometheus", "prometheus")?;
+    // The same package ships promtool; checked so a broken install says so here.
+    apt::ensure("xtask", "promtool", "prometheus").map(drop)
 }
 
 fn check_rustup() -> Result<()> {

@@ -7,6 +7,7 @@ pub mod ports;
 pub mod recorder;
 pub mod report;
 pub mod ring;
+pub mod serve;
 pub mod table;
 pub mod trace;
 pub mod trigger;
