@@ -95,6 +95,7 @@ enum Command {
     /// is added with rustup when missing), so it needs no particular C library.
     #[command(after_help = "Examples:\n  cargo xtask dist\n  \
                             cargo xtask dist --out /tmp/pkg\n  \
+                            cargo xtask dist --glibc\n  \
                             sudo dpkg -i target/dist/twtrace_*_amd64.deb")]
     Dist(dist::DistArgs),
 }
