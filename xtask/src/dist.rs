@@ -3,9 +3,9 @@
 //! The binary is linked statically against musl, so one package runs on any x86_64 Linux
 //! whatever its C library; the man pages and completions come from that binary itself
 //! (`twtrace __dist-files DIR`, see agent/src/distfiles.rs), so they describe exactly what is
-//! shipped. The `.deb` is a tree staged here and packed with `dpkg-deb --build`: the package has
-//! no maintainer scripts or dependencies, which is all cargo-deb would add, minus a tool to
-//! install.
+//! shipped. The `.deb` is a tree staged here and packed with `dpkg-deb --build` rather than by
+//! cargo-deb: with no maintainer scripts, conffiles or shared-library dependencies there is
+//! nothing cargo-deb would do that this does not, and it would be one more tool to build.
 
 use std::{
     fs,
@@ -25,7 +25,7 @@ use crate::{
 };
 
 /// The target of the static build.
-pub const MUSL: &str = "x86_64-unknown-linux-musl";
+const MUSL: &str = "x86_64-unknown-linux-musl";
 /// Shipped when another part of the tree provides it; the package is complete without it.
 const SYSTEMD_UNIT: &str = "deploy/systemd/twtrace.service";
 const LICENSES: [&str; 2] = ["LICENSE-MIT", "LICENSE-APACHE"];
@@ -415,8 +415,10 @@ pub fn check(tools: &Tools) -> Result<()> {
     if status.contains("installed") && !status.contains("not-installed") {
         bail!("a twtrace package is already installed here ({status}); remove it first");
     }
-    shell::run("dpkg -i", Command::new("dpkg").arg("-i").arg(&dist.deb))?;
-    let checked = check_installed(&dist, &file);
+    // Removed again whatever happened: a failed `dpkg -i` can leave the package half installed
+    // (and `dpkg -r` of a package that is not installed only warns).
+    let checked = shell::run("dpkg -i", Command::new("dpkg").arg("-i").arg(&dist.deb))
+        .and_then(|()| check_installed(&dist, &file));
     let removed = shell::run("dpkg -r", Command::new("dpkg").args(["-r", "twtrace"]));
     checked?;
     removed?;
