@@ -45,9 +45,10 @@ fn pin_mmap_threshold() {}
 fn main() -> ExitCode {
     // Packaging only (`cargo xtask dist`): man pages and completions, then exit.
     if let Some(request) = distfiles::requested(std::env::args_os()) {
-        return match request
-            .and_then(|dir| distfiles::write_all(dir.as_ref()).map_err(|e| e.to_string()))
-        {
+        return match request.and_then(|dir| {
+            let dir = std::path::Path::new(&dir);
+            distfiles::write_all(dir).map_err(|e| format!("{}: {e}", dir.display()))
+        }) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(&format!("twtrace: {}: {e}", distfiles::ARG)),
         };
