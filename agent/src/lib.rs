@@ -15,6 +15,7 @@ pub mod cli;
 pub mod clock;
 pub mod container;
 pub mod diagnosis;
+pub mod distfiles;
 pub mod doctor;
 pub mod event;
 pub mod infer;

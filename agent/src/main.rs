@@ -3,7 +3,7 @@ use std::{
     process::ExitCode,
 };
 
-use twtrace::{cli::Cli, text::escape};
+use twtrace::{cli::Cli, distfiles, text::escape};
 
 /// Says why twtrace failed, on stderr. Not `eprintln!`, which panics when stderr cannot be
 /// written (a closed pipe, a full disk): the exit code says it failed in any case. Each line is
@@ -27,13 +27,32 @@ fn fail(message: &str) -> ExitCode {
 /// memory. Measured with `trace`, idle after start: heap 21.6 MB without this, against 15.7 MB
 /// for the build before twtrace read BTF itself; `MALLOC_MMAP_THRESHOLD_=131072`, which does the
 /// same as this, gave VmHWM 53 MB instead of 61 MB after 4 s of churn.
+///
+/// Only for glibc: the static package build links musl, whose allocator has no sliding
+/// threshold to pin (it always gives large allocations their own mapping and unmaps them when
+/// freed) and whose libc has no `mallopt`.
+#[cfg(target_env = "gnu")]
 fn pin_mmap_threshold() {
     const THRESHOLD: libc::c_int = 128 * 1024;
     // SAFETY: mallopt only sets an allocator parameter; called before any thread exists.
     unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, THRESHOLD) };
 }
 
+/// Nothing to pin outside glibc (see above).
+#[cfg(not(target_env = "gnu"))]
+fn pin_mmap_threshold() {}
+
 fn main() -> ExitCode {
+    // Packaging only (`cargo xtask dist`): man pages and completions, then exit.
+    if let Some(request) = distfiles::requested(std::env::args_os()) {
+        return match request.and_then(|dir| {
+            let dir = std::path::Path::new(&dir);
+            distfiles::write_all(dir).map_err(|e| format!("{}: {e}", dir.display()))
+        }) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(&format!("twtrace: {}: {e}", distfiles::ARG)),
+        };
+    }
     pin_mmap_threshold();
     let cli = Cli::parse_checked();
     let level = match cli.verbose {

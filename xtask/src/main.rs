@@ -9,6 +9,7 @@
 mod apt;
 mod bench;
 mod cargo;
+mod dist;
 mod run;
 mod setup;
 mod shell;
@@ -26,6 +27,8 @@ Examples:
   cargo xtask test                       everything CI checks (what .ci/run does)
   cargo xtask test --no-lint --filter connect
                                          skip fmt/clippy; only integration tests matching `connect`
+  cargo xtask dist                       .deb and tarball with a static binary, man pages
+                                         and completions, in target/dist
   cargo xtask bench                      measure twtrace's overhead under connection churn
   cargo xtask bench --rounds 1 --duration 3 --modes a,b
                                          a quick look: nothing attached vs trace --json
@@ -84,6 +87,17 @@ enum Command {
                             cargo xtask bench --rounds 1 --duration 3 --modes a,b\n  \
                             cargo xtask bench --no-bpftrace --out /tmp/results.md")]
     Bench(bench::BenchArgs),
+    /// Build installable packages: a .deb and a tarball (static musl binary, man pages,
+    /// completions)
+    ///
+    /// Writes twtrace_<version>_amd64.deb, twtrace-<version>-x86_64-linux.tar.gz and the staged
+    /// tree they hold into --out. The binary is built for x86_64-unknown-linux-musl (the target
+    /// is added with rustup when missing), so it needs no particular C library.
+    #[command(after_help = "Examples:\n  cargo xtask dist\n  \
+                            cargo xtask dist --out /tmp/pkg\n  \
+                            cargo xtask dist --glibc\n  \
+                            sudo dpkg -i target/dist/twtrace_*_amd64.deb")]
+    Dist(dist::DistArgs),
 }
 
 #[derive(Args)]
@@ -113,6 +127,7 @@ fn main() -> ExitCode {
         Command::Run(args) => run::run(args.release, &args.args),
         Command::Test(args) => test::test(&args).map(|()| ExitCode::SUCCESS),
         Command::Bench(args) => bench::bench(&args).map(|()| ExitCode::SUCCESS),
+        Command::Dist(args) => dist::dist(&args).map(|_| ExitCode::SUCCESS),
     };
     match result {
         Ok(code) => code,

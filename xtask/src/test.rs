@@ -7,7 +7,7 @@ use clap::Args;
 
 use crate::{
     cargo::{self, Ebpf},
-    run,
+    dist, run,
     setup::{self, Tools},
     shell,
 };
@@ -48,6 +48,10 @@ pub fn test(args: &TestArgs) -> Result<()> {
     steps.step("integration tests", || {
         integration_tests(&tools, args.filter.as_deref())
     })?;
+    // With --filter, only when the filter names it: a filtered run is a quick look at a few tests.
+    if args.filter.as_deref().is_none_or(|f| "dist".contains(f)) {
+        steps.step("dist", || dist::check(&tools))?;
+    }
     eprintln!("xtask: all steps passed ({})", steps.passed.join(", "));
     Ok(())
 }
