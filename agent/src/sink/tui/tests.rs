@@ -124,6 +124,7 @@ pub(super) fn demo_snapshot() -> Snapshot {
         vec![peer("10.0.3.17", 5432, 0, 3_120, 0, 0)],
     );
     Snapshot {
+        schema: crate::model::snapshot::Schema,
         time: "2025-06-01T03:14:15.926Z".parse().expect("time"),
         interval_s: 1.0,
         uptime_s: 3_725.0,
