@@ -34,7 +34,17 @@ Examples:
                                         opens the connections (\"Cannot assign requested address\")
 
 twtrace attributes each transition to the process that owns the socket, not to whichever task
-the kernel happened to run when a packet arrived (what tcpstates and bpftrace print).";
+the kernel happened to run when a packet arrived (what tcpstates and bpftrace print).
+
+Exit status:
+  0  success, whatever was found (also when the reader of a pipe leaves, as with `| head`)
+  1  a runtime error: no root or capabilities for tracing, a file that is missing or cannot be
+     written, a damaged recording, a kernel that cannot load the program
+  2  a usage error: an unknown option, a bad value, options that do not go together
+
+Environment:
+  NO_COLOR   when set and not empty, the full-screen view and the log messages use no colour
+             (bold and reversed text still mark what colour did)";
 
 #[derive(Debug, Parser)]
 #[command(

@@ -242,6 +242,8 @@ pub struct Core<'a> {
     since_snapshot: u64,
     snapshots: u64,
     last: Option<Arc<Snapshot>>,
+    /// The first frame ([`Sink::wants_first_frame`]) was sent, or there was no need for it.
+    first_frame_sent: bool,
     stopped: Option<Stopped>,
     error: Option<anyhow::Error>,
     ended: bool,
@@ -274,6 +276,7 @@ impl<'a> Core<'a> {
             timewait_kernel: None,
             namespaces: None,
             first_ns: None,
+            first_frame_sent: false,
             last_ns: None,
             last_snapshot_ns: None,
             since_snapshot: 0,
@@ -402,6 +405,16 @@ impl<'a> Core<'a> {
         for sink in &mut self.sinks {
             sink.kernel(&k)?;
         }
+        if self.last.is_none() && !self.first_frame_sent {
+            self.first_frame_sent = true;
+            if self.sinks.iter().any(|s| s.wants_first_frame())
+                && let Some(snap) = self.build_snapshot(k.dump_ns)?
+            {
+                for sink in self.sinks.iter_mut().filter(|s| s.wants_first_frame()) {
+                    sink.snapshot(&snap)?;
+                }
+            }
+        }
         Ok(())
     }
 
@@ -439,8 +452,27 @@ impl<'a> Core<'a> {
         if self.cadence.count.is_some_and(|c| self.snapshots >= c) {
             return Ok(());
         }
-        let Some(model) = self.model.as_mut() else {
+        let Some(snap) = self.build_snapshot(now_ns)? else {
             return Ok(());
+        };
+        self.last_snapshot_ns = Some(now_ns);
+        self.since_snapshot = 0;
+        self.snapshots += 1;
+        self.last = Some(Arc::clone(&snap));
+        for sink in &mut self.sinks {
+            sink.snapshot(&snap)?;
+        }
+        if self.cadence.count.is_some_and(|c| self.snapshots >= c) {
+            self.stop(Stopped::Count);
+        }
+        Ok(())
+    }
+
+    /// The model's picture at `now_ns`, with what the pipeline adds (destinations, containers,
+    /// command lines); None without a model.
+    fn build_snapshot(&mut self, now_ns: u64) -> anyhow::Result<Option<Arc<Snapshot>>> {
+        let Some(model) = self.model.as_mut() else {
+            return Ok(None);
         };
         let outside = Outside {
             lost_events: self.tally.kernel.lost_total(),
@@ -464,18 +496,7 @@ impl<'a> Core<'a> {
             }
         }
         processes.cmdlines(&mut snap.processes);
-        let snap = Arc::new(snap);
-        self.last_snapshot_ns = Some(now_ns);
-        self.since_snapshot = 0;
-        self.snapshots += 1;
-        self.last = Some(Arc::clone(&snap));
-        for sink in &mut self.sinks {
-            sink.snapshot(&snap)?;
-        }
-        if self.cadence.count.is_some_and(|c| self.snapshots >= c) {
-            self.stop(Stopped::Count);
-        }
-        Ok(())
+        Ok(Some(Arc::new(snap)))
     }
 
     fn finish(&mut self, mono_ns: u64) -> anyhow::Result<()> {
@@ -757,6 +778,84 @@ mod tests {
             self.0.borrow_mut().1 = Some(end.clone());
             Ok(())
         }
+    }
+
+    /// A [`Collect`] that also wants the first frame, as the terminal view does.
+    #[derive(Clone, Default)]
+    struct FirstFrame(Collect);
+
+    impl Sink for FirstFrame {
+        fn wants_snapshots(&self) -> bool {
+            true
+        }
+        fn wants_first_frame(&self) -> bool {
+            true
+        }
+        fn snapshot(&mut self, snap: &Arc<Snapshot>) -> anyhow::Result<()> {
+            self.0.snapshot(snap)
+        }
+    }
+
+    #[test]
+    fn the_first_frame_shows_the_first_dump_at_once_to_the_view_only() {
+        let tw = |port: u16| crate::model::KernelSocket {
+            netns: 0,
+            state: TcpState::TimeWait,
+            local: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port),
+            remote: "127.0.0.1:6000".parse().expect("addr"),
+            cookie: 1,
+            inode: 0,
+            timewait: true,
+            expires_ns: 50 * S,
+        };
+        let dump = |at: u64| {
+            Item::Kernel(KernelTruth {
+                dump_ns: at,
+                sockets: (5000..5300).map(tw).collect(),
+                owners: Vec::new(),
+                timewait_kernel: Some(300),
+                port_settings: Vec::new(),
+            })
+        };
+        let (view, printer) = (FirstFrame::default(), Collect::default());
+        let mut c = Core::new(
+            vec![Box::new(view.clone()), Box::new(printer.clone())],
+            Box::new(Recorded),
+            Selection::default(),
+            Cadence {
+                interval: Duration::from_secs(1),
+                count: Some(1),
+            },
+            header().clock(),
+            S,
+        );
+        c.item(dump(S + 1000));
+        let first: Vec<(u64, Option<u64>)> = view
+            .0
+            .0
+            .borrow()
+            .0
+            .iter()
+            .map(|s| (s.totals.timewait_now, s.totals.timewait_kernel))
+            .collect();
+        assert_eq!(
+            first,
+            vec![(300, Some(300))],
+            "at once, with the dump's totals"
+        );
+        assert!(
+            printer.0.borrow().0.is_empty(),
+            "a printer waits for the interval"
+        );
+        // A second dump makes no second early frame; the interval's snapshot is --count's one.
+        c.item(dump(S + 500_000_000));
+        c.item(Item::Stats(Stats {
+            mono_ns: 2 * S,
+            ..Stats::default()
+        }));
+        assert_eq!(view.0.0.borrow().0.len(), 2);
+        assert_eq!(printer.0.borrow().0.len(), 1);
+        assert_eq!(c.stopped, Some(Stopped::Count));
     }
 
     fn core(
