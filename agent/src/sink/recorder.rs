@@ -281,12 +281,19 @@ impl Sink for FlightRecorder {
     }
 }
 
-/// The once-a-second progress line: updated in place on a terminal, plain lines otherwise.
+/// The progress line: updated in place every second on a terminal; otherwise (a log file, a
+/// journal) a plain line at most every [`PLAIN_EVERY`], so an hour's recording logs 360 lines,
+/// not 3,600.
 struct Progress {
     enabled: bool,
     tty: bool,
     shown: bool,
+    /// When the last plain line was written.
+    last_plain: Option<std::time::Instant>,
 }
+
+/// The least time between two plain progress lines.
+const PLAIN_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl Progress {
     fn new(enabled: bool) -> Self {
@@ -294,11 +301,24 @@ impl Progress {
             enabled,
             tty: io::stderr().is_terminal(),
             shown: false,
+            last_plain: None,
         }
     }
 
+    /// Whether a plain line is due at `now` (and, if so, that one is written now).
+    fn plain_due(&mut self, now: std::time::Instant) -> bool {
+        if self
+            .last_plain
+            .is_some_and(|last| now.saturating_duration_since(last) < PLAIN_EVERY)
+        {
+            return false;
+        }
+        self.last_plain = Some(now);
+        true
+    }
+
     fn show(&mut self, line: &str) {
-        if !self.enabled {
+        if !self.enabled || (!self.tty && !self.plain_due(std::time::Instant::now())) {
             return;
         }
         let line = crate::text::escape(line);
@@ -325,5 +345,27 @@ impl Progress {
             let _ = writeln!(io::stderr());
         }
         self.shown = false;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::*;
+
+    #[test]
+    fn plain_progress_lines_come_at_most_every_ten_seconds() {
+        let mut p = Progress {
+            enabled: true,
+            tty: false,
+            shown: false,
+            last_plain: None,
+        };
+        let t0 = Instant::now();
+        let due: Vec<u64> = (0..=25)
+            .filter(|&s| p.plain_due(t0 + Duration::from_secs(s)))
+            .collect();
+        assert_eq!(due, vec![0, 10, 20]);
     }
 }
