@@ -111,6 +111,7 @@ pub enum Command {
   sudo twtrace trace
   sudo twtrace trace --pid 4242 --pid 4243
   sudo twtrace trace --port 443,8080 --json > transitions.jsonl
+  sudo twtrace trace -6 --rport 443 -j  IPv6 connections to remote port 443, as JSON Lines
 
 TIME_WAIT is inferred: the kernel reports the full socket's FIN_WAIT2 -> CLOSE when it hands the
 connection to a timewait socket. Closes caused by a reset are shown as CLOSE with the reset's side.")]

@@ -90,12 +90,18 @@ impl Sink for FileRecorder {
         }
         let r = self.writer.stats(s).and_then(|()| self.writer.flush());
         self.check(r)?;
-        self.progress.show(&format!(
-            "twtrace: recording: {} events written, {}, {} lost",
-            self.writer.events_written(),
-            human_size(self.writer.bytes_written()),
-            tally.kernel.lost_total()
-        ));
+        // Off a terminal, a line saying nothing was written yet would spend the 10 s that the
+        // first real figures then wait for.
+        let news = self.writer.events_written() > 0;
+        self.progress.show(
+            news,
+            &format!(
+                "twtrace: recording: {} events written, {}, {} lost",
+                self.writer.events_written(),
+                human_size(self.writer.bytes_written()),
+                tally.kernel.lost_total()
+            ),
+        );
         Ok(())
     }
 
@@ -242,7 +248,7 @@ impl Sink for FlightRecorder {
         if let Some(cut) = self.ring.take_cut_short() {
             self.progress.line(&cut);
         }
-        self.progress.show(&line);
+        self.progress.show(true, &line);
         Ok(())
     }
 
@@ -283,7 +289,7 @@ impl Sink for FlightRecorder {
 
 /// The progress line: updated in place every second on a terminal; otherwise (a log file, a
 /// journal) a plain line at most every [`PLAIN_EVERY`], so an hour's recording logs 360 lines,
-/// not 3,600.
+/// not 3,600, the first once something was written.
 struct Progress {
     enabled: bool,
     tty: bool,
@@ -317,8 +323,9 @@ impl Progress {
         true
     }
 
-    fn show(&mut self, line: &str) {
-        if !self.enabled || (!self.tty && !self.plain_due(std::time::Instant::now())) {
+    /// Shows `line`; off a terminal only when it has `news` and a plain line is due.
+    fn show(&mut self, news: bool, line: &str) {
+        if !self.enabled || (!self.tty && !(news && self.plain_due(std::time::Instant::now()))) {
             return;
         }
         let line = crate::text::escape(line);
@@ -367,5 +374,9 @@ mod tests {
             .filter(|&s| p.plain_due(t0 + Duration::from_secs(s)))
             .collect();
         assert_eq!(due, vec![0, 10, 20]);
+        // A line with nothing written yet is not shown and spends nothing.
+        p.last_plain = None;
+        p.show(false, "twtrace: recording: 0 events written");
+        assert!(p.last_plain.is_none() && !p.shown);
     }
 }
