@@ -325,7 +325,8 @@ impl Progress {
 
     /// Shows `line`; off a terminal only when it has `news` and a plain line is due.
     fn show(&mut self, news: bool, line: &str) {
-        if !self.enabled || (!self.tty && !(news && self.plain_due(std::time::Instant::now()))) {
+        let shown_now = self.tty || (news && self.plain_due(std::time::Instant::now()));
+        if !self.enabled || !shown_now {
             return;
         }
         let line = crate::text::escape(line);
