@@ -35,7 +35,17 @@ Examples:
                                         opens the connections (\"Cannot assign requested address\")
 
 twtrace attributes each transition to the process that owns the socket, not to whichever task
-the kernel happened to run when a packet arrived (what tcpstates and bpftrace print).";
+the kernel happened to run when a packet arrived (what tcpstates and bpftrace print).
+
+Exit status:
+  0  success, whatever was found (also when the reader of a pipe leaves, as with `| head`)
+  1  a runtime error: no root or capabilities for tracing, a file that is missing or cannot be
+     written, a damaged recording, a kernel that cannot load the program
+  2  a usage error: an unknown option, a bad value, options that do not go together
+
+Environment:
+  NO_COLOR   when set and not empty, the full-screen view and the log messages use no colour
+             (bold and reversed text still mark what colour did)";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -102,6 +112,7 @@ pub enum Command {
   sudo twtrace trace
   sudo twtrace trace --pid 4242 --pid 4243
   sudo twtrace trace --port 443,8080 --json > transitions.jsonl
+  sudo twtrace trace -6 --rport 443 -j  IPv6 connections to remote port 443, as JSON Lines
 
 TIME_WAIT is inferred: the kernel reports the full socket's FIN_WAIT2 -> CLOSE when it hands the
 connection to a timewait socket. Closes caused by a reset are shown as CLOSE with the reset's side.")]
@@ -213,7 +224,7 @@ usage error.")]
 #[derive(Debug, Args, Clone, Default)]
 pub struct DoctorArgs {
     /// Print one JSON document (schema 1) instead of text.
-    #[arg(long)]
+    #[arg(short, long)]
     pub json: bool,
 
     /// Also say what each rule read when it found nothing wrong, list the settings and counters
@@ -238,7 +249,7 @@ pub struct LeaksArgs {
     pub tracer: TracerArgs,
 
     /// One JSON object per suspect (JSON Lines) instead of text.
-    #[arg(long)]
+    #[arg(short, long)]
     pub json: bool,
 
     /// A CLOSE_WAIT socket older than this makes its process a leak suspect.
@@ -277,7 +288,7 @@ pub struct PortsArgs {
     pub tracer: TracerArgs,
 
     /// Print one JSON document per interval instead of a table.
-    #[arg(long)]
+    #[arg(short, long)]
     pub json: bool,
 
     /// Watch this long (e.g. 30s, 2m), then print once and exit; without it, print every
@@ -286,7 +297,7 @@ pub struct PortsArgs {
     pub watch: Option<std::time::Duration>,
 
     /// Seconds between printouts (and between the open rates' measurements).
-    #[arg(long, default_value_t = 1.0, value_name = "SECS", value_parser = parse_interval)]
+    #[arg(short, long, default_value_t = 1.0, value_name = "SECS", value_parser = parse_interval)]
     pub interval: f64,
 
     /// Destinations shown, most used share first.
@@ -375,7 +386,7 @@ pub struct ReportArgs {
     pub file: std::path::PathBuf,
 
     /// The final snapshot in the leaderboard's JSON schema, plus "timeline" and "host".
-    #[arg(long)]
+    #[arg(short, long)]
     pub json: bool,
 
     /// Processes and peers shown.
@@ -453,7 +464,7 @@ pub struct LiveArgs {
     pub tracer: TracerArgs,
 
     /// Print one JSON object per interval instead of the full-screen view.
-    #[arg(long)]
+    #[arg(short, long)]
     pub json: bool,
 
     /// Print one snapshot after one interval and exit (a table, or JSON with --json).
@@ -461,11 +472,11 @@ pub struct LiveArgs {
     pub once: bool,
 
     /// Seconds between snapshots.
-    #[arg(long, default_value_t = 1.0, value_name = "SECS", value_parser = parse_interval)]
+    #[arg(short, long, default_value_t = 1.0, value_name = "SECS", value_parser = parse_interval)]
     pub interval: f64,
 
     /// Stop after this many snapshots.
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(short = 'n', long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub count: Option<u64>,
 
     /// Seconds between checks against the kernel's socket table (sock_diag).
@@ -550,7 +561,7 @@ pub struct TraceArgs {
     pub tracer: TracerArgs,
 
     /// Write JSON Lines (one object per transition) instead of text.
-    #[arg(long)]
+    #[arg(short, long)]
     pub json: bool,
 
     /// Print the events of a recording (`twtrace record`) instead of tracing; no root needed.
@@ -574,12 +585,30 @@ pub struct TracerArgs {
 #[derive(Debug, Args, Default, Clone)]
 pub struct FilterArgs {
     /// Only sockets owned by this process id (repeat or comma-separate for several).
-    #[arg(long, value_name = "PID", value_delimiter = ',', value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(short, long, value_name = "PID", value_delimiter = ',', value_parser = clap::value_parser!(u32).range(1..))]
     pub pid: Vec<u32>,
 
     /// Only connections with this local or remote port (repeat or comma-separate for several).
-    #[arg(long, value_name = "PORT", value_delimiter = ',', value_parser = clap::value_parser!(u16).range(1..))]
+    #[arg(short = 'P', long, value_name = "PORT", value_delimiter = ',', value_parser = clap::value_parser!(u16).range(1..))]
     pub port: Vec<u16>,
+
+    /// Only connections with this local port (a server's listening port, a client's ephemeral
+    /// one; repeat or comma-separate for several).
+    #[arg(long, value_name = "PORT", value_delimiter = ',', value_parser = clap::value_parser!(u16).range(1..))]
+    pub lport: Vec<u16>,
+
+    /// Only connections with this remote port (the server's port, seen from a client; repeat
+    /// or comma-separate for several).
+    #[arg(long, value_name = "PORT", value_delimiter = ',', value_parser = clap::value_parser!(u16).range(1..))]
+    pub rport: Vec<u16>,
+
+    /// Only IPv4 connections (an IPv4-mapped address on an IPv6 socket counts as IPv4).
+    #[arg(short = '4', long, conflicts_with = "ipv6")]
+    pub ipv4: bool,
+
+    /// Only IPv6 connections (not IPv4-mapped ones).
+    #[arg(short = '6', long)]
+    pub ipv6: bool,
 
     /// Only sockets of this network namespace: its inode (as `ls -Li /proc/PID/ns/net` or
     /// `lsns -t net` show it), a path to it (/proc/PID/ns/net, /run/netns/NAME) or the NAME of
@@ -605,6 +634,9 @@ impl FilterArgs {
         if self.port.len() > MAX_PORT_FILTER as usize {
             anyhow::bail!("at most {MAX_PORT_FILTER} --port values are supported");
         }
+        if self.selection().kernel_ports().len() > MAX_PORT_FILTER as usize {
+            anyhow::bail!("at most {MAX_PORT_FILTER} --lport and --rport values are supported");
+        }
         for pid in &self.pid {
             if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
                 anyhow::bail!("no process with pid {pid}");
@@ -613,6 +645,26 @@ impl FilterArgs {
         self.netns_id()?;
         self.cgroup_dir()?;
         Ok(())
+    }
+
+    /// The pids, ports and IP version asked for (the namespace and cgroup need resolving:
+    /// the callers add them).
+    pub fn selection(&self) -> crate::pipeline::Selection {
+        use crate::pipeline::{Ip, Selection};
+        Selection {
+            pids: self.pid.clone(),
+            ports: self.port.clone(),
+            lports: self.lport.clone(),
+            rports: self.rport.clone(),
+            ip: if self.ipv4 {
+                Some(Ip::V4)
+            } else if self.ipv6 {
+                Some(Ip::V6)
+            } else {
+                None
+            },
+            ..Selection::default()
+        }
     }
 
     /// `--cgroup` as a directory of the cgroup v2 hierarchy mounted here.
@@ -684,6 +736,88 @@ mod tests {
         assert!(cli.command.is_none());
         assert_eq!(cli.live.filter.pid, vec![12]);
         assert_eq!(cli.live.filter.port, vec![80, 443]);
+    }
+
+    #[test]
+    fn short_flags_as_bcc_and_ss_spell_them() {
+        let cli =
+            parse(&["-p", "12", "-P", "80", "-j", "-i", "0.5", "-n", "3", "-v"]).expect("parses");
+        let live = &cli.live;
+        assert_eq!(
+            (live.filter.pid.clone(), live.filter.port.clone()),
+            (vec![12], vec![80])
+        );
+        assert!(live.json);
+        assert_eq!((live.interval, live.count, cli.verbose), (0.5, Some(3), 1));
+
+        let Some(Command::Trace(t)) = parse(&["trace", "-p", "1,2", "-P", "443", "-j"])
+            .expect("parses")
+            .command
+        else {
+            panic!("trace expected")
+        };
+        assert_eq!(
+            (t.filter.pid, t.filter.port, t.json),
+            (vec![1, 2], vec![443], true)
+        );
+
+        let Some(Command::Ports(p)) = parse(&["ports", "-i", "2", "-j", "-p", "7"])
+            .expect("parses")
+            .command
+        else {
+            panic!("ports expected")
+        };
+        assert_eq!((p.interval, p.json, p.filter.pid), (2.0, true, vec![7]));
+        for (args, what) in [
+            (&["leaks", "-j", "-P", "80"][..], "leaks"),
+            (&["doctor", "-j"], "doctor"),
+            (&["report", "f.twr", "-j", "-p", "3"], "report"),
+            (
+                &["record", "-o", "x", "-p", "3", "-P", "80", "-4"],
+                "record",
+            ),
+        ] {
+            parse(args).unwrap_or_else(|e| panic!("{what}: {e}"));
+        }
+        // Only where the option exists: trace has no interval, ports no count.
+        assert!(parse(&["trace", "-i", "1"]).is_err());
+        assert!(parse(&["ports", "-n", "1"]).is_err());
+        // -o stays record's output, -v everybody's verbosity.
+        assert!(parse(&["record", "-o", "x", "-v"]).is_ok());
+    }
+
+    #[test]
+    fn local_remote_port_and_ip_version_filters() {
+        let Some(Command::Trace(t)) =
+            parse(&["trace", "--lport", "8080", "--rport", "443,80", "-6"])
+                .expect("parses")
+                .command
+        else {
+            panic!("trace expected")
+        };
+        let sel = t.filter.selection();
+        assert_eq!(
+            (sel.lports.clone(), sel.rports.clone()),
+            (vec![8080], vec![443, 80])
+        );
+        assert_eq!(sel.ip, Some(crate::pipeline::Ip::V6));
+        // The kernel program keeps either end's port: all three, for the pipeline to narrow.
+        assert_eq!(sel.kernel_ports(), vec![80, 443, 8080]);
+        let live = parse(&["-4", "--lport", "22"]).expect("parses").live;
+        assert_eq!(live.filter.selection().ip, Some(crate::pipeline::Ip::V4));
+        assert!(parse(&["-4", "-6"]).is_err(), "one version at a time");
+        assert!(parse(&["--lport", "0"]).is_err());
+        assert!(parse(&["--rport", "65536"]).is_err());
+        assert!(
+            parse(&["--lport", "80", "trace"]).is_err(),
+            "a leaderboard option"
+        );
+        let many = FilterArgs {
+            lport: (1..=40).collect(),
+            rport: (41..=80).collect(),
+            ..FilterArgs::default()
+        };
+        assert!(many.validate().is_err(), "80 ports in the kernel's filter");
     }
 
     #[test]

@@ -7,6 +7,7 @@ use std::{
     cell::RefCell,
     collections::HashMap,
     io::{self, Write as _},
+    net::SocketAddr,
     sync::Arc,
     time::Duration,
 };
@@ -16,7 +17,7 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
 
 use crate::{
     clock::WallClock,
-    event::{Attribution, Comm, Transition},
+    event::{Attribution, Call, Comm, Transition},
     kernel::sysctl::PortSettings,
     model::{
         Limits, Model, Outside,
@@ -33,7 +34,15 @@ use crate::{
 #[derive(Clone, Debug, Default)]
 pub struct Selection {
     pub pids: Vec<u32>,
+    /// `--port`: either end's port.
     pub ports: Vec<u16>,
+    /// `--lport`, `--rport`: the local, the remote port.
+    pub lports: Vec<u16>,
+    pub rports: Vec<u16>,
+    /// `-4`/`-6`: only IPv4 or only IPv6 connections. Checked here rather than in the kernel
+    /// program: the family costs nothing to check per event in user space, while a kernel
+    /// filter would need a new global and a check on every hook for a saving of a few events.
+    pub ip: Option<Ip>,
     /// Only this network namespace's sockets.
     pub netns: Option<u32>,
     /// `--cgroup`: only sockets whose owner is in this cgroup (its v2 path) or below it.
@@ -46,20 +55,90 @@ pub struct Selection {
     pub cgroup: Option<String>,
 }
 
+/// An IP version (`-4`, `-6`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ip {
+    V4,
+    V6,
+}
+
+impl Ip {
+    /// 4 or 6, as recordings store it.
+    pub fn number(self) -> u8 {
+        match self {
+            Self::V4 => 4,
+            Self::V6 => 6,
+        }
+    }
+
+    pub fn from_number(n: u8) -> Option<Self> {
+        match n {
+            4 => Some(Self::V4),
+            6 => Some(Self::V6),
+            _ => None,
+        }
+    }
+
+    /// The version of a connection: its remote address's, or its local one's when the remote
+    /// is unspecified (a failed bind()). An IPv4-mapped address (a dual-stack socket talking to
+    /// an IPv4 peer) is IPv4 traffic, so it counts as IPv4.
+    pub fn of(local: SocketAddr, remote: SocketAddr) -> Self {
+        let ip = if remote.ip().is_unspecified() {
+            local.ip()
+        } else {
+            remote.ip()
+        };
+        if ip.to_canonical().is_ipv4() {
+            Self::V4
+        } else {
+            Self::V6
+        }
+    }
+}
+
 impl Selection {
     pub fn event(&self, t: &Transition) -> bool {
+        // A failed connect() is about its destination port, a failed bind() about the port it
+        // asked for; the other end of either is no port at all.
+        let (local, remote) = match t.failure.map(|f| f.call) {
+            Some(Call::Connect) => (None, Some(t.remote.port())),
+            Some(Call::Bind) => (Some(t.local.port()), None),
+            None => (Some(t.local.port()), Some(t.remote.port())),
+        };
         self.pid(t.pid)
             && self.netns.is_none_or(|n| n == t.netns)
-            && (self.ports.is_empty()
-                || match t.failure_port() {
-                    // A failed connect() is about its destination port, a failed bind() about
-                    // the port it asked for; the other end of either is no port (0).
-                    Some(port) => self.ports.contains(&port),
-                    None => {
-                        self.ports.contains(&t.local.port())
-                            || self.ports.contains(&t.remote.port())
-                    }
-                })
+            && self.ports_match(local, remote)
+            && self.ip.is_none_or(|ip| ip == Ip::of(t.local, t.remote))
+    }
+
+    /// Whether a socket of the kernel's table belongs in the view, by its ports, addresses and
+    /// namespace (its owner is [`Selection::table_socket`]'s question).
+    pub fn table_entry(&self, netns: u32, local: SocketAddr, remote: SocketAddr) -> bool {
+        self.netns.is_none_or(|n| n == netns)
+            && self.ports_match(Some(local.port()), Some(remote.port()))
+            && self.ip.is_none_or(|ip| ip == Ip::of(local, remote))
+    }
+
+    /// Every port filter given holds: `--port` either end, `--lport` the local end, `--rport`
+    /// the remote one.
+    fn ports_match(&self, local: Option<u16>, remote: Option<u16>) -> bool {
+        let any = |list: &[u16], port: Option<u16>| port.is_some_and(|p| list.contains(&p));
+        (self.ports.is_empty() || any(&self.ports, local) || any(&self.ports, remote))
+            && (self.lports.is_empty() || any(&self.lports, local))
+            && (self.rports.is_empty() || any(&self.rports, remote))
+    }
+
+    /// The ports the kernel program may keep connections of (either end's, empty: all): a
+    /// superset of what [`Selection::ports_match`] keeps, which then narrows it down. `--port`
+    /// alone says it; else any `--lport` or `--rport` value.
+    pub fn kernel_ports(&self) -> Vec<u16> {
+        if !self.ports.is_empty() {
+            return self.ports.clone();
+        }
+        let mut all: Vec<u16> = self.lports.iter().chain(&self.rports).copied().collect();
+        all.sort_unstable();
+        all.dedup();
+        all
     }
 
     /// Whether sockets of `pid` belong in the view; pid 0 stands for the unowned ones, which
@@ -79,15 +158,18 @@ impl Selection {
 
     /// Both selections at once (a recording made with `--pid`, replayed with another).
     pub fn and(&self, other: &Self) -> Self {
-        let both = |a: &[u32], b: &[u32]| -> Vec<u32> {
+        fn both<T: Copy + PartialEq>(a: &[T], b: &[T]) -> Vec<T> {
             match (a.is_empty(), b.is_empty()) {
                 (true, _) => b.to_vec(),
                 (_, true) => a.to_vec(),
                 _ => a.iter().copied().filter(|p| b.contains(p)).collect(),
             }
-        };
+        }
         Self {
             pids: both(&self.pids, &other.pids),
+            lports: both(&self.lports, &other.lports),
+            rports: both(&self.rports, &other.rports),
+            ip: self.ip.or(other.ip),
             // A recording made with --port holds only those ports' sockets already.
             ports: if self.ports.is_empty() {
                 other.ports.clone()
@@ -160,6 +242,8 @@ pub struct Core<'a> {
     since_snapshot: u64,
     snapshots: u64,
     last: Option<Arc<Snapshot>>,
+    /// The first frame ([`Sink::wants_first_frame`]) was sent, or there was no need for it.
+    first_frame_sent: bool,
     stopped: Option<Stopped>,
     error: Option<anyhow::Error>,
     ended: bool,
@@ -192,6 +276,7 @@ impl<'a> Core<'a> {
             timewait_kernel: None,
             namespaces: None,
             first_ns: None,
+            first_frame_sent: false,
             last_ns: None,
             last_snapshot_ns: None,
             since_snapshot: 0,
@@ -281,14 +366,9 @@ impl<'a> Core<'a> {
     }
 
     fn kernel(&mut self, mut k: KernelTruth) -> anyhow::Result<()> {
-        if !self.selection.ports.is_empty() {
-            let ports = &self.selection.ports;
-            k.sockets
-                .retain(|s| ports.contains(&s.local.port()) || ports.contains(&s.remote.port()));
-        }
-        if let Some(netns) = self.selection.netns {
-            k.sockets.retain(|s| s.netns == netns);
-        }
+        let selection = &self.selection;
+        k.sockets
+            .retain(|s| selection.table_entry(s.netns, s.local, s.remote));
         if let Some(model) = self.model.as_mut() {
             // The model asks only about sockets it has no owner for, or whose owner exited;
             // what it is told is kept with the dump, so a replay of it gets the same answers.
@@ -324,6 +404,16 @@ impl<'a> Core<'a> {
         self.since_snapshot += 1;
         for sink in &mut self.sinks {
             sink.kernel(&k)?;
+        }
+        if self.last.is_none() && !self.first_frame_sent {
+            self.first_frame_sent = true;
+            if self.sinks.iter().any(|s| s.wants_first_frame())
+                && let Some(snap) = self.build_snapshot(k.dump_ns)?
+            {
+                for sink in self.sinks.iter_mut().filter(|s| s.wants_first_frame()) {
+                    sink.snapshot(&snap)?;
+                }
+            }
         }
         Ok(())
     }
@@ -362,8 +452,27 @@ impl<'a> Core<'a> {
         if self.cadence.count.is_some_and(|c| self.snapshots >= c) {
             return Ok(());
         }
-        let Some(model) = self.model.as_mut() else {
+        let Some(snap) = self.build_snapshot(now_ns)? else {
             return Ok(());
+        };
+        self.last_snapshot_ns = Some(now_ns);
+        self.since_snapshot = 0;
+        self.snapshots += 1;
+        self.last = Some(Arc::clone(&snap));
+        for sink in &mut self.sinks {
+            sink.snapshot(&snap)?;
+        }
+        if self.cadence.count.is_some_and(|c| self.snapshots >= c) {
+            self.stop(Stopped::Count);
+        }
+        Ok(())
+    }
+
+    /// The model's picture at `now_ns`, with what the pipeline adds (destinations, containers,
+    /// command lines); None without a model.
+    fn build_snapshot(&mut self, now_ns: u64) -> anyhow::Result<Option<Arc<Snapshot>>> {
+        let Some(model) = self.model.as_mut() else {
+            return Ok(None);
         };
         let outside = Outside {
             lost_events: self.tally.kernel.lost_total(),
@@ -387,18 +496,7 @@ impl<'a> Core<'a> {
             }
         }
         processes.cmdlines(&mut snap.processes);
-        let snap = Arc::new(snap);
-        self.last_snapshot_ns = Some(now_ns);
-        self.since_snapshot = 0;
-        self.snapshots += 1;
-        self.last = Some(Arc::clone(&snap));
-        for sink in &mut self.sinks {
-            sink.snapshot(&snap)?;
-        }
-        if self.cadence.count.is_some_and(|c| self.snapshots >= c) {
-            self.stop(Stopped::Count);
-        }
-        Ok(())
+        Ok(Some(Arc::new(snap)))
     }
 
     fn finish(&mut self, mono_ns: u64) -> anyhow::Result<()> {
@@ -682,6 +780,84 @@ mod tests {
         }
     }
 
+    /// A [`Collect`] that also wants the first frame, as the terminal view does.
+    #[derive(Clone, Default)]
+    struct FirstFrame(Collect);
+
+    impl Sink for FirstFrame {
+        fn wants_snapshots(&self) -> bool {
+            true
+        }
+        fn wants_first_frame(&self) -> bool {
+            true
+        }
+        fn snapshot(&mut self, snap: &Arc<Snapshot>) -> anyhow::Result<()> {
+            self.0.snapshot(snap)
+        }
+    }
+
+    #[test]
+    fn the_first_frame_shows_the_first_dump_at_once_to_the_view_only() {
+        let tw = |port: u16| crate::model::KernelSocket {
+            netns: 0,
+            state: TcpState::TimeWait,
+            local: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port),
+            remote: "127.0.0.1:6000".parse().expect("addr"),
+            cookie: 1,
+            inode: 0,
+            timewait: true,
+            expires_ns: 50 * S,
+        };
+        let dump = |at: u64| {
+            Item::Kernel(KernelTruth {
+                dump_ns: at,
+                sockets: (5000..5300).map(tw).collect(),
+                owners: Vec::new(),
+                timewait_kernel: Some(300),
+                port_settings: Vec::new(),
+            })
+        };
+        let (view, printer) = (FirstFrame::default(), Collect::default());
+        let mut c = Core::new(
+            vec![Box::new(view.clone()), Box::new(printer.clone())],
+            Box::new(Recorded),
+            Selection::default(),
+            Cadence {
+                interval: Duration::from_secs(1),
+                count: Some(1),
+            },
+            header().clock(),
+            S,
+        );
+        c.item(dump(S + 1000));
+        let first: Vec<(u64, Option<u64>)> = view
+            .0
+            .0
+            .borrow()
+            .0
+            .iter()
+            .map(|s| (s.totals.timewait_now, s.totals.timewait_kernel))
+            .collect();
+        assert_eq!(
+            first,
+            vec![(300, Some(300))],
+            "at once, with the dump's totals"
+        );
+        assert!(
+            printer.0.borrow().0.is_empty(),
+            "a printer waits for the interval"
+        );
+        // A second dump makes no second early frame; the interval's snapshot is --count's one.
+        c.item(dump(S + 500_000_000));
+        c.item(Item::Stats(Stats {
+            mono_ns: 2 * S,
+            ..Stats::default()
+        }));
+        assert_eq!(view.0.0.borrow().0.len(), 2);
+        assert_eq!(printer.0.borrow().0.len(), 1);
+        assert_eq!(c.stopped, Some(Stopped::Count));
+    }
+
     fn core(
         sink: &Collect,
         selection: Selection,
@@ -923,6 +1099,17 @@ mod tests {
         // is about 8080 only.
         let bound = failed(Connect, "0.0.0.0:9090", "10.0.0.5:8080");
         assert!(!to(&[9090]).event(&bound));
+        // --rport is a failed connect()'s destination, --lport a failed bind()'s port.
+        let rport = Selection {
+            rports: vec![8080],
+            ..Selection::default()
+        };
+        let lport = Selection {
+            lports: vec![8080],
+            ..Selection::default()
+        };
+        assert!(rport.event(&connect) && !rport.event(&bind));
+        assert!(lport.event(&bind) && !lport.event(&connect));
         let pid = Selection {
             pids: vec![4242],
             netns: Some(0),
@@ -935,6 +1122,53 @@ mod tests {
                 ..pid
             }
             .event(&connect)
+        );
+    }
+
+    #[test]
+    fn local_remote_ports_and_ip_versions_select_connections() {
+        let conn = |local: &str, remote: &str| Transition {
+            local: local.parse().expect("addr"),
+            remote: remote.parse().expect("addr"),
+            ..connection(0, 4242, "client", S)[0]
+        };
+        let v4 = conn("127.0.0.1:40000", "127.0.0.1:8080");
+        let v6 = conn("[::1]:40000", "[::1]:8080");
+        // A dual-stack socket talking to an IPv4 peer is IPv4 traffic.
+        let mapped = conn("[::ffff:127.0.0.1]:40000", "[::ffff:127.0.0.1]:8080");
+        let sel = |lports: &[u16], rports: &[u16], ip| Selection {
+            lports: lports.to_vec(),
+            rports: rports.to_vec(),
+            ip,
+            ..Selection::default()
+        };
+        for t in [&v4, &v6, &mapped] {
+            assert!(sel(&[40000], &[], None).event(t));
+            assert!(!sel(&[8080], &[], None).event(t), "8080 is the remote end");
+            assert!(sel(&[], &[8080], None).event(t));
+            assert!(!sel(&[], &[40000], None).event(t), "40000 is the local end");
+            assert!(sel(&[40000], &[8080], None).event(t));
+            assert!(!sel(&[40000], &[9090], None).event(t), "both must hold");
+        }
+        for (t, version) in [(&v4, Ip::V4), (&v6, Ip::V6), (&mapped, Ip::V4)] {
+            assert_eq!(Ip::of(t.local, t.remote), version, "{t:?}");
+            assert!(sel(&[], &[], Some(version)).event(t));
+            let other = if version == Ip::V4 { Ip::V6 } else { Ip::V4 };
+            assert!(!sel(&[], &[], Some(other)).event(t));
+        }
+        // The kernel's table goes through the same test.
+        let s = sel(&[], &[8080], Some(Ip::V6));
+        assert!(s.table_entry(0, v6.local, v6.remote));
+        assert!(!s.table_entry(0, v4.local, v4.remote));
+        assert!(
+            !s.table_entry(0, v6.remote, v6.local),
+            "the other side of it"
+        );
+        // A replay combines a recording's filters with the ones asked.
+        let both = sel(&[40000, 40001], &[], Some(Ip::V4)).and(&sel(&[40001], &[80], None));
+        assert_eq!(
+            (both.lports, both.rports, both.ip),
+            (vec![40001], vec![80], Some(Ip::V4))
         );
     }
 

@@ -20,7 +20,7 @@ use crate::{
     doctor::Watched,
     kernel::{netns, netstat::Counters, procnet, sysctl::PortSettings, tracer::Options},
     model::{Limits, snapshot::Snapshot},
-    pipeline::{self, Cadence, Core, Outcome, Selection, Signals, Stopped},
+    pipeline::{self, Cadence, Core, Ip, Outcome, Selection, Signals, Stopped},
     recording::{
         Filters, Header, Writer, header_now, human_size,
         writer::{CaptureDir, create_file, smallest_limit},
@@ -72,7 +72,9 @@ fn stdout() -> io::BufWriter<io::StdoutLock<'static>> {
 fn options(filter: &FilterArgs, tracer: &TracerArgs, verbose: bool) -> anyhow::Result<Options> {
     Ok(Options {
         pids: filter.pid.clone(),
-        ports: filter.port.clone(),
+        // The kernel program matches either end's port; the pipeline's selection narrows that
+        // down to --lport/--rport.
+        ports: filter.selection().kernel_ports(),
         netns: filter.netns_id()?,
         cgroup: filter.cgroup_dir()?,
         syscall_hooks: !tracer.no_syscall_hooks,
@@ -83,10 +85,9 @@ fn options(filter: &FilterArgs, tracer: &TracerArgs, verbose: bool) -> anyhow::R
 /// What a live command shows (with [`options`], what its kernel program keeps).
 fn selection(filter: &FilterArgs) -> anyhow::Result<Selection> {
     Ok(Selection {
-        pids: filter.pid.clone(),
-        ports: filter.port.clone(),
         netns: filter.netns_id()?,
         cgroup: filter.cgroup_dir()?.map(|c| c.path),
+        ..filter.selection()
     })
 }
 
@@ -94,32 +95,40 @@ fn selection(filter: &FilterArgs) -> anyhow::Result<Selection> {
 fn replay_selection(filter: &FilterArgs) -> anyhow::Result<Selection> {
     filter.check_replay()?;
     Ok(Selection {
-        pids: filter.pid.clone(),
-        ports: filter.port.clone(),
         netns: filter.netns_id()?,
-        cgroup: None,
+        ..filter.selection()
     })
 }
 
 /// Starts the live source and tells the user (the `twtrace: tracing` line is also what scripts
 /// and tests wait for; `announce` is false under the full-screen view, which would draw over it).
-fn start_live(opts: &Options, cadence: live::Cadence, announce: bool) -> anyhow::Result<Live> {
+/// `select` is what the start line names; `ends` says that the command stops by itself
+/// (`--duration`, `--once`, `--count`, a watch), so the line does not ask for Ctrl-C.
+fn start_live(
+    opts: &Options,
+    select: &Selection,
+    cadence: live::Cadence,
+    announce: bool,
+    ends: bool,
+) -> anyhow::Result<Live> {
     let source = Live::start(opts, cadence)?;
     for notice in source.notices() {
         say(&format!("twtrace: {notice}"));
     }
     if announce {
-        let stop = if cadence.duration.is_some() {
-            ""
-        } else {
-            "; Ctrl-C to stop"
-        };
-        say(&format!(
-            "twtrace: tracing TCP state changes{}{stop}",
-            describe_options(opts)
-        ));
+        say(&start_line(select, ends || cadence.duration.is_some()));
     }
     Ok(source)
+}
+
+/// `twtrace: tracing TCP state changes (filters); Ctrl-C to stop`, without the Ctrl-C part for
+/// a command that ends by itself.
+fn start_line(select: &Selection, ends: bool) -> String {
+    format!(
+        "twtrace: tracing TCP state changes{}{}",
+        describe(select),
+        if ends { "" } else { "; Ctrl-C to stop" }
+    )
 }
 
 /// A line on stderr; a closed or full stderr must not stop the command. Escaped, since lines
@@ -179,7 +188,7 @@ async fn trace(args: TraceArgs, verbose: bool) -> anyhow::Result<()> {
         reconcile: Some(Duration::from_secs(2)),
         duration: None,
     };
-    let mut source = start_live(&opts, cadence, true)?;
+    let mut source = start_live(&opts, &select, cadence, true, false)?;
     let printer = Printer::new(stdout(), format, source.clock())
         .with_containers(CgroupPaths::new(procnet::cgroup2_mount()));
     let sinks: Vec<Box<dyn Sink>> = vec![Box::new(TraceSink::new(printer, true))];
@@ -244,12 +253,7 @@ async fn leaderboard(args: LiveArgs, verbose: bool) -> anyhow::Result<()> {
         let asked = replay_selection(&args.filter)?;
         let mut source = Recording::open(path, Window::default(), args.speed)?;
         let header = source.header().clone();
-        let filters = describe_filters(
-            &header.filters.pids,
-            &header.filters.ports,
-            header.filters.netns,
-            header.filters.cgroup.as_deref(),
-        );
+        let filters = describe(&recorded_selection(&header));
         if !tui {
             say(&format!(
                 "twtrace: replaying {} (recorded on {} from {}{filters}) at {}",
@@ -278,10 +282,11 @@ async fn leaderboard(args: LiveArgs, verbose: bool) -> anyhow::Result<()> {
 
     args.filter.validate()?;
     let opts = options(&args.filter, &args.tracer, verbose)?;
+    let select = selection(&args.filter)?;
     // Created before the tracer starts, so a file that cannot be written costs no attach.
     let recorder = match &args.record {
         // No progress lines: the leaderboard itself shows what is going on.
-        Some(path) => Some(file_recorder(path, args.force, None, &opts, false)?),
+        Some(path) => Some(file_recorder(path, args.force, None, &select, false)?),
         None => None,
     };
     let live_cadence = live::Cadence {
@@ -289,11 +294,12 @@ async fn leaderboard(args: LiveArgs, verbose: bool) -> anyhow::Result<()> {
         reconcile: Some(Duration::from_secs_f64(args.reconcile)),
         duration: None,
     };
-    let mut source = match start_live(&opts, live_cadence, !tui) {
+    let ends = cadence.count.is_some();
+    let mut source = match start_live(&opts, &select, live_cadence, !tui, ends) {
         Ok(s) => s,
         Err(e) => return Err(discard(recorder, args.record.as_deref(), e)),
     };
-    let title = format!("twtrace{}", describe_options(&opts));
+    let title = format!("twtrace{}", describe(&select));
     view = view_sink(title, &mut sinks);
     if let (Some(sink), Some(path)) = (recorder, &args.record) {
         if !tui {
@@ -301,34 +307,35 @@ async fn leaderboard(args: LiveArgs, verbose: bool) -> anyhow::Result<()> {
         }
         sinks.push(Box::new(sink));
     }
-    let core = new_core(
-        &source,
-        sinks,
-        Box::new(ProcFs::new()),
-        selection(&args.filter)?,
-        cadence,
-    )
-    .with_limits(limits);
+    let core =
+        new_core(&source, sinks, Box::new(ProcFs::new()), select, cadence).with_limits(limits);
     finish(run_pipeline(&mut source, core, false, view).await?)
 }
 
 /// A recording's own filters, as a selection.
 fn recorded_selection(header: &Header) -> Selection {
+    let f = &header.filters;
     Selection {
-        pids: header.filters.pids.clone(),
-        ports: header.filters.ports.clone(),
-        netns: header.filters.netns,
-        cgroup: header.filters.cgroup.clone(),
+        pids: f.pids.clone(),
+        ports: f.ports.clone(),
+        lports: f.lports.clone(),
+        rports: f.rports.clone(),
+        ip: f.ip.and_then(Ip::from_number),
+        netns: f.netns,
+        cgroup: f.cgroup.clone(),
     }
 }
 
 /// The filters a live command records in its header.
-fn recorded_filters(opts: &Options) -> Filters {
+fn recorded_filters(select: &Selection) -> Filters {
     Filters {
-        pids: opts.pids.clone(),
-        ports: opts.ports.clone(),
-        netns: opts.netns,
-        cgroup: opts.cgroup.as_ref().map(|c| c.path.clone()),
+        pids: select.pids.clone(),
+        ports: select.ports.clone(),
+        lports: select.lports.clone(),
+        rports: select.rports.clone(),
+        ip: select.ip.map(Ip::number),
+        netns: select.netns,
+        cgroup: select.cgroup.clone(),
     }
 }
 
@@ -337,10 +344,10 @@ fn file_recorder(
     path: &Path,
     force: bool,
     max_size: Option<u64>,
-    opts: &Options,
+    select: &Selection,
     progress: bool,
 ) -> anyhow::Result<FileRecorder> {
-    let header = header_now(std::env::args().collect(), recorded_filters(opts));
+    let header = header_now(std::env::args().collect(), recorded_filters(select));
     if let Some(max) = max_size {
         let least = smallest_limit(&header);
         if max < least {
@@ -382,6 +389,7 @@ fn discard<T>(recorder: Option<T>, path: Option<&Path>, e: anyhow::Error) -> any
 async fn record(args: RecordArgs, verbose: bool) -> anyhow::Result<()> {
     args.filter.validate()?;
     let opts = options(&args.filter, &args.tracer, verbose)?;
+    let select = selection(&args.filter)?;
     let path = args.output.as_path();
     let live_cadence = live::Cadence {
         stats: Duration::from_secs(1),
@@ -391,8 +399,8 @@ async fn record(args: RecordArgs, verbose: bool) -> anyhow::Result<()> {
     let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
     let source = match args.ring {
         None => {
-            let sink = file_recorder(path, args.force, args.max_size, &opts, true)?;
-            let source = match start_live(&opts, live_cadence, false) {
+            let sink = file_recorder(path, args.force, args.max_size, &select, true)?;
+            let source = match start_live(&opts, &select, live_cadence, false, true) {
                 Ok(s) => s,
                 Err(e) => return Err(discard(Some(sink), Some(path), e)),
             };
@@ -403,7 +411,7 @@ async fn record(args: RecordArgs, verbose: bool) -> anyhow::Result<()> {
         Some(span) => {
             // Opened before the tracer starts: a bad directory costs no attach.
             let dir = CaptureDir::open(path)?;
-            let header = header_now(std::env::args().collect(), recorded_filters(&opts));
+            let header = header_now(std::env::args().collect(), recorded_filters(&select));
             let ring = Ring::new(
                 dir,
                 header,
@@ -411,7 +419,7 @@ async fn record(args: RecordArgs, verbose: bool) -> anyhow::Result<()> {
                 usize::try_from(args.ring_max).unwrap_or(usize::MAX),
                 u64::try_from(args.after.as_nanos()).unwrap_or(u64::MAX),
             );
-            let source = start_live(&opts, live_cadence, false)?;
+            let source = start_live(&opts, &select, live_cadence, false, true)?;
             say(&format!(
                 "twtrace: flight recorder: keeping the last {} (at most {}) in memory; captures \
                  go to {} on {}",
@@ -430,20 +438,12 @@ async fn record(args: RecordArgs, verbose: bool) -> anyhow::Result<()> {
         }
     };
     let mut source = source;
-    say(&format!(
-        "twtrace: tracing TCP state changes{}{}",
-        describe_options(&opts),
-        if args.duration.is_some() {
-            ""
-        } else {
-            "; Ctrl-C to stop"
-        }
-    ));
+    say(&start_line(&select, args.duration.is_some()));
     let core = new_core(
         &source,
         sinks,
         Box::new(ProcFs::new()),
-        selection(&args.filter)?,
+        select,
         Cadence::default(),
     );
     let outcome = run_pipeline(&mut source, core, true, None).await?;
@@ -519,7 +519,7 @@ async fn watch(span: Duration, verbose: bool) -> anyhow::Result<Watched> {
         reconcile: Some(Duration::from_secs(2)),
         duration: Some(span),
     };
-    let mut source = start_live(&opts, live_cadence, true)?;
+    let mut source = start_live(&opts, &Selection::default(), live_cadence, true, true)?;
     let counters_before = Counters::read().ok();
     let last = std::rc::Rc::new(std::cell::RefCell::new(None));
     let sinks: Vec<Box<dyn Sink>> = vec![Box::new(LastSnapshot(std::rc::Rc::clone(&last)))];
@@ -592,7 +592,8 @@ async fn leaks(args: LeaksArgs, verbose: bool) -> anyhow::Result<()> {
         reconcile: Some(Duration::from_secs(2)),
         duration: Some(args.watch),
     };
-    let mut source = start_live(&opts, cadence, true)?;
+    let select = selection(&args.filter)?;
+    let mut source = start_live(&opts, &select, cadence, true, true)?;
     say(&format!(
         "twtrace: reporting leak suspects after {} (Ctrl-C reports early)",
         humantime::format_duration(args.watch)
@@ -607,7 +608,7 @@ async fn leaks(args: LeaksArgs, verbose: bool) -> anyhow::Result<()> {
         &source,
         vec![Box::new(sink)],
         Box::new(ProcFs::new()),
-        selection(&args.filter)?,
+        select,
         Cadence::default(),
     )
     .with_limits(limits);
@@ -637,10 +638,11 @@ async fn ports(args: PortsArgs, verbose: bool) -> anyhow::Result<()> {
         reconcile: Some(Duration::from_secs(1)),
         duration: None,
     };
-    let mut source = start_live(&opts, live_cadence, false)?;
+    let select = selection(&args.filter)?;
+    let mut source = start_live(&opts, &select, live_cadence, false, true)?;
     say(&format!(
         "twtrace: tracing TCP state changes{}{}",
-        describe_options(&opts),
+        describe(&select),
         match args.watch {
             Some(watch) => format!(
                 "; printing once after {}",
@@ -657,13 +659,7 @@ async fn ports(args: PortsArgs, verbose: bool) -> anyhow::Result<()> {
     let top = usize::try_from(args.top).unwrap_or(usize::MAX);
     let head = opts.netns.or_else(|| netns::own().ok());
     let sinks: Vec<Box<dyn Sink>> = vec![Box::new(PortsPrinter::new(stdout(), style, top, head))];
-    let core = new_core(
-        &source,
-        sinks,
-        Box::new(ProcFs::new()),
-        selection(&args.filter)?,
-        cadence,
-    );
+    let core = new_core(&source, sinks, Box::new(ProcFs::new()), select, cadence);
     finish(run_pipeline(&mut source, core, false, None).await?)
 }
 
@@ -771,23 +767,17 @@ pub(crate) fn is_broken_pipe(e: &anyhow::Error) -> bool {
     })
 }
 
-/// [`describe_filters`] of a live command's options.
-fn describe_options(opts: &Options) -> String {
-    describe_filters(
-        &opts.pids,
-        &opts.ports,
-        opts.netns,
-        opts.cgroup.as_ref().map(|c| c.path.as_str()),
-    )
-}
-
 /// ` (pid 1,2; port 80)`, or nothing without filters.
-pub(crate) fn describe_filters(
-    pids: &[u32],
-    ports: &[u16],
-    netns: Option<u32>,
-    cgroup: Option<&str>,
-) -> String {
+pub(crate) fn describe(select: &Selection) -> String {
+    let Selection {
+        pids,
+        ports,
+        lports,
+        rports,
+        ip,
+        netns,
+        cgroup,
+    } = select;
     fn join<T: ToString>(v: &[T]) -> String {
         v.iter()
             .map(ToString::to_string)
@@ -800,6 +790,15 @@ pub(crate) fn describe_filters(
     }
     if !ports.is_empty() {
         parts.push(format!("port {}", join(ports)));
+    }
+    if !lports.is_empty() {
+        parts.push(format!("lport {}", join(lports)));
+    }
+    if !rports.is_empty() {
+        parts.push(format!("rport {}", join(rports)));
+    }
+    if let Some(ip) = ip {
+        parts.push(format!("IPv{} only", ip.number()));
     }
     if let Some(netns) = netns {
         parts.push(format!("netns {netns}"));
@@ -820,14 +819,31 @@ mod tests {
 
     #[test]
     fn filters_are_described() {
-        assert_eq!(describe_filters(&[], &[], None, None), "");
+        assert_eq!(describe(&Selection::default()), "");
         assert_eq!(
-            describe_filters(&[1, 2], &[80], Some(4026531840), None),
+            describe(&Selection {
+                pids: vec![1, 2],
+                ports: vec![80],
+                netns: Some(4026531840),
+                ..Selection::default()
+            }),
             " (pid 1,2; port 80; netns 4026531840)"
         );
         assert_eq!(
-            describe_filters(&[], &[], None, Some("/kubepods/burstable")),
+            describe(&Selection {
+                cgroup: Some("/kubepods/burstable".into()),
+                ..Selection::default()
+            }),
             " (cgroup /kubepods/burstable)"
+        );
+        assert_eq!(
+            describe(&Selection {
+                lports: vec![8080],
+                rports: vec![443, 80],
+                ip: Some(Ip::V6),
+                ..Selection::default()
+            }),
+            " (lport 8080; rport 443,80; IPv6 only)"
         );
     }
 

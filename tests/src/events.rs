@@ -46,6 +46,9 @@ pub struct Event {
     pub runtime: Option<String>,
     #[serde(default)]
     pub pod_uid: Option<String>,
+    /// The version of the JSON layout: 1 on every line.
+    #[serde(default)]
+    pub schema: u32,
     /// The line as twtrace printed it, for evidence in failure messages.
     #[serde(skip)]
     pub raw: String,
@@ -86,6 +89,9 @@ impl Event {
     /// Checks the values against the documented output contract.
     pub fn contract_violations(&self) -> Vec<String> {
         let mut bad = Vec::new();
+        if self.schema != 1 {
+            bad.push(format!("schema {} is not 1", self.schema));
+        }
         if !is_rfc3339_utc(&self.time) {
             bad.push(format!("time {:?} is not RFC 3339 UTC", self.time));
         }
@@ -458,7 +464,7 @@ mod tests {
 
     #[test]
     fn event_contract() {
-        let line = r#"{"time":"2025-11-25T16:01:02.000001Z","pid":7,"comm":"c","family":"ipv4",
+        let line = r#"{"schema":1,"time":"2025-11-25T16:01:02.000001Z","pid":7,"comm":"c","family":"ipv4",
             "laddr":"127.0.0.1","lport":1,"raddr":"127.0.0.1","rport":2,"old":"FIN_WAIT2",
             "new":"TIME_WAIT","attribution":"owner","cookie":5,"current_pid":0}"#;
         let e: Event = serde_json::from_str(line).unwrap();

@@ -15,7 +15,8 @@ use std::{
 
 use serde_json::Value;
 use twtrace_tests::{
-    Attached, ChildGuard, Mode, READY_TIMEOUT, SETTLE, STOP_TIMEOUT, Stopped, Traffic, Twtrace,
+    Attached, ChildGuard, Event, Loopback, Mode, Peers, READY_TIMEOUT, SETTLE, STOP_TIMEOUT,
+    Stopped, TIME_WAIT, Traffic, Twtrace,
     live::counter,
     record::{Recording, TempDir, twtrace_output},
     skip_unless_root, twtrace_bin,
@@ -498,4 +499,194 @@ fn trace_into_head_ends_cleanly() {
     assert!(exited, "twtrace kept running with nobody reading");
     let status = guard.wait_timeout(STOP_TIMEOUT);
     assert_clean_exit("2>&1 | head -2", status);
+}
+
+fn args(list: &[&str]) -> Vec<String> {
+    list.iter().map(|&a| a.to_owned()).collect()
+}
+
+/// What identifies a transition apart from its owner: (family, lport, rport, old, new), sorted,
+/// so a live trace and a replay of the same connections compare exactly.
+fn keys<'a>(events: impl Iterator<Item = &'a Event>) -> Vec<(String, u16, u16, String, String)> {
+    let mut k: Vec<_> = events
+        .map(|e| {
+            (
+                e.family.clone(),
+                e.lport,
+                e.rport,
+                e.old.clone(),
+                e.new.clone(),
+            )
+        })
+        .collect();
+    k.sort();
+    k
+}
+
+/// `trace --from FILE --json <more>`: its events.
+fn replayed(path: &str, more: &[&str]) -> Vec<Event> {
+    let mut all = vec!["trace", "--from", path, "--json"];
+    all.extend_from_slice(more);
+    let out = twtrace_output(&all, false);
+    assert!(
+        out.status.success(),
+        "trace --from {more:?}: {}",
+        out.status
+    );
+    lines_of(&out.stdout)
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not an event ({e}): {l}")))
+        .collect()
+}
+
+/// -4/-6, --lport and --rport on real traffic, live and replayed: 5 connections over 127.0.0.1
+/// and 3 over ::1 at the same time, the client closing first (so each connection leaves exactly
+/// one TIME_WAIT, on the client's side). Each filter keeps exactly its connections' transitions:
+/// the same ones, live, as the unfiltered recording holds for them, and a replay given the
+/// filter prints those again.
+#[test]
+fn ip_version_and_port_side_filters_keep_exact_connections() {
+    const TEST: &str = "output ip_version_and_port_side_filters_keep_exact_connections";
+    if skip_unless_root(TEST) {
+        return;
+    }
+    const N4: usize = 5;
+    const N6: usize = 3;
+    let t4 = Traffic::new(driver(), Mode::ClientFirst, N4, "twf-srv4", "twf-cli4");
+    let t6 =
+        Traffic::new(driver(), Mode::ClientFirst, N6, "twf-srv6", "twf-cli6").over(Loopback::V6);
+    let (s4, s6) = (t4.server(), t6.server());
+    let (p4, p6) = (s4.port, s6.port);
+    let ports = format!("{p4},{p6}");
+    let dir = TempDir::new("output-filters");
+    let file = dir.join("both.twr");
+    let recording = Recording::start(&file, &args(&["--port", &ports]));
+    let v4 = Twtrace::start(&args(&["-4", "-P", &ports]));
+    let v6 = Twtrace::start(&args(&["-6", "--port", &ports]));
+    let lport = Twtrace::start(&args(&["--lport", &ports]));
+    let rport = Twtrace::start(&args(&["--rport", &ports]));
+    let mut peers4 = Peers {
+        client: t4.client(p4),
+        server: s4,
+    };
+    let mut peers6 = Peers {
+        client: t6.client(p6),
+        server: s6,
+    };
+    peers4.wait();
+    peers6.wait();
+    let (c4, c6) = (peers4.client.pid(), peers6.client.pid());
+    let (v4, v6, lport, rport) = (v4.stop(), v6.stop(), lport.stop(), rport.stop());
+    let recorded = recording.stop(libc::SIGINT);
+    assert!(recorded.status.success(), "{:?}", recorded.stderr);
+    for t in [&v4, &v6, &lport, &rport] {
+        assert_eq!(t.summary().lost, 0, "{:?}", t.stderr);
+    }
+    let path = file.to_str().expect("utf-8 path");
+    let all = replayed(path, &[]);
+    let tw_by = |events: &[Event], pid: u32| {
+        events
+            .iter()
+            .filter(|e| e.pid == pid && e.new == TIME_WAIT)
+            .count()
+    };
+    assert_eq!((tw_by(&all, c4), tw_by(&all, c6)), (N4, N6));
+    let ipv4 = |e: &&Event| e.family == "ipv4";
+    let ipv6 = |e: &&Event| e.family == "ipv6";
+    let local = |e: &&Event| e.lport == p4 || e.lport == p6;
+    let remote = |e: &&Event| e.rport == p4 || e.rport == p6;
+
+    type Filter<'a> = &'a dyn Fn(&&Event) -> bool;
+    let cases: [(&str, &[&str], &twtrace_tests::Trace, Filter<'_>, usize); 4] = [
+        ("-4", &["-4"], &v4, &ipv4, N4),
+        ("-6", &["-6"], &v6, &ipv6, N6),
+        ("--lport", &["--lport", &ports], &lport, &local, 0),
+        ("--rport", &["--rport", &ports], &rport, &remote, N4 + N6),
+    ];
+    for (name, flags, live, keep, timewait) in cases {
+        let want = keys(all.iter().filter(keep));
+        assert!(!want.is_empty(), "{name}: nothing to compare");
+        assert_eq!(keys(live.events.iter()), want, "{name}, live");
+        let again = replayed(path, flags);
+        assert_eq!(keys(again.iter()), want, "{name}, replayed");
+        let tw = live.events.iter().filter(|e| e.new == TIME_WAIT).count();
+        assert_eq!(tw, timewait, "{name}: TIME_WAIT entries");
+        eprintln!(
+            "[{TEST}] {name}: {} transitions, {tw} TIME_WAIT",
+            want.len()
+        );
+    }
+    assert_eq!(tw_by(&v4.events, c4), N4);
+    assert_eq!(tw_by(&v6.events, c6), N6);
+
+    // The leaderboard's replay too: -6 keeps the IPv6 client's row and nothing of the other.
+    let out = twtrace_output(&["--from", path, "--speed", "0", "-j", "-6"], false);
+    assert!(out.status.success());
+    let last: Value = lines_of(&out.stdout)
+        .last()
+        .map(|l| serde_json::from_str(l).expect("snapshot"))
+        .expect("a snapshot");
+    assert_eq!(last["schema"], 1);
+    assert_eq!(counter(&last, c6, "timewait_entered"), N6 as u64);
+    assert_eq!(counter(&last, c4, "timewait_entered"), 0);
+}
+
+/// The exit status says which kind of failure it was: 2 for usage (bad flag, bad value,
+/// options that conflict), 1 for a runtime error (a missing file, a damaged recording, no
+/// privileges), 0 for success; each error is one line on stderr.
+#[test]
+fn exit_status_says_which_kind_of_failure() {
+    const TEST: &str = "output exit_status_says_which_kind_of_failure";
+    if skip_unless_root(TEST) {
+        return;
+    }
+    let one_line = |out: &std::process::Output| {
+        let err = lines_of(&out.stderr);
+        assert_eq!(err.len(), 1, "{err:#?}");
+        err[0].clone()
+    };
+    for bad in [
+        &["--frobnicate"][..],
+        &["-4", "-6"],
+        &["trace", "-i", "1"],
+        &["--port", "0"],
+        &["report"],
+        &["--lport", "80", "trace"],
+    ] {
+        let out = twtrace_output(bad, false);
+        assert_eq!(out.status.code(), Some(2), "{bad:?}");
+    }
+
+    let dir = TempDir::new("output-exit");
+    let missing = dir.join("missing.twr");
+    let missing = missing.to_str().expect("utf-8 path");
+    let out = twtrace_output(&["report", missing], false);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(one_line(&out).starts_with("twtrace: "));
+
+    let damaged = dir.join("damaged.twr");
+    std::fs::write(&damaged, b"not a recording at all\n").expect("write");
+    let damaged = damaged.to_str().expect("utf-8 path");
+    for cmd in [&["report", damaged][..], &["trace", "--from", damaged]] {
+        let out = twtrace_output(cmd, false);
+        assert_eq!(out.status.code(), Some(1), "{cmd:?}");
+        assert!(one_line(&out).starts_with("twtrace: "), "{cmd:?}");
+    }
+
+    // Tracing without root or capabilities.
+    let out = twtrace_output(&["trace", "--json"], true);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty());
+
+    let out = twtrace_output(&["--help"], false);
+    assert_eq!(out.status.code(), Some(0));
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        help.contains("Exit status:") && help.contains("NO_COLOR"),
+        "{help}"
+    );
+    let out = twtrace_output(&["doctor", "-j"], false);
+    assert_eq!(out.status.code(), Some(0));
+    let doc: Value = serde_json::from_slice(&out.stdout).expect("doctor JSON");
+    assert_eq!(doc["schema"], 1);
 }

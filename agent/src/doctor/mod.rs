@@ -30,7 +30,7 @@ pub use facts::{Facts, Skipped, Watched};
 pub const NOFILE_SHOWN: usize = 10;
 
 /// The version of the JSON document's layout.
-pub const SCHEMA: u32 = 1;
+pub const SCHEMA: u32 = crate::model::snapshot::SCHEMA;
 
 /// Reads this host, applies the rules and prints the result to `out`.
 pub fn run(

@@ -13,16 +13,43 @@ use super::leaks::CloseWaitAges;
 use super::ports::Destination;
 use crate::event::{Call, Errno};
 use crate::kernel::sysctl::PortSettings;
+
+/// The version of every JSON document twtrace prints (`"schema": 1`): raised when a field
+/// changes meaning or goes away, so scripts can tell which layout they read. New fields do not
+/// raise it.
+pub const SCHEMA: u32 = 1;
+
+/// Serializes as [`SCHEMA`]: a field of each printed document that costs nothing to carry.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Schema;
+
+impl Serialize for Schema {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u32(SCHEMA)
+    }
+}
+
+/// A rate or a time in seconds as the JSON shows it: 3 decimals. The model keeps full
+/// precision (the views and triggers use it); 48.00244058808682 connections per second says
+/// nothing more than 48.002 to anyone reading it.
+pub fn three_decimals<S: Serializer>(x: &f64, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(super::leaks::round(*x, 3))
+}
+
 /// One refresh of the leaderboard.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Snapshot {
+    /// [`SCHEMA`], first in the JSON.
+    pub schema: Schema,
     /// When the snapshot was taken; written in RFC 3339 UTC with whole seconds. The default,
     /// the Unix epoch, marks the placeholder a view shows before the first snapshot.
     #[serde(serialize_with = "whole_seconds")]
     pub time: Timestamp,
     /// Seconds covered by the `*_per_s` rates.
+    #[serde(serialize_with = "three_decimals")]
     pub interval_s: f64,
     /// Seconds since twtrace started.
+    #[serde(serialize_with = "three_decimals")]
     pub uptime_s: f64,
     /// Events the kernel could not hand over (ring buffer full) since start.
     pub lost_events: u64,
@@ -62,6 +89,7 @@ pub struct Totals {
     /// Orphaned FIN_WAIT2 timewait entries since start (in the substate the event reported;
     /// one that a peer's FIN later turned into TIME_WAIT stays counted here).
     pub fin_wait2_entered: u64,
+    #[serde(serialize_with = "three_decimals")]
     pub timewait_per_s: f64,
     /// Of `timewait_entered` and `fin_wait2_entered`, the entries whose event never arrived
     /// (the kernel skipped it, see `lost_events`) but which a reconciliation found: a socket
@@ -107,6 +135,7 @@ pub struct ProcessRow {
     /// Since start.
     pub timewait_entered: u64,
     /// In the last interval.
+    #[serde(serialize_with = "three_decimals")]
     pub timewait_per_s: f64,
     pub timewait_now: u64,
     /// Orphaned FIN_WAIT2 timewait entries since start, and those alive now (see `Totals`).
@@ -117,6 +146,7 @@ pub struct ProcessRow {
     /// before the end still shows).
     pub close_wait_peak: u64,
     /// Age of its oldest CLOSE_WAIT socket in seconds (0 without one).
+    #[serde(serialize_with = "three_decimals")]
     pub close_wait_oldest_s: f64,
     /// The oldest was in CLOSE_WAIT already when twtrace first saw it (a socket from before the
     /// start): its age is at least `close_wait_oldest_s`.
@@ -125,6 +155,7 @@ pub struct ProcessRow {
     /// Of `close_wait_now`, those older than the leak threshold (`--min-age`, 30 s).
     pub close_wait_old: u64,
     /// How CLOSE_WAIT now changed over the last minute, per minute (0 over less than 10 s).
+    #[serde(serialize_with = "three_decimals")]
     pub close_wait_growth_per_min: f64,
     /// CLOSE_WAIT sockets by age: `{"lt_1s": n, "lt_10s", "lt_30s", "lt_1m", "lt_5m", "lt_30m",
     /// "ge_30m"}`, the empty buckets left out.
@@ -137,12 +168,15 @@ pub struct ProcessRow {
     /// fell: connections opened and never closed.
     pub established_growing: bool,
     /// How ESTABLISHED now changed over the last minute, per minute (0 over less than 10 s).
+    #[serde(serialize_with = "three_decimals")]
     pub established_growth_per_min: f64,
     /// Connections opened (connect() or accepted) since start.
     pub opens: u64,
+    #[serde(serialize_with = "three_decimals")]
     pub opens_per_s: f64,
     /// Connections ended (CLOSE, TIME_WAIT or an orphan's FIN_WAIT2 timewait) since start.
     pub closes: u64,
+    #[serde(serialize_with = "three_decimals")]
     pub closes_per_s: f64,
     /// Connections ended by a reset (sent or received) since start.
     pub resets: u64,
@@ -178,7 +212,7 @@ pub struct PeerRow {
     pub fin_wait2_now: u64,
     pub close_wait_now: u64,
     /// Age of the oldest CLOSE_WAIT socket to this peer, in seconds (left out without one).
-    #[serde(skip_serializing_if = "is_zero")]
+    #[serde(skip_serializing_if = "is_zero", serialize_with = "three_decimals")]
     pub close_wait_oldest_s: f64,
     pub established_now: u64,
     /// Failed connect() calls toward it since start (outgoing peers only).

@@ -119,6 +119,14 @@ pub struct Filters {
     /// absent means none, and a reader that predates it ignores it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cgroup: Option<String>,
+    /// `--lport`, `--rport`: local and remote ports (added within version 3, as `cgroup`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lports: Vec<u16>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rports: Vec<u16>,
+    /// `-4` or `-6`: 4 or 6 (added within version 3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip: Option<u8>,
 }
 
 pub const FORMAT_NAME: &str = "twtrace-recording";

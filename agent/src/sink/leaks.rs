@@ -12,7 +12,10 @@ use serde_json::{Value, json};
 use super::{End, Sink};
 use crate::{
     diagnosis::{self, Finding, Thresholds},
-    model::snapshot::{PeerKey, PeerRow, ProcessRow, Snapshot},
+    model::{
+        leaks::round,
+        snapshot::{PeerKey, PeerRow, ProcessRow, SCHEMA, Snapshot},
+    },
     text::write_json,
 };
 
@@ -94,6 +97,7 @@ impl<W: Write> Sink for LeaksReport<W> {
 /// One suspect as JSON: the finding, and the figures of its process (and peer) by name.
 pub fn suspect_json(f: &Finding, snap: &Snapshot) -> Value {
     let mut v = json!({
+        "schema": SCHEMA,
         "kind": f.kind,
         "severity": f.severity,
         "pid": f.pid,
@@ -107,7 +111,7 @@ pub fn suspect_json(f: &Finding, snap: &Snapshot) -> Value {
             "close_wait_leak" => close_wait_json(p),
             "established_growth" => json!({
                 "established_now": p.established_now,
-                "growth_per_min": p.established_growth_per_min,
+                "growth_per_min": round(p.established_growth_per_min, 3),
             }),
             _ => f
                 .peer
@@ -134,7 +138,10 @@ fn close_wait_json(p: &ProcessRow) -> Value {
             let mut v = peer_json(&r.peer);
             if let Value::Object(obj) = &mut v {
                 obj.insert("close_wait_now".into(), json!(r.close_wait_now));
-                obj.insert("oldest_age_s".into(), json!(r.close_wait_oldest_s));
+                obj.insert(
+                    "oldest_age_s".into(),
+                    json!(round(r.close_wait_oldest_s, 3)),
+                );
             }
             v
         })
@@ -143,9 +150,9 @@ fn close_wait_json(p: &ProcessRow) -> Value {
         "close_wait_now": p.close_wait_now,
         "close_wait_peak": p.close_wait_peak,
         "close_wait_old": p.close_wait_old,
-        "oldest_age_s": p.close_wait_oldest_s,
+        "oldest_age_s": round(p.close_wait_oldest_s, 3),
         "oldest_age_at_least": p.close_wait_oldest_at_least,
-        "growth_per_min": p.close_wait_growth_per_min,
+        "growth_per_min": round(p.close_wait_growth_per_min, 3),
         "ages": p.close_wait_ages,
         "peers": peers,
     })
@@ -227,6 +234,7 @@ mod tests {
         let snap = snapshot();
         let found = findings(&snap, &Thresholds::default());
         let v = suspect_json(&found[0], &snap);
+        assert_eq!(v["schema"], 1);
         assert_eq!(v["kind"], "close_wait_leak");
         assert_eq!(v["pid"], 42);
         assert_eq!(v["close_wait_now"], 3);

@@ -49,6 +49,14 @@ pub trait Sink {
         false
     }
 
+    /// Whether this sink also wants a first picture right after the first look at the kernel's
+    /// socket table, before the first interval is up: the terminal view does, so it opens on
+    /// the sockets that already exist (hundreds of TIME_WAIT) rather than on zeros for a
+    /// second. That picture is not counted as one of `--count`'s and goes to no other sink.
+    fn wants_first_frame(&self) -> bool {
+        false
+    }
+
     /// Whether this sink needs the model even without snapshots: a recorder needs the owners
     /// the model asks /proc for at each kernel dump, so a replay can attribute the sockets that
     /// existed before the start.

@@ -64,9 +64,10 @@ impl<W: Write> Sink for PortsPrinter<W> {
     }
 }
 
-/// One printout: `{"time", "range", "tcp_tw_reuse", "destinations"}`.
+/// One printout: `{"schema", "time", "range", "tcp_tw_reuse", "destinations"}`.
 #[derive(Debug, Serialize)]
 pub struct Doc<'a> {
+    pub schema: crate::model::snapshot::Schema,
     #[serde(serialize_with = "crate::model::snapshot::whole_seconds")]
     pub time: jiff::Timestamp,
     /// The settings of the namespace asked about (`--netns`), else of twtrace's own.
@@ -79,6 +80,7 @@ impl<'a> Doc<'a> {
     pub fn of(snap: &'a Snapshot, netns: Option<u32>, top: usize) -> Self {
         let settings = head_settings(&snap.port_settings, netns);
         Self {
+            schema: crate::model::snapshot::Schema,
             time: snap.time,
             range: settings.and_then(|s| s.range),
             tcp_tw_reuse: settings.and_then(|s| s.tw_reuse),
@@ -315,6 +317,7 @@ mod tests {
         let mut out = Vec::new();
         write_json(&mut out, &Doc::of(&s, Some(4_026_532_281), 10)).expect("json");
         let v: serde_json::Value = serde_json::from_slice(&out).expect("parses");
+        assert_eq!(v["schema"], 1);
         assert_eq!(v["time"], "2026-11-29T16:00:00Z");
         assert_eq!(
             v["range"],

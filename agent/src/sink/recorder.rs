@@ -90,12 +90,18 @@ impl Sink for FileRecorder {
         }
         let r = self.writer.stats(s).and_then(|()| self.writer.flush());
         self.check(r)?;
-        self.progress.show(&format!(
-            "twtrace: recording: {} events written, {}, {} lost",
-            self.writer.events_written(),
-            human_size(self.writer.bytes_written()),
-            tally.kernel.lost_total()
-        ));
+        // Off a terminal, a line saying nothing was written yet would spend the 10 s that the
+        // first real figures then wait for.
+        let news = self.writer.events_written() > 0;
+        self.progress.show(
+            news,
+            &format!(
+                "twtrace: recording: {} events written, {}, {} lost",
+                self.writer.events_written(),
+                human_size(self.writer.bytes_written()),
+                tally.kernel.lost_total()
+            ),
+        );
         Ok(())
     }
 
@@ -242,7 +248,7 @@ impl Sink for FlightRecorder {
         if let Some(cut) = self.ring.take_cut_short() {
             self.progress.line(&cut);
         }
-        self.progress.show(&line);
+        self.progress.show(true, &line);
         Ok(())
     }
 
@@ -281,12 +287,19 @@ impl Sink for FlightRecorder {
     }
 }
 
-/// The once-a-second progress line: updated in place on a terminal, plain lines otherwise.
+/// The progress line: updated in place every second on a terminal; otherwise (a log file, a
+/// journal) a plain line at most every [`PLAIN_EVERY`], so an hour's recording logs 360 lines,
+/// not 3,600, the first once something was written.
 struct Progress {
     enabled: bool,
     tty: bool,
     shown: bool,
+    /// When the last plain line was written.
+    last_plain: Option<std::time::Instant>,
 }
+
+/// The least time between two plain progress lines.
+const PLAIN_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl Progress {
     fn new(enabled: bool) -> Self {
@@ -294,11 +307,26 @@ impl Progress {
             enabled,
             tty: io::stderr().is_terminal(),
             shown: false,
+            last_plain: None,
         }
     }
 
-    fn show(&mut self, line: &str) {
-        if !self.enabled {
+    /// Whether a plain line is due at `now` (and, if so, that one is written now).
+    fn plain_due(&mut self, now: std::time::Instant) -> bool {
+        if self
+            .last_plain
+            .is_some_and(|last| now.saturating_duration_since(last) < PLAIN_EVERY)
+        {
+            return false;
+        }
+        self.last_plain = Some(now);
+        true
+    }
+
+    /// Shows `line`; off a terminal only when it has `news` and a plain line is due.
+    fn show(&mut self, news: bool, line: &str) {
+        let shown_now = self.tty || (news && self.plain_due(std::time::Instant::now()));
+        if !self.enabled || !shown_now {
             return;
         }
         let line = crate::text::escape(line);
@@ -325,5 +353,31 @@ impl Progress {
             let _ = writeln!(io::stderr());
         }
         self.shown = false;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::*;
+
+    #[test]
+    fn plain_progress_lines_come_at_most_every_ten_seconds() {
+        let mut p = Progress {
+            enabled: true,
+            tty: false,
+            shown: false,
+            last_plain: None,
+        };
+        let t0 = Instant::now();
+        let due: Vec<u64> = (0..=25)
+            .filter(|&s| p.plain_due(t0 + Duration::from_secs(s)))
+            .collect();
+        assert_eq!(due, vec![0, 10, 20]);
+        // A line with nothing written yet is not shown and spends nothing.
+        p.last_plain = None;
+        p.show(false, "twtrace: recording: 0 events written");
+        assert!(p.last_plain.is_none() && !p.shown);
     }
 }

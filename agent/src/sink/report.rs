@@ -34,6 +34,7 @@ pub struct TimelinePoint {
     /// Written as snapshots write theirs.
     #[serde(serialize_with = "whole_seconds")]
     pub time: Timestamp,
+    #[serde(serialize_with = "crate::model::snapshot::three_decimals")]
     pub timewait_per_s: f64,
     pub timewait_now: u64,
     /// Orphaned FIN_WAIT2 timewait sockets: with `timewait_now`, what `timewait_kernel` counts.
@@ -261,7 +262,7 @@ fn json_report(header: &Header, replay: &Run<'_>, snap: &Snapshot, problems: &[S
                 "recording_start": header.start_time,
                 "start": start,
                 "end": end,
-                "duration_s": secs,
+                "duration_s": crate::model::leaks::round(secs, 3),
                 "sysctls": sysctls,
                 "command_line": header.command_line,
                 "filters": {"pids": header.filters.pids, "ports": header.filters.ports},
@@ -880,6 +881,7 @@ mod tests {
         r.end(&end(None)).expect("end");
         let v: Value = serde_json::from_slice(&r.out).expect("json");
         assert_eq!(v["time"], "2026-11-25T16:00:00.000000Z");
+        assert_eq!(v["schema"], 1);
         assert_eq!(v["processes"], json!([]));
     }
 }

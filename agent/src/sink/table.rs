@@ -194,6 +194,7 @@ mod tests {
 
     fn sample() -> Snapshot {
         Snapshot {
+            schema: crate::model::snapshot::Schema,
             time: "2026-11-25T16:00:00Z".parse().expect("time"),
             interval_s: 1.0,
             uptime_s: 10.0,
@@ -547,5 +548,27 @@ mod tests {
         assert!(v["processes"][0]["peers"][0].get("lport").is_none());
         assert!(v["processes"][0].get("timewait_history").is_none());
         assert_eq!(v["lost_events"], 0);
+        assert_eq!(v["schema"], 1);
+        assert!(text.starts_with(r#"{"schema":1,"#), "{text}");
+    }
+
+    #[test]
+    fn json_rates_have_three_decimals_and_counts_stay_exact() {
+        let mut snap = sample();
+        snap.totals.timewait_per_s = 48.002_440_588_086_82;
+        snap.uptime_s = 10.000_499_9;
+        snap.totals.timewait_entered = 123_456_789_012;
+        snap.processes[0].opens_per_s = 2.0 / 3.0;
+        snap.processes[0].close_wait_oldest_s = 75.5;
+        let mut out = Vec::new();
+        print_json(&mut out, &snap).expect("print");
+        let v: serde_json::Value = serde_json::from_slice(&out).expect("json");
+        assert_eq!(v["totals"]["timewait_per_s"], 48.002);
+        assert_eq!(v["uptime_s"], 10.0);
+        assert_eq!(v["totals"]["timewait_entered"], 123_456_789_012u64);
+        assert_eq!(v["processes"][0]["opens_per_s"], 0.667);
+        assert_eq!(v["processes"][0]["close_wait_oldest_s"], 75.5);
+        // The model keeps the full value for the views and the triggers.
+        assert_eq!(snap.totals.timewait_per_s, 48.002_440_588_086_82);
     }
 }

@@ -12,6 +12,7 @@ use crate::{
     clock::WallClock,
     container::{CgroupPaths, Container},
     event::{Call, Transition},
+    model::snapshot::SCHEMA,
     stream::{Stats, Tally},
     text::{escape, write_json},
 };
@@ -100,7 +101,11 @@ impl<W: Write> Printer<W> {
         let container = self.container(t);
         let out = &mut self.out;
         // RFC 3339 in UTC to the microsecond, the rest cut off.
-        write!(out, "{{\"time\":\"{time:.6}\",\"pid\":{},\"comm\":", t.pid)?;
+        write!(
+            out,
+            "{{\"schema\":{SCHEMA},\"time\":\"{time:.6}\",\"pid\":{},\"comm\":",
+            t.pid
+        )?;
         write_json(&mut *out, t.comm.to_str().as_ref())?;
         write!(
             out,
@@ -312,6 +317,7 @@ mod tests {
         let out = render(Format::Json, &[ev]);
         assert_eq!(out.lines().count(), 1);
         let v: serde_json::Value = serde_json::from_str(out.trim()).expect("json");
+        assert_eq!(v["schema"], 1);
         assert_eq!(v["time"], "2026-11-25T00:00:05.000000Z");
         assert_eq!(v["pid"], 4242);
         assert_eq!(v["comm"], "curl");

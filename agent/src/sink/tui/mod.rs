@@ -48,6 +48,10 @@ impl Sink for TuiSink {
         true
     }
 
+    fn wants_first_frame(&self) -> bool {
+        true
+    }
+
     fn snapshot(&mut self, snap: &Arc<Snapshot>) -> anyhow::Result<()> {
         if let Some(tx) = &self.tx {
             // No receiver means the view has quit already; the pipeline hears it from the view.
@@ -84,12 +88,18 @@ pub async fn run(
     // a panic. Like `init`, it installs a panic hook that restores the terminal and then calls
     // the previous hook, so a panic message is printed on a sane screen.
     let mut terminal = ratatui::try_init().context("cannot take over the terminal")?;
+    let plain = no_color();
     let mut events = EventStream::new();
     let mut source_open = true;
 
     loop {
         terminal
-            .draw(|frame| render(frame, &app, app.snapshot()))
+            .draw(|frame| {
+                render(frame, &app, app.snapshot());
+                if plain {
+                    strip_colors(frame.buffer_mut());
+                }
+            })
             .context("cannot draw to the terminal")?;
         tokio::select! {
             changed = snapshots.changed(), if source_open => match changed {
@@ -115,6 +125,22 @@ pub async fn run(
                 None => return Ok(()),
             },
         }
+    }
+}
+
+/// Whether the user asked for no colour: `NO_COLOR` set and not empty (no-color.org).
+pub fn no_color() -> bool {
+    std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty())
+}
+
+/// Takes the colours out of a drawn frame and keeps the rest: bold, italic, reversed and dim
+/// still mark what colour marked (a leaking row is bold, the selection reversed), so the view
+/// says the same without colour. Done on the finished frame, so no widget needs to know.
+pub fn strip_colors(buf: &mut ratatui::buffer::Buffer) {
+    use ratatui::style::Color;
+    for cell in &mut buf.content {
+        cell.fg = Color::Reset;
+        cell.bg = Color::Reset;
     }
 }
 

@@ -124,6 +124,7 @@ pub(super) fn demo_snapshot() -> Snapshot {
         vec![peer("10.0.3.17", 5432, 0, 3_120, 0, 0)],
     );
     Snapshot {
+        schema: crate::model::snapshot::Schema,
         time: "2025-06-01T03:14:15.926Z".parse().expect("time"),
         interval_s: 1.0,
         uptime_s: 3_725.0,
@@ -1084,4 +1085,26 @@ fn quitting() {
     press(&mut app, "?");
     assert_eq!(handle(&mut app, key(KeyCode::Esc)), Flow::Continue);
     assert_eq!(handle(&mut app, key(KeyCode::Esc)), Flow::Quit);
+}
+
+#[test]
+fn no_color_takes_out_colours_and_keeps_the_other_marks() {
+    let mut snap = demo_snapshot();
+    snap.lost_events = 3;
+    let app = app_with(snap);
+    let mut buf = draw(&app, 120, 12);
+    let (x, y) = find(&buf, "lost 3").expect("lost in header");
+    assert_eq!(buf[(x, y)].fg, Color::Red);
+    let text = screen(&buf);
+    let marks: Vec<_> = buf.content.iter().map(|c| c.modifier).collect();
+    strip_colors(&mut buf);
+    assert!(
+        buf.content
+            .iter()
+            .all(|c| c.fg == Color::Reset && c.bg == Color::Reset),
+        "a colour is left"
+    );
+    assert_eq!(screen(&buf), text, "the same text");
+    let after: Vec<_> = buf.content.iter().map(|c| c.modifier).collect();
+    assert_eq!(after, marks, "bold, reversed and the rest stay");
 }
