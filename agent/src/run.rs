@@ -683,7 +683,8 @@ async fn serve(args: ServeArgs, verbose: bool) -> anyhow::Result<()> {
         reconcile: Some(Duration::from_secs(2)),
         duration: None,
     };
-    let mut source = start_live(&opts, live_cadence, true)?;
+    let select = selection(&args.filter)?;
+    let mut source = start_live(&opts, &select, live_cadence, true, false)?;
     say(&format!(
         "twtrace: serving http://{bound}/metrics and /healthz"
     ));
@@ -696,7 +697,7 @@ async fn serve(args: ServeArgs, verbose: bool) -> anyhow::Result<()> {
         &source,
         sinks,
         Box::new(ProcFs::new()),
-        selection(&args.filter)?,
+        select,
         Cadence::default(),
     );
     let outcome = run_pipeline(&mut source, core, false, None).await;
