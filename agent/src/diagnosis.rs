@@ -11,6 +11,7 @@ use serde::Serialize;
 
 use crate::{
     event::{Call, Errno},
+    kernel::sysctl::TwReuse,
     model::{
         ports::{Destination, WARN_SHARE},
         snapshot::{PeerKey, PeerRow, ProcessRow, Snapshot},
@@ -465,13 +466,12 @@ fn port_exhaustion(d: &Destination) -> Finding {
         "reuse connections to {target} in {who}: HTTP keep-alive or a connection pool, not a \
          connection per request (each one its side closes keeps its port in TIME_WAIT for 60 s)"
     )];
-    // 2 reuses only toward loopback addresses; 1 everywhere; 0 nowhere.
+    // Advised where the setting is known and does not apply to this destination's addresses
+    // (0; or 2, loopback only, toward another address).
     let reuse_helps = d.timewait > 0
-        && match d.tcp_tw_reuse {
-            Some(0) => true,
-            Some(2) => !d.raddr.is_loopback(),
-            _ => false,
-        };
+        && d.tcp_tw_reuse
+            .and_then(TwReuse::of)
+            .is_some_and(|r| !r.applies(d.laddr, d.raddr));
     if reuse_helps {
         let ts = if d.tcp_timestamps == Some(0) {
             " after turning net.ipv4.tcp_timestamps on (it is 0, and reuse needs it)"

@@ -288,6 +288,16 @@ impl TwReuse {
         }
     }
 
+    /// The setting as `PortSettings::tw_reuse` holds it (the number read).
+    pub fn of(value: u8) -> Option<Self> {
+        match value {
+            0 => Some(Self::Off),
+            1 => Some(Self::On),
+            2 => Some(Self::Loopback),
+            _ => None,
+        }
+    }
+
     /// Whether connect() may reuse a TIME_WAIT port for connections between `local` and
     /// `remote` (timestamps allowing).
     pub fn applies(self, local: IpAddr, remote: IpAddr) -> bool {

@@ -218,7 +218,7 @@ impl Ports {
         };
         let reuse = s
             .tw_reuse
-            .and_then(|v| TwReuse::parse(&v.to_string()))
+            .and_then(TwReuse::of)
             .is_some_and(|r| r.applies(key.laddr, key.raddr));
         reuse && s.timestamps != Some(0)
     }
