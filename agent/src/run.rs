@@ -221,10 +221,7 @@ fn new_core<'a, S: Source>(
 
 /// The default command: the leaderboard, live or replayed, in the terminal or printed.
 async fn leaderboard(args: LiveArgs, verbose: bool) -> anyhow::Result<()> {
-    let limits = Limits {
-        leak_min_age_ns: u64::try_from(args.min_age.as_nanos()).unwrap_or(u64::MAX),
-        ..Limits::default()
-    };
+    let limits = leak_limits(args.min_age);
     let tui = !(args.json || args.once || args.count.is_some() || !io::stdout().is_terminal());
     let interval = Duration::from_secs_f64(args.interval);
     let cadence = Cadence {
@@ -560,12 +557,17 @@ impl Sink for LastSnapshot {
     }
 }
 
+/// The model's defaults with the leak threshold of `--min-age` (the leaderboard's and leaks').
+fn leak_limits(min_age: Duration) -> Limits {
+    Limits {
+        leak_min_age_ns: u64::try_from(min_age.as_nanos()).unwrap_or(u64::MAX),
+        ..Limits::default()
+    }
+}
+
 /// `twtrace leaks`: watch (or replay a recording), then diagnose the last snapshot.
 async fn leaks(args: LeaksArgs, verbose: bool) -> anyhow::Result<()> {
-    let limits = Limits {
-        leak_min_age_ns: u64::try_from(args.min_age.as_nanos()).unwrap_or(u64::MAX),
-        ..Limits::default()
-    };
+    let limits = leak_limits(args.min_age);
     let thresholds = Thresholds {
         churn_per_s: args.churn_rate,
     };

@@ -85,12 +85,9 @@ impl Lives {
     /// The statistics at `now_ns`; None when no connection ended in the last minute.
     pub fn stats(&mut self, now_ns: u64) -> Option<LifeStats> {
         self.roll(now_ns);
-        let counts: Vec<u64> = self
-            .current
-            .iter()
-            .zip(&self.previous)
-            .map(|(&a, &b)| u64::from(a) + u64::from(b))
-            .collect();
+        // Per peer at every snapshot: on the stack.
+        let counts: [u64; BUCKETS] =
+            std::array::from_fn(|i| u64::from(self.current[i]) + u64::from(self.previous[i]));
         let count: u64 = counts.iter().sum();
         if count == 0 {
             return None;
