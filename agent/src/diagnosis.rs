@@ -154,13 +154,15 @@ fn connect_failures(p: &ProcessRow) -> Option<Finding> {
     let toward = top.map_or_else(String::new, |r| format!(" toward {}", r.peer));
     let title = if exhausted {
         format!(
-            "{} (pid {}) ran out of local ports{toward}: {} connect() call(s) failed",
-            p.comm, p.pid, p.connect_failures
+            "{} ran out of local ports{toward}: {} connect() call(s) failed",
+            who(p),
+            p.connect_failures
         )
     } else {
         format!(
-            "{} (pid {}): {} connect() call(s) failed{toward}",
-            p.comm, p.pid, p.connect_failures
+            "{}: {} connect() call(s) failed{toward}",
+            who(p),
+            p.connect_failures
         )
     };
     Some(Finding {
@@ -197,10 +199,7 @@ fn bind_failures(p: &ProcessRow) -> Option<Finding> {
         pid: Some(p.pid),
         comm: Some(p.comm.clone()),
         peer: None,
-        title: format!(
-            "{} (pid {}): {} bind() call(s) failed",
-            p.comm, p.pid, p.bind_failures
-        ),
+        title: format!("{}: {} bind() call(s) failed", who(p), p.bind_failures),
         evidence: failure_evidence(p, Call::Bind),
         remedy: "EADDRINUSE: set SO_REUSEADDR before bind() (TIME_WAIT sockets on the port block \
                  a bind without it) and check that no other process holds the port; \
