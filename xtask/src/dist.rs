@@ -490,19 +490,9 @@ fn check_installed(dist: &Dist, file: &Path) -> Result<()> {
 
 /// Runs `cmd`, failing with its stderr unless it succeeds; its stdout.
 fn output(cmd: &mut Command) -> Result<String> {
-    let shown = shell::display(cmd);
-    eprintln!("xtask: $ {shown}");
-    let out = cmd
-        .output()
-        .with_context(|| format!("could not start `{shown}`"))?;
-    if !out.status.success() {
-        bail!(
-            "`{shown}` failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    eprintln!("xtask: $ {}", shell::display(cmd));
+    let stdout = shell::capture(cmd)?;
+    Ok(String::from_utf8_lossy(&stdout).into_owned())
 }
 
 #[cfg(test)]

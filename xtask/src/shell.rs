@@ -19,6 +19,23 @@ pub fn run(step: &str, cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
+/// Runs `cmd` and returns its stdout; fails with its stderr unless it succeeds. Not announced:
+/// callers that poll (the bench reads bpftool every round) would flood the log.
+pub fn capture(cmd: &mut Command) -> Result<Vec<u8>> {
+    let shown = display(cmd);
+    let out = cmd
+        .output()
+        .with_context(|| format!("could not start `{shown}`"))?;
+    if !out.status.success() {
+        bail!(
+            "`{shown}` failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(out.stdout)
+}
+
 /// The command as a shell line, with the environment it sets (except PATH, which is long and
 /// always just `<tools>/bin` prepended), so it can be copied and re-run by hand.
 pub fn display(cmd: &Command) -> String {

@@ -108,17 +108,8 @@ fn bpftool_progs(bpftool: &Path) -> Result<BTreeMap<u32, ProgStats>> {
     let mut cmd = Command::new(bpftool);
     cmd.args(["prog", "show", "--json"]).stdin(Stdio::null());
     let shown = shell::display(&cmd);
-    let out = cmd
-        .output()
-        .with_context(|| format!("could not start `{shown}`"))?;
-    if !out.status.success() {
-        bail!(
-            "`{shown}` failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    let text = String::from_utf8(out.stdout).with_context(|| format!("`{shown}`: not UTF-8"))?;
+    let text = String::from_utf8(shell::capture(&mut cmd)?)
+        .with_context(|| format!("`{shown}`: not UTF-8"))?;
     let progs = parse_bpftool_progs(&text).with_context(|| format!("`{shown}`"))?;
     Ok(progs.into_iter().map(|p| (p.id, p)).collect())
 }
