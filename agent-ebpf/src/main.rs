@@ -24,13 +24,33 @@ use aya_ebpf::{
 use aya_log_ebpf::warn;
 use twtrace_ebpf::{
     AF_INET, AF_INET6, COMM_LEN, CallArgs, Event, IPPROTO_TCP, ListenerEntry, ListenerKey,
-    MAX_CALLS, MAX_CGROUP_FILTER, MAX_PID_FILTER, MAX_PORT_FILTER, Owner, SOCK_STREAM, SockEntry,
-    call, errno, flags, globals, how, offsets, stat, tcp_state,
+    MAX_CALLS, MAX_CGROUP_FILTER, MAX_PID_FILTER, MAX_PORT_FILTER, MAX_RINGS, Owner, SOCK_STREAM,
+    SockEntry, call, errno, flags, globals, how, offsets, stat, tcp_state,
 };
 
-/// Sized by the agent at load time (`RING_BYTES` in agent/src/kernel/tracer.rs); this is a fallback.
+/// The event rings, one per CPU up to [`twtrace_ebpf::MAX_RINGS`] (see there, and `emit`).
+/// Sized by the agent at load time (`ring_bytes` in agent/src/kernel/tracer.rs); rings it does
+/// not use get one page. The size here is a fallback.
 #[map]
-static EVENTS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
+static EVENTS0: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
+#[map]
+static EVENTS1: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
+#[map]
+static EVENTS2: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
+#[map]
+static EVENTS3: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
+#[map]
+static EVENTS4: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
+#[map]
+static EVENTS5: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
+#[map]
+static EVENTS6: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
+#[map]
+static EVENTS7: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
+
+/// Rings in use minus one; set by the agent (`globals::RING_MASK`).
+#[unsafe(no_mangle)]
+static RING_MASK: Global<u32> = Global::new(0);
 
 #[map]
 static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);
@@ -264,7 +284,24 @@ fn emit(ev: &Event) {
     // (recursion_misses). Forcing one every 64 events per CPU skipped 1,815 events in one 8 s
     // run at four generators; without them, 87 on a comparable run (docs/kernel.md has how
     // they were taken); timer ticks still cause some.
-    match EVENTS.output::<Event>(ev, u64::from(BPF_RB_NO_WAKEUP)) {
+    //
+    // The ring is this CPU's (see `MAX_RINGS`): no other CPU takes its lock or writes its
+    // positions, unless there are more CPUs than rings. Each arm names its map, which the
+    // verifier needs to know at the call.
+    let flags = u64::from(BPF_RB_NO_WAKEUP);
+    // SAFETY: helper without preconditions.
+    let cpu = unsafe { generated::bpf_get_smp_processor_id() };
+    let sent = match cpu & RING_MASK.load() & (MAX_RINGS as u32 - 1) {
+        0 => EVENTS0.output::<Event>(ev, flags),
+        1 => EVENTS1.output::<Event>(ev, flags),
+        2 => EVENTS2.output::<Event>(ev, flags),
+        3 => EVENTS3.output::<Event>(ev, flags),
+        4 => EVENTS4.output::<Event>(ev, flags),
+        5 => EVENTS5.output::<Event>(ev, flags),
+        6 => EVENTS6.output::<Event>(ev, flags),
+        _ => EVENTS7.output::<Event>(ev, flags),
+    };
+    match sent {
         Ok(()) => count(stat::EVENTS),
         Err(_) => count(stat::LOST),
     }

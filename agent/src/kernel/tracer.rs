@@ -18,10 +18,13 @@ use aya::{
     programs::{ProgramError, TracePoint},
 };
 use tokio::io::{Interest, unix::AsyncFd};
-use twtrace_ebpf::{ListenerEntry, ListenerKey, MAX_CGROUP_FILTER, globals, maps, programs, stat};
+use twtrace_ebpf::{
+    ListenerEntry, ListenerKey, MAX_CGROUP_FILTER, MAX_RINGS, globals, maps, programs, stat,
+};
 
 use super::{btf, netns, privilege, procnet, progstats, sockdiag, tracefs};
 use crate::{
+    clock,
     container::{self, CgroupDir, CgroupIds},
     event::{self, DecodeError, Transition},
     stream::KernelStats,
@@ -30,11 +33,32 @@ use crate::{
 /// The kernel object built by build.rs. Empty when the build had no bpf-linker.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/twtrace-ebpf"));
 
-/// The ring buffer's size: 8 MiB holds ~70,000 events (112 bytes + 8 of header), half a second
-/// of the highest churn this class of machine makes, so a busy agent (a socket-table dump,
-/// another process on its core) catches up instead of losing events. The agent maps it, so it
-/// counts in the agent's RSS once written: 16 MiB cost 18 MiB of RSS for no measured gain.
+/// The ring buffers' size, all of them together: 8 MiB holds ~65,000 events (120 bytes + 8 of
+/// header), half a second of the highest churn this class of machine makes, so a busy agent (a
+/// socket-table dump, another process on its core) catches up instead of losing events. The
+/// agent maps them, so they count in the agent's RSS once written: 16 MiB cost 18 MiB of RSS
+/// for no measured gain. Split between the rings in use (see [`ring_bytes`]).
 const RING_BYTES: u32 = 8 << 20;
+
+/// The smallest ring in use: with eight rings, each CPU's 2 MiB still holds 80 ms of the
+/// peak rate measured here even if one CPU made all of it.
+const MIN_RING_BYTES: u32 = 2 << 20;
+
+/// What a ring the kernel program never writes to gets: one page (the smallest ring the
+/// kernel makes).
+const UNUSED_RING_BYTES: u32 = 4096;
+
+/// How many event rings to use with `cpus` possible CPUs: one per CPU, at most
+/// [`MAX_RINGS`], a power of two (the kernel program picks a CPU's ring with a mask).
+fn rings_for(cpus: usize) -> usize {
+    cpus.clamp(1, MAX_RINGS).next_power_of_two().min(MAX_RINGS)
+}
+
+/// Each ring's size when `rings` are in use (a power of two, as the kernel requires).
+fn ring_bytes(rings: usize) -> u32 {
+    let rings = u32::try_from(rings.max(1)).unwrap_or(1);
+    (RING_BYTES / rings).max(MIN_RING_BYTES)
+}
 
 /// How often the agent drains the ring buffer. The kernel program never wakes the agent (see
 /// `emit` in agent-ebpf/src/main.rs: a wake-up makes the kernel skip events), so this is how
@@ -66,7 +90,13 @@ pub type Notice = String;
 pub struct Tracer {
     // Keeps the programs attached and the maps alive.
     _ebpf: Ebpf,
-    ring: RingBuf<MapData>,
+    /// The event rings in use, one per CPU (up to [`MAX_RINGS`]).
+    rings: Vec<RingBuf<MapData>>,
+    /// Events read from the rings and not handed over yet: later than the drain's cut-off (see
+    /// [`Tracer::next_batch`]).
+    later: Vec<Transition>,
+    /// The drain's scratch space, kept between drains so it is not reallocated each time.
+    batch: Vec<Transition>,
     poll: tokio::time::Interval,
     stats: PerCpuArray<MapData, u64>,
     /// Things the user should know about this run (mounted tracefs, missing optional hooks,
@@ -155,9 +185,19 @@ impl Tracer {
         let o = offsets.unwrap_or_default();
         let btf_ok = u32::from(offsets.is_some());
         let netns_filter = opts.netns.unwrap_or(0);
+        let rings = rings_for(aya::util::nr_cpus().unwrap_or(MAX_RINGS));
+        let ring_mask = u32::try_from(rings - 1).unwrap_or(0);
         let mut loader = EbpfLoader::new();
+        for (i, name) in maps::EVENTS.iter().enumerate() {
+            let bytes = if i < rings {
+                ring_bytes(rings)
+            } else {
+                UNUSED_RING_BYTES
+            };
+            loader.map_max_entries(name, bytes);
+        }
         loader
-            .map_max_entries(maps::EVENTS, RING_BYTES)
+            .override_global(globals::RING_MASK, &ring_mask, true)
             .override_global(globals::FILTERS, &filters, true)
             .override_global(globals::NETNS_FILTER, &netns_filter, true)
             .override_global(globals::BTF_OK, &btf_ok, true)
@@ -257,8 +297,12 @@ impl Tracer {
             attached.push(prog_name);
         }
 
-        let ring = RingBuf::try_from(take_map(&mut ebpf, maps::EVENTS)?)
-            .with_context(|| format!("map {}", maps::EVENTS))?;
+        let rings = maps::EVENTS[..rings]
+            .iter()
+            .map(|name| {
+                RingBuf::try_from(take_map(&mut ebpf, name)?).with_context(|| format!("map {name}"))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
         let mut poll = tokio::time::interval(POLL);
         // After a long stall (a suspended process), one drain catches up; no burst of ticks.
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -266,7 +310,9 @@ impl Tracer {
             .with_context(|| format!("map {}", maps::STATS))?;
         Ok(Self {
             _ebpf: ebpf,
-            ring,
+            rings,
+            later: Vec::new(),
+            batch: Vec::new(),
             poll,
             stats,
             notices,
@@ -294,17 +340,41 @@ impl Tracer {
         filter.refresh(now)
     }
 
-    /// Waits for the next drain time, then hands every event available to `f`. Returns how
-    /// many it handled. Batching per drain keeps the per-event cost low at 100,000+ events/s.
-    /// Cancel-safe: nothing is read before the tick.
+    /// Waits for the next drain time, then hands the events available to `f`, in the order
+    /// they happened. Returns how many it handled. Batching per drain keeps the per-event cost
+    /// low at 100,000+ events/s. Cancel-safe: nothing is read before the tick.
+    ///
+    /// With several rings, an event stamped after the drain began waits for the next drain
+    /// (see [`merge`]).
     pub async fn next_batch(&mut self, f: impl FnMut(&Transition)) -> io::Result<usize> {
         self.poll.tick().await;
-        Ok(self.drain(f))
+        let cut_off = clock::monotonic_ns();
+        Ok(self.hand_over(Some(cut_off), f))
     }
 
-    /// Hands every event already in the ring buffer to `f` without waiting (for shutdown).
+    /// Hands every event already in the rings to `f` without waiting (for shutdown).
     pub fn drain(&mut self, f: impl FnMut(&Transition)) -> usize {
-        hand_over(&mut self.ring, &mut self.undecodable, f)
+        self.hand_over(None, f)
+    }
+
+    fn hand_over(&mut self, cut_off: Option<u64>, mut f: impl FnMut(&Transition)) -> usize {
+        if let [ring] = self.rings.as_mut_slice() {
+            // One ring is in the order the kernel program wrote it, which for each socket is
+            // the order of its transitions: nothing to merge.
+            return hand_over(ring, &mut self.undecodable, f);
+        }
+        self.batch.clear();
+        self.batch.append(&mut self.later);
+        for ring in &mut self.rings {
+            let batch = &mut self.batch;
+            hand_over(ring, &mut self.undecodable, |t| batch.push(*t));
+        }
+        let ready = merge(&mut self.batch, cut_off);
+        self.later.extend_from_slice(&self.batch[ready..]);
+        for t in &self.batch[..ready] {
+            f(t);
+        }
+        ready
     }
 
     pub fn stats(&self) -> KernelStats {
@@ -355,6 +425,25 @@ fn partner(tp: &str) -> Option<String> {
         }
     };
     pair("connect").or_else(|| pair("bind"))
+}
+
+/// Puts the events read from several rings in the order they happened, and returns how many of
+/// them (from the front) can be handed over: those stamped at or before `cut_off` (all of them
+/// without one). The rest waits for the next drain.
+///
+/// Why this keeps each socket's transitions in order: every event carries the time its program
+/// took at the start (`bpf_ktime_get_ns`, CLOCK_MONOTONIC, the same clock on every CPU), and
+/// one socket's transitions are serialised by its lock, inside which the program runs to the
+/// end, so an event is in its ring before the next transition of that socket is stamped. The
+/// cut-off is read before any ring is, so any event stamped at or before it follows every
+/// earlier event of its socket, which were therefore in their rings already when the drain
+/// read them (now, or in an earlier drain). A close held back until the socket's destruction
+/// comes out late with its old time and is sorted before the socket's next life, which
+/// cannot start before that destruction. The sort is stable and the rings are each nearly in
+/// order, so it costs little more than a merge.
+fn merge(batch: &mut [Transition], cut_off: Option<u64>) -> usize {
+    batch.sort_by_key(|t| t.mono_ns);
+    cut_off.map_or(batch.len(), |c| batch.partition_point(|t| t.mono_ns <= c))
 }
 
 /// Decodes every event in `ring` and hands it to `f`; counts what does not decode.
@@ -600,6 +689,47 @@ fn start_kernel_logger(ebpf: &mut Ebpf) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::event::TcpState;
+
+    #[test]
+    fn one_ring_per_cpu_up_to_eight() {
+        let rings: Vec<usize> = [0, 1, 2, 3, 4, 5, 8, 64].map(rings_for).to_vec();
+        assert_eq!(rings, [1, 1, 2, 4, 4, 8, 8, 8]);
+        assert_eq!(ring_bytes(1), 8 << 20);
+        assert_eq!(ring_bytes(2), 4 << 20);
+        assert_eq!(ring_bytes(8), 2 << 20);
+        for rings in [1, 2, 4, 8] {
+            assert!(ring_bytes(rings).is_power_of_two());
+        }
+    }
+
+    /// Two rings' events, each ring in order: merged by time, and what came after the
+    /// cut-off stays for the next drain, stable for equal times.
+    #[test]
+    fn rings_merge_by_time_up_to_the_cut_off() {
+        let at = |ns: u64, skaddr: u64, new: TcpState| {
+            let mut t = crate::recording::tests::event(0);
+            t.mono_ns = ns;
+            t.skaddr = skaddr;
+            t.new = new;
+            t
+        };
+        // Ring 0, then ring 1, as the drain reads them; a held close (time 5) came out of
+        // ring 1 late, after the socket's next life began on the other CPU.
+        let mut batch = vec![
+            at(10, 1, TcpState::SynSent),
+            at(30, 1, TcpState::Established),
+            at(40, 2, TcpState::FinWait1),
+            at(5, 1, TcpState::Close),
+            at(20, 2, TcpState::SynSent),
+            at(30, 3, TcpState::SynSent),
+        ];
+        let ready = merge(&mut batch, Some(30));
+        assert_eq!(ready, 5);
+        let order: Vec<(u64, u64)> = batch.iter().map(|t| (t.mono_ns, t.skaddr)).collect();
+        assert_eq!(order, [(5, 1), (10, 1), (20, 2), (30, 1), (30, 3), (40, 2)]);
+        assert_eq!(merge(&mut batch, None), 6);
+    }
 
     #[test]
     fn syscall_pairs_go_together() {
