@@ -408,8 +408,7 @@ fn try_set_state(ctx: &TracePointContext) -> Result<(), i64> {
         let entry = unsafe { &mut *entry };
         if entry.has_pending != 0 {
             entry.has_pending = 0;
-            entry.pending.flags |= flags::FLUSHED;
-            emit(&entry.pending);
+            emit_held(entry, skaddr, flags::FLUSHED, 0);
         }
     }
 
@@ -498,8 +497,7 @@ fn try_set_state(ctx: &TracePointContext) -> Result<(), i64> {
                 copy_words(&mut ev.owner, &entry.owner);
                 ev.flags |= entry.flags;
                 if holds_close(oldstate, newstate, entry.flags) {
-                    copy_words(&mut entry.pending, ev);
-                    entry.has_pending = 1;
+                    hold(entry, ev);
                     return Ok(());
                 }
             }
@@ -545,8 +543,7 @@ fn track(ctx: &TracePointContext, skaddr: u64, ev: &Event, pending: bool) -> boo
     entry.state = ev.newstate;
     copy_words(&mut entry.ends, &ev.ends);
     if pending {
-        copy_words(&mut entry.pending, ev);
-        entry.has_pending = 1;
+        hold(entry, ev);
     }
     // A reference, not the value: passing the value would copy it onto the stack first, and
     // such copies are byte loops here (see `copy_words`).
@@ -561,6 +558,36 @@ fn track(ctx: &TracePointContext, skaddr: u64, ev: &Event, pending: bool) -> boo
         return false;
     }
     true
+}
+
+/// Holds `ev`, a close, in the socket's entry until the socket is destroyed. The entry already
+/// has the event's owner and namespace; its ends become the close's.
+#[inline(always)]
+fn hold(entry: &mut SockEntry, ev: &Event) {
+    entry.held.ts_ns = ev.ts_ns;
+    entry.held.current_tgid = ev.current_tgid;
+    entry.held.oldstate = ev.oldstate;
+    entry.held.flags = ev.flags;
+    copy_words(&mut entry.ends, &ev.ends);
+    entry.has_pending = 1;
+}
+
+/// Sends the close held in `entry` (see `hold`), with `extra` flags and the socket's cookie.
+#[inline(always)]
+fn emit_held(entry: &SockEntry, skaddr: u64, extra: u32, cookie: u64) {
+    let mut slot = MaybeUninit::<Event>::uninit();
+    let ev = zeroed_in(&mut slot);
+    ev.ts_ns = entry.held.ts_ns;
+    ev.skaddr = skaddr;
+    ev.cookie = cookie;
+    copy_words(&mut ev.owner, &entry.owner);
+    ev.oldstate = entry.held.oldstate;
+    ev.newstate = tcp_state::CLOSE;
+    ev.flags = entry.held.flags | extra;
+    ev.current_tgid = entry.held.current_tgid;
+    ev.netns = entry.netns;
+    copy_words(&mut ev.ends, &entry.ends);
+    emit(ev);
 }
 
 /// Starts a new life in an existing entry: the owner and ends of `ev`, no flags, nothing held.
@@ -600,10 +627,13 @@ pub fn tcp_destroy_sock(ctx: TracePointContext) -> u32 {
         let entry = unsafe { &mut *entry };
         if entry.has_pending != 0 {
             entry.has_pending = 0;
-            // Completed and sent from the map value itself: a copy would cost a byte loop.
-            entry.pending.cookie = field::<u64>(&ctx, offsets::tcp_sock::SOCK_COOKIE).unwrap_or(0);
-            entry.pending.flags |= flags::DESTROYED | (entry.flags & flags::RESET_SENT);
-            emit(&entry.pending);
+            let cookie = field::<u64>(&ctx, offsets::tcp_sock::SOCK_COOKIE).unwrap_or(0);
+            emit_held(
+                entry,
+                skaddr,
+                flags::DESTROYED | (entry.flags & flags::RESET_SENT),
+                cookie,
+            );
         }
     }
     let _ = SOCKETS.remove(skaddr);

@@ -689,7 +689,7 @@ fn start_kernel_logger(ebpf: &mut Ebpf) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::TcpState;
+    use crate::state::TcpState;
 
     #[test]
     fn one_ring_per_cpu_up_to_eight() {
