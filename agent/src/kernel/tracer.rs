@@ -349,15 +349,19 @@ impl Tracer {
     pub async fn next_batch(&mut self, f: impl FnMut(&Transition)) -> io::Result<usize> {
         self.poll.tick().await;
         let cut_off = clock::monotonic_ns();
-        Ok(self.hand_over(Some(cut_off), f))
+        Ok(self.hand_over(cut_off, f))
     }
 
-    /// Hands every event already in the rings to `f` without waiting (for shutdown).
+    /// Hands every event already in the rings to `f` without waiting (before a dump of the
+    /// kernel's table, at a stats tick, at the stop), up to now: with several rings, events
+    /// stamped after this call began wait for the next drain, for the same reason as in
+    /// [`Tracer::next_batch`]. At the stop they are left out: they happened after it.
     pub fn drain(&mut self, f: impl FnMut(&Transition)) -> usize {
-        self.hand_over(None, f)
+        let cut_off = clock::monotonic_ns();
+        self.hand_over(cut_off, f)
     }
 
-    fn hand_over(&mut self, cut_off: Option<u64>, mut f: impl FnMut(&Transition)) -> usize {
+    fn hand_over(&mut self, cut_off: u64, mut f: impl FnMut(&Transition)) -> usize {
         if let [ring] = self.rings.as_mut_slice() {
             // One ring is in the order the kernel program wrote it, which for each socket is
             // the order of its transitions: nothing to merge.
@@ -428,8 +432,8 @@ fn partner(tp: &str) -> Option<String> {
 }
 
 /// Puts the events read from several rings in the order they happened, and returns how many of
-/// them (from the front) can be handed over: those stamped at or before `cut_off` (all of them
-/// without one). The rest waits for the next drain.
+/// them (from the front) can be handed over: those stamped at or before `cut_off`. The rest
+/// waits for the next drain.
 ///
 /// Why this keeps each socket's transitions in order: every event carries the time its program
 /// took at the start (`bpf_ktime_get_ns`, CLOCK_MONOTONIC, the same clock on every CPU), and
@@ -441,9 +445,9 @@ fn partner(tp: &str) -> Option<String> {
 /// comes out late with its old time and is sorted before the socket's next life, which
 /// cannot start before that destruction. The sort is stable and the rings are each nearly in
 /// order, so it costs little more than a merge.
-fn merge(batch: &mut [Transition], cut_off: Option<u64>) -> usize {
+fn merge(batch: &mut [Transition], cut_off: u64) -> usize {
     batch.sort_by_key(|t| t.mono_ns);
-    cut_off.map_or(batch.len(), |c| batch.partition_point(|t| t.mono_ns <= c))
+    batch.partition_point(|t| t.mono_ns <= cut_off)
 }
 
 /// Decodes every event in `ring` and hands it to `f`; counts what does not decode.
@@ -724,11 +728,11 @@ mod tests {
             at(20, 2, TcpState::SynSent),
             at(30, 3, TcpState::SynSent),
         ];
-        let ready = merge(&mut batch, Some(30));
+        let ready = merge(&mut batch, 30);
         assert_eq!(ready, 5);
         let order: Vec<(u64, u64)> = batch.iter().map(|t| (t.mono_ns, t.skaddr)).collect();
         assert_eq!(order, [(5, 1), (10, 1), (20, 2), (30, 1), (30, 3), (40, 2)]);
-        assert_eq!(merge(&mut batch, None), 6);
+        assert_eq!(merge(&mut batch, u64::MAX), 6);
     }
 
     #[test]
