@@ -21,7 +21,7 @@ use yaml_rust2::{Yaml, YamlLoader};
 const PORT: i64 = 9814;
 /// What the kernel charges to twtrace's memory cgroup for its eBPF maps, on top of its RSS:
 /// the sum of the `memlock` lines in /proc/<pid>/fdinfo of a running twtrace's map fds
-/// (60,8MAPS bytes on the 2-CPU test machine, 46.0 MiB of it the preallocated socket table).
+/// (60,792,864 bytes on the 2-CPU test machine, 46.0 MiB of it the preallocated socket table).
 const BPF_MAPS_MIB: f64 = 58.0;
 /// On a Kubernetes node the sockets live in the pods' network namespaces; reading their socket
 /// tables needs setns(), hence this capability beyond the least set (docs/privileges.md).
