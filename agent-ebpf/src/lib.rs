@@ -241,6 +241,19 @@ pub struct Owner {
     pub comm: [u8; COMM_LEN],
 }
 
+/// A thread's comm and cgroup as the kernel program last asked for them (the kernel program's
+/// per-CPU `OWNERS` cache).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CachedOwner {
+    /// `bpf_get_current_pid_tgid()` of the thread; 0 for an empty slot.
+    pub pid_tgid: u64,
+    /// `bpf_ktime_get_ns()` when they were asked for.
+    pub at_ns: u64,
+    /// The owner as filled then (its tgid, cgroup and comm).
+    pub owner: Owner,
+}
+
 /// Where a connection runs: family, ports and addresses, as the transitions report them.
 #[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

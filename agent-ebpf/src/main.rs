@@ -23,9 +23,9 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::warn;
 use twtrace_ebpf::{
-    AF_INET, AF_INET6, COMM_LEN, CallArgs, Event, IPPROTO_TCP, ListenerEntry, ListenerKey,
-    MAX_CALLS, MAX_CGROUP_FILTER, MAX_PID_FILTER, MAX_PORT_FILTER, MAX_RINGS, Owner, SOCK_STREAM,
-    SockEntry, call, errno, flags, globals, how, offsets, stat, tcp_state,
+    AF_INET, AF_INET6, COMM_LEN, CachedOwner, CallArgs, Event, IPPROTO_TCP, ListenerEntry,
+    ListenerKey, MAX_CALLS, MAX_CGROUP_FILTER, MAX_PID_FILTER, MAX_PORT_FILTER, MAX_RINGS, Owner,
+    SOCK_STREAM, SockEntry, call, errno, flags, globals, how, offsets, stat, tcp_state,
 };
 
 /// The event rings, one per CPU up to [`twtrace_ebpf::MAX_RINGS`] (see there, and `emit`).
@@ -51,6 +51,17 @@ static EVENTS7: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
 /// Rings in use minus one; set by the agent (`globals::RING_MASK`).
 #[unsafe(no_mangle)]
 static RING_MASK: Global<u32> = Global::new(0);
+
+/// Recently seen threads' comm and cgroup, per CPU, by thread id modulo `OWNER_SLOTS` (see
+/// `fill_current_owner`).
+#[map]
+static OWNERS: PerCpuArray<CachedOwner> = PerCpuArray::with_max_entries(OWNER_SLOTS, 0);
+/// Slots per CPU: a power of two, room for the threads that take turns on one CPU.
+const OWNER_SLOTS: u32 = 64;
+/// How long a cached comm and cgroup are used: 100 ms. A thread in a connect/close loop comes
+/// back within microseconds; one that connects less than ten times a second costs little
+/// either way.
+const OWNER_CACHE_NS: u64 = 100_000_000;
 
 #[map]
 static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);
@@ -182,11 +193,30 @@ fn count(index: u32) {
     }
 }
 
-/// Writes the current task into `owner` as the socket's owner. `owner` must be zeroed (a comm
-/// the kernel cannot give stays empty).
+/// Writes the current task into `owner` as the socket's owner, at time `now_ns`. `owner` must
+/// be zeroed (a comm the kernel cannot give stays empty).
+///
+/// The comm and cgroup of a thread are kept in this CPU's slot of `OWNERS` for up to
+/// `OWNER_CACHE_NS`: a thread that opens and closes connections in a loop makes an owner-made
+/// transition two or three times per connection, and asking the kernel for its comm and cgroup
+/// each time was ~30-40 of the ~340 ns an average set_state hit cost at four churn generators
+/// (bpf_stats, docs/kernel.md). A thread renamed (prctl), moved to another cgroup, or that
+/// exec()s another program, shows its old name or cgroup for at most that long; so would a
+/// new thread given the same thread id within it.
 #[inline(always)]
-fn fill_current_owner(owner: &mut Owner) {
-    owner.tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+fn fill_current_owner(owner: &mut Owner, now_ns: u64) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let slot = OWNERS.get_ptr_mut(pid_tgid as u32 & (OWNER_SLOTS - 1));
+    if let Some(slot) = slot {
+        // SAFETY: a per-CPU array slot, valid for this program's run; nothing else runs on
+        // this CPU meanwhile (BPF programs of these types do not nest: the kernel skips them).
+        let cached = unsafe { &*slot };
+        if cached.pid_tgid == pid_tgid && now_ns.wrapping_sub(cached.at_ns) < OWNER_CACHE_NS {
+            copy_words(owner, &cached.owner);
+            return;
+        }
+    }
+    owner.tgid = (pid_tgid >> 32) as u32;
     owner.how = how::OWNER;
     // SAFETY: helper without preconditions; available to tracepoint programs.
     owner.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
@@ -194,6 +224,13 @@ fn fill_current_owner(owner: &mut Owner) {
     // byte loop each (see `copy_words`).
     // SAFETY: the helper writes at most COMM_LEN bytes to a buffer of exactly that size.
     unsafe { generated::bpf_get_current_comm(owner.comm.as_mut_ptr().cast(), COMM_LEN as u32) };
+    if let Some(slot) = slot {
+        // SAFETY: as above.
+        let cached = unsafe { &mut *slot };
+        cached.pid_tgid = pid_tgid;
+        cached.at_ns = now_ns;
+        copy_words(&mut cached.owner, owner);
+    }
 }
 
 /// Copies a plain value a word at a time.
@@ -442,7 +479,7 @@ fn try_set_state(ctx: &TracePointContext) -> Result<(), i64> {
     );
 
     if owner_made {
-        fill_current_owner(&mut ev.owner);
+        fill_current_owner(&mut ev.owner, ev.ts_ns);
         ev.flags |= flags::OWNER_MADE;
         match entry {
             // SAFETY: see `entry` above.
@@ -722,11 +759,11 @@ fn accepted(ctx: &TracePointContext) -> Option<()> {
     }
     let mut slot = MaybeUninit::<Event>::uninit();
     let ev = zeroed_in(&mut slot);
-    fill_current_owner(&mut ev.owner);
-    ev.owner.how = how::ACCEPTED;
-    copy_words(&mut entry.owner, &ev.owner);
     // SAFETY: helper without preconditions; available to tracepoint programs.
     ev.ts_ns = unsafe { bpf_ktime_get_ns() };
+    fill_current_owner(&mut ev.owner, ev.ts_ns);
+    ev.owner.how = how::ACCEPTED;
+    copy_words(&mut entry.owner, &ev.owner);
     ev.skaddr = sk;
     ev.oldstate = entry.state;
     ev.newstate = entry.state;
@@ -919,7 +956,7 @@ fn failed(ctx: &TracePointContext, which: u16) -> Option<()> {
     // SAFETY: helper without preconditions; available to tracepoint programs.
     ev.ts_ns = unsafe { bpf_ktime_get_ns() };
     ev.skaddr = sk;
-    fill_current_owner(&mut ev.owner);
+    fill_current_owner(&mut ev.owner, ev.ts_ns);
     ev.oldstate = tcp_state::CLOSE;
     ev.newstate = tcp_state::CLOSE;
     ev.flags = flags::SYSCALL_FAILED | flags::OWNER_MADE;
