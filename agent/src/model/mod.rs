@@ -19,6 +19,8 @@ pub mod leaks;
 pub mod lives;
 mod owners;
 pub mod ports;
+#[cfg(test)]
+mod replay_tests;
 pub mod snapshot;
 mod substate;
 
