@@ -502,6 +502,9 @@ impl Model {
         if live {
             p.cw_now += cw;
             p.est_now += est;
+        } else {
+            // Its life ends (a timewait entry or a close): `end_life`, on the peer at hand.
+            record_life(p, previous.as_ref(), t.mono_ns);
         }
         if matches!(
             (t.old, t.new),
@@ -523,14 +526,12 @@ impl Model {
                 let deadline_ns = t.mono_ns.saturating_add(self.limits.timewait_len_ns);
                 let when = (t.mono_ns, deadline_ns);
                 self.enter_timewait(pid, peer, key, when, (Substate::of(sub), false));
-                self.end_life(pid, peer, previous.as_ref(), t.mono_ns);
             }
             (None, TcpState::Close) => {
                 proc.closes += 1;
                 if t.reset.is_some() {
                     proc.resets += 1;
                 }
-                self.end_life(pid, peer, previous.as_ref(), t.mono_ns);
             }
             (None, state) => {
                 // Its age in this state carries over an event that did not change the state.
@@ -718,19 +719,12 @@ impl Model {
     /// Only connections that were seen opening and got past the handshake have a lifetime (a
     /// refused connect() says nothing about reuse).
     fn end_life(&mut self, pid: u32, peer: PeerKey, s: Option<&Sock>, end_ns: u64) {
-        let Some(s) = s.filter(|s| !matches!(s.state, TcpState::SynSent | TcpState::SynRecv))
-        else {
-            return;
-        };
-        let Some(opened_ns) = s.opened_ns else {
-            return;
-        };
         if let Some(p) = self
             .procs
             .get_mut(&pid)
             .and_then(|proc| proc.peers.get_mut(&peer))
         {
-            p.lives.record(end_ns.saturating_sub(opened_ns), end_ns);
+            record_life(p, s, end_ns);
         }
     }
 
@@ -1209,6 +1203,16 @@ impl Model {
             self.socks.len() + self.seeded.len(),
             self.timewait.len(),
         )
+    }
+}
+
+/// Records in `p` the lifetime of a connection to it that ended at `end_ns`, `s` its socket as
+/// last tracked (see `Model::end_life`).
+fn record_life(p: &mut Peer, s: Option<&Sock>, end_ns: u64) {
+    if let Some(s) = s.filter(|s| !matches!(s.state, TcpState::SynSent | TcpState::SynRecv))
+        && let Some(opened_ns) = s.opened_ns
+    {
+        p.lives.record(end_ns.saturating_sub(opened_ns), end_ns);
     }
 }
 
