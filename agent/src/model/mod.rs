@@ -486,10 +486,9 @@ impl Model {
         }
         let shown = inherited_from.map(|_| (pid, proc.comm));
         proc.last_ns = proc.last_ns.max(t.mono_ns);
-        // The ephemeral port is 0 at CLOSE -> SYN_SENT, but the peer is known from the start.
         // A socket that stays (not a timewait entry, not a close) is counted here (`count`),
-        // while its process and peer are at hand: nothing below changes their gauges before
-        // it is stored.
+        // and a timewait entry here too (`enter_timewait`'s counters), while its process and
+        // peer are at hand: nothing below changes their gauges before it is stored.
         let live = t.timewait().is_none() && t.new != TcpState::Close;
         let (cw, est) = gauge(t.new);
         if live {
@@ -497,14 +496,23 @@ impl Model {
             proc.cw_peak = proc.cw_peak.max(proc.cw_now);
             proc.est_now += est;
         }
+        // The ephemeral port is 0 at CLOSE -> SYN_SENT, but the peer is known from the start.
         let (peer, p) = proc.intern_peer_mut(PeerKey::of(accepted, t.local, t.remote), cap);
         p.last_ns = p.last_ns.max(t.mono_ns);
+        let entry = t.timewait().map(Substate::of);
         if live {
             p.cw_now += cw;
             p.est_now += est;
         } else {
             // Its life ends (a timewait entry or a close): `end_life`, on the peer at hand.
             record_life(p, previous.as_ref(), t.mono_ns);
+        }
+        if let Some(sub) = entry {
+            *p.entered_mut(sub) += 1;
+            *p.now_mut(sub) += 1;
+            proc.closes += 1;
+            *proc.entered_mut(sub) += 1;
+            *proc.now_mut(sub) += 1;
         }
         if matches!(
             (t.old, t.new),
@@ -521,11 +529,23 @@ impl Model {
             previous.and_then(|s| s.opened_ns)
         };
         // A timewait entry: TIME_WAIT, or FIN_WAIT2 for an orphan (`t.new` FIN_WAIT2 then).
-        match (t.timewait(), t.new) {
+        match (entry, t.new) {
             (Some(sub), _) => {
-                let deadline_ns = t.mono_ns.saturating_add(self.limits.timewait_len_ns);
-                let when = (t.mono_ns, deadline_ns);
-                self.enter_timewait(pid, peer, key, when, (Substate::of(sub), false));
+                // The rest of `enter_timewait`, its counters taken above.
+                *self.entered_total_mut(sub) += 1;
+                let tw = TwSock {
+                    pid,
+                    peer,
+                    entered_ns: t.mono_ns,
+                    deadline_ns: t.mono_ns.saturating_add(self.limits.timewait_len_ns),
+                    recovered: false,
+                    sub,
+                    entered_as: sub,
+                };
+                // A 4-tuple is in TIME_WAIT once at most (see `enter_timewait`).
+                if let Some(old) = self.timewait.insert(key, tw) {
+                    self.uncount_tw(&old);
+                }
             }
             (None, TcpState::Close) => {
                 proc.closes += 1;
