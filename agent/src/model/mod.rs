@@ -839,7 +839,8 @@ impl Model {
     /// A timewait entry for `pid` toward `peer` (interned already) in substate `how.0`: counted
     /// as a close and an entry, alive from `when.0` until `when.1` (a dump corrects that from
     /// the kernel's timer). `how.1`, recovered: counted without its event (see
-    /// `recover_skipped`).
+    /// `recover_skipped`). `apply` does the same inline for an event's entry, on the process
+    /// and peer it holds: keep the two alike.
     fn enter_timewait(
         &mut self,
         pid: u32,
