@@ -8,7 +8,7 @@
 use std::{
     cmp::Reverse,
     collections::{HashMap, HashSet, VecDeque},
-    hash::BuildHasher as _,
+    hash::{BuildHasher as _, Hasher as _},
     net::SocketAddr,
 };
 
@@ -19,6 +19,8 @@ pub mod leaks;
 pub mod lives;
 mod owners;
 pub mod ports;
+#[cfg(test)]
+mod replay_tests;
 pub mod snapshot;
 mod substate;
 
@@ -62,7 +64,24 @@ fn tuple(netns: u32, local: SocketAddr, remote: SocketAddr) -> Tuple {
     // runs for every event, and SipHash was the largest single item of the agent's profile.
     static HASHER: std::sync::LazyLock<foldhash::fast::RandomState> =
         std::sync::LazyLock::new(foldhash::fast::RandomState::default);
-    HASHER.hash_one((netns, local, remote))
+    match (local, remote) {
+        // IPv4, nearly every event: the whole tuple is 128 bits, hashed in one step. The
+        // derived `Hash` of the SocketAddrs wrote it in seven pieces (`SocketAddr as Hash` and
+        // `BuildHasher::hash_one` were 4.5% of the agent's time at peak). Any other tuple
+        // writes more than one piece below, so no two tuples write the same input.
+        (SocketAddr::V4(l), SocketAddr::V4(r)) => {
+            let mut h = HASHER.build_hasher();
+            h.write_u128(
+                (u128::from(netns) << 96)
+                    | (u128::from(l.ip().to_bits()) << 64)
+                    | (u128::from(l.port()) << 48)
+                    | (u128::from(r.ip().to_bits()) << 16)
+                    | u128::from(r.port()),
+            );
+            h.finish()
+        }
+        _ => HASHER.hash_one((netns, local, remote)),
+    }
 }
 
 /// Bounds and ageing.
@@ -197,13 +216,20 @@ impl Proc {
     /// The key `key`'s counts live under: itself, or "other" once the cap is reached. Creates
     /// the peer entry.
     fn intern_peer(&mut self, key: PeerKey, cap: usize) -> PeerKey {
+        self.intern_peer_mut(key, cap).0
+    }
+
+    /// [`Proc::intern_peer`], with the peer's counters: `apply` used to intern and then look
+    /// the peer up again, hashing the key twice per event (`rustc_entry`, `HashMap::get_mut`
+    /// and `Proc::intern_peer` were 11-17% of the agent's time at peak).
+    fn intern_peer_mut(&mut self, key: PeerKey, cap: usize) -> (PeerKey, &mut Peer) {
+        // Looked up twice only when the cap is reached (a known peer then, or "other").
         let key = if self.peers.len() >= cap && !self.peers.contains_key(&key) {
             PeerKey::Other
         } else {
             key
         };
-        self.peers.entry(key).or_default();
-        key
+        (key, self.peers.entry(key).or_default())
     }
 }
 
@@ -340,6 +366,9 @@ impl Model {
         }
         // The 4-tuple's key, hashed once for all the maps below.
         let key = tuple(t.netns, t.local, t.remote);
+        if let Some(shown) = self.step_in_place(t, key) {
+            return shown;
+        }
         // The entry of a TIME_WAIT a reconciliation already counted: the event was not skipped
         // after all, only still in the ring buffer while the kernel's table was dumped. Counted
         // once; it is no longer "recovered".
@@ -384,7 +413,12 @@ impl Model {
         }
         // A socket can be in the kernel's table before its first events are read (the dump
         // raced the ring buffer): its seeded copy must go, or it would be counted twice.
-        let seeded = self.seeded.remove(&key);
+        // Most of the time nothing is seeded: no lookup then.
+        let seeded = if self.seeded.is_empty() {
+            None
+        } else {
+            self.seeded.remove(&key)
+        };
         for old in tracked.iter().chain(seeded.iter()) {
             self.uncount(old);
         }
@@ -424,7 +458,9 @@ impl Model {
             if let Some(tw) = self.timewait.remove(&key) {
                 self.uncount_tw(&tw);
             }
-            self.aged.remove(&key);
+            if !self.aged.is_empty() {
+                self.aged.remove(&key);
+            }
         }
         // A socket first seen mid-life (it predates twtrace) on a port its namespace listens
         // on was accepted: keyed as outgoing, each client's ephemeral port would be a peer of
@@ -450,10 +486,33 @@ impl Model {
         }
         let shown = inherited_from.map(|_| (pid, proc.comm));
         proc.last_ns = proc.last_ns.max(t.mono_ns);
+        // A socket that stays (not a timewait entry, not a close) is counted here (`count`),
+        // and a timewait entry here too (`enter_timewait`'s counters), while its process and
+        // peer are at hand: nothing below changes their gauges before it is stored.
+        let live = t.timewait().is_none() && t.new != TcpState::Close;
+        let (cw, est) = gauge(t.new);
+        if live {
+            proc.cw_now += cw;
+            proc.cw_peak = proc.cw_peak.max(proc.cw_now);
+            proc.est_now += est;
+        }
         // The ephemeral port is 0 at CLOSE -> SYN_SENT, but the peer is known from the start.
-        let peer = proc.intern_peer(PeerKey::of(accepted, t.local, t.remote), cap);
-        if let Some(p) = proc.peers.get_mut(&peer) {
-            p.last_ns = p.last_ns.max(t.mono_ns);
+        let (peer, p) = proc.intern_peer_mut(PeerKey::of(accepted, t.local, t.remote), cap);
+        p.last_ns = p.last_ns.max(t.mono_ns);
+        let entry = t.timewait().map(Substate::of);
+        if live {
+            p.cw_now += cw;
+            p.est_now += est;
+        } else {
+            // Its life ends (a timewait entry or a close): `end_life`, on the peer at hand.
+            record_life(p, previous.as_ref(), t.mono_ns);
+        }
+        if let Some(sub) = entry {
+            *p.entered_mut(sub) += 1;
+            *p.now_mut(sub) += 1;
+            proc.closes += 1;
+            *proc.entered_mut(sub) += 1;
+            *proc.now_mut(sub) += 1;
         }
         if matches!(
             (t.old, t.new),
@@ -470,19 +529,29 @@ impl Model {
             previous.and_then(|s| s.opened_ns)
         };
         // A timewait entry: TIME_WAIT, or FIN_WAIT2 for an orphan (`t.new` FIN_WAIT2 then).
-        match (t.timewait(), t.new) {
+        match (entry, t.new) {
             (Some(sub), _) => {
-                let deadline_ns = t.mono_ns.saturating_add(self.limits.timewait_len_ns);
-                let when = (t.mono_ns, deadline_ns);
-                self.enter_timewait(pid, peer, key, when, (Substate::of(sub), false));
-                self.end_life(pid, peer, previous.as_ref(), t.mono_ns);
+                // The rest of `enter_timewait`, its counters taken above.
+                *self.entered_total_mut(sub) += 1;
+                let tw = TwSock {
+                    pid,
+                    peer,
+                    entered_ns: t.mono_ns,
+                    deadline_ns: t.mono_ns.saturating_add(self.limits.timewait_len_ns),
+                    recovered: false,
+                    sub,
+                    entered_as: sub,
+                };
+                // A 4-tuple is in TIME_WAIT once at most (see `enter_timewait`).
+                if let Some(old) = self.timewait.insert(key, tw) {
+                    self.uncount_tw(&old);
+                }
             }
             (None, TcpState::Close) => {
                 proc.closes += 1;
                 if t.reset.is_some() {
                     proc.resets += 1;
                 }
-                self.end_life(pid, peer, previous.as_ref(), t.mono_ns);
             }
             (None, state) => {
                 // Its age in this state carries over an event that did not change the state.
@@ -502,25 +571,137 @@ impl Model {
                     inherited_from,
                     by_listener,
                 };
-                self.count(&sock);
+                // Counted above.
                 self.socks.insert(t.skaddr, sock);
             }
         }
         shown
     }
 
+    /// `apply` for the most common event: a tracked socket moving between two live states (not
+    /// a new life, not its end, not a socket also seeded from a dump). The socket is updated
+    /// where it is, with one lookup: `apply` otherwise removes it and inserts it again, and at
+    /// peak `HashMap::remove`, `RawTable::remove_entry` and the moves of the ~100-byte `Sock`
+    /// were a fifth of the agent's time. Every derivation is `apply`'s with `previous` the
+    /// tracked socket and `new_life` false; the result is exactly `apply`'s. None: not such an
+    /// event (nothing changed), `apply` takes its general path.
+    fn step_in_place(&mut self, t: &Transition, key: Tuple) -> Option<Option<(u32, Comm)>> {
+        if t.timewait().is_some()
+            || matches!(t.new, TcpState::Close)
+            || matches!(t.old, TcpState::Close | TcpState::Listen)
+            || (!self.seeded.is_empty() && self.seeded.contains_key(&key))
+        {
+            return None;
+        }
+        // Only `socks` is borrowed from here on, by `slot`: the other fields are used directly.
+        let slot = self.socks.get_mut(&t.skaddr)?;
+        let old = *slot;
+        let inherited_from = old.inherited_from.filter(|&o| o == t.pid);
+        let accepted_already =
+            !old.by_listener && old.pid != 0 && t.attribution == Attribution::Listener;
+        let pid = if t.pid == 0 || inherited_from.is_some() || accepted_already {
+            old.pid
+        } else {
+            t.pid
+        };
+        let by_listener = if accepted_already || t.pid == 0 {
+            old.by_listener
+        } else {
+            t.attribution == Attribution::Listener
+        };
+        // `LISTEN -> SYN_RECV` is a new life, not here.
+        if (t.old, t.new) == (TcpState::SynSent, TcpState::Established) {
+            if let Some(tw) = self.timewait.remove(&key) {
+                uncount_tw_in(&mut self.procs, &tw);
+            }
+            if !self.aged.is_empty() {
+                self.aged.remove(&key);
+            }
+        }
+        let accepted = matches!(old.peer, PeerKey::In { .. });
+        let cap = self.limits.max_peers_per_process;
+        // `apply` takes the old socket's gauges off before anything else: the same here when
+        // it was another process's (updated together with the new ones below otherwise).
+        if old.pid != pid {
+            uncount_in(&mut self.procs, &old);
+        }
+        let proc = self.procs.entry(pid).or_default();
+        if t.pid != 0 && pid == t.pid {
+            proc.comm = t.comm;
+            if t.cgroup_id != 0 {
+                proc.cgroup_id = t.cgroup_id;
+            }
+        }
+        if t.netns != 0 {
+            proc.netns = t.netns;
+        }
+        let shown = inherited_from.map(|_| (pid, proc.comm));
+        proc.last_ns = proc.last_ns.max(t.mono_ns);
+        let state = t.new;
+        let (cw, est) = gauge(state);
+        let (old_cw, old_est) = gauge(old.state);
+        // `uncount(old)` then `count(new)`, in that order (they saturate), on the process held
+        // when it is the same one.
+        let same_proc = old.pid == pid;
+        if same_proc {
+            proc.cw_now = proc.cw_now.saturating_sub(old_cw);
+            proc.est_now = proc.est_now.saturating_sub(old_est);
+        }
+        proc.cw_now += cw;
+        proc.cw_peak = proc.cw_peak.max(proc.cw_now);
+        proc.est_now += est;
+        let (peer, p) = proc.intern_peer_mut(PeerKey::of(accepted, t.local, t.remote), cap);
+        p.last_ns = p.last_ns.max(t.mono_ns);
+        if same_proc && old.peer == peer {
+            p.cw_now = p.cw_now.saturating_sub(old_cw);
+            p.est_now = p.est_now.saturating_sub(old_est);
+        }
+        p.cw_now += cw;
+        p.est_now += est;
+        // Another peer of the same process (its entry may have aged out: nothing to take then).
+        if same_proc
+            && old.peer != peer
+            && let Some(op) = proc.peers.get_mut(&old.peer)
+        {
+            op.cw_now = op.cw_now.saturating_sub(old_cw);
+            op.est_now = op.est_now.saturating_sub(old_est);
+        }
+        // Its age in this state carries over an event that did not change the state.
+        let (since_ns, since_known) = if old.state == state {
+            (old.since_ns, old.since_known)
+        } else {
+            (t.mono_ns, true)
+        };
+        *slot = Sock {
+            pid,
+            state,
+            peer,
+            tuple: key,
+            seen_ns: t.mono_ns,
+            since_ns,
+            since_known,
+            opened_ns: old.opened_ns,
+            inherited_from,
+            by_listener,
+        };
+        Some(shown)
+    }
+
     /// A process took a socket with accept(): it owns the socket from now on, with its open,
     /// instead of the listener's owner (a pre-fork server's master, or whichever worker of an
     /// SO_REUSEPORT group registered last).
     fn accept(&mut self, t: &Transition) {
-        let key = tuple(t.netns, t.local, t.remote);
-        let (old, born_here) = match self.socks.remove(&t.skaddr) {
-            Some(s) => (s, true),
-            None => match self.seeded.remove(&key) {
-                Some(s) => (s, false),
-                // Already closed, or never seen: nothing to move.
-                None => return,
-            },
+        // The 4-tuple is hashed only for a socket not born from events.
+        let (old, key) = match self.socks.remove(&t.skaddr) {
+            Some(s) => (s, None),
+            None => {
+                let key = tuple(t.netns, t.local, t.remote);
+                match self.seeded.remove(&key) {
+                    Some(s) => (s, Some(key)),
+                    // Already closed, or never seen: nothing to move.
+                    None => return,
+                }
+            }
         };
         self.uncount(&old);
         let cap = self.limits.max_peers_per_process;
@@ -548,30 +729,22 @@ impl Model {
             ..old
         };
         self.count(&sock);
-        if born_here {
-            self.socks.insert(t.skaddr, sock);
-        } else {
-            self.seeded.insert(key, sock);
-        }
+        match key {
+            None => self.socks.insert(t.skaddr, sock),
+            Some(key) => self.seeded.insert(key, sock),
+        };
     }
 
     /// A connection of `pid` to `peer` ended at `end_ns`; `s` is its socket as last tracked.
     /// Only connections that were seen opening and got past the handshake have a lifetime (a
     /// refused connect() says nothing about reuse).
     fn end_life(&mut self, pid: u32, peer: PeerKey, s: Option<&Sock>, end_ns: u64) {
-        let Some(s) = s.filter(|s| !matches!(s.state, TcpState::SynSent | TcpState::SynRecv))
-        else {
-            return;
-        };
-        let Some(opened_ns) = s.opened_ns else {
-            return;
-        };
         if let Some(p) = self
             .procs
             .get_mut(&pid)
             .and_then(|proc| proc.peers.get_mut(&peer))
         {
-            p.lives.record(end_ns.saturating_sub(opened_ns), end_ns);
+            record_life(p, s, end_ns);
         }
     }
 
@@ -588,15 +761,7 @@ impl Model {
     }
 
     fn uncount(&mut self, s: &Sock) {
-        let (cw, est) = gauge(s.state);
-        if let Some(proc) = self.procs.get_mut(&s.pid) {
-            proc.cw_now = proc.cw_now.saturating_sub(cw);
-            proc.est_now = proc.est_now.saturating_sub(est);
-            if let Some(p) = proc.peers.get_mut(&s.peer) {
-                p.cw_now = p.cw_now.saturating_sub(cw);
-                p.est_now = p.est_now.saturating_sub(est);
-            }
-        }
+        uncount_in(&mut self.procs, s);
     }
 
     fn count_tw(&mut self, tw: &TwSock) {
@@ -609,14 +774,7 @@ impl Model {
     }
 
     fn uncount_tw(&mut self, tw: &TwSock) {
-        if let Some(proc) = self.procs.get_mut(&tw.pid) {
-            let now = proc.now_mut(tw.sub);
-            *now = now.saturating_sub(1);
-            if let Some(p) = proc.peers.get_mut(&tw.peer) {
-                let now = p.now_mut(tw.sub);
-                *now = now.saturating_sub(1);
-            }
-        }
+        uncount_tw_in(&mut self.procs, tw);
     }
 
     /// TIME_WAIT entries whose event the kernel skipped. The kernel does not run a tracepoint
@@ -681,7 +839,8 @@ impl Model {
     /// A timewait entry for `pid` toward `peer` (interned already) in substate `how.0`: counted
     /// as a close and an entry, alive from `when.0` until `when.1` (a dump corrects that from
     /// the kernel's timer). `how.1`, recovered: counted without its event (see
-    /// `recover_skipped`).
+    /// `recover_skipped`). `apply` does the same inline for an event's entry, on the process
+    /// and peer it holds: keep the two alike.
     fn enter_timewait(
         &mut self,
         pid: u32,
@@ -1065,6 +1224,42 @@ impl Model {
             self.socks.len() + self.seeded.len(),
             self.timewait.len(),
         )
+    }
+}
+
+/// Records in `p` the lifetime of a connection to it that ended at `end_ns`, `s` its socket as
+/// last tracked (see `Model::end_life`).
+fn record_life(p: &mut Peer, s: Option<&Sock>, end_ns: u64) {
+    if let Some(s) = s.filter(|s| !matches!(s.state, TcpState::SynSent | TcpState::SynRecv))
+        && let Some(opened_ns) = s.opened_ns
+    {
+        p.lives.record(end_ns.saturating_sub(opened_ns), end_ns);
+    }
+}
+
+/// Takes a socket's gauges from its process and peer; a free function so that `apply` can
+/// call it while it holds a socket of `Model::socks`.
+fn uncount_in(procs: &mut Map<u32, Proc>, s: &Sock) {
+    let (cw, est) = gauge(s.state);
+    if let Some(proc) = procs.get_mut(&s.pid) {
+        proc.cw_now = proc.cw_now.saturating_sub(cw);
+        proc.est_now = proc.est_now.saturating_sub(est);
+        if let Some(p) = proc.peers.get_mut(&s.peer) {
+            p.cw_now = p.cw_now.saturating_sub(cw);
+            p.est_now = p.est_now.saturating_sub(est);
+        }
+    }
+}
+
+/// Takes a timewait socket from its process's and peer's "now" gauges (see `uncount_in`).
+fn uncount_tw_in(procs: &mut Map<u32, Proc>, tw: &TwSock) {
+    if let Some(proc) = procs.get_mut(&tw.pid) {
+        let now = proc.now_mut(tw.sub);
+        *now = now.saturating_sub(1);
+        if let Some(p) = proc.peers.get_mut(&tw.peer) {
+            let now = p.now_mut(tw.sub);
+            *now = now.saturating_sub(1);
+        }
     }
 }
 
