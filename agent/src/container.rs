@@ -277,13 +277,18 @@ impl CgroupPaths {
     /// The container whose cgroup (or a cgroup below it) has id `cgroup_id`: [`Self::path`] then
     /// [`parse`], remembered per id until the next walk.
     pub fn container(&mut self, cgroup_id: u64) -> Option<Container> {
-        if let Some(known) = self.containers.get(&cgroup_id) {
-            return known.clone();
+        self.container_ref(cgroup_id).cloned()
+    }
+
+    /// [`Self::container`] without a copy: the trace view asks for every event, and a copy is
+    /// two Strings allocated per event of a process in a container.
+    pub fn container_ref(&mut self, cgroup_id: u64) -> Option<&Container> {
+        if !self.containers.contains_key(&cgroup_id) {
+            let container = parse(self.path(cgroup_id)?);
+            // Only ids with a path get here, so this map is never larger than the tree.
+            self.containers.insert(cgroup_id, container);
         }
-        let container = parse(self.path(cgroup_id)?);
-        // Only ids with a path get here, so this map is never larger than the tree.
-        self.containers.insert(cgroup_id, container.clone());
-        container
+        self.containers.get(&cgroup_id)?.as_ref()
     }
 
     fn rewalk_if_due(&mut self) {

@@ -99,13 +99,6 @@ impl<W: Write> Printer<W> {
         self
     }
 
-    fn container(&mut self, t: &Transition) -> Option<Container> {
-        if t.cgroup_id == 0 {
-            return None;
-        }
-        self.cgroups.as_mut()?.container(t.cgroup_id)
-    }
-
     pub fn print(&mut self, t: &Transition) {
         if self.error.is_some() {
             return;
@@ -148,8 +141,15 @@ impl<W: Write> Printer<W> {
     /// to `out` in one `write_all`. The output is the same to the byte (tested against the
     /// `write!` version).
     fn json(&mut self, t: &Transition) -> io::Result<()> {
-        let container = self.container(t);
-        self.json_line(t, container.as_ref())?;
+        // Lent out of `self` for the line, so the container is borrowed, not copied.
+        let mut cgroups = self.cgroups.take();
+        let container = match cgroups.as_mut() {
+            Some(paths) if t.cgroup_id != 0 => paths.container_ref(t.cgroup_id),
+            _ => None,
+        };
+        let built = self.json_line(t, container);
+        self.cgroups = cgroups;
+        built?;
         self.out.write_all(&self.line)
     }
 
