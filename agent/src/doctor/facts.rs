@@ -21,16 +21,32 @@ use crate::{
         sysctl::{self, PortPool, Setting, TwReuse},
     },
     model::snapshot::Snapshot,
+    recording,
 };
 
-/// The sysctls read, in the order they are shown.
-pub const SYSCTLS: &[&str] = &[
-    "net.ipv4.ip_local_port_range",
-    "net.ipv4.ip_local_reserved_ports",
-    "net.ipv4.tcp_tw_reuse",
-    "net.ipv4.tcp_timestamps",
-    "net.ipv4.tcp_fin_timeout",
-    "net.ipv4.tcp_max_tw_buckets",
+/// The sysctls read, in the order they are shown: those a recording's header keeps, then the
+/// ones only the doctor looks at.
+pub const SYSCTLS: &[&str] =
+    &concat::<{ recording::SYSCTLS.len() + DOCTOR_ONLY.len() }>(recording::SYSCTLS, DOCTOR_ONLY);
+
+/// Two lists of names as one array, at compile time.
+const fn concat<const N: usize>(a: &[&'static str], b: &[&'static str]) -> [&'static str; N] {
+    assert!(a.len() + b.len() == N);
+    let mut out = [""; N];
+    let mut i = 0;
+    while i < a.len() {
+        out[i] = a[i];
+        i += 1;
+    }
+    while i < N {
+        out[i] = b[i - a.len()];
+        i += 1;
+    }
+    out
+}
+
+/// The sysctls the doctor reads beyond [`recording::SYSCTLS`].
+const DOCTOR_ONLY: &[&str] = &[
     "net.ipv4.tcp_max_orphans",
     "net.core.somaxconn",
     "net.ipv4.tcp_max_syn_backlog",
