@@ -37,37 +37,29 @@ impl Substate {
     }
 }
 
-impl Proc {
-    pub(super) fn now_mut(&mut self, sub: Substate) -> &mut u64 {
-        match sub {
-            Substate::TimeWait => &mut self.tw_now,
-            Substate::FinWait2 => &mut self.fw2_now,
-        }
-    }
+/// The per-substate counters of a process and of a peer: both keep `tw_now`, `fw2_now`,
+/// `tw_entered` and `fw2_entered`, so one definition serves both.
+macro_rules! substate_counters {
+    ($($owner:ty),+) => {$(
+        impl $owner {
+            pub(super) fn now_mut(&mut self, sub: Substate) -> &mut u64 {
+                match sub {
+                    Substate::TimeWait => &mut self.tw_now,
+                    Substate::FinWait2 => &mut self.fw2_now,
+                }
+            }
 
-    pub(super) fn entered_mut(&mut self, sub: Substate) -> &mut u64 {
-        match sub {
-            Substate::TimeWait => &mut self.tw_entered,
-            Substate::FinWait2 => &mut self.fw2_entered,
+            pub(super) fn entered_mut(&mut self, sub: Substate) -> &mut u64 {
+                match sub {
+                    Substate::TimeWait => &mut self.tw_entered,
+                    Substate::FinWait2 => &mut self.fw2_entered,
+                }
+            }
         }
-    }
+    )+};
 }
 
-impl Peer {
-    pub(super) fn now_mut(&mut self, sub: Substate) -> &mut u64 {
-        match sub {
-            Substate::TimeWait => &mut self.tw_now,
-            Substate::FinWait2 => &mut self.fw2_now,
-        }
-    }
-
-    pub(super) fn entered_mut(&mut self, sub: Substate) -> &mut u64 {
-        match sub {
-            Substate::TimeWait => &mut self.tw_entered,
-            Substate::FinWait2 => &mut self.fw2_entered,
-        }
-    }
-}
+substate_counters!(Proc, Peer);
 
 impl Model {
     pub(super) fn entered_total_mut(&mut self, sub: Substate) -> &mut u64 {
