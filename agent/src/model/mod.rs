@@ -474,18 +474,8 @@ impl Model {
             }
         };
         let cap = self.limits.max_peers_per_process;
-        let proc = self.procs.entry(pid).or_default();
-        if t.pid != 0 && pid == t.pid {
-            proc.comm = t.comm;
-            if t.cgroup_id != 0 {
-                proc.cgroup_id = t.cgroup_id;
-            }
-        }
-        if t.netns != 0 {
-            proc.netns = t.netns;
-        }
+        let proc = proc_of_event(&mut self.procs, pid, t);
         let shown = inherited_from.map(|_| (pid, proc.comm));
-        proc.last_ns = proc.last_ns.max(t.mono_ns);
         // A socket that stays (not a timewait entry, not a close) is counted here (`count`),
         // and a timewait entry here too (`enter_timewait`'s counters), while its process and
         // peer are at hand: nothing below changes their gauges before it is stored.
@@ -625,18 +615,8 @@ impl Model {
         if old.pid != pid {
             uncount_in(&mut self.procs, &old);
         }
-        let proc = self.procs.entry(pid).or_default();
-        if t.pid != 0 && pid == t.pid {
-            proc.comm = t.comm;
-            if t.cgroup_id != 0 {
-                proc.cgroup_id = t.cgroup_id;
-            }
-        }
-        if t.netns != 0 {
-            proc.netns = t.netns;
-        }
+        let proc = proc_of_event(&mut self.procs, pid, t);
         let shown = inherited_from.map(|_| (pid, proc.comm));
-        proc.last_ns = proc.last_ns.max(t.mono_ns);
         let state = t.new;
         let (cw, est) = gauge(state);
         let (old_cw, old_est) = gauge(old.state);
@@ -1235,6 +1215,23 @@ fn record_life(p: &mut Peer, s: Option<&Sock>, end_ns: u64) {
     {
         p.lives.record(end_ns.saturating_sub(opened_ns), end_ns);
     }
+}
+
+/// Process `pid` as of event `t` (made if new): its name and cgroup when `t` names that
+/// process, its namespace, its last activity. For both of `apply`'s paths.
+fn proc_of_event<'a>(procs: &'a mut Map<u32, Proc>, pid: u32, t: &Transition) -> &'a mut Proc {
+    let proc = procs.entry(pid).or_default();
+    if t.pid != 0 && pid == t.pid {
+        proc.comm = t.comm;
+        if t.cgroup_id != 0 {
+            proc.cgroup_id = t.cgroup_id;
+        }
+    }
+    if t.netns != 0 {
+        proc.netns = t.netns;
+    }
+    proc.last_ns = proc.last_ns.max(t.mono_ns);
+    proc
 }
 
 /// Takes a socket's gauges from its process and peer; a free function so that `apply` can
