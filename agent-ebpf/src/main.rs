@@ -464,6 +464,12 @@ fn try_set_state(ctx: &TracePointContext) -> Result<(), i64> {
         unsafe {
             (*entry).netns = ev.netns;
             (*entry).state = newstate;
+            // A client's life starts without its ephemeral port (`CLOSE -> SYN_SENT` has
+            // sport 0); the entry takes the ends once the port is known, for a close rebuilt
+            // at `tcp_destroy_sock`.
+            if (*entry).ends.sport == 0 {
+                copy_words(&mut (*entry).ends, &ev.ends);
+            }
         }
     }
 
@@ -671,6 +677,25 @@ pub fn tcp_destroy_sock(ctx: TracePointContext) -> u32 {
                 flags::DESTROYED | (entry.flags & flags::RESET_SENT),
                 cookie,
             );
+        } else if entry.state != 0 && entry.state != tcp_state::CLOSE {
+            // Every socket goes to CLOSE before it is destroyed (inet_csk_destroy_sock() warns
+            // otherwise), so an entry still in another state means the kernel skipped this
+            // program for that transition (a softirq ran it while another BPF program was
+            // running on the CPU: counted in recursion_misses, reported as lost). The close is
+            // rebuilt from what the entry saw last, now, with the socket still readable:
+            // without it a client's TIME_WAIT entry is missing for good unless its address
+            // comes back as a new socket. The skip stays counted as lost.
+            let cookie = field::<u64>(&ctx, offsets::tcp_sock::SOCK_COOKIE).unwrap_or(0);
+            let mut rebuilt = entry.flags;
+            if entry.state == tcp_state::FIN_WAIT2 && orphan_without_peer_fin(skaddr) {
+                rebuilt |= flags::ORPHAN_FIN_WAIT2;
+            }
+            // SAFETY: helper without preconditions; available to tracepoint programs.
+            entry.held.ts_ns = unsafe { bpf_ktime_get_ns() };
+            entry.held.current_tgid = ctx.tgid();
+            entry.held.oldstate = entry.state;
+            entry.held.flags = rebuilt;
+            emit_held(entry, skaddr, flags::DESTROYED, cookie);
         }
     }
     let _ = SOCKETS.remove(skaddr);
