@@ -368,13 +368,13 @@ impl Tracer {
         if let [ring] = self.rings.as_mut_slice() {
             // One ring is in the order the kernel program wrote it, which for each socket is
             // the order of its transitions: nothing to merge.
-            return hand_over(ring, &mut self.undecodable, f);
+            return decode_ring(ring, &mut self.undecodable, f);
         }
         self.batch.clear();
         self.batch.append(&mut self.later);
         for ring in &mut self.rings {
             let batch = &mut self.batch;
-            hand_over(ring, &mut self.undecodable, |t| batch.push(*t));
+            decode_ring(ring, &mut self.undecodable, |t| batch.push(*t));
         }
         let ready = merge(&self.batch, &mut self.order, cut_off);
         for &(_, i) in &self.order[..ready] {
@@ -468,7 +468,7 @@ fn merge(batch: &[Transition], order: &mut Vec<(u64, u32)>, cut_off: u64) -> usi
 }
 
 /// Decodes every event in `ring` and hands it to `f`; counts what does not decode.
-fn hand_over(
+fn decode_ring(
     ring: &mut RingBuf<MapData>,
     undecodable: &mut u64,
     mut f: impl FnMut(&Transition),
