@@ -67,17 +67,7 @@ impl Model {
     /// of a connect(), and in the totals.
     pub(super) fn failure(&mut self, t: &Transition, f: SyscallFailure) {
         let cap = self.limits.max_peers_per_process;
-        let proc = self.procs.entry(t.pid).or_default();
-        if t.pid != 0 {
-            proc.comm = t.comm;
-            if t.cgroup_id != 0 {
-                proc.cgroup_id = t.cgroup_id;
-            }
-        }
-        if t.netns != 0 {
-            proc.netns = t.netns;
-        }
-        proc.last_ns = proc.last_ns.max(t.mono_ns);
+        let proc = super::proc_of_event(&mut self.procs, t.pid, t);
         proc.failures.add(f);
         let d = &mut self.failures;
         match f.call {
