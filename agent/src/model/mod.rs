@@ -173,6 +173,12 @@ impl Peer {
     fn alive(&self) -> bool {
         self.tw_now + self.fw2_now + self.cw_now + self.est_now > 0
     }
+
+    /// Adds a socket's gauges (`gauge` of its state).
+    fn add_gauges(&mut self, (cw, est): (u64, u64)) {
+        self.cw_now += cw;
+        self.est_now += est;
+    }
 }
 
 #[derive(Clone, Debug, Default)]
@@ -211,6 +217,13 @@ struct Proc {
 impl Proc {
     fn alive(&self) -> bool {
         self.tw_now + self.fw2_now + self.cw_now + self.est_now > 0
+    }
+
+    /// Adds a socket's gauges (`gauge` of its state); CLOSE_WAIT's peak follows.
+    fn add_gauges(&mut self, (cw, est): (u64, u64)) {
+        self.cw_now += cw;
+        self.cw_peak = self.cw_peak.max(self.cw_now);
+        self.est_now += est;
     }
 
     /// The key `key`'s counts live under: itself, or "other" once the cap is reached. Creates
@@ -482,17 +495,14 @@ impl Model {
         let live = t.timewait().is_none() && t.new != TcpState::Close;
         let (cw, est) = gauge(t.new);
         if live {
-            proc.cw_now += cw;
-            proc.cw_peak = proc.cw_peak.max(proc.cw_now);
-            proc.est_now += est;
+            proc.add_gauges((cw, est));
         }
         // The ephemeral port is 0 at CLOSE -> SYN_SENT, but the peer is known from the start.
         let (peer, p) = proc.intern_peer_mut(PeerKey::of(accepted, t.local, t.remote), cap);
         p.last_ns = p.last_ns.max(t.mono_ns);
         let entry = t.timewait().map(Substate::of);
         if live {
-            p.cw_now += cw;
-            p.est_now += est;
+            p.add_gauges((cw, est));
         } else {
             // Its life ends (a timewait entry or a close): `end_life`, on the peer at hand.
             record_life(p, previous.as_ref(), t.mono_ns);
@@ -627,17 +637,14 @@ impl Model {
             proc.cw_now = proc.cw_now.saturating_sub(old_cw);
             proc.est_now = proc.est_now.saturating_sub(old_est);
         }
-        proc.cw_now += cw;
-        proc.cw_peak = proc.cw_peak.max(proc.cw_now);
-        proc.est_now += est;
+        proc.add_gauges((cw, est));
         let (peer, p) = proc.intern_peer_mut(PeerKey::of(accepted, t.local, t.remote), cap);
         p.last_ns = p.last_ns.max(t.mono_ns);
         if same_proc && old.peer == peer {
             p.cw_now = p.cw_now.saturating_sub(old_cw);
             p.est_now = p.est_now.saturating_sub(old_est);
         }
-        p.cw_now += cw;
-        p.est_now += est;
+        p.add_gauges((cw, est));
         // Another peer of the same process (its entry may have aged out: nothing to take then).
         if same_proc
             && old.peer != peer
@@ -732,12 +739,9 @@ impl Model {
     fn count(&mut self, s: &Sock) {
         let proc = self.procs.entry(s.pid).or_default();
         let (cw, est) = gauge(s.state);
-        proc.cw_now += cw;
-        proc.cw_peak = proc.cw_peak.max(proc.cw_now);
-        proc.est_now += est;
+        proc.add_gauges((cw, est));
         let p = proc.peers.entry(s.peer).or_default();
-        p.cw_now += cw;
-        p.est_now += est;
+        p.add_gauges((cw, est));
     }
 
     fn uncount(&mut self, s: &Sock) {
@@ -1218,7 +1222,7 @@ fn record_life(p: &mut Peer, s: Option<&Sock>, end_ns: u64) {
 }
 
 /// Process `pid` as of event `t` (made if new): its name and cgroup when `t` names that
-/// process, its namespace, its last activity. For both of `apply`'s paths.
+/// process, its namespace, its last activity. For both of `apply`'s paths and for failures.
 fn proc_of_event<'a>(procs: &'a mut Map<u32, Proc>, pid: u32, t: &Transition) -> &'a mut Proc {
     let proc = procs.entry(pid).or_default();
     if t.pid != 0 && pid == t.pid {
