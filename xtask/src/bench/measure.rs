@@ -16,7 +16,7 @@ use anyhow::{Context as _, Result, bail};
 use super::{
     children::{ChildGuard, Next, Scratch, StderrLines, dev_null, file_stdout},
     host::{clock_ticks, read_cpu_ticks, read_tw_overflow, read_vm_hwm},
-    mode::{BPFTRACE_PROGRAM, Mode},
+    mode::{BPFTRACE_PROGRAM, Mode, floor_hooks_program},
     parse::{GeneratorRun, Summary, bpftrace_lost, count_bpftrace_output, timewait_by_pid},
 };
 use crate::shell;
@@ -94,7 +94,12 @@ struct TracerSpec {
 }
 
 /// Scratch files a measurement may leave, removed after each one.
-const SCRATCH_FILES: [&str; 3] = ["record.out", "bpftrace.out", "leaderboard.jsonl"];
+const SCRATCH_FILES: [&str; 4] = [
+    "record.out",
+    "bpftrace.out",
+    "floor.out",
+    "leaderboard.jsonl",
+];
 
 fn tracer_spec(
     mode: Mode,
@@ -136,6 +141,25 @@ fn tracer_spec(
                 output: None,
                 written,
                 snapshots,
+            }
+        }
+        Mode::Floor => {
+            let path = bins
+                .bpftrace
+                .as_ref()
+                .context("bpftrace was not found or installed")?;
+            // To a file only because this bpftrace says it attached there; nothing else comes.
+            let output = scratch.file("floor.out");
+            let mut cmd = Command::new(path);
+            cmd.args(["-e", &floor_hooks_program()])
+                .stdout(file_stdout(&output)?);
+            TracerSpec {
+                name: "bpftrace",
+                cmd,
+                attached: "Attaching ",
+                output: Some(output),
+                written: None,
+                snapshots: None,
             }
         }
         Mode::Bpftrace => {
@@ -398,7 +422,7 @@ fn measure_tracer(
             sample.skipped = Some(summary.skipped);
             sample.summary_extra = summary.extra;
         }
-    } else if let Some(output) = &spec.output {
+    } else if let Some(output) = spec.output.as_ref().filter(|_| mode == Mode::Bpftrace) {
         let (lines, lost_in_output) = count_bpftrace_output(output)?;
         let lost_on_stderr: u64 = stderr.seen.iter().filter_map(|l| bpftrace_lost(l)).sum();
         sample.received = Some(lines);

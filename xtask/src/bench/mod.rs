@@ -78,10 +78,11 @@ pub struct BenchArgs {
     pub duration: u64,
     /// Modes to measure, comma-separated: a = nothing attached (always measured: it is the
     /// reference), b = `twtrace trace --json`, c = leaderboard `twtrace --json --interval 1`,
-    /// d = `twtrace record -o FILE`, e = bpftrace one-liner.
-    #[arg(long, value_delimiter = ',', default_value = "a,b,c,d,e")]
+    /// d = `twtrace record -o FILE`, e = bpftrace one-liner, f = empty bpftrace programs on
+    /// twtrace's tracepoints (the floor of any tracer of them).
+    #[arg(long, value_delimiter = ',', default_value = "a,b,c,d,e,f")]
     pub modes: Vec<Mode>,
-    /// Leave out bpftrace (mode e, and the empty program of the kernel-cost floor), and do not
+    /// Leave out bpftrace (modes e and f, and the empty program of the kernel-cost floor), and do not
     /// install it.
     #[arg(long)]
     pub no_bpftrace: bool,
@@ -133,7 +134,7 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     // machine without apt or network still gets the twtrace rows, with the reason in row e.
     let mut bpftrace_missing = None;
     // --peak needs it for the floor of the kernel-cost table, also when mode e is not measured.
-    if modes.contains(&Mode::Bpftrace) || (args.peak && !args.no_bpftrace) {
+    if modes.iter().any(|m| m.is_bpftrace()) || (args.peak && !args.no_bpftrace) {
         match ensure_bpftrace() {
             Ok(path) => bins.bpftrace = Some(path),
             Err(err) => {
@@ -199,7 +200,7 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
                     .get(&(load, mode))
                     .map(Vec::as_slice)
                     .unwrap_or_default();
-                let outcome = if let (Mode::Bpftrace, Some(why)) = (mode, &bpftrace_missing) {
+                let outcome = if let (true, Some(why)) = (mode.is_bpftrace(), &bpftrace_missing) {
                     Outcome::Unavailable(why.clone())
                 } else if let Some(why) = earlier.iter().find_map(Outcome::unavailable) {
                     // Not attaching is a property of the build, not of the round: do not wait
@@ -334,7 +335,7 @@ fn selected_modes(requested: &[Mode], no_bpftrace: bool) -> Vec<Mode> {
     let mut modes: Vec<Mode> = requested
         .iter()
         .copied()
-        .filter(|&m| !(no_bpftrace && m == Mode::Bpftrace))
+        .filter(|&m| !(no_bpftrace && m.is_bpftrace()))
         .chain([Mode::None])
         .collect();
     modes.sort();

@@ -237,7 +237,10 @@ pub fn render(report: &Report) -> String {
          in brackets; bpftrace: its output lines and `Lost N events` warnings). *Tracer CPU* is the tracer process's utime+stime \
          from attaching until just before the stop signal, per event received (µs per event = \
          s per million events); the eBPF program itself runs in the generator's context and \
-         shows up as lost throughput instead. *Peak RSS* is VmHWM, the largest over rounds.",
+         shows up as lost throughput instead. *Peak RSS* is VmHWM, the largest over rounds. \
+         (f) receives nothing: its programs are empty, so its *vs (a)* is the floor, what \
+         attaching to twtrace's tracepoints costs before a program does any work; no tracer of \
+         them can keep the generators above it.",
     );
     push(&mut md, "");
     push(
