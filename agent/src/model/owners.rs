@@ -45,6 +45,7 @@ impl Model {
                 state: k.state,
                 peer,
                 tuple: key,
+                netns: k.netns,
                 seen_ns: dump_ns,
                 // Found already in its state: its age is at least the time since.
                 since_ns: dump_ns,

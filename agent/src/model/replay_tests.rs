@@ -478,10 +478,13 @@ impl Sim {
                 expires_ns: 0,
             });
         }
+        // Where a busy dump misses a socket depends on where its messages broke off and on
+        // what changed in between: not the same place twice.
+        let skip = self.rng.below(53);
         let mut i = 0;
         out.retain(|_| {
             i += 1;
-            i % 53 != 0
+            i % 53 != skip
         });
         out
     }
@@ -590,6 +593,8 @@ struct Coverage {
     /// Events of sockets that were seeded when they came.
     seeded_hits: usize,
     recovered: u64,
+    /// Closing sockets a dump took out (their close was skipped).
+    closing_taken: usize,
     retired: usize,
     sizes: (usize, usize, usize),
 }
@@ -689,6 +694,12 @@ fn replay(seed: u64, events: usize, cap: usize) -> (u64, Coverage) {
             let reuse = !reused_once && now > 30_000_000_000;
             reused_once |= reuse;
             let mut asked = 0usize;
+            let closing: Vec<(u64, Tuple)> = m
+                .socks
+                .iter()
+                .filter(|(_, s)| matches!(s.state, FinWait1 | FinWait2 | Closing | LastAck))
+                .map(|(&skaddr, s)| (skaddr, s.tuple))
+                .collect();
             m.reconcile(
                 &kernel,
                 now,
@@ -710,6 +721,32 @@ fn replay(seed: u64, events: usize, cap: usize) -> (u64, Coverage) {
                     }
                 },
             );
+            // A closing socket a dump takes out without a timewait socket of its 4-tuple in
+            // the dump (`recover_vanished`: its close was skipped) is one the kernel no
+            // longer has.
+            let timewait: std::collections::HashSet<Tuple> = kernel
+                .iter()
+                .filter(|k| k.timewait)
+                .map(|k| tuple(k.netns, k.local, k.remote))
+                .collect();
+            for (skaddr, key) in closing {
+                if m.socks.contains_key(&skaddr) || timewait.contains(&key) {
+                    continue;
+                }
+                cov.closing_taken += 1;
+                if let Some(k) = sim.kernel.full.get(&skaddr) {
+                    assert_ne!(
+                        tuple(k.netns, k.local, k.remote),
+                        key,
+                        "{}: the kernel still has it ({:?}), in dump: {}",
+                        sim.names.get(&key).map_or("?", String::as_str),
+                        k.state,
+                        kernel
+                            .iter()
+                            .any(|d| tuple(d.netns, d.local, d.remote) == key)
+                    );
+                }
+            }
             digest.add(&format!("dump {now} asked {asked}"));
             cov.seeded_max = cov.seeded_max.max(m.seeded.len());
             digest.add(&internal(&m, &sim.names));
@@ -730,19 +767,29 @@ fn replay(seed: u64, events: usize, cap: usize) -> (u64, Coverage) {
 }
 
 /// (seed, peer cap, digest): the digests were recorded on the code before `apply` was
-/// optimised (commit 7b8efde), and the optimisation must not change any of them. The small
-/// cap puts most of the clients' outgoing peers in "other".
+/// optimised (commit 7b8efde), and the optimisation did not change any of them. Recorded again
+/// when the simulated dump's missed socket started to change place from dump to dump and a
+/// tracked socket's state came to include its namespace (both change the digested text): with
+/// `Model::recover_vanished`, which came then, switched off, the run gives the same digests,
+/// so that rule changed nothing here. The small cap puts most of the clients' outgoing peers
+/// in "other".
 const CASES: [(u64, usize, u64); 2] = [
-    (0x0074_7774_7261_6365, 6, 0x164a_daf1_4d7e_36d1),
-    (0x006d_6f64_656c, 64, 0x5260_e38f_20fd_5784),
+    (0x0074_7774_7261_6365, 6, 0x72fe_47dc_77cf_e12a),
+    (0x006d_6f64_656c, 64, 0xe9b1_4b45_2a86_293e),
 ];
 const EVENTS: usize = 150_000;
 
 #[test]
 fn apply_replays_a_long_sequence_exactly_as_before_its_optimisation() {
-    for (seed, cap, expected) in CASES {
-        let (digest, cov) = replay(seed, EVENTS, cap);
+    // All replayed first, so that a change shows every digest.
+    let runs: Vec<_> = CASES
+        .iter()
+        .map(|&(seed, cap, _)| replay(seed, EVENTS, cap))
+        .collect();
+    for (&(seed, cap, _), (digest, cov)) in CASES.iter().zip(&runs) {
         println!("seed {seed:#x} cap {cap}: digest {digest:#x}, {cov:?}");
+    }
+    for (&(seed, _, expected), (digest, cov)) in CASES.iter().zip(runs) {
         assert!(
             cov.shown > 0
                 && cov.seeded_max > 0

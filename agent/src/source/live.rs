@@ -23,7 +23,7 @@ use crate::{
         sysctl::SysctlFiles,
         tracer::{Options, Tracer},
     },
-    model::{KernelSocket, ProcStatus, snapshot::ProcessRow},
+    model::{KernelSocket, ProcStatus, VANISHED_DUMPS, snapshot::ProcessRow},
     state::TcpState,
     stream::{Flow, Item, KernelTruth, Stats},
 };
@@ -279,8 +279,13 @@ impl Source for Live {
         // A last look at the kernel's table, so the final snapshot's gauges (and entries whose
         // events the kernel skipped, see `Model::recover_skipped`) are as of the stop, not of a
         // dump up to `--reconcile` old. It drains first. A failure here loses nothing recorded.
-        if let Err(e) = self.reconcile(f) {
-            log::warn!("final look at the kernel's socket table: {e:#}");
+        // As many looks as `Model::recover_vanished` needs to count a close skipped in the last
+        // seconds; each is one dump (tens of ms with a full timewait table).
+        for _ in 0..VANISHED_DUMPS {
+            if let Err(e) = self.reconcile(f) {
+                log::warn!("final look at the kernel's socket table: {e:#}");
+                break;
+            }
         }
         self.drain(f);
         let stats = self.stats();
