@@ -10,7 +10,7 @@
 use std::{path::Path, process::Command, time::Duration};
 
 use twtrace_tests::{
-    Checks, Client, ClientOpts, DRIVER_TIMEOUT, Mode, Server, TIME_WAIT, Twtrace,
+    Checks, Client, ClientOpts, DRIVER_TIMEOUT, Mode, Server, Twtrace,
     cgroup::{Cgroups, cgroup2_root},
     select, skip_unless_root, twtrace_bin,
 };
@@ -76,7 +76,7 @@ fn only_sockets_of_the_cgroup_and_below_also_of_a_cgroup_made_after_the_start() 
     });
     checks.count(
         "its TIME_WAIT entries",
-        &select(&all, |e| e.new == TIME_WAIT),
+        &select(&all, |e| e.timewait_entry()),
         N,
     );
     checks.count(

@@ -16,7 +16,7 @@ use std::{
 use serde_json::Value;
 use twtrace_tests::{
     Attached, ChildGuard, Event, Loopback, Mode, Peers, READY_TIMEOUT, SETTLE, STOP_TIMEOUT,
-    Stopped, TIME_WAIT, Traffic, Twtrace,
+    Stopped, Traffic, Twtrace,
     live::counter,
     record::{Recording, TempDir, twtrace_output},
     skip_unless_root, twtrace_bin,
@@ -591,7 +591,7 @@ fn ip_version_and_port_side_filters_keep_exact_connections() {
     let tw_by = |events: &[Event], pid: u32| {
         events
             .iter()
-            .filter(|e| e.pid == pid && e.new == TIME_WAIT)
+            .filter(|e| e.pid == pid && e.timewait_entry())
             .count()
     };
     assert_eq!((tw_by(&all, c4), tw_by(&all, c6)), (N4, N6));
@@ -613,7 +613,7 @@ fn ip_version_and_port_side_filters_keep_exact_connections() {
         assert_eq!(keys(live.events.iter()), want, "{name}, live");
         let again = replayed(path, flags);
         assert_eq!(keys(again.iter()), want, "{name}, replayed");
-        let tw = live.events.iter().filter(|e| e.new == TIME_WAIT).count();
+        let tw = live.events.iter().filter(|e| e.timewait_entry()).count();
         assert_eq!(tw, timewait, "{name}: TIME_WAIT entries");
         eprintln!(
             "[{TEST}] {name}: {} transitions, {tw} TIME_WAIT",

@@ -21,8 +21,8 @@ use std::process::{Command, ExitStatus, Stdio};
 use std::thread;
 
 use twtrace_tests::{
-    Checks, ChildGuard, DRIVER_TIMEOUT, Event, Mode, READY_TIMEOUT, TIME_WAIT, Trace, Traffic,
-    Twtrace, parse_summary, print_breakdown, select, skip_unless_root, staged::Staged,
+    Checks, ChildGuard, DRIVER_TIMEOUT, Event, Mode, READY_TIMEOUT, Trace, Traffic, Twtrace,
+    parse_summary, print_breakdown, select, skip_unless_root, staged::Staged,
 };
 
 const TRACEFS: &str = "/sys/kernel/tracing";
@@ -423,7 +423,7 @@ fn without_sys_ptrace_names_it_and_what_degrades() {
         2 * N as u64,
     );
     // From the server's own close on, the socket has its owner again.
-    let time_wait = select(&server_side, |e| e.new == TIME_WAIT);
+    let time_wait = select(&server_side, |e| e.timewait_entry());
     c.count("server TIME_WAIT entries", &time_wait, N);
     c.all(
         "server TIME_WAIT entries have the server pid",
@@ -469,7 +469,7 @@ fn least_set_attributes_everything() {
         &accepted,
         |e| e.attribution == "listener",
     );
-    let time_wait = select(&server_side, |e| e.new == TIME_WAIT);
+    let time_wait = select(&server_side, |e| e.timewait_entry());
     c.count("server TIME_WAIT entries", &time_wait, N);
     c.value(
         "unattributed in the summary",

@@ -413,7 +413,7 @@ fn no_loss_modest_rate() {
     run("no_loss_modest_rate", |c, run| {
         c.count(
             "TIME_WAIT for the client pid",
-            &run.select(|e| e.new == TIME_WAIT && e.pid == run.client),
+            &run.select(|e| e.timewait_entry() && e.pid == run.client),
             run.n,
         );
         c.at_least("events on the port", &run.events, run.n * 8);
