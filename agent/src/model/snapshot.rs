@@ -92,8 +92,9 @@ pub struct Totals {
     #[serde(serialize_with = "three_decimals")]
     pub timewait_per_s: f64,
     /// Of `timewait_entered` and `fin_wait2_entered`, the entries whose event never arrived
-    /// (the kernel skipped it, see `lost_events`) but which a reconciliation found: a socket
-    /// last seen closing whose 4-tuple the kernel's table then held as a timewait socket.
+    /// (the kernel skipped it, see `lost_events`) but which the model found for a socket last
+    /// seen closing: its 4-tuple in the kernel's table as a timewait socket, a new socket at
+    /// its kernel address, or three dumps in a row without it at all.
     pub timewait_recovered: u64,
     /// Failed connect() calls on TCP sockets since start (EADDRNOTAVAIL, EAGAIN, ENOBUFS: the
     /// ephemeral ports ran out, or the kernel had no room).

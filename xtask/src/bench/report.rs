@@ -395,10 +395,13 @@ fn table(md: &mut String, rows: &[Row], rounds: u32, exactness: bool) -> Vec<Str
                         format!("{:.3} ({:.3}–{:.3})", r.median, r.min, r.max)
                     })
                 };
+                // (f)'s empty programs send nothing: no count to ask for, unlike a tracer that
+                // did not say.
+                let unsaid = if row.mode == Mode::Floor { "–" } else { "?" };
                 let (expected, received, lost) = if is_reference {
                     ("–".to_owned(), "–".to_owned(), "–".to_owned())
                 } else {
-                    let received = s.received.map_or("?".to_owned(), |r| {
+                    let received = s.received.map_or(unsaid.to_owned(), |r| {
                         if s.expected > 0 {
                             format!(
                                 "{} ({:.1}%)",
@@ -409,7 +412,7 @@ fn table(md: &mut String, rows: &[Row], rounds: u32, exactness: bool) -> Vec<Str
                             fmt_int(r)
                         }
                     });
-                    let lost = s.lost.map_or("?".to_owned(), |lost| {
+                    let lost = s.lost.map_or(unsaid.to_owned(), |lost| {
                         if s.skipped > 0 {
                             format!("{} (kernel skipped {})", fmt_int(lost), fmt_int(s.skipped))
                         } else {
