@@ -143,45 +143,31 @@ fn tracer_spec(
                 snapshots,
             }
         }
-        Mode::Floor => {
-            let path = bins
-                .bpftrace
-                .as_ref()
-                .context("bpftrace was not found or installed")?;
-            // To a file only because this bpftrace says it attached there; nothing else comes.
-            let output = scratch.file("floor.out");
-            let mut cmd = Command::new(path);
-            cmd.args(["-e", &floor_hooks_program()])
-                .stdout(file_stdout(&output)?);
-            TracerSpec {
-                name: "bpftrace",
-                cmd,
-                attached: "Attaching ",
-                output: Some(output),
-                written: None,
-                snapshots: None,
-            }
-        }
-        Mode::Bpftrace => {
-            let path = bins
-                .bpftrace
-                .as_ref()
-                .context("bpftrace was not found or installed")?;
-            let output = scratch.file("bpftrace.out");
-            let mut cmd = Command::new(path);
-            cmd.args(["-e", BPFTRACE_PROGRAM])
-                .stdout(file_stdout(&output)?);
-            TracerSpec {
-                name: "bpftrace",
-                cmd,
-                attached: "Attaching ",
-                output: Some(output),
-                written: None,
-                snapshots: None,
-            }
-        }
+        // The floor's output file only because this bpftrace says it attached there; nothing
+        // else comes.
+        Mode::Floor => bpftrace_spec(bins, scratch, &floor_hooks_program(), "floor.out")?,
+        Mode::Bpftrace => bpftrace_spec(bins, scratch, BPFTRACE_PROGRAM, "bpftrace.out")?,
     };
     Ok(Some(spec))
+}
+
+/// bpftrace running `program`, its stdout in the scratch file `file`.
+fn bpftrace_spec(bins: &Bins, scratch: &Scratch, program: &str, file: &str) -> Result<TracerSpec> {
+    let path = bins
+        .bpftrace
+        .as_ref()
+        .context("bpftrace was not found or installed")?;
+    let output = scratch.file(file);
+    let mut cmd = Command::new(path);
+    cmd.args(["-e", program]).stdout(file_stdout(&output)?);
+    Ok(TracerSpec {
+        name: "bpftrace",
+        cmd,
+        attached: "Attaching ",
+        output: Some(output),
+        written: None,
+        snapshots: None,
+    })
 }
 
 /// What one measurement of one mode gave.
