@@ -1015,10 +1015,10 @@ impl Model {
         self.correct_substates(&kernel_tw);
         self.recover_skipped(&kernel_tw, dump_ns);
         // Every 4-tuple the dump has, full or timewait, and the namespaces it has sockets of.
-        let kernel_open: Set<Tuple> = kernel
+        let kernel_open: Map<Tuple, TcpState> = kernel
             .iter()
             .filter(|k| !k.timewait)
-            .map(|k| tuple(k.netns, k.local, k.remote))
+            .map(|k| (tuple(k.netns, k.local, k.remote), k.state))
             .collect();
         let mut dumped: Set<u32> = Set::default();
         let mut last_netns = None;
@@ -1030,7 +1030,7 @@ impl Model {
             }
         }
         self.recover_vanished(
-            &|key| kernel_open.contains(&key) || kernel_tw.contains_key(&key),
+            &|key| kernel_open.contains_key(&key) || kernel_tw.contains_key(&key),
             &dumped,
             dump_ns,
         );
@@ -1082,8 +1082,20 @@ impl Model {
             .map(|(&skaddr, _)| skaddr)
             .collect();
         for skaddr in gone {
-            if let Some(s) = self.socks.remove(&skaddr) {
-                self.uncount(&s);
+            let Some(mut s) = self.socks.remove(&skaddr) else {
+                continue;
+            };
+            self.uncount(&s);
+            // Still in the kernel's table, in a state past the one twtrace knows: its events
+            // are on their way (or were skipped). It takes the kernel's state, and its events,
+            // when they come, go on from there; dropped, its close would have found no socket
+            // and its lifetime would have been lost.
+            if let Some(&state) = kernel_open.get(&s.tuple) {
+                s.state = state;
+                s.since_ns = dump_ns;
+                s.since_known = false;
+                self.count(&s);
+                self.socks.insert(skaddr, s);
             }
         }
         let gone_seeded: Vec<Tuple> = self
@@ -1880,6 +1892,42 @@ mod tests {
             (s.totals.timewait_entered, s.totals.timewait_recovered),
             (1, 0)
         );
+    }
+
+    /// A dump that has a tracked ESTABLISHED socket in a later state (its close is still in
+    /// the ring buffer) keeps the socket, in the kernel's state: when its events come, its
+    /// TIME_WAIT entry and its lifetime are counted. Dropped, the lifetime was lost.
+    #[test]
+    fn a_socket_the_dump_has_further_on_keeps_its_life() {
+        let mut m = Model::new(0, Limits::default());
+        let (cl, srv) = ("127.0.0.1:40000", "127.0.0.1:8080");
+        m.apply(
+            &Ev::new(CLIENT, 1, Close, SynSent, "127.0.0.1:0", srv)
+                .at(S)
+                .0,
+        );
+        m.apply(&Ev::new(CLIENT, 1, SynSent, Established, cl, srv).at(S).0);
+        m.reconcile(
+            &[full(FinWait1, cl, srv, 0)],
+            2 * S,
+            &mut no_owners,
+            &|_| true,
+            &mut alive,
+        );
+        let s = snap(&mut m, 2 * S);
+        assert_eq!(proc(&s, CLIENT).established_now, 0, "the kernel's state");
+        for ev in [
+            Ev::new(CLIENT, 1, Established, FinWait1, cl, srv),
+            Ev::new(CLIENT, 1, FinWait1, FinWait2, cl, srv),
+            Ev::new(CLIENT, 1, FinWait2, TimeWait, cl, srv),
+        ] {
+            m.apply(&ev.at(2 * S + 1).0);
+        }
+        let s = snap(&mut m, 3 * S);
+        let c = proc(&s, CLIENT);
+        assert_eq!((c.timewait_entered, c.closes), (1, 1));
+        let ended = c.peers[0].lifetimes.as_ref().map(|l| l.ended);
+        assert_eq!(ended, Some(1), "its lifetime: {:?}", c.peers[0].lifetimes);
     }
 
     /// A closing socket the kernel has neither as a full socket nor as a timewait one, in

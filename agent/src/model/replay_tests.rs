@@ -771,11 +771,14 @@ fn replay(seed: u64, events: usize, cap: usize) -> (u64, Coverage) {
 /// when the simulated dump's missed socket started to change place from dump to dump and a
 /// tracked socket's state came to include its namespace (both change the digested text): with
 /// `Model::recover_vanished`, which came then, switched off, the run gives the same digests,
-/// so that rule changed nothing here. The small cap puts most of the clients' outgoing peers
-/// in "other".
+/// so that rule changed nothing here. Recorded once more when a dump that has a tracked
+/// ESTABLISHED or CLOSE_WAIT socket in a later state came to keep it in that state instead of
+/// dropping it: every snapshot's totals stayed the same except the lifetimes ended (+22 of
+/// 28,026 at the middle snapshot of the first seed), which were the ones lost before. The
+/// small cap puts most of the clients' outgoing peers in "other".
 const CASES: [(u64, usize, u64); 2] = [
-    (0x0074_7774_7261_6365, 6, 0x72fe_47dc_77cf_e12a),
-    (0x006d_6f64_656c, 64, 0xe9b1_4b45_2a86_293e),
+    (0x0074_7774_7261_6365, 6, 0x4e32_bcd4_0df9_d89a),
+    (0x006d_6f64_656c, 64, 0x0db5_0cbe_3192_8176),
 ];
 const EVENTS: usize = 150_000;
 
