@@ -52,6 +52,12 @@ impl TryFrom<u32> for TcpState {
 }
 
 impl TcpState {
+    /// The states of a socket that closed first, on its way to a timewait socket (which a reset
+    /// can still cut short): FIN_WAIT1, FIN_WAIT2, CLOSING.
+    pub const fn before_timewait(self) -> bool {
+        matches!(self, Self::FinWait1 | Self::FinWait2 | Self::Closing)
+    }
+
     /// The kernel's name without the `TCP_` prefix, as `ss` and the JSON output spell it.
     pub const fn name(self) -> &'static str {
         match self {

@@ -420,12 +420,7 @@ impl Model {
         // or as a listener's child (LISTEN -> SYN_RECV: a client's freed socket is as likely to
         // come back as a server's accepted one).
         if matches!(t.old, TcpState::Close | TcpState::Listen)
-            && let Some(old) = tracked.take_if(|old| {
-                matches!(
-                    old.state,
-                    TcpState::FinWait1 | TcpState::FinWait2 | TcpState::Closing
-                )
-            })
+            && let Some(old) = tracked.take_if(|old| old.state.before_timewait())
         {
             self.uncount(&old);
             // It closed before this event; when exactly is not known, its last event is the
@@ -799,10 +794,8 @@ impl Model {
             .socks
             .iter()
             .filter(|(_, s)| {
-                matches!(
-                    s.state,
-                    TcpState::FinWait1 | TcpState::FinWait2 | TcpState::Closing
-                ) && s.seen_ns < dump_ns
+                s.state.before_timewait()
+                    && s.seen_ns < dump_ns
                     && kernel_tw.contains_key(&s.tuple)
                     && !self.timewait.contains_key(&s.tuple)
             })
@@ -821,9 +814,10 @@ impl Model {
     }
 
     /// Closing sockets the kernel no longer has at all, neither as a full socket nor as a
-    /// timewait one, in two dumps in a row and with no event of theirs since the first: their
-    /// close was skipped by the kernel (and their destroy too, or the kernel program would have
-    /// rebuilt the close), and no timewait socket is left for `recover_skipped` to find: the
+    /// timewait one, in [`VANISHED_DUMPS`] dumps in a row and with no event of theirs since the
+    /// first: their close was skipped by the kernel (and their destroy too, or the kernel
+    /// program would have rebuilt the close), and no timewait socket is left for
+    /// `recover_skipped` to find: the
     /// kernel's timewait table was full (`tcp_max_tw_buckets`: it made none), or tcp_tw_reuse
     /// gave the port to a new connection already. Both are usual at peak. Until their address
     /// came back as a new socket (see `apply`) they stayed tracked, and their TIME_WAIT entry,
@@ -831,7 +825,7 @@ impl Model {
     ///
     /// FIN_WAIT1, FIN_WAIT2 and CLOSING end in a timewait socket unless a reset ends them, so
     /// they are counted as TIME_WAIT entries (their substate is not known); LAST_ACK as a close.
-    /// [`VANISHED_DUMPS`] dumps, because a dump of a busy table can miss a socket that is there
+    /// Several dumps, because a dump of a busy table can miss a socket that is there
     /// (inet_diag resumes a hash bucket by position, and the bucket changes in between). Only in
     /// namespaces the dump has sockets of (`dumped`): a namespace twtrace cannot enter lists
     /// nothing, and its closing sockets are not gone. A socket whose namespace is not known
@@ -845,10 +839,7 @@ impl Model {
         let mut absent = Map::default();
         let mut gone = Vec::new();
         for (&skaddr, s) in &self.socks {
-            let closing = matches!(
-                s.state,
-                TcpState::FinWait1 | TcpState::FinWait2 | TcpState::Closing | TcpState::LastAck
-            );
+            let closing = s.state.before_timewait() || s.state == TcpState::LastAck;
             if !closing
                 || s.seen_ns >= dump_ns
                 || s.netns == 0

@@ -697,7 +697,7 @@ fn replay(seed: u64, events: usize, cap: usize) -> (u64, Coverage) {
             let closing: Vec<(u64, Tuple)> = m
                 .socks
                 .iter()
-                .filter(|(_, s)| matches!(s.state, FinWait1 | FinWait2 | Closing | LastAck))
+                .filter(|(_, s)| s.state.before_timewait() || s.state == LastAck)
                 .map(|(&skaddr, s)| (skaddr, s.tuple))
                 .collect();
             m.reconcile(
