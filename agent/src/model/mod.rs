@@ -139,6 +139,16 @@ struct Sock {
     by_listener: bool,
 }
 
+/// Since when a socket that was `previous` is in `state` after an event at `now_ns`, and
+/// whether that is exact (`Sock::since_ns`, `since_known`): an event that did not change the
+/// state carries its age over.
+fn since(previous: Option<&Sock>, state: TcpState, now_ns: u64) -> (u64, bool) {
+    match previous {
+        Some(s) if s.state == state => (s.since_ns, s.since_known),
+        _ => (now_ns, true),
+    }
+}
+
 /// Dumps in a row a closing socket must be missing from before `Model::recover_vanished`
 /// counts its skipped close. A busy dump misses a socket now and then (see there); three
 /// misses of one socket in a row are unlikely enough. `Live` dumps that often when it stops.
@@ -563,11 +573,7 @@ impl Model {
                 }
             }
             (None, state) => {
-                // Its age in this state carries over an event that did not change the state.
-                let (since_ns, since_known) = match previous {
-                    Some(s) if s.state == state => (s.since_ns, s.since_known),
-                    _ => (t.mono_ns, true),
-                };
+                let (since_ns, since_known) = since(previous.as_ref(), state, t.mono_ns);
                 let sock = Sock {
                     pid,
                     state,
@@ -663,12 +669,7 @@ impl Model {
             op.cw_now = op.cw_now.saturating_sub(old_cw);
             op.est_now = op.est_now.saturating_sub(old_est);
         }
-        // Its age in this state carries over an event that did not change the state.
-        let (since_ns, since_known) = if old.state == state {
-            (old.since_ns, old.since_known)
-        } else {
-            (t.mono_ns, true)
-        };
+        let (since_ns, since_known) = since(Some(&old), state, t.mono_ns);
         *slot = Sock {
             pid,
             state,
