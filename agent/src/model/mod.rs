@@ -822,7 +822,7 @@ impl Model {
     /// kernel's timewait table was full (`tcp_max_tw_buckets`: it made none), or tcp_tw_reuse
     /// gave the port to a new connection already. Both are usual at peak. Until their address
     /// came back as a new socket (see `apply`) they stayed tracked, and their TIME_WAIT entry,
-    /// or their close, was missing: 1 or 2 of ~75,000 per generator at four generators.
+    /// or their close, was missing: 1 or 2 per generator of 70,000-105,000 connections at four.
     ///
     /// FIN_WAIT1, FIN_WAIT2 and CLOSING end in a timewait socket unless a reset ends them, so
     /// they are counted as TIME_WAIT entries (their substate is not known); LAST_ACK as a close.
