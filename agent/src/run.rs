@@ -26,7 +26,7 @@ use crate::{
         writer::{CaptureDir, create_file, smallest_limit},
     },
     sink::{
-        Sink, View,
+        Sink, View, detached,
         leaks::LeaksReport,
         ports::{self as ports_sink, PortsPrinter},
         recorder::{FileRecorder, FlightRecorder},
@@ -239,10 +239,10 @@ async fn leaderboard(args: LiveArgs, verbose: bool) -> anyhow::Result<()> {
         if tui {
             let (sink, v) = TuiSink::new(title);
             sinks.push(Box::new(sink));
-            Some(v)
+            Ok::<_, io::Error>(Some(v))
         } else {
-            sinks.push(Box::new(SnapshotPrinter::new(stdout(), style)));
-            None
+            sinks.push(Box::new(SnapshotPrinter::new(detached::stdout()?, style)));
+            Ok(None)
         }
     };
 
@@ -269,7 +269,7 @@ async fn leaderboard(args: LiveArgs, verbose: bool) -> anyhow::Result<()> {
             path.display(),
             header.hostname
         );
-        view = view_sink(title, &mut sinks);
+        view = view_sink(title, &mut sinks)?;
         let select = recorded_selection(&header).and(&asked);
         let mut core =
             new_core(&source, sinks, Box::new(Recorded), select, cadence).with_limits(limits);
@@ -297,7 +297,10 @@ async fn leaderboard(args: LiveArgs, verbose: bool) -> anyhow::Result<()> {
         Err(e) => return Err(discard(recorder, args.record.as_deref(), e)),
     };
     let title = format!("twtrace{}", describe(&select));
-    view = view_sink(title, &mut sinks);
+    view = match view_sink(title, &mut sinks) {
+        Ok(v) => v,
+        Err(e) => return Err(discard(recorder, args.record.as_deref(), e.into())),
+    };
     if let (Some(sink), Some(path)) = (recorder, &args.record) {
         if !tui {
             say(&format!("twtrace: recording to {}", path.display()));
@@ -660,7 +663,12 @@ async fn ports(args: PortsArgs, verbose: bool) -> anyhow::Result<()> {
     };
     let top = usize::try_from(args.top).unwrap_or(usize::MAX);
     let head = opts.netns.or_else(|| netns::own().ok());
-    let sinks: Vec<Box<dyn Sink>> = vec![Box::new(PortsPrinter::new(stdout(), style, top, head))];
+    let sinks: Vec<Box<dyn Sink>> = vec![Box::new(PortsPrinter::new(
+        detached::stdout()?,
+        style,
+        top,
+        head,
+    ))];
     let core = new_core(&source, sinks, Box::new(ProcFs::new()), select, cadence);
     finish(run_pipeline(&mut source, core, false, None).await?)
 }

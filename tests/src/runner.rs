@@ -2,9 +2,10 @@
 //! tracing), `Twtrace` (`trace --json`) and what they printed.
 
 use std::io::{BufRead, BufReader};
+use std::os::fd::AsRawFd as _;
 use std::path::Path;
 use std::process::{Command, ExitStatus, Stdio};
-use std::sync::mpsc::Receiver;
+use std::sync::mpsc::{self, Receiver, Sender};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
@@ -40,6 +41,17 @@ impl Attached {
     /// [`Attached::start`] for `<prefix...> <bin> <args>`: another binary, run through a
     /// command such as `setpriv` that execs it (so the pid is twtrace's).
     pub fn start_via(prefix: &[String], bin: &Path, args: &[String]) -> Self {
+        Self::spawn(prefix, bin, args, None)
+    }
+
+    /// [`Attached::start`] with a reader of stdout that stopped reading: nothing is read from
+    /// the pipe, cut to its smallest size (a page), until the returned sender is dropped.
+    pub fn start_unread(args: &[String]) -> (Self, Sender<()>) {
+        let (release, held) = mpsc::channel();
+        (Self::spawn(&[], &twtrace_bin(), args, Some(held)), release)
+    }
+
+    fn spawn(prefix: &[String], bin: &Path, args: &[String], held: Option<Receiver<()>>) -> Self {
         let mut cmd = match prefix.split_first() {
             Some((program, rest)) => {
                 let mut cmd = Command::new(program);
@@ -60,10 +72,20 @@ impl Attached {
         );
         let mut guard = ChildGuard::spawn("twtrace", &mut cmd);
         let stdout = guard.child_mut().stdout.take().expect("piped stdout");
+        if held.is_some() {
+            // SAFETY: fcntl on a pipe descriptor this process owns (the child's stdout, open
+            // until `stdout` drops); F_SETPIPE_SZ takes an int and changes only the buffer size.
+            let r = unsafe { libc::fcntl(stdout.as_raw_fd(), libc::F_SETPIPE_SZ, 4096) };
+            assert!(r >= 0, "F_SETPIPE_SZ: {}", std::io::Error::last_os_error());
+        }
         let stderr = guard.child_mut().stderr.take().expect("piped stderr");
         let stdout = thread::Builder::new()
             .name("twtrace-stdout".into())
             .spawn(move || {
+                if let Some(held) = held {
+                    // Returns when the sender is dropped.
+                    let _ = held.recv();
+                }
                 BufReader::new(stdout)
                     .lines()
                     .map_while(Result::ok)

@@ -501,6 +501,88 @@ fn trace_into_head_ends_cleanly() {
     assert_clean_exit("2>&1 | head -2", status);
 }
 
+/// A reader that stops reading the leaderboard's JSON costs no events and no counts: the loop
+/// that drains the kernel's rings never waits for stdout. Snapshots wait for the reader, the
+/// oldest dropped and said so on stderr; the last one printed counts every connection. (When
+/// that loop blocked in the write, the rings overflowed: events lost, TIME_WAIT missing.)
+#[test]
+fn a_reader_that_stops_reading_costs_no_events() {
+    const TEST: &str = "output a_reader_that_stops_reading_costs_no_events";
+    if skip_unless_root(TEST) {
+        return;
+    }
+    // About 11 events each: 110,000, where the rings hold about 65,000 (8 MiB).
+    const N: usize = 10_000;
+    let traffic = Traffic::new(driver(), Mode::ClientFirst, N, "tws-unread", "twc-unread");
+    let server = traffic.server();
+    let (board, release) =
+        Attached::start_unread(&port_args(server.port, &["--json", "--interval", "0.1"]));
+    // Ten snapshots a second fill the pipe (a page) long before the traffic starts, and keep
+    // coming all along: more than the queue holds (16).
+    thread::sleep(Duration::from_millis(1500));
+    let client = traffic.client(server.port);
+    let mut peers = Peers { server, client };
+    peers.wait();
+    thread::sleep(Duration::from_millis(2500));
+    drop(release);
+    let Stopped {
+        stdout,
+        stderr,
+        status,
+    } = board.stop_after(SETTLE);
+    assert!(status.success(), "{status}; {stderr:#?}");
+    let last: Value = serde_json::from_str(stdout.last().expect("a snapshot")).expect("JSON");
+    let c = peers.client.pid();
+    eprintln!(
+        "[{TEST}] {} snapshots read; stderr: {stderr:#?}",
+        stdout.len()
+    );
+    assert_eq!(last["lost_events"], 0, "{stderr:#?}");
+    assert_eq!(counter(&last, c, "opens"), N as u64);
+    assert_eq!(
+        counter(&last, c, "timewait_entered") + counter(&last, c, "fin_wait2_entered"),
+        N as u64
+    );
+    assert!(
+        stderr
+            .iter()
+            .any(|l| l.contains("not printed: standard output was not read fast enough")),
+        "the dropped snapshots are said: {stderr:#?}"
+    );
+}
+
+/// `twtrace --json | head -1`: the leaderboard's output thread meets the closed pipe, and
+/// twtrace ends cleanly at its next snapshot.
+#[test]
+fn leaderboard_into_head_ends_cleanly() {
+    const TEST: &str = "output leaderboard_into_head_ends_cleanly";
+    if skip_unless_root(TEST) {
+        return;
+    }
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    let mut cmd = Command::new(twtrace_bin());
+    cmd.args(["--json", "--interval", "0.2"])
+        .stdin(Stdio::null())
+        .stdout(writer)
+        .stderr(Stdio::null());
+    let mut guard = ChildGuard::spawn("twtrace --json | head -1", &mut cmd);
+    drop(cmd);
+    let first = BufReader::new(reader)
+        .lines()
+        .next()
+        .expect("a line")
+        .expect("readable");
+    eprintln!("[{TEST}] head -1: {} bytes", first.len());
+    assert!(serde_json::from_str::<Value>(&first).is_ok(), "{first}");
+    // The reader is gone with `first`'s BufReader.
+    let deadline = Instant::now() + STOP_TIMEOUT;
+    while guard.child_mut().try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(50));
+    }
+    let status = guard.wait_timeout(STOP_TIMEOUT);
+    assert_clean_exit("--json | head -1", status);
+}
+
 fn args(list: &[&str]) -> Vec<String> {
     list.iter().map(|&a| a.to_owned()).collect()
 }

@@ -2,6 +2,7 @@
 //! and the model's snapshots to those that want them. A new output (an exporter) is one more
 //! sink and nothing else.
 
+pub mod detached;
 pub mod leaks;
 pub mod ports;
 pub mod recorder;

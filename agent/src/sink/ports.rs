@@ -8,7 +8,10 @@ use std::{
 
 use serde::Serialize;
 
-use super::Sink;
+use super::{
+    End, Sink,
+    detached::{self, Detached},
+};
 use crate::{
     kernel::sysctl::{PortRange, PortSettings},
     model::{
@@ -25,17 +28,18 @@ pub enum Style {
     Json,
 }
 
-/// Prints each snapshot's destinations to `out`, flushed at once.
-pub struct PortsPrinter<W: Write> {
-    out: W,
+/// Prints each snapshot's destinations to `out`, flushed at once, from a thread of its own
+/// (`Detached`, as the leaderboard's).
+pub struct PortsPrinter {
+    out: Detached,
     style: Style,
     top: usize,
     /// The namespace whose settings head the output: `--netns`, else twtrace's own.
     netns: Option<u32>,
 }
 
-impl<W: Write> PortsPrinter<W> {
-    pub fn new(out: W, style: Style, top: usize, netns: Option<u32>) -> Self {
+impl PortsPrinter {
+    pub fn new(out: Detached, style: Style, top: usize, netns: Option<u32>) -> Self {
         Self {
             out,
             style,
@@ -45,7 +49,7 @@ impl<W: Write> PortsPrinter<W> {
     }
 }
 
-impl<W: Write> Sink for PortsPrinter<W> {
+impl Sink for PortsPrinter {
     fn wants_snapshots(&self) -> bool {
         true
     }
@@ -61,6 +65,10 @@ impl<W: Write> Sink for PortsPrinter<W> {
         }
         self.out.flush()?;
         Ok(())
+    }
+
+    fn end(&mut self, _end: &End) -> anyhow::Result<()> {
+        detached::finish(&mut self.out, "printout")
     }
 }
 

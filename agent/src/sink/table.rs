@@ -5,7 +5,10 @@ use std::{
     sync::Arc,
 };
 
-use super::Sink;
+use super::{
+    End, Sink,
+    detached::{self, Detached},
+};
 use crate::{
     container::short_id,
     diagnosis::short_age,
@@ -23,19 +26,20 @@ pub enum Style {
     Json,
 }
 
-/// Prints each snapshot to `out`, flushed at once (a log or `jq` sees each as it comes).
-pub struct SnapshotPrinter<W: Write> {
-    out: W,
+/// Prints each snapshot to `out`, flushed at once (a log or `jq` sees each as it comes), from a
+/// thread of its own so a reader that stops reading never stalls the tracing (`Detached`).
+pub struct SnapshotPrinter {
+    out: Detached,
     style: Style,
 }
 
-impl<W: Write> SnapshotPrinter<W> {
-    pub fn new(out: W, style: Style) -> Self {
+impl SnapshotPrinter {
+    pub fn new(out: Detached, style: Style) -> Self {
         Self { out, style }
     }
 }
 
-impl<W: Write> Sink for SnapshotPrinter<W> {
+impl Sink for SnapshotPrinter {
     fn wants_snapshots(&self) -> bool {
         true
     }
@@ -46,6 +50,10 @@ impl<W: Write> Sink for SnapshotPrinter<W> {
             Style::Table { top } => print_table(&mut self.out, snap, top)?,
         }
         Ok(())
+    }
+
+    fn end(&mut self, _end: &End) -> anyhow::Result<()> {
+        detached::finish(&mut self.out, "snapshot")
     }
 }
 
