@@ -87,6 +87,18 @@ pub fn timewait_entries(snapshot: &Value, pid: u32) -> u64 {
     counter(snapshot, pid, "timewait_entered") + counter(snapshot, pid, "fin_wait2_entered")
 }
 
+/// Resets that ended `pid`'s outgoing connections to port `rport` (its peer rows without an
+/// `lport`). Such a connection made no timewait entry: the kernel makes none after a reset.
+pub fn outgoing_resets(snapshot: &Value, pid: u32, rport: u16) -> u64 {
+    process(snapshot, pid)
+        .and_then(|p| p["peers"].as_array())
+        .into_iter()
+        .flatten()
+        .filter(|peer| peer.get("lport").is_none() && peer["rport"] == rport)
+        .filter_map(|peer| peer["resets"].as_u64())
+        .sum()
+}
+
 /// `pid`'s timewait sockets alive now, in both substates.
 pub fn timewait_sockets_now(snapshot: &Value, pid: u32) -> u64 {
     counter(snapshot, pid, "timewait_now") + counter(snapshot, pid, "fin_wait2_now")

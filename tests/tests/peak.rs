@@ -1,9 +1,13 @@
 //! Exactness at peak load (issue 10): four `churn` generators at once, each one process with
 //! one client and one server thread on its own listener on 127.0.0.1, the client closing first,
-//! so every connection a generator reports is exactly one TIME_WAIT entered by its pid. The live
-//! leaderboard's final snapshot, and the report of a recording of the same load, must give each
-//! generator's pid exactly that count, with no event lost to the ring buffer. Events the kernel
-//! itself skips (see [`compare`]) are the one allowed shortfall, bounded by their count.
+//! so every connection a generator reports is exactly one TIME_WAIT entered by its pid, or, rarely,
+//! a connection ended by a reset, which makes none: with the timewait table full a client's
+//! port comes back at once, and its new SYN can meet the server's socket of the port's last
+//! connection (a challenge ACK, the client's RST; seen once in ~100,000 connections in some
+//! runs, with nothing lost). The live leaderboard's final snapshot, and the report of a
+//! recording of the same load, must give each generator's pid exactly that count, with no event
+//! lost to the ring buffer. Events the kernel itself skips (see [`compare`]) are the one allowed
+//! shortfall, bounded by their count.
 //!
 //! Needs root (skips loudly otherwise) and at least 2 CPUs: on one CPU four generators are not
 //! more load than one, just slower. It asserts counts, never timings. At this rate the test
@@ -26,7 +30,7 @@ use serde_json::Value;
 use twtrace::kernel::sockdiag::{dump_tcp, sockstat};
 use twtrace_tests::{
     ChildGuard, Summary,
-    live::{Live, timewait_entries},
+    live::{Live, outgoing_resets, timewait_entries},
     parse_summary,
     record::{Recording, TempDir, twtrace_output},
     skip_unless_root,
@@ -329,21 +333,28 @@ fn compare(
         .zip(snapshot["totals"]["fin_wait2_entered"].as_u64())
         .map(|(tw, fw2)| tw + fw2);
     let made: u64 = churned.iter().map(|c| c.connections).sum();
-    let mut short = 0;
+    let (mut short, mut resets) = (0, 0);
     for c in churned {
         let entered = timewait_entries(snapshot, c.pid);
-        short += c.connections.saturating_sub(entered);
+        // A client connection ended by a reset makes no timewait entry (see the module's
+        // comment); its close says so.
+        let reset = outgoing_resets(snapshot, c.pid, c.port);
+        resets += reset;
+        let ended = entered + reset;
+        short += c.connections.saturating_sub(ended);
         eprintln!(
-            "[{what}] pid {} :{}: {} connections ({:.0}/s), TIME_WAIT entered {entered} ({:+})",
+            "[{what}] pid {} :{}: {} connections ({:.0}/s), TIME_WAIT entered {entered}, ended \
+             by a reset {reset} ({:+})",
             c.pid,
             c.port,
             c.connections,
             c.rate,
-            i128::from(entered) - i128::from(c.connections)
+            i128::from(ended) - i128::from(c.connections)
         );
-        if entered > c.connections || (entered < c.connections && summary.skipped == 0) {
+        if ended > c.connections || (ended < c.connections && summary.skipped == 0) {
             problems.push(format!(
-                "{what}: pid {} entered {entered} TIME_WAIT, made {} connections",
+                "{what}: pid {} entered {entered} TIME_WAIT and had {reset} connections reset, \
+                 made {} connections",
                 c.pid, c.connections
             ));
         }
@@ -376,10 +387,11 @@ fn compare(
     }
     // The ports are filtered, and only the generators' clients close first on them: every
     // TIME_WAIT entered is one of theirs (none under another pid or pid 0).
-    if total_entered != Some(made - short) {
+    let rows = made.saturating_sub(short + resets);
+    if total_entered != Some(rows) {
         problems.push(format!(
-            "{what}: totals.timewait_entered {total_entered:?}, the generators' rows add up to {}",
-            made - short
+            "{what}: totals.timewait_entered {total_entered:?}, the generators' rows add up to \
+             {rows}"
         ));
     }
 }

@@ -182,6 +182,8 @@ struct Peer {
     last_ns: u64,
     /// Failed connect() calls toward it (`failures.rs`).
     connect_failures: u64,
+    /// Its connections that ended by a reset (no timewait entry then).
+    resets: u64,
     /// Lifetimes of its connections that ended in the last minute.
     lives: Lives,
 }
@@ -525,6 +527,10 @@ impl Model {
         } else {
             // Its life ends (a timewait entry or a close): `end_life`, on the peer at hand.
             record_life(p, previous.as_ref(), t.mono_ns);
+            // As `proc.resets` below, for this peer.
+            if entry.is_none() && t.new == TcpState::Close && t.reset.is_some() {
+                p.resets += 1;
+            }
         }
         if let Some(sub) = entry {
             *p.entered_mut(sub) += 1;
@@ -1432,6 +1438,7 @@ fn row(pid: u32, p: &mut Proc, ctx: &RowContext<'_>) -> Option<ProcessRow> {
                 .map_or(0.0, |&ns| age_s(ns)),
             established_now: c.est_now,
             connect_failures: c.connect_failures,
+            resets: c.resets,
             lifetimes: c.lives.stats(ctx.now_ns).map(|l| Lifetimes {
                 ended: l.count,
                 ended_per_s: leaks::round(l.per_s, 3),
@@ -1756,10 +1763,31 @@ mod tests {
         let (cl, srv) = ("127.0.0.1:40000", "127.0.0.1:8080");
         m.apply(&Ev::new(CLIENT, 1, SynSent, Established, cl, srv).0);
         m.apply(&Ev::new(CLIENT, 1, Established, Close, cl, srv).reset().0);
+        // A second connection to the same peer: a reset in FIN_WAIT2 (its TIME_WAIT would
+        // have come next), then a third one that ends normally.
+        let cl2 = "127.0.0.1:40001";
+        m.apply(&Ev::new(CLIENT, 2, SynSent, Established, cl2, srv).0);
+        m.apply(&Ev::new(CLIENT, 2, Established, FinWait1, cl2, srv).0);
+        m.apply(&Ev::new(CLIENT, 2, FinWait1, FinWait2, cl2, srv).0);
+        m.apply(&Ev::new(CLIENT, 2, FinWait2, Close, cl2, srv).reset().0);
+        let cl3 = "127.0.0.1:40002";
+        m.apply(&Ev::new(CLIENT, 3, SynSent, Established, cl3, srv).0);
+        m.apply(&Ev::new(CLIENT, 3, Established, FinWait1, cl3, srv).0);
+        m.apply(&Ev::new(CLIENT, 3, FinWait1, FinWait2, cl3, srv).0);
+        m.apply(&Ev::new(CLIENT, 3, FinWait2, TimeWait, cl3, srv).0);
         let c = proc(&snap(&mut m, S), CLIENT).clone();
         assert_eq!(
             (c.closes, c.resets, c.timewait_entered, c.established_now),
-            (1, 1, 0, 0)
+            (3, 2, 1, 0)
+        );
+        // The peer's row has them too: its timewait entries and resets add up to the
+        // connections that ended.
+        assert_eq!(c.peers.len(), 1);
+        assert_eq!(
+            (c.peers[0].resets, c.peers[0].timewait_entered),
+            (2, 1),
+            "{:?}",
+            c.peers[0]
         );
     }
 

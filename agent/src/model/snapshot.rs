@@ -218,6 +218,9 @@ pub struct PeerRow {
     pub established_now: u64,
     /// Failed connect() calls toward it since start (outgoing peers only).
     pub connect_failures: u64,
+    /// Its connections that ended by a reset since start (the kernel makes no timewait socket
+    /// for those).
+    pub resets: u64,
     /// How long its connections lived, over those that ended in the last minute (left out when
     /// none did): the evidence for a new connection per request.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -237,6 +240,7 @@ impl PeerRow {
             close_wait_oldest_s: 0.0,
             established_now: 0,
             connect_failures: 0,
+            resets: 0,
             lifetimes: None,
         }
     }
@@ -429,7 +433,7 @@ mod tests {
     fn peers_are_spelt_out_in_the_json() {
         let v4: IpAddr = "10.0.0.9".parse().expect("addr");
         let v6: IpAddr = "2001:db8::7".parse().expect("addr");
-        let counts = r#""timewait_entered":3,"timewait_now":0,"fin_wait2_entered":0,"fin_wait2_now":0,"close_wait_now":0,"established_now":0,"connect_failures":0}"#;
+        let counts = r#""timewait_entered":3,"timewait_now":0,"fin_wait2_entered":0,"fin_wait2_now":0,"close_wait_now":0,"established_now":0,"connect_failures":0,"resets":0}"#;
         for (peer, want) in [
             (
                 PeerKey::Out {

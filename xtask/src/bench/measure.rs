@@ -17,7 +17,7 @@ use super::{
     children::{ChildGuard, Next, Scratch, StderrLines, dev_null, file_stdout},
     host::{clock_ticks, read_cpu_ticks, read_tw_overflow, read_vm_hwm},
     mode::{BPFTRACE_PROGRAM, Mode, floor_hooks_program},
-    parse::{GeneratorRun, Summary, bpftrace_lost, count_bpftrace_output, timewait_by_pid},
+    parse::{GeneratorRun, Summary, bpftrace_lost, closes_by_pid, count_bpftrace_output},
 };
 use crate::shell;
 
@@ -239,8 +239,9 @@ pub struct TracerSample {
 }
 
 /// Client closes first, so each connection a generator made is one timewait entry by its pid
-/// (TIME_WAIT, or an orphan's FIN_WAIT2 if its server thread was slow to close): the
-/// leaderboard's final entries of that pid (`timewait_by_pid`) must equal it.
+/// (TIME_WAIT, or an orphan's FIN_WAIT2 if its server thread was slow to close) or, rarely, a
+/// client connection ended by a reset: the leaderboard's final count of those for that pid
+/// (`closes_by_pid`) must equal it.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Exactness {
     /// Generators compared.
@@ -257,11 +258,11 @@ pub struct Mismatch {
 }
 
 impl Exactness {
-    pub fn check(generators: &[(u32, GeneratorRun)], timewait: &BTreeMap<u32, u64>) -> Self {
+    pub fn check(generators: &[(u32, GeneratorRun)], closes: &BTreeMap<u32, u64>) -> Self {
         let mismatches = generators
             .iter()
             .filter_map(|&(pid, run)| {
-                let counted = timewait.get(&pid).copied();
+                let counted = closes.get(&pid).copied();
                 (counted != Some(run.connections)).then_some(Mismatch {
                     pid,
                     connections: run.connections,
@@ -417,8 +418,8 @@ fn measure_tracer(
     if let Some(snapshots) = &spec.snapshots {
         let text = fs::read_to_string(snapshots)
             .with_context(|| format!("reading {}", snapshots.display()))?;
-        match timewait_by_pid(&text) {
-            Ok(timewait) => sample.exactness = Some(Exactness::check(&runs, &timewait)),
+        match closes_by_pid(&text) {
+            Ok(closes) => sample.exactness = Some(Exactness::check(&runs, &closes)),
             Err(err) => {
                 return Ok(Outcome::Failed(format!(
                     "its final JSON snapshot could not be read: {err:#}"

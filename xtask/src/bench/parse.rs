@@ -124,12 +124,16 @@ impl RingProgress {
     }
 }
 
-/// Timewait entries per pid in the last snapshot of `twtrace --json` output (one JSON object
-/// per line; the last one is printed when it stops, so it holds every event it counted):
-/// `timewait_entered` plus `fin_wait2_entered` (absent before twtrace told orphaned FIN_WAIT2
-/// entries apart). Each connection makes one entry, in either substate (a FIN_WAIT2 one when
-/// the generator's server thread had not closed by the time the client's FIN was acknowledged).
-pub fn timewait_by_pid(jsonl: &str) -> Result<BTreeMap<u32, u64>> {
+/// The closes of each pid's own connections, in the last snapshot of `twtrace --json` output
+/// (one JSON object per line; the last one is printed when it stops, so it holds every event
+/// it counted): its timewait entries, `timewait_entered` plus `fin_wait2_entered` (absent
+/// before twtrace told orphaned FIN_WAIT2 entries apart), plus the `resets` of its outgoing
+/// peers (absent before peers counted them). A generator's client closes first, so each
+/// connection ends in one entry, in either substate (a FIN_WAIT2 one when its server thread
+/// had not closed by the time the client's FIN was acknowledged), or, rarely, in a reset, which
+/// makes none: at peak the timewait table is full, a client's port comes back at once, and a
+/// new SYN can meet the server's socket of the port's last connection.
+pub fn closes_by_pid(jsonl: &str) -> Result<BTreeMap<u32, u64>> {
     let Some(last) = jsonl.lines().rev().find(|l| !l.trim().is_empty()) else {
         bail!("no snapshot printed");
     };
@@ -146,7 +150,17 @@ pub fn timewait_by_pid(jsonl: &str) -> Result<BTreeMap<u32, u64>> {
             bail!("a process without pid or timewait_entered: {process}");
         };
         let pid = u32::try_from(pid).with_context(|| format!("pid {pid} out of range"))?;
-        *counts.entry(pid).or_default() += entered + field("fin_wait2_entered").unwrap_or(0);
+        // Accepted connections' peers have an `lport`; their resets are the server's.
+        let resets: u64 = process
+            .get("peers")
+            .and_then(serde_json::Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter(|peer| peer.get("lport").is_none())
+            .filter_map(|peer| peer.get("resets").and_then(serde_json::Value::as_u64))
+            .sum();
+        *counts.entry(pid).or_default() +=
+            entered + field("fin_wait2_entered").unwrap_or(0) + resets;
     }
     Ok(counts)
 }
@@ -218,22 +232,28 @@ mod tests {
     }
 
     #[test]
-    fn reads_timewait_per_pid_from_the_last_snapshot() {
+    fn reads_closes_per_pid_from_the_last_snapshot() {
         // The final line of `twtrace --json --interval 1` while the generator above ran as pid
         // 994: its 14,165 connections are 14,165 TIME_WAIT entries.
         let last = include_str!("testdata/leaderboard-final.json");
         let earlier = r#"{"processes":[{"pid":994,"timewait_entered":5}]}"#;
         let text = format!("{earlier}\n{last}\n");
-        let counts = timewait_by_pid(&text).expect("parses");
+        let counts = closes_by_pid(&text).expect("parses");
         assert_eq!(counts.get(&994), Some(&14_165));
         assert_eq!(counts.get(&0), Some(&0));
         assert_eq!(counts.len(), 2);
         // Orphaned FIN_WAIT2 entries count too.
         let split = r#"{"processes":[{"pid":7,"timewait_entered":5,"fin_wait2_entered":2}]}"#;
-        assert_eq!(timewait_by_pid(split).expect("parses").get(&7), Some(&7));
-        assert!(timewait_by_pid("").is_err());
-        assert!(timewait_by_pid("{\"processes\":[{\"pid\":1}]}").is_err());
-        assert!(timewait_by_pid("twtrace: 3 events").is_err());
+        assert_eq!(closes_by_pid(split).expect("parses").get(&7), Some(&7));
+        // So do the resets of outgoing connections, not those of accepted ones (`lport`).
+        let reset = r#"{"processes":[{"pid":7,"timewait_entered":5,"peers":[
+            {"raddr":"127.0.0.1","rport":80,"resets":2},
+            {"raddr":"127.0.0.1","rport":0,"lport":80,"resets":40}]}]}"#
+            .replace('\n', "");
+        assert_eq!(closes_by_pid(&reset).expect("parses").get(&7), Some(&7));
+        assert!(closes_by_pid("").is_err());
+        assert!(closes_by_pid("{\"processes\":[{\"pid\":1}]}").is_err());
+        assert!(closes_by_pid("twtrace: 3 events").is_err());
     }
 
     #[test]

@@ -521,9 +521,12 @@ fn render_peak(md: &mut String, report: &Report, peak: &Peak) {
     push(
         md,
         "*TIME_WAIT per pid = connections*: the client closes first, so every connection a \
-         generator reports (churn's `connections=N`) is one TIME_WAIT entered by its pid; the \
-         leaderboard's final JSON snapshot (printed when it stops) must show exactly that \
-         `timewait_entered` for each generator's pid. *Lost* is twtrace's own count, which \
+         generator reports (churn's `connections=N`) is one timewait entry by its pid \
+         (`timewait_entered` + `fin_wait2_entered`) or, rarely, a client connection ended by a \
+         reset (its outgoing peer's `resets`: with the timewait table full a client's port \
+         comes back at once, and a new SYN can meet the server's socket of the port's last \
+         connection); the leaderboard's final JSON snapshot (printed when it stops) must add up \
+         to exactly that for each generator's pid. *Lost* is twtrace's own count, which \
          includes events the kernel skipped (the programs' recursion_misses), in brackets.",
     );
     push(md, "");
