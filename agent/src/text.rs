@@ -4,7 +4,8 @@
 //! whoever ran the process or made the file: a process may name itself `\x1b[2J\x1b[H` with
 //! `prctl(PR_SET_NAME)` and clear the screen of whoever watches. So every text output (not the
 //! JSON ones, where serde escapes what JSON needs and the value stays exact) shows such text
-//! through [`escape`].
+//! through [`escape`]; the HTML report through [`escape_html`], which also escapes HTML's own
+//! characters.
 //!
 //! The style is that of a Rust string literal, so the result is unambiguous and can be read
 //! back: `\t`, `\n`, `\r` for those three; `\xHH` (two lowercase hex digits) for every other C0
@@ -91,6 +92,24 @@ impl serde_json::ser::Formatter for InertControls {
 pub fn write_json<W: Write, T: Serialize + ?Sized>(out: W, value: &T) -> io::Result<()> {
     let mut ser = serde_json::Serializer::with_formatter(out, InertControls);
     value.serialize(&mut ser).map_err(io::Error::from)
+}
+
+/// `s` safe inside HTML text and attribute values: control characters shown as `\xHH` (see
+/// above), then `& < > " '` as character references.
+pub fn escape_html(s: &str) -> String {
+    let shown: Cow<'_, str> = escape(s);
+    let mut out = String::with_capacity(shown.len());
+    for c in shown.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -183,5 +202,14 @@ mod tests {
     #[test]
     fn the_hostile_name_of_the_tests() {
         assert_eq!(escape("\x1b[2J\x1b[H\nFAKE\r"), "\\x1b[2J\\x1b[H\\nFAKE\\r");
+    }
+
+    #[test]
+    fn html_gets_controls_and_its_own_characters_escaped() {
+        assert_eq!(
+            escape_html("<a href='x' title=\"y\">&\x1b[2J"),
+            r"&lt;a href=&#39;x&#39; title=&quot;y&quot;&gt;&amp;\x1b[2J"
+        );
+        assert_eq!(escape_html("plain"), "plain");
     }
 }

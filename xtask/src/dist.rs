@@ -404,7 +404,7 @@ pub fn check(tools: &Tools) -> Result<()> {
         bail!("the musl build is not static: {verdict}");
     }
     eprintln!("xtask: dist: {}", verdict.trim());
-    if !crate::run::is_root() {
+    if !crate::shell::is_root() {
         eprintln!("xtask: dist: not root: not installing the .deb");
         return Ok(());
     }

@@ -20,7 +20,7 @@ pub fn run(release: bool, args: &[OsString]) -> Result<ExitCode> {
     let bin = cargo::target_dir(&tools)?.join(profile).join("twtrace");
 
     // Loading eBPF programs needs root (or CAP_BPF and friends).
-    let mut cmd = if is_root() {
+    let mut cmd = if shell::is_root() {
         Command::new(&bin)
     } else if let Some(sudo) = find_on_path("sudo") {
         // -E keeps the caller's environment (RUST_LOG and the like) for the agent.
@@ -63,11 +63,6 @@ fn ignore_sigint() {
     if previous == libc::SIG_ERR {
         eprintln!("xtask: warning: could not ignore SIGINT; Ctrl-C may drop the agent's exit code");
     }
-}
-
-pub fn is_root() -> bool {
-    // SAFETY: geteuid(2) has no preconditions and cannot fail.
-    unsafe { libc::geteuid() == 0 }
 }
 
 fn find_on_path(program: &str) -> Option<PathBuf> {

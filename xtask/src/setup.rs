@@ -87,7 +87,7 @@ pub fn setup() -> Result<Tools> {
 /// and checks the page fetches nothing. Installing needs root (as the integration tests do);
 /// without it the test says it skipped.
 fn ensure_chromium() -> Result<()> {
-    if !crate::run::is_root() && apt::find_program("chromium").is_none() {
+    if !crate::shell::is_root() && apt::find_program("chromium").is_none() {
         eprintln!(
             "xtask: chromium is missing and installing it needs root: the HTML report's \
              browser test will skip"
@@ -101,7 +101,7 @@ fn ensure_chromium() -> Result<()> {
 /// scrape `twtrace serve` and checks the exposition with `promtool check metrics`. Like
 /// chromium, installing needs root; without it that part of the test skips.
 fn ensure_prometheus() -> Result<()> {
-    if !crate::run::is_root() && apt::find_program("prometheus").is_none() {
+    if !crate::shell::is_root() && apt::find_program("prometheus").is_none() {
         eprintln!(
             "xtask: prometheus is missing and installing it needs root: the exporter's \
              Prometheus test will skip"

@@ -1,6 +1,7 @@
-//! Showing and running external commands: the shell line xtask announces for each command, and
-//! the one way of running a step that names it when it fails. A leaf module: every other module
-//! may use it, and it uses none of them.
+//! Showing and running external commands: the shell line xtask announces for each command, the
+//! one way of running a step that names it when it fails, and whether xtask runs as root (which
+//! decides between sudo and running directly, and whether packages can be installed). A leaf
+//! module: every other module may use it, and it uses none of them.
 
 use std::process::Command;
 
@@ -66,6 +67,12 @@ fn shell_word(word: &str) -> String {
     } else {
         format!("'{}'", word.replace('\'', r"'\''"))
     }
+}
+
+/// Whether xtask runs as root (effective uid 0).
+pub fn is_root() -> bool {
+    // SAFETY: geteuid(2) has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
 }
 
 #[cfg(test)]

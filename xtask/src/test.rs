@@ -7,7 +7,7 @@ use clap::Args;
 
 use crate::{
     cargo::{self, Ebpf},
-    dist, run,
+    dist,
     setup::{self, Tools},
     shell,
 };
@@ -92,7 +92,7 @@ fn clippy_ebpf(tools: &Tools) -> Result<()> {
 
 fn integration_tests(tools: &Tools, filter: Option<&str>) -> Result<()> {
     let bin = cargo::target_dir(tools)?.join("release").join("twtrace");
-    if !run::is_root() {
+    if !shell::is_root() {
         eprintln!(
             "xtask: not root: the privileged integration tests will report themselves skipped"
         );

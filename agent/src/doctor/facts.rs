@@ -24,6 +24,10 @@ use crate::{
     recording,
 };
 
+/// The share of a process's soft `nofile` limit in use from which doctor warns (its rules), and
+/// from which a process's command line is read here even beyond the ones shown.
+pub const NOFILE_WARN: f64 = 0.8;
+
 /// The sysctls read, in the order they are shown: those a recording's header keeps, then the
 /// ones only the doctor looks at.
 pub const SYSCTLS: &[&str] =
@@ -361,7 +365,7 @@ impl Facts {
         let mut scan = nofile::scan(std::process::id());
         // Only those shown or named in a finding need their command lines.
         for (i, u) in scan.uses.iter_mut().enumerate() {
-            if i < super::NOFILE_SHOWN || u.ratio() >= super::rules::NOFILE_WARN {
+            if i < super::NOFILE_SHOWN || u.ratio() >= NOFILE_WARN {
                 u.cmdline = procnet::cmdline(u.pid);
             }
         }

@@ -4,7 +4,7 @@
 
 use std::fmt::Write as _;
 
-use super::facts::{Facts, SocketFacts};
+use super::facts::{Facts, NOFILE_WARN, SocketFacts};
 use crate::{
     diagnosis::{self, Finding, Severity, Thresholds},
     kernel::{
@@ -24,8 +24,8 @@ use crate::{
 pub const TIME_WAIT_S: u64 = 60;
 /// `tcp_fin_timeout`'s default.
 const FIN_TIMEOUT_DEFAULT: i64 = 60;
-/// The share of a process's soft `nofile` limit in use that makes a warning, and critical.
-pub const NOFILE_WARN: f64 = 0.8;
+/// The share of a process's soft `nofile` limit in use that makes a critical finding (a warning
+/// from `NOFILE_WARN`).
 const NOFILE_CRITICAL: f64 = 0.95;
 /// Processes of the watch shown as churners.
 const CHURNERS: usize = 3;

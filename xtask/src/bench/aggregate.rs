@@ -8,7 +8,6 @@ use super::{
     children::STOP_TIMEOUT,
     measure::{Exactness, Outcome, Sample, TracerSample},
     mode::Mode,
-    report::fmt_int,
 };
 
 /// Minimum, median and maximum of a set of measurements.
@@ -267,6 +266,19 @@ impl Row {
             result: RowResult::Measured(Box::new(stats)),
         }
     }
+}
+
+/// `14102` -> `14,102`.
+pub fn fmt_int(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
 }
 
 #[cfg(test)]

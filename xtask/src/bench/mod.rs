@@ -64,7 +64,7 @@ use self::{
 };
 use crate::{
     cargo::{self, Ebpf},
-    run, setup, shell,
+    setup, shell,
 };
 
 #[derive(Args)]
@@ -104,7 +104,7 @@ pub struct BenchArgs {
 }
 
 pub fn bench(args: &BenchArgs) -> Result<()> {
-    if !run::is_root() {
+    if !shell::is_root() {
         bail!("the bench loads eBPF programs (twtrace, bpftrace): run it as root");
     }
     let modes = selected_modes(&args.modes, args.no_bpftrace);

@@ -499,7 +499,7 @@ mod tests {
             }
             // Unprivileged: one clear error naming the call.
             Err(err) => {
-                assert!(!crate::run::is_root(), "root must be able to: {err:#}");
+                assert!(!crate::shell::is_root(), "root must be able to: {err:#}");
                 assert!(format!("{err:#}").contains("BPF_ENABLE_STATS"), "{err:#}");
             }
         }

@@ -12,7 +12,7 @@ use std::{
 use jiff::Timestamp;
 
 use super::{
-    aggregate::{Row, RowResult},
+    aggregate::{Row, RowResult, fmt_int},
     calibrate::Calibration,
     host::Machine,
     measure::{DRAIN, Load, Outcome},
@@ -685,19 +685,6 @@ pub fn kernel_cost_line(cost: &KernelCost) -> String {
     let misses: u64 = cost.twtrace.iter().map(|c| c.stats.recursion_misses).sum();
     parts.push(format!("{misses} recursion misses"));
     parts.join(", ")
-}
-
-/// `14102` -> `14,102`.
-pub fn fmt_int(n: u64) -> String {
-    let digits = n.to_string();
-    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
 }
 
 /// `YYYY-MM-DD HH:MM UTC`.

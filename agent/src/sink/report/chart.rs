@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 
 use jiff::Timestamp;
 
-use super::html::h;
+use crate::text::escape_html as h;
 
 /// The drawing's size in SVG units (it scales to the page's width).
 const WIDTH: f64 = 900.0;

@@ -6,7 +6,7 @@
 //! it goes through [`h`], which makes control characters visible (as the text report does) and
 //! then escapes what HTML gives a meaning to.
 
-use std::{borrow::Cow, fmt::Write as _, path::Path};
+use std::{fmt::Write as _, path::Path};
 
 use super::{
     Run, TimelinePoint, chart, close_wait_peak, history::SERIES_MAX, history::SERIES_TOP, ranked,
@@ -16,26 +16,8 @@ use crate::{
     diagnosis::{Finding, Severity, Thresholds, diagnose},
     model::snapshot::{Snapshot, WholeSeconds},
     recording::Header,
-    text::escape,
+    text::escape_html as h,
 };
-
-/// `s` safe inside HTML text and attribute values: control characters shown as `\xHH` (see
-/// `crate::text`), then `& < > " '` as character references.
-pub fn h(s: &str) -> String {
-    let shown: Cow<'_, str> = escape(s);
-    let mut out = String::with_capacity(shown.len());
-    for c in shown.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
 
 /// Everything the page shows.
 pub(super) struct Page<'a> {
