@@ -15,7 +15,7 @@ use anyhow::{Context as _, Result, bail};
 
 use super::{
     children::{ChildGuard, Next, Scratch, StderrLines, dev_null, file_stdout},
-    host::{clock_ticks, read_cpu_ticks, read_tw_overflow, read_vm_hwm},
+    host::{clear_loopback_timewait, clock_ticks, read_cpu_ticks, read_tw_overflow, read_vm_hwm},
     mode::{BPFTRACE_PROGRAM, Mode, floor_hooks_program},
     parse::{GeneratorRun, Summary, bpftrace_lost, closes_by_pid, count_bpftrace_output},
 };
@@ -316,6 +316,8 @@ pub fn measure(
     scratch: &Scratch,
     duration: Duration,
 ) -> Result<Outcome> {
+    // Before the tracer starts, so it never sees them go.
+    clear_loopback_timewait();
     let Some(spec) = tracer_spec(mode, load, bins, scratch)? else {
         let (runs, overflow) = run_observed(bins, scratch, load, duration)?;
         return Ok(Outcome::Measured(generators_sample(&runs, overflow)));

@@ -55,7 +55,7 @@ use self::{
     calibrate::calibrate,
     children::Scratch,
     host::{Machine, load_average, other_tracers},
-    measure::{Bins, Load, Outcome, PEAK_GENERATORS, measure, run_generators},
+    measure::{Bins, Load, Outcome, PEAK_GENERATORS, measure},
     progcost::measure_kernel_cost,
     report::{
         Peak, Report, git_revision, progress_line, render, shown_invocation, utc_timestamp,
@@ -163,6 +163,12 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         None
     };
 
+    // `ss` clears the TIME_WAIT sockets between measurements (`host::clear_loopback_timewait`,
+    // which says so when it cannot).
+    if let Err(err) = crate::apt::ensure("bench", "ss", "iproute2") {
+        eprintln!("bench: ss could not be installed: {err:#}");
+    }
+
     let loads: &[Load] = if args.peak {
         &[Load::Single, Load::Peak]
     } else {
@@ -175,20 +181,9 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     let duration = Duration::from_secs(args.duration);
     let mut results: BTreeMap<(Load, Mode), Vec<Outcome>> = BTreeMap::new();
     let mut ring = None;
-    // One load's rounds after the other's, not interleaved: the peak fills the kernel's
-    // TIME_WAIT table (net.ipv4.tcp_max_tw_buckets), whose sockets live 60 s, and a generator
-    // runs several times faster while the table is full (the kernel then makes no TIME_WAIT
-    // sockets). Peak rounds right before single ones would hand some of those a full table.
+    // One load's rounds after the other's. Every measurement starts from an empty TIME_WAIT
+    // table (`host::clear_loopback_timewait`): a full one makes connections cheaper.
     for &load in loads {
-        if load == Load::Peak {
-            // So the first peak measurement starts with the table as full as the later ones,
-            // which each start right after a peak measurement.
-            eprintln!(
-                "bench: peak warm-up: {}, not measured",
-                load.shown_generators(args.duration)
-            );
-            run_generators(&bins, &scratch, load, duration)?;
-        }
         for round in 1..=args.rounds {
             let mut reference = None;
             for &mode in &modes {

@@ -490,9 +490,9 @@ fn render_peak(md: &mut String, report: &Report, peak: &Peak) {
         &format!(
             "- Workload: {} `churn` processes started together, each 1 client + 1 server thread \
              on its own listener (127.0.0.1, a port the kernel picks), client closes first; {} \
-             round(s) of {} s, modes interleaved within each round, after the rounds above and \
-             one unmeasured warm-up run. Rates are summed over the generators; events expected \
-             count one listener per generator.",
+             round(s) of {} s, modes interleaved within each round, after the rounds above. \
+             Rates are summed over the generators; events expected count one listener per \
+             generator.",
             peak.generators, report.rounds, report.duration_secs
         ),
     );
@@ -532,13 +532,13 @@ fn render_peak(md: &mut String, report: &Report, peak: &Peak) {
     push(md, "");
     push(
         md,
-        "Why the rounds are not interleaved with the ones above: at this rate the kernel's \
-         TIME_WAIT table (net.ipv4.tcp_max_tw_buckets) fills within seconds and stays full for \
-         60 s (TIME_WAIT's length); while it is full the kernel makes no TIME_WAIT sockets \
-         (TCPTimeWaitOverflow), connections get much cheaper and any generator runs faster. \
-         The warm-up fills it, so every peak measurement starts full, as on any host that \
-         churns this fast with this limit; a single-generator measurement right after a peak \
-         one would not be comparable with the others.",
+        "Every measurement, at either load, starts with no TIME_WAIT sockets toward \
+         127.0.0.1 (`ss -K state time-wait dst 127.0.0.1` before it): they live 60 s, and with \
+         three peak measurements' worth alive the kernel's table (net.ipv4.tcp_max_tw_buckets) \
+         is full, it makes no more TIME_WAIT sockets (TCPTimeWaitOverflow), and the generators \
+         run 3-5% faster. A measurement's own generators cannot fill it (each talks to one \
+         server port, with 28,232 ephemeral ports for it), so no mode gets that advantage; the \
+         overflow notes above would show it if one did.",
     );
     push(md, "");
     push(md, "## Kernel programs: cost per hit");

@@ -50,6 +50,8 @@ pub fn measure_ring(
     scratch: &Scratch,
     ring_secs: u64,
 ) -> Result<Result<RingSample, String>> {
+    // As every measurement (see there): from an empty TIME_WAIT table.
+    super::host::clear_loopback_timewait();
     let dir = scratch.file("ring");
     let mut cmd = Command::new(&bins.twtrace);
     cmd.args(["record", "--ring", &format!("{ring_secs}s"), "-o"])
